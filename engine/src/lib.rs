@@ -1,1 +1,27 @@
-//! placeholder
+//! locus-engine: GPT-2-family inference on CPU with candle, with a prefix KV store whose
+//! admission and eviction are decided by an external [`CachePolicy`].
+//!
+//! ```no_run
+//! use locus_engine::{Engine, EngineOptions, GenerateRequest, ModelSource};
+//! let engine = Engine::load(&ModelSource::Synthetic, EngineOptions::default())?;
+//! let out = engine.generate(&GenerateRequest { prompt: "Hello".into(), ..Default::default() })?;
+//! println!("{} ({} of {} prompt tokens cached)", out.text, out.cached_tokens, out.prompt_tokens);
+//! # Ok::<(), locus_engine::EngineError>(())
+//! ```
+#![deny(missing_docs)]
+
+mod engine;
+mod error;
+pub mod gpt2;
+pub mod prefix;
+pub mod source;
+pub mod tokenizer;
+
+pub use engine::{Engine, EngineOptions, FinishReason, GenerateRequest, Generation, ModelInfo};
+pub use error::EngineError;
+pub use prefix::{BLOCK_TOKENS, CacheEntry, CachePolicy, CacheStats, LruPolicy};
+pub use source::ModelSource;
+pub use tokenizer::Tokenizer;
+
+/// Result of this crate.
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;

@@ -1,0 +1,434 @@
+//! The engine a worker serves from: model + tokenizer + prefix KV store, safe to share across
+//! request threads.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::generation::LogitsProcessor;
+
+use crate::gpt2::{Config, Gpt2, KvCache};
+use crate::prefix::{BLOCK_TOKENS, CacheEntry, CachePolicy, CacheStats, LruPolicy, PrefixStore};
+use crate::source::{self, ModelSource, Weights};
+use crate::tokenizer::{Tokenizer, Utf8Stream};
+use crate::{EngineError, Result};
+
+/// Options of [`Engine::load`].
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Hard budget of the prefix KV store in bytes; 0 disables prefix reuse.
+    pub prefix_cache_bytes: u64,
+}
+
+impl Default for EngineOptions {
+    /// 256 MiB: about 7,000 tokens of distilgpt2 K/V (36 KiB per token).
+    fn default() -> Self {
+        Self {
+            prefix_cache_bytes: 256 << 20,
+        }
+    }
+}
+
+/// One completion request.
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    /// Prompt text (GPT-2 BPE; `<|endoftext|>` is the special token).
+    pub prompt: String,
+    /// Most tokens to generate. Clamped so that prompt + completion fit `n_positions`
+    /// (the generation then ends with [`FinishReason::Length`]). 0 only runs the prompt, which
+    /// fills the prefix store.
+    pub max_new_tokens: usize,
+    /// 0 is greedy (argmax); otherwise softmax temperature, finite and at most 100.
+    pub temperature: f64,
+    /// Nucleus sampling mass in (0, 1]; 1 disables it. Ignored when greedy.
+    pub top_p: f64,
+    /// Sampling seed; `None` draws one. Same seed, prompt and parameters give the same output.
+    pub seed: Option<u64>,
+    /// Drop the oldest prompt tokens when the prompt does not fit, instead of failing with
+    /// [`EngineError::PromptTooLong`].
+    pub truncate_left: bool,
+}
+
+impl Default for GenerateRequest {
+    fn default() -> Self {
+        Self {
+            prompt: String::new(),
+            max_new_tokens: 32,
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: None,
+            truncate_left: false,
+        }
+    }
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// The model produced end-of-text.
+    Stop,
+    /// `max_new_tokens` (or the context) was reached.
+    Length,
+}
+
+/// A finished generation.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    /// Generated text (end-of-text excluded).
+    pub text: String,
+    /// Generated token ids (end-of-text excluded).
+    pub token_ids: Vec<u32>,
+    /// Prompt tokens run (after any left truncation).
+    pub prompt_tokens: usize,
+    /// Tokens generated.
+    pub completion_tokens: usize,
+    /// Prompt tokens whose K/V came from the prefix store instead of being computed.
+    pub cached_tokens: usize,
+    /// Prompt tokens dropped by `truncate_left`.
+    pub truncated_tokens: usize,
+    /// Why it ended.
+    pub finish_reason: FinishReason,
+    /// Milliseconds to the first token's logits (prefix lookup + prefill).
+    pub prefill_ms: f64,
+    /// Milliseconds of the decode steps after that.
+    pub decode_ms: f64,
+}
+
+/// What runs, for logs and `/health`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelInfo {
+    /// Where the weights came from, in words.
+    pub source: String,
+    /// The architecture.
+    pub config: Config,
+    /// Parameter count (tied head counted once).
+    pub parameters: usize,
+    /// Bytes of K/V the prefix store holds per cached token.
+    pub kv_bytes_per_token: u64,
+}
+
+/// Model, tokenizer and prefix store. `Send + Sync`: generations are serialised by an internal
+/// queue (a mutex), since two concurrent forwards would only split the same cores.
+pub struct Engine {
+    model: Gpt2,
+    tokenizer: Tokenizer,
+    info: ModelInfo,
+    store: Mutex<PrefixStore>,
+    compute: Mutex<()>,
+    seeds: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Generation state lives outside the locks; a panicked request leaves nothing half-done.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Engine {
+    /// Resolves `source` (see [`ModelSource`]) and loads it on the CPU in f32.
+    pub fn load(source: &ModelSource, options: EngineOptions) -> Result<Self> {
+        let started = Instant::now();
+        let device = Device::Cpu;
+        let (weights, description) = source::resolve(source, &device)?;
+        let engine = match weights {
+            Weights::Tensors { config, tensors } => {
+                Self::from_tensors(&config, tensors, description, options)?
+            }
+            Weights::Files {
+                config,
+                safetensors,
+            } => {
+                let tensors = candle_core::safetensors::load(&safetensors, &device)?;
+                Self::from_tensors(&config, tensors, description, options)?
+            }
+        };
+        tracing::info!(
+            model = %engine.info.source,
+            layers = engine.info.config.n_layer,
+            width = engine.info.config.n_embd,
+            parameters = engine.info.parameters,
+            load_ms = started.elapsed().as_millis() as u64,
+            "model loaded"
+        );
+        Ok(engine)
+    }
+
+    /// Builds an engine from named tensors (Hugging Face names, with or without `transformer.`).
+    pub fn from_tensors(
+        config: &Config,
+        tensors: HashMap<String, Tensor>,
+        description: String,
+        options: EngineOptions,
+    ) -> Result<Self> {
+        config.validate().map_err(EngineError::ModelUnavailable)?;
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+        let model = Gpt2::load(config, vb)?;
+        let info = ModelInfo {
+            source: description,
+            config: config.clone(),
+            parameters: model.num_parameters(),
+            kv_bytes_per_token: crate::prefix::block_bytes(config.n_layer, config.n_embd)
+                / BLOCK_TOKENS as u64,
+        };
+        Ok(Self {
+            model,
+            tokenizer: Tokenizer::new(),
+            info,
+            store: Mutex::new(PrefixStore::new(
+                options.prefix_cache_bytes,
+                Arc::new(LruPolicy::new()),
+            )),
+            compute: Mutex::new(()),
+            seeds: AtomicU64::new(RandomState::new().hash_one(0u8)),
+        })
+    }
+
+    /// Which model runs and its architecture.
+    pub fn model_info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    /// One line saying which model runs.
+    pub fn describe(&self) -> String {
+        let c = &self.info.config;
+        format!(
+            "{} [{} layers, {} wide, {} heads, {} vocab, {} positions, {:.1}M parameters]",
+            self.info.source,
+            c.n_layer,
+            c.n_embd,
+            c.n_head,
+            c.vocab_size,
+            c.n_positions,
+            self.info.parameters as f64 / 1e6
+        )
+    }
+
+    /// The GPT-2 tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Replaces the prefix store's policy; resident blocks stay. Hand the new policy
+    /// [`Self::cache_entries`] first if it should know them.
+    pub fn set_cache_policy(&self, policy: Arc<dyn CachePolicy>) {
+        lock(&self.store).set_policy(policy);
+    }
+
+    /// Prefix store occupancy and counters.
+    pub fn cache_stats(&self) -> CacheStats {
+        lock(&self.store).stats()
+    }
+
+    /// Resident prefix blocks, least recently used first.
+    pub fn cache_entries(&self) -> Vec<CacheEntry> {
+        lock(&self.store).entries()
+    }
+
+    /// Empties the prefix store (the policy is told of each block).
+    pub fn flush_cache(&self) {
+        lock(&self.store).flush();
+    }
+
+    /// Generates a completion of `req.prompt`.
+    pub fn generate(&self, req: &GenerateRequest) -> Result<Generation> {
+        self.generate_stream(req, |_| {})
+    }
+
+    /// Like [`Self::generate`], calling `on_text` with each new piece of text as soon as it is
+    /// whole (a piece never splits a UTF-8 character, so one call can cover several tokens).
+    pub fn generate_stream(
+        &self,
+        req: &GenerateRequest,
+        on_text: impl FnMut(&str),
+    ) -> Result<Generation> {
+        let ids = self.tokenizer.encode(&req.prompt);
+        self.generate_from_ids(&ids, req, on_text)
+    }
+
+    /// Like [`Self::generate_stream`] from token ids; `req.prompt` is ignored.
+    pub fn generate_from_ids(
+        &self,
+        prompt_ids: &[u32],
+        req: &GenerateRequest,
+        mut on_text: impl FnMut(&str),
+    ) -> Result<Generation> {
+        validate(req)?;
+        let (ids, truncated, max_new) =
+            self.fit(prompt_ids, req.max_new_tokens, req.truncate_left)?;
+        let greedy = req.temperature == 0.0;
+        let seed = req.seed.unwrap_or_else(|| {
+            self.seeds
+                .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
+        });
+        let mut sampler = LogitsProcessor::new(
+            seed,
+            (!greedy).then_some(req.temperature),
+            (!greedy && req.top_p < 1.0).then_some(req.top_p),
+        );
+        let eos = self.info.config.eos_token_id;
+
+        let _queue = lock(&self.compute);
+        let started = Instant::now();
+        let (mut cache, cached) = self.prefill(ids, true)?;
+        let mut logits = cache.1;
+        let prefill_ms = ms(started);
+
+        let decode_started = Instant::now();
+        let mut out = Vec::with_capacity(max_new);
+        let mut text = String::new();
+        let mut utf8 = Utf8Stream::default();
+        let mut finish = FinishReason::Length;
+        while out.len() < max_new {
+            let next = sampler.sample(&logits)?;
+            if Some(next) == eos {
+                finish = FinishReason::Stop;
+                break;
+            }
+            out.push(next);
+            if let Some(bytes) = self.tokenizer.token_bytes(next) {
+                let piece = utf8.push(&bytes);
+                if !piece.is_empty() {
+                    on_text(&piece);
+                    text.push_str(&piece);
+                }
+            }
+            if out.len() < max_new {
+                logits = self.model.forward(&[next], &mut cache.0)?;
+            }
+        }
+        let tail = utf8.finish();
+        if !tail.is_empty() {
+            on_text(&tail);
+            text.push_str(&tail);
+        }
+        let generation = Generation {
+            text,
+            completion_tokens: out.len(),
+            token_ids: out,
+            prompt_tokens: ids.len(),
+            cached_tokens: cached,
+            truncated_tokens: truncated,
+            finish_reason: finish,
+            prefill_ms,
+            decode_ms: ms(decode_started),
+        };
+        tracing::debug!(
+            prompt_tokens = generation.prompt_tokens,
+            cached_tokens = generation.cached_tokens,
+            completion_tokens = generation.completion_tokens,
+            prefill_ms = generation.prefill_ms,
+            decode_ms = generation.decode_ms,
+            "generated"
+        );
+        Ok(generation)
+    }
+
+    /// Last-position logits of `prompt_ids` and how many prompt tokens came from the prefix
+    /// store (`use_cache` false bypasses the store entirely: no lookup, no insertion).
+    pub fn last_logits(&self, prompt_ids: &[u32], use_cache: bool) -> Result<(Vec<f32>, usize)> {
+        let (ids, _, _) = self.fit(prompt_ids, 0, false)?;
+        let _queue = lock(&self.compute);
+        let ((_, logits), cached) = self.prefill(ids, use_cache)?;
+        Ok((logits.to_vec1::<f32>()?, cached))
+    }
+
+    /// Checks the prompt against the context: returns the tokens to run, how many were dropped
+    /// from the left, and `max_new` clamped so every position stays below `n_positions`.
+    fn fit<'a>(
+        &self,
+        ids: &'a [u32],
+        max_new: usize,
+        truncate_left: bool,
+    ) -> Result<(&'a [u32], usize, usize)> {
+        if ids.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        let cfg = &self.info.config;
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= cfg.vocab_size) {
+            return Err(EngineError::InvalidParam {
+                field: "prompt",
+                reason: format!(
+                    "token id {bad} is outside the model's vocabulary of {}",
+                    cfg.vocab_size
+                ),
+            });
+        }
+        let n_pos = cfg.n_positions;
+        // Room for at least one new token when any is asked for.
+        let max_prompt = n_pos - usize::from(max_new > 0);
+        let (ids, truncated) = if ids.len() > max_prompt {
+            if !truncate_left {
+                return Err(EngineError::PromptTooLong {
+                    tokens: ids.len(),
+                    max: max_prompt,
+                });
+            }
+            let drop = ids.len() - max_prompt;
+            (&ids[drop..], drop)
+        } else {
+            (ids, 0)
+        };
+        Ok((ids, truncated, max_new.min(n_pos - ids.len())))
+    }
+
+    /// Runs the prompt, reusing its longest cached prefix (at most all but its last token: the
+    /// last position must be computed for its logits), then offers its new full blocks to the
+    /// store. Returns the cache, the last logits and the number of reused tokens.
+    fn prefill(&self, ids: &[u32], use_cache: bool) -> Result<((KvCache, Tensor), usize)> {
+        let n_layer = self.info.config.n_layer;
+        let hit = if use_cache {
+            Some(lock(&self.store).lookup(ids, ids.len() - 1))
+        } else {
+            None
+        };
+        let (mut cache, cached) = match hit {
+            Some(hit) if hit.tokens > 0 => {
+                // Concatenated outside the store's lock: the block tensors are shared handles.
+                let layers = hit
+                    .layers
+                    .iter()
+                    .map(|blocks| {
+                        let (ks, vs): (Vec<_>, Vec<_>) = blocks.iter().cloned().unzip();
+                        Ok((Tensor::cat(&ks, 2)?, Tensor::cat(&vs, 2)?))
+                    })
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                (KvCache::from_layers(layers), hit.tokens)
+            }
+            _ => (KvCache::new(n_layer), 0),
+        };
+        let logits = self.model.forward(&ids[cached..], &mut cache)?;
+        if use_cache {
+            lock(&self.store).insert(ids, &cache, cached / BLOCK_TOKENS)?;
+        }
+        Ok(((cache, logits), cached))
+    }
+}
+
+fn validate(req: &GenerateRequest) -> Result<()> {
+    if !req.temperature.is_finite() || !(0.0..=100.0).contains(&req.temperature) {
+        return Err(EngineError::InvalidParam {
+            field: "temperature",
+            reason: "must be in [0, 100]".into(),
+        });
+    }
+    if !(req.top_p > 0.0 && req.top_p <= 1.0) {
+        return Err(EngineError::InvalidParam {
+            field: "top_p",
+            reason: "must be in (0, 1]".into(),
+        });
+    }
+    Ok(())
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1e3
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn f<T: Send + Sync>() {}
+    f::<Engine>();
+}

@@ -1,0 +1,48 @@
+use thiserror::Error;
+
+/// Errors of loading and generation. [`EngineError::is_client_error`] separates the ones caused
+/// by a request (HTTP 4xx) from the engine's own (5xx).
+#[derive(Debug, Error)]
+pub enum EngineError {
+    /// The prompt does not fit the context (and left truncation was not asked for).
+    #[error("prompt is {tokens} tokens; this model accepts at most {max}")]
+    PromptTooLong {
+        /// Tokens in the prompt.
+        tokens: usize,
+        /// Most prompt tokens accepted with the request's `max_new_tokens`.
+        max: usize,
+    },
+    /// The prompt has no tokens.
+    #[error("prompt is empty")]
+    EmptyPrompt,
+    /// A request or option field is out of range.
+    #[error("invalid {field}: {reason}")]
+    InvalidParam {
+        /// Field name as the API spells it.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The model could not be found or read; the message names the fix.
+    #[error("model unavailable: {0}")]
+    ModelUnavailable(String),
+    /// A tensor operation failed.
+    #[error("tensor error: {0}")]
+    Candle(#[from] candle_core::Error),
+    /// A file could not be read or written.
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    /// Anything else internal.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl EngineError {
+    /// Whether the request was at fault (map to HTTP 400/413/422), not the engine.
+    pub fn is_client_error(&self) -> bool {
+        matches!(
+            self,
+            Self::PromptTooLong { .. } | Self::EmptyPrompt | Self::InvalidParam { .. }
+        )
+    }
+}

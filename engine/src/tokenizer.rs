@@ -1,0 +1,129 @@
+//! GPT-2's byte-level BPE, offline: tiktoken-rs embeds `r50k_base`, which has exactly GPT-2's
+//! merges and ids (50256 = `<|endoftext|>`), so no `tokenizer.json` is needed on disk.
+
+use tiktoken_rs::CoreBPE;
+
+/// Token id of `<|endoftext|>`.
+pub const EOS_TOKEN: u32 = 50256;
+/// Number of ids `r50k_base` knows (50256 merges + `<|endoftext|>`).
+pub const VOCAB_SIZE: usize = 50257;
+
+/// GPT-2 tokenizer.
+pub struct Tokenizer {
+    bpe: &'static CoreBPE,
+}
+
+impl Default for Tokenizer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Tokenizer {
+    /// The shared `r50k_base` instance (built once per process).
+    pub fn new() -> Self {
+        Self {
+            bpe: tiktoken_rs::r50k_base_singleton(),
+        }
+    }
+
+    /// Encodes text. `<|endoftext|>` in the text becomes token 50256, as Hugging Face's GPT-2
+    /// tokenizer does.
+    pub fn encode(&self, text: &str) -> Vec<u32> {
+        self.bpe.encode_with_special_tokens(text)
+    }
+
+    /// Raw bytes of one token; `None` for ids outside the vocabulary. A token can be part of a
+    /// multi-byte character, so single tokens are bytes, not text.
+    pub fn token_bytes(&self, id: u32) -> Option<Vec<u8>> {
+        if (id as usize) < VOCAB_SIZE {
+            // Guarded above: tiktoken panics on ids it does not know.
+            self.bpe._decode_native_and_split(vec![id]).next()
+        } else {
+            None
+        }
+    }
+
+    /// Decodes ids into text; invalid UTF-8 (a sequence cut mid-character) is replaced with
+    /// U+FFFD and unknown ids are skipped.
+    pub fn decode(&self, ids: &[u32]) -> String {
+        let bytes: Vec<u8> = ids
+            .iter()
+            .filter_map(|&id| self.token_bytes(id))
+            .flatten()
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+/// Turns a stream of token bytes into text pieces that never split a character: bytes of an
+/// incomplete UTF-8 sequence wait for the next token.
+#[derive(Default)]
+pub(crate) struct Utf8Stream {
+    pending: Vec<u8>,
+}
+
+impl Utf8Stream {
+    pub(crate) fn push(&mut self, bytes: &[u8]) -> String {
+        self.pending.extend_from_slice(bytes);
+        let valid = match std::str::from_utf8(&self.pending) {
+            Ok(_) => self.pending.len(),
+            // An invalid byte (not just an unfinished sequence) can never complete: emit it lossily.
+            Err(e) if e.error_len().is_some() => self.pending.len(),
+            Err(e) => e.valid_up_to(),
+        };
+        let rest = self.pending.split_off(valid);
+        let out = String::from_utf8_lossy(&self.pending).into_owned();
+        self.pending = rest;
+        out
+    }
+
+    pub(crate) fn finish(&mut self) -> String {
+        let out = String::from_utf8_lossy(&self.pending).into_owned();
+        self.pending.clear();
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_ids() {
+        let t = Tokenizer::new();
+        assert_eq!(t.encode("Hello world"), vec![15496, 995]);
+        assert_eq!(t.encode(" the"), vec![262]);
+        assert_eq!(t.encode("<|endoftext|>"), vec![EOS_TOKEN]);
+    }
+
+    #[test]
+    fn round_trips() {
+        let t = Tokenizer::new();
+        for s in [
+            "Hello world",
+            "  leading spaces\nand lines\t",
+            "héllo wörld — ünïcode 日本語 🦀",
+            "",
+        ] {
+            assert_eq!(t.decode(&t.encode(s)), s);
+        }
+    }
+
+    #[test]
+    fn streaming_never_splits_characters() {
+        let t = Tokenizer::new();
+        let text = "crab 🦀 and 日本語";
+        let ids = t.encode(text);
+        let mut s = Utf8Stream::default();
+        let mut out = String::new();
+        for id in ids {
+            let piece = s.push(&t.token_bytes(id).unwrap());
+            assert!(!piece.contains('\u{FFFD}'));
+            out.push_str(&piece);
+        }
+        out.push_str(&s.finish());
+        assert_eq!(out, text);
+        assert_eq!(t.token_bytes(VOCAB_SIZE as u32), None);
+    }
+}

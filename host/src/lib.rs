@@ -1,0 +1,10 @@
+//! locus: a cache-aware LLM inference router whose routing and cache policies are
+//! WebAssembly components, loaded, sandboxed and hot-swapped at run time.
+#![deny(missing_docs)]
+
+pub mod policy;
+
+/// The policy guests built from source by `build.rs`.
+pub mod guests {
+    include!(concat!(env!("OUT_DIR"), "/guests.rs"));
+}

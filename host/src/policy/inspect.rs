@@ -1,0 +1,107 @@
+//! `locus policy inspect`: what a component is and whether locus can use it.
+
+use std::fmt;
+
+use sha2::{Digest, Sha256};
+
+use super::cache::CacheWorld;
+use super::router::RouterWorld;
+use super::sandbox::Runtime;
+use super::slot::Version;
+use super::{LoadOptions, PolicySource};
+
+/// The report on one component.
+#[derive(Debug, Clone)]
+pub struct Inspection {
+    /// The policy's name.
+    pub name: String,
+    /// Size in bytes.
+    pub size: usize,
+    /// Hex sha256.
+    pub sha256: String,
+    /// The locus world it implements, judged by its exports.
+    pub world: Option<&'static str>,
+    /// Its exports, as `name: type`.
+    pub exports: Vec<String>,
+    /// Its imports.
+    pub imports: Vec<String>,
+    /// The outcome of loading it (with default settings) and its smoke call.
+    pub outcome: Result<(), String>,
+}
+
+impl Inspection {
+    /// Whether locus can load and use the component.
+    pub fn usable(&self) -> bool {
+        self.outcome.is_ok()
+    }
+}
+
+/// Loads `source` the way a swap would, and reports on it.
+pub fn inspect(source: &PolicySource, opts: &LoadOptions) -> Inspection {
+    let mut report = Inspection {
+        name: source.name(),
+        size: 0,
+        sha256: String::new(),
+        world: None,
+        exports: Vec::new(),
+        imports: Vec::new(),
+        outcome: Ok(()),
+    };
+    let bytes = match source.bytes() {
+        Ok(b) => b,
+        Err(e) => {
+            report.outcome = Err(e);
+            return report;
+        }
+    };
+    report.size = bytes.len();
+    let sha: [u8; 32] = Sha256::digest(&bytes).into();
+    report.sha256 = hex::encode(sha);
+
+    let rt = Runtime::get();
+    if let Ok(component) = rt.compile(sha, &bytes) {
+        let ty = component.component_type();
+        report.exports = ty
+            .exports(rt.engine())
+            .map(|(n, _)| n.to_string())
+            .collect();
+        report.imports = ty
+            .imports(rt.engine())
+            .map(|(n, _)| n.to_string())
+            .collect();
+    }
+    let has = |n: &str| report.exports.iter().any(|e| e == n);
+    report.world = if has("route") {
+        Some("router")
+    } else if has("admit") || has("evict") {
+        Some("cache")
+    } else {
+        None
+    };
+    report.outcome = match report.world {
+        Some("cache") => Version::<CacheWorld>::load(source, opts).map(drop),
+        _ => Version::<RouterWorld>::load(source, opts).map(drop),
+    }
+    .map_err(|e| e.to_string());
+    report
+}
+
+impl fmt::Display for Inspection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "policy:  {}", self.name)?;
+        writeln!(f, "size:    {} bytes", self.size)?;
+        writeln!(f, "sha256:  {}", self.sha256)?;
+        let world = self
+            .world
+            .map_or("none (exports neither `route` nor `admit`)".into(), |w| {
+                format!("locus:policy/{w}@0.1.0")
+            });
+        writeln!(f, "world:   {world}")?;
+        writeln!(f, "exports: {}", self.exports.join(", "))?;
+        writeln!(f, "imports: {}", self.imports.join(", "))?;
+        match &self.outcome {
+            Ok(()) => write!(f, "smoke:   ok (loaded, configured, smoke call passed)"),
+            Err(e) => write!(f, "smoke:   FAILED: {e}"),
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! The process-wide wasmtime engine and the sandbox every policy call runs in.
+//!
+//! - CPU: epoch interruption. A ticker thread advances the engine's epoch every
+//!   [`TICK`]; each call gets a deadline of a few ticks. Cheaper than fuel, which
+//!   instruments every basic block. Epochs measure wall time, and on a busy machine a
+//!   thread can be descheduled for longer than the deadline without running any guest
+//!   code, so when the deadline passes the call is not killed at once: it gets one more
+//!   window, and traps only if it spent at least half of that window on the CPU
+//!   (thread CPU time, read only when a deadline passes, never on the fast path).
+//! - Memory: [`StoreLimits`] caps linear memory and traps on a failed grow.
+//! - Capabilities: only WASI clocks, random, and an empty environment are linked.
+//!   Every other import (files, sockets, stdio streams) is stubbed with a trap.
+//!   Besides closing those doors, this keeps wasmtime-wasi's blocking stream
+//!   implementations, which enter a Tokio runtime, off the router's async threads.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{
+    Config, Engine, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline,
+};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// Epoch tick period: the granularity of call deadlines.
+pub const TICK: Duration = Duration::from_millis(1);
+
+/// Resource bounds for each call into a policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Wall-clock budget of one call (rounded up to whole ticks).
+    pub deadline: Duration,
+    /// Cap on the guest's linear memory, in bytes.
+    pub memory_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            deadline: Duration::from_millis(10),
+            memory_bytes: 64 << 20,
+        }
+    }
+}
+
+impl Limits {
+    pub(crate) fn deadline_ticks(&self) -> u64 {
+        self.deadline.as_nanos().div_ceil(TICK.as_nanos()).max(1) as u64
+    }
+}
+
+/// Per-store host state.
+pub struct State {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: Limiter,
+    deadline: Deadline,
+}
+
+/// Bookkeeping of the CPU check made when a call's wall-clock deadline passes.
+#[derive(Default)]
+struct Deadline {
+    ticks: u64,
+    /// Thread CPU time when the current check window opened.
+    mark: Option<Duration>,
+    windows: u32,
+}
+
+/// Check windows a starved call may get before it is stopped anyway: this bounds the
+/// wall time of one call at about `deadline * MAX_WINDOWS`.
+const MAX_WINDOWS: u32 = 50;
+
+impl Deadline {
+    fn on_deadline(&mut self) -> UpdateDeadline {
+        let now = thread_cpu_time();
+        let Some(mark) = self.mark.replace(now) else {
+            return UpdateDeadline::Continue(self.ticks);
+        };
+        self.windows += 1;
+        let used = now.saturating_sub(mark);
+        let window = TICK * self.ticks as u32;
+        if used * 2 >= window || self.windows >= MAX_WINDOWS {
+            UpdateDeadline::Interrupt
+        } else {
+            UpdateDeadline::Continue(self.ticks)
+        }
+    }
+}
+
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        // No per-thread clock: report "all of the window used", i.e. plain wall time.
+        return Duration::MAX / 2;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl State {
+    /// Starts a call: arms the deadline and forgets the previous call's CPU check.
+    pub(crate) fn arm(store: &mut Store<State>, limits: &Limits) {
+        let ticks = limits.deadline_ticks();
+        let d = &mut store.data_mut().deadline;
+        if d.mark.is_some() || d.windows != 0 {
+            *d = Deadline {
+                ticks,
+                ..Deadline::default()
+            };
+        }
+        d.ticks = ticks;
+        store.set_epoch_deadline(ticks);
+    }
+
+    /// True once the guest tried to grow memory past its cap.
+    pub fn memory_denied(&self) -> bool {
+        self.limits.denied
+    }
+}
+
+/// [`StoreLimits`] that remembers a denial, so a trap can be reported as what it is.
+struct Limiter {
+    inner: StoreLimits,
+    denied: bool,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let r = self.inner.memory_growing(current, desired, maximum);
+        if !matches!(r, Ok(true)) {
+            self.denied = true;
+        }
+        r
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.inner.table_growing(current, desired, maximum)
+    }
+}
+
+/// The engine, its epoch ticker, a base linker and a small cache of compiled components.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<State>,
+    compiled: Mutex<HashMap<[u8; 32], Component>>,
+}
+
+/// Compiled components kept by content hash, so that swapping back and forth between
+/// two policies compiles each once. Bounded: cleared when full.
+const COMPILED_CACHE_ENTRIES: usize = 32;
+
+impl Runtime {
+    /// The process-wide runtime, started on first use.
+    pub fn get() -> &'static Runtime {
+        static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+        RUNTIME.get_or_init(|| Runtime::new().expect("wasmtime engine configuration is valid"))
+    }
+
+    fn new() -> wasmtime::Result<Self> {
+        let mut config = Config::new();
+        config.wasm_component_model(true).epoch_interruption(true);
+        let engine = Engine::new(&config)?;
+
+        let ticker = engine.weak();
+        std::thread::Builder::new()
+            .name("locus-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = ticker.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(TICK);
+                }
+            })
+            .expect("spawn epoch ticker");
+
+        let mut linker = Linker::new(&engine);
+        link_capability_free_wasi(&mut linker)?;
+        Ok(Self {
+            engine,
+            linker,
+            compiled: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The engine every policy is compiled with.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Compiles `bytes` (or returns the cached compilation of identical bytes).
+    pub fn compile(&self, sha256: [u8; 32], bytes: &[u8]) -> wasmtime::Result<Component> {
+        if let Some(c) = self.compiled.lock().unwrap().get(&sha256) {
+            return Ok(c.clone());
+        }
+        let c = Component::new(&self.engine, bytes)?;
+        let mut cache = self.compiled.lock().unwrap();
+        if cache.len() >= COMPILED_CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(sha256, c.clone());
+        Ok(c)
+    }
+
+    /// A linker for `component`: the capability-free WASI, and a trapping stub for every
+    /// other import.
+    pub fn linker_for(&self, component: &Component) -> wasmtime::Result<Linker<State>> {
+        let mut linker = self.linker.clone();
+        linker.define_unknown_imports_as_traps(component)?;
+        Ok(linker)
+    }
+
+    /// A fresh store with `limits` applied.
+    pub fn store(&self, limits: &Limits) -> Store<State> {
+        let inner = StoreLimitsBuilder::new()
+            .memory_size(limits.memory_bytes)
+            .instances(16)
+            .tables(64)
+            .memories(4)
+            .trap_on_grow_failure(true)
+            .build();
+        let state = State {
+            wasi: WasiCtx::builder().allow_tcp(false).allow_udp(false).build(),
+            table: ResourceTable::new(),
+            limits: Limiter {
+                inner,
+                denied: false,
+            },
+            deadline: Deadline::default(),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_callback(|mut cx| Ok(cx.data_mut().deadline.on_deadline()));
+        State::arm(&mut store, limits);
+        store
+    }
+}
+
+fn link_capability_free_wasi(linker: &mut Linker<State>) -> wasmtime::Result<()> {
+    use wasmtime_wasi::cli::{WasiCli, WasiCliView};
+    use wasmtime_wasi::clocks::{WasiClocks, WasiClocksView};
+    use wasmtime_wasi::p2::bindings::{cli, clocks, random};
+    use wasmtime_wasi::random::{WasiRandom, WasiRandomView};
+
+    clocks::wall_clock::add_to_linker::<State, WasiClocks>(linker, State::clocks)?;
+    clocks::monotonic_clock::add_to_linker::<State, WasiClocks>(linker, State::clocks)?;
+    random::random::add_to_linker::<State, WasiRandom>(linker, State::random)?;
+    random::insecure::add_to_linker::<State, WasiRandom>(linker, State::random)?;
+    random::insecure_seed::add_to_linker::<State, WasiRandom>(linker, State::random)?;
+    cli::environment::add_to_linker::<State, WasiCli>(linker, State::cli)?;
+    cli::exit::add_to_linker::<State, WasiCli>(linker, State::cli)?;
+    Ok(())
+}

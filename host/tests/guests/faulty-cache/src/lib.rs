@@ -1,0 +1,49 @@
+//! Test-only cache policy: admits everything and evicts oldest first, but traps when
+//! asked to admit the key 0xDEAD, to exercise the host's cache fallback.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+
+wit_bindgen::generate!({ world: "cache", path: "../../../../wit" });
+
+/// The key that makes `admit` trap.
+const POISON: u64 = 0xDEAD;
+
+thread_local! {
+    static ORDER: RefCell<VecDeque<(u64, u64)>> = const { RefCell::new(VecDeque::new()) };
+}
+
+struct Policy;
+
+impl Guest for Policy {
+    fn configure(_settings: Vec<(String, String)>) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn admit(e: Entry) -> bool {
+        assert!(e.key != POISON, "admit trapped on purpose");
+        ORDER.with_borrow_mut(|o| o.push_back((e.key, e.size)));
+        true
+    }
+
+    fn hit(_key: u64) {}
+
+    fn evict(bytes_needed: u64) -> Vec<u64> {
+        ORDER.with_borrow_mut(|o| {
+            let mut freed = 0;
+            let mut keys = Vec::new();
+            while freed < bytes_needed {
+                let Some((k, s)) = o.pop_front() else { break };
+                freed += s;
+                keys.push(k);
+            }
+            keys
+        })
+    }
+
+    fn removed(key: u64) {
+        ORDER.with_borrow_mut(|o| o.retain(|(k, _)| *k != key));
+    }
+}
+
+export!(Policy);
