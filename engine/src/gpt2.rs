@@ -75,7 +75,7 @@ impl Config {
 
     /// Rejects configurations this implementation would compute wrongly rather than fail on.
     pub fn validate(&self) -> std::result::Result<(), String> {
-        if self.n_head == 0 || self.n_embd % self.n_head != 0 {
+        if self.n_head == 0 || !self.n_embd.is_multiple_of(self.n_head) {
             return Err(format!(
                 "n_embd {} is not a multiple of n_head {}",
                 self.n_embd, self.n_head

@@ -359,6 +359,26 @@ mod tests {
     }
 
     #[test]
+    fn cached_hf_snapshot_is_found_offline() {
+        // hf-hub's layout: models--ID/refs/main names the snapshot holding the files.
+        let root = std::env::temp_dir().join(format!("locus-hf-cache-{}", std::process::id()));
+        let repo = root.join("models--tiny--gpt2");
+        let snap = repo.join("snapshots").join("abc123");
+        std::fs::create_dir_all(&snap).unwrap();
+        std::fs::create_dir_all(repo.join("refs")).unwrap();
+        std::fs::write(repo.join("refs").join("main"), "abc123").unwrap();
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-gpt2");
+        for f in ["config.json", "model.safetensors"] {
+            std::fs::copy(fixture.join(f), snap.join(f)).unwrap();
+        }
+        let dir = resolve_hf("tiny/gpt2", &hf_hub::Cache::new(root.clone()), true).unwrap();
+        assert_eq!(dir, snap);
+        let (config, _) = dir_files(&dir).unwrap();
+        assert_eq!((config.n_layer, config.vocab_size), (2, 1000));
+        std::fs::remove_dir_all(root).ok();
+    }
+
+    #[test]
     fn missing_dir_is_a_clear_error() {
         let err = resolve(&ModelSource::Dir("/nonexistent/model".into()), &Device::Cpu)
             .err()
