@@ -272,7 +272,7 @@ impl Engine {
 
         let _queue = lock(&self.compute);
         let started = Instant::now();
-        let (mut cache, cached) = self.prefill(ids, true)?;
+        let (mut cache, cached) = self.prefill(ids, true, ids.len() + max_new)?;
         let mut logits = cache.1;
         let prefill_ms = ms(started);
 
@@ -331,7 +331,7 @@ impl Engine {
     pub fn last_logits(&self, prompt_ids: &[u32], use_cache: bool) -> Result<(Vec<f32>, usize)> {
         let (ids, _, _) = self.fit(prompt_ids, 0, false)?;
         let _queue = lock(&self.compute);
-        let ((_, logits), cached) = self.prefill(ids, use_cache)?;
+        let ((_, logits), cached) = self.prefill(ids, use_cache, ids.len())?;
         Ok((logits.to_vec1::<f32>()?, cached))
     }
 
@@ -376,8 +376,14 @@ impl Engine {
 
     /// Runs the prompt, reusing its longest cached prefix (at most all but its last token: the
     /// last position must be computed for its logits), then offers its new full blocks to the
-    /// store. Returns the cache, the last logits and the number of reused tokens.
-    fn prefill(&self, ids: &[u32], use_cache: bool) -> Result<((KvCache, Tensor), usize)> {
+    /// store. The cache gets room for `positions` tokens (prompt + completion) up front.
+    /// Returns the cache, the last logits and the number of reused tokens.
+    fn prefill(
+        &self,
+        ids: &[u32],
+        use_cache: bool,
+        positions: usize,
+    ) -> Result<((KvCache, Tensor), usize)> {
         let n_layer = self.info.config.n_layer;
         let hit = if use_cache {
             Some(lock(&self.store).lookup(ids, ids.len() - 1))
@@ -385,19 +391,11 @@ impl Engine {
             None
         };
         let (mut cache, cached) = match hit {
+            // Concatenated outside the store's lock: the block tensors are shared handles.
             Some(hit) if hit.tokens > 0 => {
-                // Concatenated outside the store's lock: the block tensors are shared handles.
-                let layers = hit
-                    .layers
-                    .iter()
-                    .map(|blocks| {
-                        let (ks, vs): (Vec<_>, Vec<_>) = blocks.iter().cloned().unzip();
-                        Ok((Tensor::cat(&ks, 2)?, Tensor::cat(&vs, 2)?))
-                    })
-                    .collect::<candle_core::Result<Vec<_>>>()?;
-                (KvCache::from_layers(layers), hit.tokens)
+                (KvCache::from_blocks(&hit.layers, positions)?, hit.tokens)
             }
-            _ => (KvCache::new(n_layer), 0),
+            _ => (KvCache::with_capacity(n_layer, positions), 0),
         };
         let logits = self.model.forward(&ids[cached..], &mut cache)?;
         if use_cache {

@@ -109,46 +109,152 @@ fn activation(name: &str) -> Option<Activation> {
 }
 
 /// Keys and values of every layer for the tokens processed so far, each `[1, n_head, seq, head_dim]`.
-#[derive(Debug, Clone, Default)]
+///
+/// Each layer's K and V live in buffers with room to grow, written in place: appending one
+/// decoded token then costs its own size instead of a copy of the whole sequence (which
+/// `Tensor::cat` would make at every step). Not `Clone`: two caches sharing a buffer would
+/// overwrite each other's appends.
+#[derive(Debug, Default)]
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    layers: Vec<Option<LayerKv>>,
+    /// Positions to allocate room for on the first append (0: exactly what is appended).
+    reserve: usize,
+}
+
+#[derive(Debug)]
+struct LayerKv {
+    k: Tensor,
+    v: Tensor,
+    len: usize,
 }
 
 impl KvCache {
     /// An empty cache for `n_layer` layers.
     pub fn new(n_layer: usize) -> Self {
+        Self::with_capacity(n_layer, 0)
+    }
+
+    /// An empty cache whose buffers are sized for `positions` tokens from the start, so a
+    /// request that knows its prompt and completion lengths never regrows them.
+    pub fn with_capacity(n_layer: usize, positions: usize) -> Self {
         Self {
-            layers: vec![None; n_layer],
+            layers: (0..n_layer).map(|_| None).collect(),
+            reserve: positions,
         }
     }
 
+    /// A cache holding the concatenation of per-layer blocks of keys and values (e.g. shared
+    /// with the prefix store; they are copied, never written), in buffers with room for
+    /// `positions` tokens in all.
+    pub fn from_blocks(blocks: &[Vec<(Tensor, Tensor)>], positions: usize) -> Result<Self> {
+        let layers = blocks
+            .iter()
+            .map(|layer| {
+                let (mut ks, mut vs): (Vec<Tensor>, Vec<Tensor>) = layer.iter().cloned().unzip();
+                let len: usize = ks.iter().map(|k| k.dim(2)).sum::<Result<usize>>()?;
+                if positions > len
+                    && let Some(k0) = ks.first()
+                {
+                    let (b, h, _, d) = k0.dims4()?;
+                    let pad = Tensor::zeros((b, h, positions - len, d), k0.dtype(), k0.device())?;
+                    ks.push(pad.clone());
+                    vs.push(pad);
+                }
+                // Even a single block is copied by cat once padded; unpadded, it stays shared
+                // and the first append copies it before writing.
+                Ok(Some(LayerKv {
+                    k: Tensor::cat(&ks, 2)?,
+                    v: Tensor::cat(&vs, 2)?,
+                    len,
+                }))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { layers, reserve: 0 })
+    }
+
     /// A cache holding given per-layer keys and values (all with the same sequence length).
+    /// They may be shared (e.g. with the prefix store): the first append copies them into
+    /// buffers of this cache's own.
     pub fn from_layers(layers: Vec<(Tensor, Tensor)>) -> Self {
-        Self {
-            layers: layers.into_iter().map(Some).collect(),
-        }
+        let layers = layers
+            .into_iter()
+            .map(|(k, v)| {
+                let len = k.dim(2).unwrap_or(0);
+                Some(LayerKv { k, v, len })
+            })
+            .collect();
+        Self { layers, reserve: 0 }
     }
 
     /// Tokens held.
     pub fn seq_len(&self) -> usize {
         match self.layers.first() {
-            Some(Some((k, _))) => k.dim(2).unwrap_or(0),
+            Some(Some(l)) => l.len,
             _ => 0,
         }
     }
 
-    /// Keys and values of layer `i`, if any token was processed.
-    pub fn layer(&self, i: usize) -> Option<&(Tensor, Tensor)> {
-        self.layers.get(i).and_then(|l| l.as_ref())
+    /// Keys and values of layer `i` (views of the held tokens), if any token was processed.
+    pub fn layer(&self, i: usize) -> Option<(Tensor, Tensor)> {
+        let l = self.layers.get(i)?.as_ref()?;
+        Some((l.k.narrow(2, 0, l.len).ok()?, l.v.narrow(2, 0, l.len).ok()?))
     }
 
-    fn append(&mut self, i: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
-        let kv = match self.layers[i].take() {
-            None => (k, v),
-            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+    /// Appends `k` and `v` (contiguous, `[1, n_head, t, head_dim]`) to layer `i`, growing its
+    /// buffers up to `max_len` positions; returns views of all held keys and values.
+    fn append(
+        &mut self,
+        i: usize,
+        k: Tensor,
+        v: Tensor,
+        max_len: usize,
+    ) -> Result<(Tensor, Tensor)> {
+        let t = k.dim(2)?;
+        let layer = match self.layers[i].take() {
+            None if self.reserve > t => {
+                let (b, h, _, d) = k.dims4()?;
+                let buf = || {
+                    Tensor::zeros(
+                        (b, h, self.reserve.min(max_len).max(t), d),
+                        k.dtype(),
+                        k.device(),
+                    )
+                };
+                let (kb, vb) = (buf()?, buf()?);
+                kb.slice_set(&k, 2, 0)?;
+                vb.slice_set(&v, 2, 0)?;
+                LayerKv {
+                    k: kb,
+                    v: vb,
+                    len: t,
+                }
+            }
+            None => LayerKv { k, v, len: t },
+            Some(mut l) => {
+                let need = l.len + t;
+                if need > l.k.dim(2)? {
+                    // Doubling keeps the copies amortised O(1) per token.
+                    let cap = (2 * need).max(need + 64).min(max_len).max(need);
+                    let grow = |buf: &Tensor| -> Result<Tensor> {
+                        let (b, h, _, d) = buf.dims4()?;
+                        let pad = Tensor::zeros((b, h, cap - l.len, d), buf.dtype(), buf.device())?;
+                        Tensor::cat(&[&buf.narrow(2, 0, l.len)?, &pad], 2)
+                    };
+                    l.k = grow(&l.k)?;
+                    l.v = grow(&l.v)?;
+                }
+                l.k.slice_set(&k, 2, l.len)?;
+                l.v.slice_set(&v, 2, l.len)?;
+                l.len = need;
+                l
+            }
         };
-        self.layers[i] = Some(kv.clone());
-        Ok(kv)
+        let views = (
+            layer.k.narrow(2, 0, layer.len)?,
+            layer.v.narrow(2, 0, layer.len)?,
+        );
+        self.layers[i] = Some(layer);
+        Ok(views)
     }
 }
 
@@ -168,6 +274,7 @@ struct Attention {
     c_proj: Linear,
     n_head: usize,
     head_dim: usize,
+    max_len: usize,
 }
 
 impl Attention {
@@ -177,6 +284,7 @@ impl Attention {
             c_proj: conv1d(cfg.n_embd, cfg.n_embd, vb.pp("c_proj"))?,
             n_head: cfg.n_head,
             head_dim: cfg.head_dim(),
+            max_len: cfg.n_positions,
         })
     }
 
@@ -198,7 +306,7 @@ impl Attention {
         };
         // Scaling q (t rows) is cheaper than scaling the scores (t x seq).
         let q = head(0)?.affine(1.0 / (self.head_dim as f64).sqrt(), 0.0)?;
-        let (k, v) = cache.append(layer, head(1)?, head(2)?)?;
+        let (k, v) = cache.append(layer, head(1)?, head(2)?, self.max_len)?;
         let scores = q.matmul(&k.t()?)?;
         let scores = match mask {
             Some(m) => scores.broadcast_add(m)?,
