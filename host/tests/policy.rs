@@ -618,7 +618,7 @@ async fn swapping_100_times_under_8_routing_tasks_fails_no_call() {
                         d.index
                     );
                     calls += 1;
-                    if calls % 64 == 0 {
+                    if calls.is_multiple_of(64) {
                         tokio::task::yield_now().await;
                     }
                 }

@@ -159,7 +159,7 @@ impl RouterPolicy {
     /// Tells the policy a routed request completed.
     pub fn observe(&self, done: &Completion) {
         self.slot
-            .call(|b, store| Ok(b.call_observe(store, *done).map(Ok)?), || ());
+            .call(|b, store| b.call_observe(store, *done).map(Ok), || ());
     }
 }
 
