@@ -339,11 +339,24 @@ impl Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.c_fc.forward(x)?;
         let h = match self.act {
-            Activation::GeluTanh => h.gelu()?,
+            Activation::GeluTanh => gelu_tanh(&h)?,
             Activation::GeluErf => h.gelu_erf()?,
         };
         self.c_proj.forward(&h)
     }
+}
+
+/// gelu's tanh form rewritten as `x * sigmoid(2y)` = `x / (1 + exp(-2y))`, with
+/// `y = sqrt(2/pi) (x + 0.044715 x^3)`: the same function, but built from candle's vectorised
+/// elementwise ops and `exp`, it ran ~2x faster than `Tensor::gelu` (scalar `tanh`) on the
+/// 512 x 3072 prefill activations here, where gelu had cost about as much as the c_fc matmul.
+/// Saturates correctly: exp overflows to inf for large negative x (giving -0) and underflows
+/// to 0 for large positive x (giving x).
+fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
+    const C: f64 = 0.797_884_560_802_865_4; // sqrt(2 / pi)
+    let minus_2y_over_x = x.sqr()?.affine(-2.0 * C * 0.044715, -2.0 * C)?;
+    let e = (x * minus_2y_over_x)?.exp()?;
+    x / e.affine(1.0, 1.0)?
 }
 
 struct Block {
