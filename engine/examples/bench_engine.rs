@@ -19,9 +19,7 @@ const DECODE_PROMPT: usize = 128;
 const DECODE_NEW: usize = 128;
 
 fn ids(n: usize, salt: u64) -> Vec<u32> {
-    (0..n as u64)
-        .map(|i| ((i * 7919 + 13 + salt * 104_729) % 50_000) as u32)
-        .collect()
+    (0..n as u64).map(|i| ((i * 7919 + 13 + salt * 104_729) % 50_000) as u32).collect()
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -43,10 +41,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let cfg = Config::distilgpt2();
             let t = Instant::now();
             let tensors = synthetic_weights(&cfg, SYNTHETIC_SEED, &candle_core::Device::Cpu)?;
-            eprintln!(
-                "made synthetic weights in {:.2} s",
-                t.elapsed().as_secs_f64()
-            );
+            eprintln!("made synthetic weights in {:.2} s", t.elapsed().as_secs_f64());
             export(dir.as_ref(), &cfg, &tensors)?;
         }
         Some("run") => {
@@ -61,12 +56,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 fn run(model: &ModelSource, reps: usize) -> Result<(), Box<dyn std::error::Error>> {
     let t = Instant::now();
-    let engine = Engine::load(
-        model,
-        EngineOptions {
-            prefix_cache_bytes: 1 << 30,
-        },
-    )?;
+    let engine = Engine::load(model, EngineOptions { prefix_cache_bytes: 1 << 30 })?;
     let load_s = t.elapsed().as_secs_f64();
     let prompt = ids(PROMPT, 0);
 
@@ -97,23 +87,16 @@ fn run(model: &ModelSource, reps: usize) -> Result<(), Box<dyn std::error::Error
     let mut decode = Vec::new();
     let mut decoded = 0;
     for _ in 0..reps {
-        let req = GenerateRequest {
-            max_new_tokens: DECODE_NEW,
-            temperature: 0.0,
-            ..Default::default()
-        };
+        let req =
+            GenerateRequest { max_new_tokens: DECODE_NEW, temperature: 0.0, ..Default::default() };
         let out = engine.generate_from_ids(&ids(DECODE_PROMPT, 99), &req, |_| {})?;
         // decode_ms covers the forwards after the first token: one fewer than generated.
         decoded = out.completion_tokens;
         decode.push((out.completion_tokens - 1) as f64 / (out.decode_ms / 1e3));
     }
 
-    let argmax = logits
-        .iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .map(|(i, _)| i)
-        .unwrap_or(0);
+    let argmax =
+        logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0);
     let (cold_s, tail_s) = (best(&cold), best(&tail));
     let decode_best = -best(&decode.iter().map(|x| -x).collect::<Vec<_>>());
     let report = serde_json::json!({

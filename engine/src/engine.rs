@@ -27,9 +27,7 @@ pub struct EngineOptions {
 impl Default for EngineOptions {
     /// 256 MiB: about 7,000 tokens of distilgpt2 K/V (36 KiB per token).
     fn default() -> Self {
-        Self {
-            prefix_cache_bytes: 256 << 20,
-        }
+        Self { prefix_cache_bytes: 256 << 20 }
     }
 }
 
@@ -137,10 +135,7 @@ impl Engine {
             Weights::Tensors { config, tensors } => {
                 Self::from_tensors(&config, tensors, description, options)?
             }
-            Weights::Files {
-                config,
-                safetensors,
-            } => {
+            Weights::Files { config, safetensors } => {
                 let tensors = candle_core::safetensors::load(&safetensors, &device)?;
                 Self::from_tensors(&config, tensors, description, options)?
             }
@@ -259,10 +254,9 @@ impl Engine {
         let (ids, truncated, max_new) =
             self.fit(prompt_ids, req.max_new_tokens, req.truncate_left)?;
         let greedy = req.temperature == 0.0;
-        let seed = req.seed.unwrap_or_else(|| {
-            self.seeds
-                .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
-        });
+        let seed = req
+            .seed
+            .unwrap_or_else(|| self.seeds.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed));
         let mut sampler = LogitsProcessor::new(
             seed,
             (!greedy).then_some(req.temperature),
@@ -361,10 +355,7 @@ impl Engine {
         let max_prompt = n_pos - usize::from(max_new > 0);
         let (ids, truncated) = if ids.len() > max_prompt {
             if !truncate_left {
-                return Err(EngineError::PromptTooLong {
-                    tokens: ids.len(),
-                    max: max_prompt,
-                });
+                return Err(EngineError::PromptTooLong { tokens: ids.len(), max: max_prompt });
             }
             let drop = ids.len() - max_prompt;
             (&ids[drop..], drop)
@@ -385,11 +376,7 @@ impl Engine {
         positions: usize,
     ) -> Result<((KvCache, Tensor), usize)> {
         let n_layer = self.info.config.n_layer;
-        let hit = if use_cache {
-            Some(lock(&self.store).lookup(ids, ids.len() - 1))
-        } else {
-            None
-        };
+        let hit = if use_cache { Some(lock(&self.store).lookup(ids, ids.len() - 1)) } else { None };
         let (mut cache, cached) = match hit {
             // Concatenated outside the store's lock: the block tensors are shared handles.
             Some(hit) if hit.tokens > 0 => {

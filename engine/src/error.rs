@@ -40,9 +40,6 @@ pub enum EngineError {
 impl EngineError {
     /// Whether the request was at fault (map to HTTP 400/413/422), not the engine.
     pub fn is_client_error(&self) -> bool {
-        matches!(
-            self,
-            Self::PromptTooLong { .. } | Self::EmptyPrompt | Self::InvalidParam { .. }
-        )
+        matches!(self, Self::PromptTooLong { .. } | Self::EmptyPrompt | Self::InvalidParam { .. })
     }
 }

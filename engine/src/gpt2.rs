@@ -85,10 +85,7 @@ impl Config {
             return Err("n_layer, n_positions and vocab_size must be positive".into());
         }
         if activation(&self.activation_function).is_none() {
-            return Err(format!(
-                "unsupported activation_function `{}`",
-                self.activation_function
-            ));
+            return Err(format!("unsupported activation_function `{}`", self.activation_function));
         }
         Ok(())
     }
@@ -137,10 +134,7 @@ impl KvCache {
     /// An empty cache whose buffers are sized for `positions` tokens from the start, so a
     /// request that knows its prompt and completion lengths never regrows them.
     pub fn with_capacity(n_layer: usize, positions: usize) -> Self {
-        Self {
-            layers: (0..n_layer).map(|_| None).collect(),
-            reserve: positions,
-        }
+        Self { layers: (0..n_layer).map(|_| None).collect(), reserve: positions }
     }
 
     /// A cache holding the concatenation of per-layer blocks of keys and values (e.g. shared
@@ -162,11 +156,7 @@ impl KvCache {
                 }
                 // Even a single block is copied by cat once padded; unpadded, it stays shared
                 // and the first append copies it before writing.
-                Ok(Some(LayerKv {
-                    k: Tensor::cat(&ks, 2)?,
-                    v: Tensor::cat(&vs, 2)?,
-                    len,
-                }))
+                Ok(Some(LayerKv { k: Tensor::cat(&ks, 2)?, v: Tensor::cat(&vs, 2)?, len }))
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self { layers, reserve: 0 })
@@ -223,11 +213,7 @@ impl KvCache {
                 let (kb, vb) = (buf()?, buf()?);
                 kb.slice_set(&k, 2, 0)?;
                 vb.slice_set(&v, 2, 0)?;
-                LayerKv {
-                    k: kb,
-                    v: vb,
-                    len: t,
-                }
+                LayerKv { k: kb, v: vb, len: t }
             }
             None => LayerKv { k, v, len: t },
             Some(mut l) => {
@@ -249,10 +235,7 @@ impl KvCache {
                 l
             }
         };
-        let views = (
-            layer.k.narrow(2, 0, layer.len)?,
-            layer.v.narrow(2, 0, layer.len)?,
-        );
+        let views = (layer.k.narrow(2, 0, layer.len)?, layer.v.narrow(2, 0, layer.len)?);
         self.layers[i] = Some(layer);
         Ok(views)
     }
@@ -384,9 +367,7 @@ impl Block {
         cache: &mut KvCache,
         layer: usize,
     ) -> Result<Tensor> {
-        let x = (x + self
-            .attn
-            .forward(&self.ln_1.forward(x)?, mask, cache, layer)?)?;
+        let x = (x + self.attn.forward(&self.ln_1.forward(x)?, mask, cache, layer)?)?;
         &x + self.mlp.forward(&self.ln_2.forward(&x)?)?
     }
 }
@@ -406,11 +387,8 @@ impl Gpt2 {
     /// Loads from a VarBuilder whose names are either bare (`wte.weight`) or under `transformer.`.
     pub fn load(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         cfg.validate().map_err(candle_core::Error::Msg)?;
-        let vb = if vb.contains_tensor("transformer.wte.weight") {
-            vb.pp("transformer")
-        } else {
-            vb
-        };
+        let vb =
+            if vb.contains_tensor("transformer.wte.weight") { vb.pp("transformer") } else { vb };
         let wte_w = vb.get((cfg.vocab_size, cfg.n_embd), "wte.weight")?;
         let wpe_w = vb.get((cfg.n_positions, cfg.n_embd), "wpe.weight")?;
         let blocks = (0..cfg.n_layer)
@@ -473,24 +451,14 @@ impl Gpt2 {
                 self.cfg.n_layer
             );
         }
-        if let Some(&bad) = tokens
-            .iter()
-            .find(|&&id| id as usize >= self.cfg.vocab_size)
-        {
-            candle_core::bail!(
-                "token id {bad} outside vocabulary of {}",
-                self.cfg.vocab_size
-            );
+        if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
+            candle_core::bail!("token id {bad} outside vocabulary of {}", self.cfg.vocab_size);
         }
         let ids = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
         let pos: Vec<u32> = (past as u32..(past + t) as u32).collect();
         let pos = Tensor::new(pos.as_slice(), &self.device)?.unsqueeze(0)?;
         let mut x = (self.wte.forward(&ids)? + self.wpe.forward(&pos)?)?;
-        let mask = if t > 1 {
-            Some(causal_mask(t, past, &self.device)?)
-        } else {
-            None
-        };
+        let mask = if t > 1 { Some(causal_mask(t, past, &self.device)?) } else { None };
         for (i, block) in self.blocks.iter().enumerate() {
             x = block.forward(&x, mask.as_ref(), cache, i)?;
         }

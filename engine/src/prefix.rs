@@ -53,9 +53,7 @@ impl Default for LruPolicy {
 impl LruPolicy {
     /// An empty policy.
     pub fn new() -> Self {
-        Self {
-            order: Mutex::new(LruCache::unbounded()),
-        }
+        Self { order: Mutex::new(LruCache::unbounded()) }
     }
 
     /// A policy that already knows `entries` (oldest first), e.g. handed over on a swap.
@@ -182,10 +180,7 @@ impl PrefixStore {
             capacity,
             used: 0,
             clock: 0,
-            stats: CacheStats {
-                capacity_bytes: capacity,
-                ..Default::default()
-            },
+            stats: CacheStats { capacity_bytes: capacity, ..Default::default() },
         }
     }
 
@@ -197,11 +192,7 @@ impl PrefixStore {
 
     /// Current counters.
     pub fn stats(&self) -> CacheStats {
-        CacheStats {
-            entries: self.blocks.len(),
-            bytes: self.used,
-            ..self.stats
-        }
+        CacheStats { entries: self.blocks.len(), bytes: self.used, ..self.stats }
     }
 
     /// Resident blocks, least recently used first.
@@ -209,11 +200,7 @@ impl PrefixStore {
         let mut v: Vec<CacheEntry> = self
             .blocks
             .iter()
-            .map(|(&key, b)| CacheEntry {
-                key,
-                size: b.size,
-                last_use: b.last_use,
-            })
+            .map(|(&key, b)| CacheEntry { key, size: b.size, last_use: b.last_use })
             .collect();
         v.sort_by_key(|e| e.last_use);
         v
@@ -264,10 +251,7 @@ impl PrefixStore {
         }
         let hit = matched.len() * BLOCK_TOKENS;
         self.stats.hit_tokens += hit as u64;
-        PrefixHit {
-            tokens: hit,
-            layers,
-        }
+        PrefixHit { tokens: hit, layers }
     }
 
     /// Offers the full blocks of `tokens` (whose K/V `cache` holds) from block `from` on.
@@ -292,10 +276,7 @@ impl PrefixStore {
                 continue;
             }
             let kv = slice_block(cache, i * BLOCK_TOKENS)?;
-            let size: u64 = kv
-                .iter()
-                .map(|(k, v)| tensor_bytes(k) + tensor_bytes(v))
-                .sum();
+            let size: u64 = kv.iter().map(|(k, v)| tensor_bytes(k) + tensor_bytes(v)).sum();
             if !self.policy.admit(key, size) {
                 self.stats.rejected += 1;
                 break;
@@ -424,10 +405,7 @@ mod tests {
         // was the one evicted.
         assert_eq!(s.lookup(&a, 40).tokens, 16);
         assert_eq!(s.lookup(&b, 32).tokens, 32);
-        assert_eq!(
-            s.entries().iter().map(|e| e.size).sum::<u64>(),
-            s.stats().bytes
-        );
+        assert_eq!(s.entries().iter().map(|e| e.size).sum::<u64>(), s.stats().bytes);
         s.flush();
         assert_eq!(s.stats().entries, 0);
         assert_eq!(s.stats().bytes, 0);

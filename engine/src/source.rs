@@ -76,15 +76,9 @@ impl fmt::Display for ModelSource {
 /// Weights ready to build a model from.
 pub(crate) enum Weights {
     /// Files on disk (memory-mapped at load).
-    Files {
-        config: Config,
-        safetensors: PathBuf,
-    },
+    Files { config: Config, safetensors: PathBuf },
     /// Tensors made in memory.
-    Tensors {
-        config: Config,
-        tensors: HashMap<String, Tensor>,
-    },
+    Tensors { config: Config, tensors: HashMap<String, Tensor> },
 }
 
 /// Finds the files of `source` (or makes the synthetic tensors) and says which model it is.
@@ -105,10 +99,7 @@ pub(crate) fn resolve(
         ModelSource::Dir(dir) => {
             let (config, safetensors) = dir_files(dir)?;
             Ok((
-                Weights::Files {
-                    config,
-                    safetensors,
-                },
+                Weights::Files { config, safetensors },
                 format!("local directory {}", dir.display()),
             ))
         }
@@ -118,10 +109,7 @@ pub(crate) fn resolve(
             let dir = resolve_hf(id, &hf_hub::Cache::from_env(), offline)?;
             let (config, safetensors) = dir_files(&dir)?;
             Ok((
-                Weights::Files {
-                    config,
-                    safetensors,
-                },
+                Weights::Files { config, safetensors },
                 format!("Hugging Face `{id}` from {}", dir.display()),
             ))
         }
@@ -184,9 +172,7 @@ pub(crate) fn resolve_hf(
         })?;
         config.get_or_insert(p);
     }
-    Ok(config
-        .and_then(|p| p.parent().map(Path::to_path_buf))
-        .unwrap_or_default())
+    Ok(config.and_then(|p| p.parent().map(Path::to_path_buf)).unwrap_or_default())
 }
 
 /// Hugging Face names (no `transformer.` prefix) and tensors of a GPT-2 with `cfg`'s shape and
@@ -204,16 +190,8 @@ pub fn synthetic_weights(
     let (e, inner) = (cfg.n_embd, cfg.inner());
     let proj_std = 0.02 / (2.0 * cfg.n_layer as f32).sqrt();
     let mut specs: Vec<(String, Vec<usize>, Init)> = vec![
-        (
-            "wte.weight".into(),
-            vec![cfg.vocab_size, e],
-            Init::Normal(0.02),
-        ),
-        (
-            "wpe.weight".into(),
-            vec![cfg.n_positions, e],
-            Init::Normal(0.01),
-        ),
+        ("wte.weight".into(), vec![cfg.vocab_size, e], Init::Normal(0.02)),
+        ("wpe.weight".into(), vec![cfg.n_positions, e], Init::Normal(0.01)),
         ("ln_f.weight".into(), vec![e], Init::Const(1.0)),
         ("ln_f.bias".into(), vec![e], Init::Const(0.0)),
     ];
@@ -230,11 +208,7 @@ pub fn synthetic_weights(
             (p("ln_2.bias"), vec![e], Init::Const(0.0)),
             (p("mlp.c_fc.weight"), vec![e, inner], Init::Normal(0.02)),
             (p("mlp.c_fc.bias"), vec![inner], Init::Const(0.0)),
-            (
-                p("mlp.c_proj.weight"),
-                vec![inner, e],
-                Init::Normal(proj_std),
-            ),
+            (p("mlp.c_proj.weight"), vec![inner, e], Init::Normal(proj_std)),
             (p("mlp.c_proj.bias"), vec![e], Init::Const(0.0)),
         ]);
     }
@@ -256,9 +230,7 @@ enum Init {
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-    })
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
 }
 
 /// splitmix64's finaliser: a good 64-bit mix of a counter.
@@ -276,16 +248,14 @@ fn normalish(seed: u64, n: usize, std: f32) -> Vec<f32> {
     let scale = std / (65536.0 * (4.0f32 / 12.0).sqrt());
     let mean = 2.0 * 65535.0;
     let mut v = vec![0f32; n];
-    v.par_chunks_mut(1 << 16)
-        .enumerate()
-        .for_each(|(c, chunk)| {
-            let base = (c as u64) << 16;
-            for (i, x) in chunk.iter_mut().enumerate() {
-                let r = mix(seed.wrapping_add(base + i as u64));
-                let s = (r & 0xffff) + ((r >> 16) & 0xffff) + ((r >> 32) & 0xffff) + (r >> 48);
-                *x = (s as f32 - mean) * scale;
-            }
-        });
+    v.par_chunks_mut(1 << 16).enumerate().for_each(|(c, chunk)| {
+        let base = (c as u64) << 16;
+        for (i, x) in chunk.iter_mut().enumerate() {
+            let r = mix(seed.wrapping_add(base + i as u64));
+            let s = (r & 0xffff) + ((r >> 16) & 0xffff) + ((r >> 32) & 0xffff) + (r >> 48);
+            *x = (s as f32 - mean) * scale;
+        }
+    });
     v
 }
 
@@ -300,10 +270,7 @@ pub fn export(
     let mut json = serde_json::to_value(cfg).map_err(|e| EngineError::Internal(e.to_string()))?;
     if let Some(obj) = json.as_object_mut() {
         obj.insert("model_type".into(), "gpt2".into());
-        obj.insert(
-            "architectures".into(),
-            serde_json::json!(["GPT2LMHeadModel"]),
-        );
+        obj.insert("architectures".into(), serde_json::json!(["GPT2LMHeadModel"]));
         obj.insert("bos_token_id".into(), cfg.eos_token_id.into());
         obj.insert("tie_word_embeddings".into(), true.into());
     }
@@ -320,10 +287,7 @@ mod tests {
 
     #[test]
     fn parses_cli_names() {
-        assert_eq!(
-            "synthetic-distilgpt2".parse::<ModelSource>().unwrap(),
-            ModelSource::Synthetic
-        );
+        assert_eq!("synthetic-distilgpt2".parse::<ModelSource>().unwrap(), ModelSource::Synthetic);
         assert_eq!(
             "distilgpt2".parse::<ModelSource>().unwrap(),
             ModelSource::HfHub("distilgpt2".into())
@@ -332,18 +296,9 @@ mod tests {
             "openai-community/gpt2".parse::<ModelSource>().unwrap(),
             ModelSource::HfHub("openai-community/gpt2".into())
         );
-        assert_eq!(
-            "/nope/x".parse::<ModelSource>().unwrap(),
-            ModelSource::Dir("/nope/x".into())
-        );
-        assert_eq!(
-            "dir:rel".parse::<ModelSource>().unwrap(),
-            ModelSource::Dir("rel".into())
-        );
-        assert!(matches!(
-            "  ".parse::<ModelSource>(),
-            Err(EngineError::InvalidParam { .. })
-        ));
+        assert_eq!("/nope/x".parse::<ModelSource>().unwrap(), ModelSource::Dir("/nope/x".into()));
+        assert_eq!("dir:rel".parse::<ModelSource>().unwrap(), ModelSource::Dir("rel".into()));
+        assert!(matches!("  ".parse::<ModelSource>(), Err(EngineError::InvalidParam { .. })));
     }
 
     #[test]
@@ -352,10 +307,7 @@ mod tests {
         let err = resolve_hf("distilgpt2", &hf_hub::Cache::new(tmp), true).unwrap_err();
         let msg = err.to_string();
         assert!(matches!(err, EngineError::ModelUnavailable(_)));
-        assert!(
-            msg.contains("--model-dir") && msg.contains(SYNTHETIC_NAME),
-            "{msg}"
-        );
+        assert!(msg.contains("--model-dir") && msg.contains(SYNTHETIC_NAME), "{msg}");
     }
 
     #[test]
@@ -380,9 +332,8 @@ mod tests {
 
     #[test]
     fn missing_dir_is_a_clear_error() {
-        let err = resolve(&ModelSource::Dir("/nonexistent/model".into()), &Device::Cpu)
-            .err()
-            .unwrap();
+        let err =
+            resolve(&ModelSource::Dir("/nonexistent/model".into()), &Device::Cpu).err().unwrap();
         assert!(err.to_string().contains("config.json"), "{err}");
     }
 

@@ -22,9 +22,7 @@ impl Default for Tokenizer {
 impl Tokenizer {
     /// The shared `r50k_base` instance (built once per process).
     pub fn new() -> Self {
-        Self {
-            bpe: tiktoken_rs::r50k_base_singleton(),
-        }
+        Self { bpe: tiktoken_rs::r50k_base_singleton() }
     }
 
     /// Encodes text. `<|endoftext|>` in the text becomes token 50256, as Hugging Face's GPT-2
@@ -47,11 +45,7 @@ impl Tokenizer {
     /// Decodes ids into text; invalid UTF-8 (a sequence cut mid-character) is replaced with
     /// U+FFFD and unknown ids are skipped.
     pub fn decode(&self, ids: &[u32]) -> String {
-        let bytes: Vec<u8> = ids
-            .iter()
-            .filter_map(|&id| self.token_bytes(id))
-            .flatten()
-            .collect();
+        let bytes: Vec<u8> = ids.iter().filter_map(|&id| self.token_bytes(id)).flatten().collect();
         String::from_utf8_lossy(&bytes).into_owned()
     }
 }
@@ -100,12 +94,9 @@ mod tests {
     #[test]
     fn round_trips() {
         let t = Tokenizer::new();
-        for s in [
-            "Hello world",
-            "  leading spaces\nand lines\t",
-            "héllo wörld — ünïcode 日本語 🦀",
-            "",
-        ] {
+        for s in
+            ["Hello world", "  leading spaces\nand lines\t", "héllo wörld — ünïcode 日本語 🦀", ""]
+        {
             assert_eq!(t.decode(&t.encode(s)), s);
         }
     }

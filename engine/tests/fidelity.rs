@@ -35,57 +35,32 @@ fn reference() -> Reference {
 }
 
 fn load(cache_bytes: u64) -> Engine {
-    Engine::load(
-        &ModelSource::Dir(fixture()),
-        EngineOptions {
-            prefix_cache_bytes: cache_bytes,
-        },
-    )
-    .unwrap()
+    Engine::load(&ModelSource::Dir(fixture()), EngineOptions { prefix_cache_bytes: cache_bytes })
+        .unwrap()
 }
 
 fn greedy(n: usize) -> GenerateRequest {
-    GenerateRequest {
-        max_new_tokens: n,
-        temperature: 0.0,
-        ..Default::default()
-    }
+    GenerateRequest { max_new_tokens: n, temperature: 0.0, ..Default::default() }
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 #[test]
 fn logits_and_greedy_continuations_match_pytorch() {
     let reference = reference();
     let engine = load(0);
-    assert_eq!(
-        engine.model_info().config.eos_token_id,
-        Some(reference.eos_token_id)
-    );
+    assert_eq!(engine.model_info().config.eos_token_id, Some(reference.eos_token_id));
     for case in &reference.cases {
         let (logits, cached) = engine.last_logits(&case.prompt, false).unwrap();
         assert_eq!(cached, 0);
         let diff = max_abs_diff(&logits, &case.last_logits);
-        assert!(
-            diff < 1e-4,
-            "prompt of {} tokens: max abs diff {diff}",
-            case.prompt.len()
-        );
-        let out = engine
-            .generate_from_ids(&case.prompt, &greedy(reference.new_tokens), |_| {})
-            .unwrap();
-        assert_eq!(
-            out.token_ids,
-            case.greedy,
-            "prompt of {} tokens",
-            case.prompt.len()
-        );
+        assert!(diff < 1e-4, "prompt of {} tokens: max abs diff {diff}", case.prompt.len());
+        let out =
+            engine.generate_from_ids(&case.prompt, &greedy(reference.new_tokens), |_| {}).unwrap();
+        assert_eq!(out.token_ids, case.greedy, "prompt of {} tokens", case.prompt.len());
         assert_eq!(out.prompt_tokens, case.prompt.len());
     }
 }
@@ -110,13 +85,9 @@ fn names_without_the_transformer_prefix_load_the_same_model() {
             .unwrap();
     let dir = std::env::temp_dir().join(format!("locus-unprefixed-{}", std::process::id()));
     locus_engine::source::export(&dir, &config, &bare).unwrap();
-    let engine = Engine::load(
-        &ModelSource::Dir(dir.clone()),
-        EngineOptions {
-            prefix_cache_bytes: 0,
-        },
-    )
-    .unwrap();
+    let engine =
+        Engine::load(&ModelSource::Dir(dir.clone()), EngineOptions { prefix_cache_bytes: 0 })
+            .unwrap();
     let prefixed = load(0);
     for case in &reference().cases {
         let (a, _) = engine.last_logits(&case.prompt, false).unwrap();
@@ -142,28 +113,18 @@ fn prefix_reuse_is_exact() {
     let (warm, cached) = engine.last_logits(&other, true).unwrap();
     assert_eq!(cached, 32);
     let (cold, _) = engine.last_logits(&other, false).unwrap();
-    assert!(
-        max_abs_diff(&warm, &cold) < 1e-4,
-        "{}",
-        max_abs_diff(&warm, &cold)
-    );
+    assert!(max_abs_diff(&warm, &cold) < 1e-4, "{}", max_abs_diff(&warm, &cold));
 
     let fresh = load(0);
     for prompt in [base, &other] {
-        let want = fresh
-            .generate_from_ids(prompt, &greedy(12), |_| {})
-            .unwrap();
-        let got = engine
-            .generate_from_ids(prompt, &greedy(12), |_| {})
-            .unwrap();
+        let want = fresh.generate_from_ids(prompt, &greedy(12), |_| {}).unwrap();
+        let got = engine.generate_from_ids(prompt, &greedy(12), |_| {}).unwrap();
         assert_eq!(got.token_ids, want.token_ids);
         assert_eq!(want.cached_tokens, 0);
         assert_eq!(got.cached_tokens, 32);
     }
     // The exact prompt again: all but its last position could be reused, but only whole blocks are.
-    let again = engine
-        .generate_from_ids(&base[..32], &greedy(1), |_| {})
-        .unwrap();
+    let again = engine.generate_from_ids(&base[..32], &greedy(1), |_| {}).unwrap();
     assert_eq!(again.cached_tokens, 16);
 }
 
@@ -178,15 +139,9 @@ fn bytes_are_accounted_from_tensor_shapes() {
     let expected = 3 * cfg.n_layer * 2 * cfg.n_head * 16 * cfg.head_dim() * 4;
     assert_eq!(stats.entries, 3);
     assert_eq!(stats.bytes, expected as u64);
-    assert_eq!(
-        engine.cache_entries().iter().map(|e| e.size).sum::<u64>(),
-        expected as u64
-    );
+    assert_eq!(engine.cache_entries().iter().map(|e| e.size).sum::<u64>(), expected as u64);
     engine.flush_cache();
-    assert_eq!(
-        (engine.cache_stats().entries, engine.cache_stats().bytes),
-        (0, 0)
-    );
+    assert_eq!((engine.cache_stats().entries, engine.cache_stats().bytes), (0, 0));
 }
 
 #[derive(Default)]
@@ -196,20 +151,14 @@ struct Recorder {
 
 impl CachePolicy for Recorder {
     fn admit(&self, key: u64, size: u64) -> bool {
-        self.calls
-            .lock()
-            .unwrap()
-            .push(format!("admit {key} {size}"));
+        self.calls.lock().unwrap().push(format!("admit {key} {size}"));
         true
     }
     fn hit(&self, key: u64) {
         self.calls.lock().unwrap().push(format!("hit {key}"));
     }
     fn evict(&self, bytes_needed: u64) -> Vec<u64> {
-        self.calls
-            .lock()
-            .unwrap()
-            .push(format!("evict {bytes_needed}"));
+        self.calls.lock().unwrap().push(format!("evict {bytes_needed}"));
         Vec::new()
     }
     fn removed(&self, key: u64) {
@@ -260,19 +209,14 @@ fn context_limits_are_typed_errors_or_truncation() {
         }
         other => panic!("expected PromptTooLong, got {other:?}"),
     }
-    let req = GenerateRequest {
-        truncate_left: true,
-        ..greedy(4)
-    };
+    let req = GenerateRequest { truncate_left: true, ..greedy(4) };
     let out = engine.generate_from_ids(&long, &req, |_| {}).unwrap();
     assert_eq!((out.truncated_tokens, out.prompt_tokens), (6, n_pos - 1));
     assert!(out.completion_tokens <= 1);
 
     // Prompt + max_new_tokens beyond the context: max_new_tokens is clamped.
     let prompt: Vec<u32> = (0..60).collect();
-    let out = engine
-        .generate_from_ids(&prompt, &greedy(50), |_| {})
-        .unwrap();
+    let out = engine.generate_from_ids(&prompt, &greedy(50), |_| {}).unwrap();
     assert!(out.completion_tokens <= n_pos - 60);
     if out.finish_reason == FinishReason::Length {
         assert_eq!(out.completion_tokens, n_pos - 60);
@@ -282,23 +226,12 @@ fn context_limits_are_typed_errors_or_truncation() {
         engine.generate_from_ids(&[], &greedy(1), |_| {}),
         Err(EngineError::EmptyPrompt)
     ));
-    let bad = engine
-        .generate_from_ids(&[5000], &greedy(1), |_| {})
-        .unwrap_err();
+    let bad = engine.generate_from_ids(&[5000], &greedy(1), |_| {}).unwrap_err();
     assert!(bad.is_client_error(), "{bad}");
     for req in [
-        GenerateRequest {
-            temperature: -1.0,
-            ..greedy(1)
-        },
-        GenerateRequest {
-            temperature: f64::NAN,
-            ..greedy(1)
-        },
-        GenerateRequest {
-            top_p: 0.0,
-            ..greedy(1)
-        },
+        GenerateRequest { temperature: -1.0, ..greedy(1) },
+        GenerateRequest { temperature: f64::NAN, ..greedy(1) },
+        GenerateRequest { top_p: 0.0, ..greedy(1) },
     ] {
         assert!(matches!(
             engine.generate_from_ids(&[1, 2], &req, |_| {}),
@@ -310,17 +243,10 @@ fn context_limits_are_typed_errors_or_truncation() {
 #[test]
 fn sampling_is_seeded_and_streaming_matches_the_text() {
     let engine = load(1 << 20);
-    let req = GenerateRequest {
-        temperature: 0.9,
-        top_p: 0.95,
-        seed: Some(42),
-        ..greedy(10)
-    };
+    let req = GenerateRequest { temperature: 0.9, top_p: 0.95, seed: Some(42), ..greedy(10) };
     let prompt = [1u32, 2, 3, 4];
     let mut pieces = String::new();
-    let a = engine
-        .generate_from_ids(&prompt, &req, |p| pieces.push_str(p))
-        .unwrap();
+    let a = engine.generate_from_ids(&prompt, &req, |p| pieces.push_str(p)).unwrap();
     let b = engine.generate_from_ids(&prompt, &req, |_| {}).unwrap();
     assert_eq!(a.token_ids, b.token_ids);
     assert_eq!(pieces, a.text);
@@ -336,10 +262,7 @@ fn concurrent_requests_get_the_sequential_answers() {
         .map(|c| {
             let (engine, prompt) = (engine.clone(), c.prompt.clone());
             std::thread::spawn(move || {
-                engine
-                    .generate_from_ids(&prompt, &greedy(12), |_| {})
-                    .unwrap()
-                    .token_ids
+                engine.generate_from_ids(&prompt, &greedy(12), |_| {}).unwrap().token_ids
             })
         })
         .collect();

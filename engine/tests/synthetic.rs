@@ -8,24 +8,12 @@ use locus_engine::{Engine, EngineOptions, GenerateRequest, ModelSource};
 #[test]
 fn synthetic_default_is_offline_deterministic_and_accounts_bytes() {
     let source: ModelSource = "synthetic-distilgpt2".parse().unwrap();
-    let load = || {
-        Engine::load(
-            &source,
-            EngineOptions {
-                prefix_cache_bytes: 64 << 20,
-            },
-        )
-        .unwrap()
-    };
+    let load = || Engine::load(&source, EngineOptions { prefix_cache_bytes: 64 << 20 }).unwrap();
     let engine = load();
     let info = engine.model_info();
     assert_eq!(info.config, Config::distilgpt2());
     assert_eq!(info.parameters, 81_912_576, "distilgpt2's parameter count");
-    assert!(
-        engine.describe().contains("synthetic-distilgpt2"),
-        "{}",
-        engine.describe()
-    );
+    assert!(engine.describe().contains("synthetic-distilgpt2"), "{}", engine.describe());
 
     let req = GenerateRequest {
         prompt: "The quick brown fox".into(),
@@ -45,11 +33,7 @@ fn synthetic_default_is_offline_deterministic_and_accounts_bytes() {
     assert_eq!(info.kv_bytes_per_token, per_block / 16);
     let (warm, cached) = engine.last_logits(&long, true).unwrap();
     assert_eq!(cached, 32);
-    let diff = logits
-        .iter()
-        .zip(&warm)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+    let diff = logits.iter().zip(&warm).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert!(diff < 1e-4, "prefix reuse changed logits by {diff}");
     drop(engine);
 
@@ -73,26 +57,12 @@ fn synthetic_weights_are_pinned() {
     let dev = candle_core::Device::Cpu;
     let a = synthetic_weights(&cfg, SYNTHETIC_SEED, &dev).unwrap();
     let b = synthetic_weights(&cfg, SYNTHETIC_SEED, &dev).unwrap();
-    let wte = a["wte.weight"]
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    assert_eq!(
-        wte,
-        b["wte.weight"]
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap()
-    );
+    let wte = a["wte.weight"].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(wte, b["wte.weight"].flatten_all().unwrap().to_vec1::<f32>().unwrap());
     let std = (wte.iter().map(|x| x * x).sum::<f32>() / wte.len() as f32).sqrt();
     assert!((std - 0.02).abs() < 0.002, "{std}");
     let ln = a["h.0.ln_1.weight"].to_vec1::<f32>().unwrap();
     assert!(ln.iter().all(|&x| x == 1.0));
     // Pinned so a change of generator (which would change every benchmark) is noticed.
-    assert_eq!(
-        wte[..4],
-        [-0.008399664, 0.035896394, -0.007117329, 0.006110384]
-    );
+    assert_eq!(wte[..4], [-0.008399664, 0.035896394, -0.007117329, 0.006110384]);
 }
