@@ -32,10 +32,7 @@ fn main() {
     for dir in ["wit", "guest-router", "guest-cache", "host/tests/guests"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
-    println!(
-        "cargo:rerun-if-changed={}",
-        root.join("Cargo.lock").display()
-    );
+    println!("cargo:rerun-if-changed={}", root.join("Cargo.lock").display());
 
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
@@ -52,9 +49,7 @@ fn main() {
     for (_, package, _) in GUESTS {
         cmd.args(["--package", package]);
     }
-    let status = cmd
-        .status()
-        .expect("failed to run cargo for the wasm guests");
+    let status = cmd.status().expect("failed to run cargo for the wasm guests");
     if !status.success() {
         panic!(
             "building the policy guests for {TARGET} failed (see above). If the target is \
@@ -69,42 +64,17 @@ fn main() {
             .join(TARGET)
             .join(PROFILE)
             .join(format!("{}.wasm", package.replace('-', "_")));
-        assert!(
-            file.exists(),
-            "guest {name} was not built at {}",
-            file.display()
-        );
+        assert!(file.exists(), "guest {name} was not built at {}", file.display());
         let ident = name.to_uppercase().replace('-', "_");
-        writeln!(
-            code,
-            "/// Path of the `{name}` guest built from `{package}`."
-        )
-        .unwrap();
-        writeln!(
-            code,
-            "pub const {ident}_PATH: &str = {:?};",
-            path_str(&file)
-        )
-        .unwrap();
+        writeln!(code, "/// Path of the `{name}` guest built from `{package}`.").unwrap();
+        writeln!(code, "pub const {ident}_PATH: &str = {:?};", path_str(&file)).unwrap();
         if *builtin {
-            writeln!(
-                builtins,
-                "    ({name:?}, include_bytes!({:?})),",
-                path_str(&file)
-            )
-            .unwrap();
+            writeln!(builtins, "    ({name:?}, include_bytes!({:?})),", path_str(&file)).unwrap();
         }
     }
-    writeln!(
-        code,
-        "/// Built-in policies embedded in the binary: (name, component bytes)."
-    )
-    .unwrap();
-    writeln!(
-        code,
-        "pub const BUILTINS: &[(&str, &[u8])] = &[\n{builtins}];"
-    )
-    .unwrap();
+    writeln!(code, "/// Built-in policies embedded in the binary: (name, component bytes).")
+        .unwrap();
+    writeln!(code, "pub const BUILTINS: &[(&str, &[u8])] = &[\n{builtins}];").unwrap();
     std::fs::write(out_dir.join("guests.rs"), code).unwrap();
 }
 

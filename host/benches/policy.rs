@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use locus::policy::{
-    FaultPolicy, LoadOptions, PolicySource, Request, RouterPolicy, Worker, rendezvous,
+    FaultPolicy, LoadOptions, PolicySource, Request, RouterPolicy, rendezvous, workers,
 };
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -33,6 +33,13 @@ fn main() {
     let hash = PolicySource::Builtin("hash");
     let policy =
         RouterPolicy::load(&hash, &LoadOptions::default(), FaultPolicy::default()).unwrap();
+    // The boundary alone: a policy that does (almost) no work and answers worker 0.
+    let idle = RouterPolicy::load(
+        &PolicySource::File(locus::guests::FAULTY_PATH.into()),
+        &LoadOptions::default(),
+        FaultPolicy::default(),
+    )
+    .unwrap();
     let prompts: Vec<Request> = (0..1024)
         .map(|i| Request {
             id: i,
@@ -42,17 +49,13 @@ fn main() {
         .collect();
 
     println!("route latency, ns per call ({rounds} interleaved rounds x {per_round} calls each)");
-    println!("| workers | wasm p50 | wasm p99 | native p50 | native p99 | wasm/native p50 |");
-    println!("|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| workers | wasm hash p50 | wasm hash p99 | native p50 | native p99 | wasm/native p50 | no-op policy p50 |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
     for n in [3usize, 16, 128] {
-        let workers: Vec<Worker> = (0..n as u64)
-            .map(|i| Worker {
-                id: 0x9E37_79B9 ^ (i * 7919),
-                healthy: true,
-                in_flight: 0,
-            })
-            .collect();
-        let (mut wasm, mut native) = (Vec::new(), Vec::new());
+        let workers = workers((0..n as u64).map(|i| (0x9E37_79B9 ^ (i * 7919), 0)));
+        let (mut wasm, mut native, mut noop) = (Vec::new(), Vec::new(), Vec::new());
         let mut check = 0usize;
         for _ in 0..rounds {
             wasm.extend(sample(per_round, |i| {
@@ -61,18 +64,23 @@ fn main() {
             }));
             native.extend(sample(per_round, |i| {
                 let r = &prompts[i % prompts.len()];
-                check ^= rendezvous(&r.prompt, workers.iter().map(|w| (w.id, w.healthy))).unwrap();
+                check ^= rendezvous(&r.prompt, workers.ids.iter().copied()).unwrap();
+            }));
+            noop.extend(sample(per_round, |i| {
+                assert_eq!(idle.route(&prompts[i % prompts.len()], &workers).unwrap().index, 0);
             }));
         }
         assert_eq!(check, 0, "wasm and native disagree");
         wasm.sort_unstable();
         native.sort_unstable();
+        noop.sort_unstable();
         let (w50, n50) = (percentile(&wasm, 0.5), percentile(&native, 0.5));
         println!(
-            "| {n} | {w50:.0} | {:.0} | {n50:.0} | {:.0} | {:.2}x |",
+            "| {n} | {w50:.0} | {:.0} | {n50:.0} | {:.0} | {:.2}x | {:.0} |",
             percentile(&wasm, 0.99),
             percentile(&native, 0.99),
-            w50 / n50
+            w50 / n50,
+            percentile(&noop, 0.5),
         );
     }
     assert_eq!(policy.total_faults(), 0);
@@ -91,10 +99,7 @@ fn main() {
         bytes.push((payload.len() + 1) as u8);
         bytes.push(payload.len() as u8);
         bytes.extend_from_slice(payload.as_bytes());
-        let src = PolicySource::Bytes {
-            name: "hash.wasm".into(),
-            bytes,
-        };
+        let src = PolicySource::Bytes { name: "hash.wasm".into(), bytes };
         let t = Instant::now();
         policy.swap(&src, &LoadOptions::default()).unwrap();
         cold.push(t.elapsed());
@@ -106,10 +111,7 @@ fn main() {
     warm.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!();
-    println!(
-        "load + validate + swap of hash.wasm ({} bytes), {samples} samples",
-        base.len()
-    );
+    println!("load + validate + swap of hash.wasm ({} bytes), {samples} samples", base.len());
     println!("| | p50 ms | max ms |");
     println!("|---|---:|---:|");
     println!(

@@ -61,11 +61,7 @@ fn main() -> ExitCode {
             };
             let report = policy::inspect(&source, &LoadOptions::with_settings(settings));
             println!("{report}");
-            if report.usable() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
+            if report.usable() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
         }
     }
 }

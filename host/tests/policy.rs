@@ -9,17 +9,13 @@ use std::time::{Duration, Instant};
 use locus::guests;
 use locus::policy::{
     CachePolicy, Entry, EntryKind, Fault, FaultPolicy, LoadOptions, LoadStep, PolicySource,
-    Request, RouterPolicy, Worker, rendezvous,
+    Request, RouterPolicy, Workers, rendezvous,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 fn settings(kv: &[(&str, &str)]) -> LoadOptions {
-    LoadOptions::with_settings(
-        kv.iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    )
+    LoadOptions::with_settings(kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
 }
 
 fn file(path: &str) -> PolicySource {
@@ -30,29 +26,23 @@ fn router(source: PolicySource, kv: &[(&str, &str)]) -> RouterPolicy {
     RouterPolicy::load(&source, &settings(kv), FaultPolicy::default()).expect("policy loads")
 }
 
-fn workers(ids: &[u64]) -> Vec<Worker> {
-    ids.iter()
-        .map(|&id| Worker {
-            id,
-            healthy: true,
-            in_flight: 0,
-        })
-        .collect()
+fn workers(ids: &[u64]) -> Workers {
+    locus::policy::workers(ids.iter().map(|&id| (id, 0)))
+}
+
+fn ids(w: &Workers) -> impl Iterator<Item = u64> + '_ {
+    w.ids.iter().copied()
 }
 
 fn req(prompt: &str) -> Request {
-    Request {
-        id: 1,
-        prompt: prompt.to_string(),
-        max_new_tokens: 16,
-    }
+    Request { id: 1, prompt: prompt.to_string(), max_new_tokens: 16 }
 }
 
 /// Routes `prompt`, asserting the policy itself decided, and returns the worker id.
-fn route_id(p: &RouterPolicy, prompt: &str, ws: &[Worker]) -> u64 {
-    let d = p.route(&req(prompt), ws).expect("a healthy worker exists");
+fn route_id(p: &RouterPolicy, prompt: &str, ws: &Workers) -> u64 {
+    let d = p.route(&req(prompt), ws).expect("a worker exists");
     assert_eq!(d.fault, None, "policy faulted on {prompt:?}");
-    ws[d.index].id
+    ws.ids[d.index]
 }
 
 #[test]
@@ -63,18 +53,9 @@ fn hash_sends_the_same_20_characters_to_the_same_worker() {
     for g in 0..50 {
         let head = format!("system prompt #{g:04} ");
         assert_eq!(head.chars().count(), 20);
-        for tail in [
-            "",
-            "what is rust?",
-            "tell me a joke",
-            "x".repeat(500).as_str(),
-        ] {
+        for tail in ["", "what is rust?", "tell me a joke", "x".repeat(500).as_str()] {
             let id = route_id(&p, &format!("{head}{tail}"), &ws);
-            assert_eq!(
-                *seen.entry(g).or_insert(id),
-                id,
-                "group {g} split across workers"
-            );
+            assert_eq!(*seen.entry(g).or_insert(id), id, "group {g} split across workers");
         }
     }
     // 50 groups over 4 workers: every worker gets some.
@@ -89,9 +70,7 @@ fn hash_removing_a_worker_moves_only_its_keys_and_adding_it_back_restores() {
     let p = router(PolicySource::Builtin("hash"), &[]);
     let four = workers(&[101, 202, 303, 404]);
     let three = workers(&[101, 202, 404]);
-    let keys: Vec<String> = (0..2000)
-        .map(|k| format!("key number {k:06} / tail"))
-        .collect();
+    let keys: Vec<String> = (0..2000).map(|k| format!("key number {k:06} / tail")).collect();
     let before: Vec<u64> = keys.iter().map(|k| route_id(&p, k, &four)).collect();
     let after: Vec<u64> = keys.iter().map(|k| route_id(&p, k, &three)).collect();
     let mut moved = 0;
@@ -104,18 +83,9 @@ fn hash_removing_a_worker_moves_only_its_keys_and_adding_it_back_restores() {
         }
     }
     // Rendezvous spreads keys evenly: the removed worker owned about a quarter.
-    assert!(
-        (400..600).contains(&moved),
-        "worker 303 owned {moved} of 2000 keys"
-    );
+    assert!((400..600).contains(&moved), "worker 303 owned {moved} of 2000 keys");
     let restored: Vec<u64> = keys.iter().map(|k| route_id(&p, k, &four)).collect();
     assert_eq!(restored, before);
-
-    // Marking the worker unhealthy is the same as removing it.
-    let mut sick = four.clone();
-    sick[2].healthy = false;
-    let unhealthy: Vec<u64> = keys.iter().map(|k| route_id(&p, k, &sick)).collect();
-    assert_eq!(unhealthy, after);
 }
 
 #[test]
@@ -124,7 +94,7 @@ fn hash_guest_and_native_fallback_agree() {
     let ws = workers(&[7, 8, 9, 10, 11, 12, 13]);
     for k in 0..500 {
         let prompt = format!("prompt {k} with a tail that does not matter");
-        let native = rendezvous(&prompt, ws.iter().map(|w| (w.id, w.healthy))).unwrap();
+        let native = rendezvous(&prompt, ids(&ws)).unwrap();
         assert_eq!(p.route(&req(&prompt), &ws).unwrap().index, native);
     }
 }
@@ -133,16 +103,10 @@ fn hash_guest_and_native_fallback_agree() {
 fn hash_prefix_chars_setting_is_honoured_and_validated() {
     let p = router(PolicySource::Builtin("hash"), &[("prefix-chars", "4")]);
     let ws = workers(&[1, 2, 3, 4, 5, 6, 7, 8]);
-    let ids: Vec<u64> = (0..40)
-        .map(|k| route_id(&p, &format!("abcd{k}"), &ws))
-        .collect();
+    let ids: Vec<u64> = (0..40).map(|k| route_id(&p, &format!("abcd{k}"), &ws)).collect();
     assert!(ids.iter().all(|id| *id == ids[0]));
 
-    for bad in [
-        ("prefix-chars", "0"),
-        ("prefix-chars", "many"),
-        ("prefx-chars", "4"),
-    ] {
+    for bad in [("prefix-chars", "0"), ("prefix-chars", "many"), ("prefx-chars", "4")] {
         let e = RouterPolicy::load(
             &PolicySource::Builtin("hash"),
             &settings(&[bad]),
@@ -160,32 +124,26 @@ fn random_is_reproducible_with_a_seed() {
     let ws = workers(&[1, 2, 3, 4, 5]);
     let draw = |seed: &str| {
         let p = router(PolicySource::Builtin("random"), &[("seed", seed)]);
-        (0..1000)
-            .map(|_| route_id(&p, "same prompt", &ws))
-            .collect::<Vec<_>>()
+        (0..1000).map(|_| route_id(&p, "same prompt", &ws)).collect::<Vec<_>>()
     };
     assert_eq!(draw("7"), draw("7"));
     assert_ne!(draw("7"), draw("8"));
 }
 
 #[test]
-fn random_is_uniform_over_healthy_workers() {
+fn random_is_uniform_over_the_workers() {
     let p = router(PolicySource::Builtin("random"), &[("seed", "42")]);
-    let mut ws = workers(&[1, 2, 3, 4, 5]);
-    ws[2].healthy = false;
+    let ws = workers(&[1, 2, 4, 5]);
     let mut counts: HashMap<u64, u32> = HashMap::new();
     const N: u32 = 10_000;
     for _ in 0..N {
         *counts.entry(route_id(&p, "p", &ws)).or_default() += 1;
     }
-    assert_eq!(counts.get(&3), None, "an unhealthy worker was chosen");
-    // Pearson's chi-square over the 4 healthy workers (3 degrees of freedom): a uniform
+    // Pearson's chi-square over the 4 workers (3 degrees of freedom): a uniform
     // source exceeds 16.27 with probability 0.001.
     let expected = f64::from(N) / 4.0;
-    let chi2: f64 = [1, 2, 4, 5]
-        .iter()
-        .map(|id| (f64::from(counts[id]) - expected).powi(2) / expected)
-        .sum();
+    let chi2: f64 =
+        [1, 2, 4, 5].iter().map(|id| (f64::from(counts[id]) - expected).powi(2) / expected).sum();
     assert!(chi2 < 16.27, "chi-square {chi2:.2} for counts {counts:?}");
 }
 
@@ -240,10 +198,7 @@ fn lru_matches_a_reference_model_on_random_operations() {
             FaultPolicy::default(),
         )
         .unwrap();
-        let mut model = ModelLru {
-            capacity,
-            ..Default::default()
-        };
+        let mut model = ModelLru { capacity, ..Default::default() };
         let mut rng = StdRng::seed_from_u64(seed);
         for step in 0..3000 {
             let key = rng.random_range(0..64u64);
@@ -251,17 +206,9 @@ fn lru_matches_a_reference_model_on_random_operations() {
                 0..=4 => {
                     let size =
                         rng.random_range(1..1500u64) * if rng.random_ratio(1, 50) { 10 } else { 1 };
-                    let kind = if key % 2 == 0 {
-                        EntryKind::Prefix
-                    } else {
-                        EntryKind::Response
-                    };
+                    let kind = if key % 2 == 0 { EntryKind::Prefix } else { EntryKind::Response };
                     let got = p.admit(Entry { key, kind, size });
-                    assert_eq!(
-                        got,
-                        model.admit(key, size),
-                        "seed {seed} step {step}: admit"
-                    );
+                    assert_eq!(got, model.admit(key, size), "seed {seed} step {step}: admit");
                 }
                 5..=7 => {
                     p.hit(key);
@@ -287,10 +234,7 @@ fn lru_matches_a_reference_model_on_random_operations() {
         let order: Vec<u64> = model.order.iter().map(|(k, _)| *k).collect();
         let last_size = model.order.last().map_or(0, |(_, s)| *s);
         if total > last_size {
-            assert_eq!(
-                p.evict(total - last_size),
-                order[..order.len() - 1].to_vec()
-            );
+            assert_eq!(p.evict(total - last_size), order[..order.len() - 1].to_vec());
             assert_eq!(p.evict(u64::MAX), order[order.len() - 1..].to_vec());
         }
         assert_eq!(p.info().faults, 0);
@@ -328,36 +272,16 @@ fn faulty_modules_are_rejected_at_load_with_the_step_and_reason() {
             "index",
         ),
         (
-            load_err(faulty(), &[("fault", "unhealthy"), ("trigger", "always")]),
-            LoadStep::Smoke,
-            "unhealthy",
-        ),
-        (
             load_err(faulty(), &[("fault", "error"), ("trigger", "always")]),
             LoadStep::Smoke,
             "failed on purpose",
         ),
-        (
-            load_err(faulty(), &[("fault", "configure")]),
-            LoadStep::Configure,
-            "refused on purpose",
-        ),
-        (
-            load_err(file(guests::WRONG_WORLD_PATH), &[]),
-            LoadStep::Typecheck,
-            "router world",
-        ),
-        (
-            load_err(PolicySource::Builtin("lru"), &[]),
-            LoadStep::Typecheck,
-            "router world",
-        ),
+        (load_err(faulty(), &[("fault", "configure")]), LoadStep::Configure, "refused on purpose"),
+        (load_err(file(guests::WRONG_WORLD_PATH), &[]), LoadStep::Typecheck, "router world"),
+        (load_err(PolicySource::Builtin("lru"), &[]), LoadStep::Typecheck, "router world"),
         (
             load_err(
-                PolicySource::Bytes {
-                    name: "junk".into(),
-                    bytes: b"GIF89a not wasm".to_vec(),
-                },
+                PolicySource::Bytes { name: "junk".into(), bytes: b"GIF89a not wasm".to_vec() },
                 &[],
             ),
             LoadStep::Compile,
@@ -365,27 +289,17 @@ fn faulty_modules_are_rejected_at_load_with_the_step_and_reason() {
         ),
         (
             load_err(
-                PolicySource::Bytes {
-                    name: "core".into(),
-                    bytes: b"\0asm\x01\0\0\0".to_vec(),
-                },
+                PolicySource::Bytes { name: "core".into(), bytes: b"\0asm\x01\0\0\0".to_vec() },
                 &[],
             ),
             LoadStep::Compile,
             "core wasm module",
         ),
-        (
-            load_err(file("/nonexistent/policy.wasm"), &[]),
-            LoadStep::Read,
-            "cannot read",
-        ),
+        (load_err(file("/nonexistent/policy.wasm"), &[]), LoadStep::Read, "cannot read"),
     ];
     for (err, step, needle) in cases {
         assert_eq!(err.step, step, "{err}");
-        assert!(
-            err.to_string().contains(needle),
-            "expected {needle:?} in: {err}"
-        );
+        assert!(err.to_string().contains(needle), "expected {needle:?} in: {err}");
     }
 }
 
@@ -396,10 +310,7 @@ fn a_rejected_swap_leaves_the_old_policy_serving() {
     let ws = workers(&[1, 2, 3]);
     let want = route_id(&p, "hello there, general", &ws);
     let e = p
-        .swap(
-            &file(guests::FAULTY_PATH),
-            &settings(&[("fault", "loop"), ("trigger", "always")]),
-        )
+        .swap(&file(guests::FAULTY_PATH), &settings(&[("fault", "loop"), ("trigger", "always")]))
         .unwrap_err();
     assert_eq!(e.step, LoadStep::Smoke);
     assert_eq!(p.info(), before);
@@ -409,10 +320,7 @@ fn a_rejected_swap_leaves_the_old_policy_serving() {
 /// Each run-time fault is contained: the native fallback decides, the fault is counted,
 /// and the next call is served by a fresh instance of the policy.
 fn contained(fault: &str, check: impl Fn(&Fault)) {
-    let p = router(
-        file(guests::FAULTY_PATH),
-        &[("fault", fault), ("index", "2")],
-    );
+    let p = router(file(guests::FAULTY_PATH), &[("fault", fault), ("index", "2")]);
     let ws = workers(&[1, 2, 3, 4]);
     let prompt = "FAULT: please misbehave";
     let started = Instant::now();
@@ -423,16 +331,12 @@ fn contained(fault: &str, check: impl Fn(&Fault)) {
     );
     let f = d.fault.expect("the fault is reported");
     check(&f);
-    let native = rendezvous(prompt, ws.iter().map(|w| (w.id, w.healthy))).unwrap();
+    let native = rendezvous(prompt, ids(&ws)).unwrap();
     assert_eq!(d.index, native, "{fault}: the native fallback decided");
     assert_eq!(p.info().faults, 1);
     for _ in 0..3 {
         let d = p.route(&req("a normal prompt"), &ws).unwrap();
-        assert_eq!(
-            (d.index, d.fault),
-            (2, None),
-            "{fault}: the policy serves again"
-        );
+        assert_eq!((d.index, d.fault), (2, None), "{fault}: the policy serves again");
     }
 }
 
@@ -443,9 +347,7 @@ fn run_time_trap_is_contained() {
 
 #[test]
 fn run_time_infinite_loop_is_contained() {
-    contained("loop", |f| {
-        assert_eq!(*f, Fault::Timeout(Duration::from_millis(10)))
-    });
+    contained("loop", |f| assert_eq!(*f, Fault::Timeout(Duration::from_millis(10))));
 }
 
 #[test]
@@ -455,35 +357,20 @@ fn run_time_unbounded_allocation_is_contained() {
 
 #[test]
 fn run_time_out_of_range_index_is_contained() {
-    contained("bad-index", |f| {
-        assert_eq!(*f, Fault::OutOfRange { index: 11, len: 4 })
-    });
+    contained("bad-index", |f| assert_eq!(*f, Fault::OutOfRange { index: 11, len: 4 }));
 }
 
 #[test]
 fn run_time_error_result_is_contained() {
-    contained("error", |f| {
-        assert_eq!(*f, Fault::Error("route failed on purpose".into()))
-    });
+    contained("error", |f| assert_eq!(*f, Fault::Error("route failed on purpose".into())));
 }
 
 #[test]
 fn repeated_faults_roll_back_to_the_previous_version_then_a_good_swap_works() {
-    let faults = FaultPolicy {
-        max_faults: 3,
-        window: Duration::from_secs(60),
-    };
-    let p = RouterPolicy::load(
-        &PolicySource::Builtin("hash"),
-        &LoadOptions::default(),
-        faults,
-    )
-    .unwrap();
-    p.swap(
-        &file(guests::FAULTY_PATH),
-        &settings(&[("fault", "trap"), ("index", "1")]),
-    )
-    .unwrap();
+    let faults = FaultPolicy { max_faults: 3, window: Duration::from_secs(60) };
+    let p = RouterPolicy::load(&PolicySource::Builtin("hash"), &LoadOptions::default(), faults)
+        .unwrap();
+    p.swap(&file(guests::FAULTY_PATH), &settings(&[("fault", "trap"), ("index", "1")])).unwrap();
     assert_eq!(p.info().name, guests::FAULTY_PATH);
     let ws = workers(&[1, 2, 3]);
     for i in 1..=3 {
@@ -493,41 +380,26 @@ fn repeated_faults_roll_back_to_the_previous_version_then_a_good_swap_works() {
             assert_eq!(p.info().name, guests::FAULTY_PATH, "rolled back too early");
         }
     }
-    assert_eq!(
-        p.info().name,
-        "hash",
-        "three faults in the window roll back"
-    );
+    assert_eq!(p.info().name, "hash", "three faults in the window roll back");
     assert_eq!(p.rollbacks(), 1);
     assert_eq!(p.total_faults(), 3);
     assert_eq!(p.route(&req("FAULT now"), &ws).unwrap().fault, None);
 
-    let info = p
-        .swap(
-            &PolicySource::Builtin("random"),
-            &settings(&[("seed", "1")]),
-        )
-        .unwrap();
+    let info = p.swap(&PolicySource::Builtin("random"), &settings(&[("seed", "1")])).unwrap();
     assert_eq!(info.name, "random");
     assert_eq!(p.route(&req("x"), &ws).unwrap().fault, None);
     // With nothing before it, a rollback lands on the native fallback.
     assert_eq!(p.rollback().name, "hash");
     assert_eq!(p.rollback().name, "native");
     let d = p.route(&req("abc"), &ws).unwrap();
-    assert_eq!(
-        d.index,
-        rendezvous("abc", ws.iter().map(|w| (w.id, w.healthy))).unwrap()
-    );
+    assert_eq!(d.index, rendezvous("abc", ids(&ws)).unwrap());
 }
 
 /// Faults inside a Tokio runtime, where the router calls policies: the sandbox must not
 /// reach for a runtime of its own (a panic would take the worker thread down).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_inside_a_tokio_runtime_do_not_panic_the_host() {
-    let never = FaultPolicy {
-        max_faults: u32::MAX,
-        window: Duration::from_secs(1),
-    };
+    let never = FaultPolicy { max_faults: u32::MAX, window: Duration::from_secs(1) };
     let opts = settings(&[("fault", "trap")]);
     let p = Arc::new(RouterPolicy::load(&file(guests::FAULTY_PATH), &opts, never).unwrap());
     let handles: Vec<_> = (0..4)
@@ -535,9 +407,7 @@ async fn faults_inside_a_tokio_runtime_do_not_panic_the_host() {
             let p = p.clone();
             tokio::spawn(async move {
                 let ws = workers(&[1, 2]);
-                (0..20)
-                    .filter(|_| p.route(&req("FAULT"), &ws).unwrap().fault.is_some())
-                    .count()
+                (0..20).filter(|_| p.route(&req("FAULT"), &ws).unwrap().fault.is_some()).count()
             })
         })
         .collect();
@@ -562,20 +432,12 @@ fn cache_fault_bypasses_and_the_fresh_instance_learns_the_residents() {
     let r = residents.clone();
     p.set_residents(move || r.lock().unwrap().clone());
     for key in 1..=3 {
-        let e = Entry {
-            key,
-            kind: EntryKind::Prefix,
-            size: 10,
-        };
+        let e = Entry { key, kind: EntryKind::Prefix, size: 10 };
         assert!(p.admit(e));
         residents.lock().unwrap().push(e);
     }
     assert!(
-        !p.admit(Entry {
-            key: 0xDEAD,
-            kind: EntryKind::Response,
-            size: 1
-        }),
+        !p.admit(Entry { key: 0xDEAD, kind: EntryKind::Response, size: 1 }),
         "fallback admits nothing"
     );
     assert_eq!(p.info().faults, 1);
@@ -591,15 +453,7 @@ async fn swapping_100_times_under_8_routing_tasks_fails_no_call() {
     let p = Arc::new(RouterPolicy::load(&faulty, &opts(0), FaultPolicy::default()).unwrap());
     let committed = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let ws = Arc::new(
-        (0..128)
-            .map(|id| Worker {
-                id,
-                healthy: true,
-                in_flight: 0,
-            })
-            .collect::<Vec<_>>(),
-    );
+    let ws = Arc::new(workers(&(0..128).collect::<Vec<_>>()));
 
     let tasks: Vec<_> = (0..8)
         .map(|_| {
@@ -608,9 +462,7 @@ async fn swapping_100_times_under_8_routing_tasks_fails_no_call() {
                 let mut calls = 0u64;
                 while !stop.load(Ordering::Acquire) {
                     let floor = committed.load(Ordering::Acquire);
-                    let d = p
-                        .route(&req("steady traffic"), &ws)
-                        .expect("healthy workers");
+                    let d = p.route(&req("steady traffic"), &ws).expect("workers exist");
                     assert_eq!(d.fault, None, "a call failed during a swap");
                     assert!(
                         d.index as u64 >= floor,
@@ -630,9 +482,7 @@ async fn swapping_100_times_under_8_routing_tasks_fails_no_call() {
     for i in 1..=100 {
         let pp = p.clone();
         let f = faulty.clone();
-        tokio::task::spawn_blocking(move || pp.swap(&f, &opts(i)).unwrap())
-            .await
-            .unwrap();
+        tokio::task::spawn_blocking(move || pp.swap(&f, &opts(i)).unwrap()).await.unwrap();
         committed.store(i as u64, Ordering::Release);
         tokio::task::yield_now().await;
     }

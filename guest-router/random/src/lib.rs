@@ -1,9 +1,12 @@
-//! Uniform random choice among healthy workers, the proof of concept's baseline.
+//! Uniform random choice among the (healthy) workers, the proof of concept's baseline.
 //!
 //! Settings: `seed` (u64) makes the sequence of choices reproducible; without it the
 //! generator is seeded from WASI randomness. The host runs several instances of a router
 //! side by side and tells each its number in `locus.instance`; it is mixed into the seed
 //! so that parallel instances do not make the same choices in lockstep.
+
+// wit-bindgen's generated glue passes flattened records as many arguments.
+#![allow(clippy::too_many_arguments)]
 
 use std::cell::RefCell;
 
@@ -14,16 +17,6 @@ wit_bindgen::generate!({ world: "router", path: "../../wit" });
 
 thread_local! {
     static RNG: RefCell<SmallRng> = RefCell::new(SmallRng::seed_from_u64(0));
-}
-
-/// The `n`-th healthy worker's index, counting from 0.
-fn nth_healthy(workers: &[Worker], n: usize) -> Option<u32> {
-    workers
-        .iter()
-        .enumerate()
-        .filter(|(_, w)| w.healthy)
-        .nth(n)
-        .map(|(i, _)| i as u32)
 }
 
 struct Random;
@@ -54,13 +47,11 @@ impl Guest for Random {
         Ok(())
     }
 
-    fn route(_req: Request, workers: Vec<Worker>) -> Result<u32, String> {
-        let healthy = workers.iter().filter(|w| w.healthy).count();
-        if healthy == 0 {
-            return Err("no healthy worker".into());
+    fn route(_req: Request, workers: Workers) -> Result<u32, String> {
+        if workers.ids.is_empty() {
+            return Err("no worker to choose from".into());
         }
-        let n = RNG.with_borrow_mut(|r| r.random_range(0..healthy));
-        nth_healthy(&workers, n).ok_or_else(|| "no healthy worker".into())
+        Ok(RNG.with_borrow_mut(|r| r.random_range(0..workers.ids.len())) as u32)
     }
 
     fn observe(_done: Completion) {}

@@ -42,11 +42,7 @@ impl World for CacheWorld {
     }
 
     fn smoke(b: &Self::Bindings, store: &mut Store<State>) -> wasmtime::Result<Result<(), Fault>> {
-        let e = Entry {
-            key: 1,
-            kind: EntryKind::Response,
-            size: 1,
-        };
+        let e = Entry { key: 1, kind: EntryKind::Response, size: 1 };
         b.call_admit(&mut *store, e)?;
         b.call_hit(&mut *store, 1)?;
         b.call_evict(&mut *store, 1)?;
@@ -70,9 +66,7 @@ impl CachePolicy {
         opts: &LoadOptions,
         faults: FaultPolicy,
     ) -> Result<Self, LoadError> {
-        Ok(Self {
-            slot: Slot::new(load(source, opts)?, faults),
-        })
+        Ok(Self { slot: Slot::new(load(source, opts)?, faults) })
     }
 
     /// Where fresh instances learn the resident entries: least recently used first.
@@ -108,9 +102,7 @@ impl CachePolicy {
 
     /// Whether to keep `e`. The fallback admits nothing (the cache is bypassed).
     pub fn admit(&self, e: Entry) -> bool {
-        self.slot
-            .call(|b, s| Ok(Ok(b.call_admit(s, e)?)), || false)
-            .0
+        self.slot.call(|b, s| Ok(Ok(b.call_admit(s, e)?)), || false).0
     }
 
     /// A cached entry was used.
@@ -120,15 +112,12 @@ impl CachePolicy {
 
     /// Keys to drop to free `bytes_needed`; the fallback frees nothing.
     pub fn evict(&self, bytes_needed: u64) -> Vec<u64> {
-        self.slot
-            .call(|b, s| Ok(Ok(b.call_evict(s, bytes_needed)?)), Vec::new)
-            .0
+        self.slot.call(|b, s| Ok(Ok(b.call_evict(s, bytes_needed)?)), Vec::new).0
     }
 
     /// The host dropped `key`.
     pub fn removed(&self, key: u64) {
-        self.slot
-            .call(|b, s| Ok(Ok(b.call_removed(s, key)?)), || ());
+        self.slot.call(|b, s| Ok(Ok(b.call_removed(s, key)?)), || ());
     }
 }
 

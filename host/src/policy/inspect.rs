@@ -61,14 +61,8 @@ pub fn inspect(source: &PolicySource, opts: &LoadOptions) -> Inspection {
     let rt = Runtime::get();
     if let Ok(component) = rt.compile(sha, &bytes) {
         let ty = component.component_type();
-        report.exports = ty
-            .exports(rt.engine())
-            .map(|(n, _)| n.to_string())
-            .collect();
-        report.imports = ty
-            .imports(rt.engine())
-            .map(|(n, _)| n.to_string())
-            .collect();
+        report.exports = ty.exports(rt.engine()).map(|(n, _)| n.to_string()).collect();
+        report.imports = ty.imports(rt.engine()).map(|(n, _)| n.to_string()).collect();
     }
     let has = |n: &str| report.exports.iter().any(|e| e == n);
     report.world = if has("route") {
@@ -91,11 +85,9 @@ impl fmt::Display for Inspection {
         writeln!(f, "policy:  {}", self.name)?;
         writeln!(f, "size:    {} bytes", self.size)?;
         writeln!(f, "sha256:  {}", self.sha256)?;
-        let world = self
-            .world
-            .map_or("none (exports neither `route` nor `admit`)".into(), |w| {
-                format!("locus:policy/{w}@0.1.0")
-            });
+        let world = self.world.map_or("none (exports neither `route` nor `admit`)".into(), |w| {
+            format!("locus:policy/{w}@0.1.0")
+        });
         writeln!(f, "world:   {world}")?;
         writeln!(f, "exports: {}", self.exports.join(", "))?;
         writeln!(f, "imports: {}", self.imports.join(", "))?;

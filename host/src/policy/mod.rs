@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime};
 pub use cache::{CachePolicy, Entry, EntryKind};
 pub use fallback::rendezvous;
 pub use inspect::{Inspection, inspect};
-pub use router::{Completion, Decision, Request, RouterPolicy, Worker};
+pub use router::{Completion, Decision, Request, RouterPolicy, Workers, workers};
 pub use sandbox::{Limits, TICK};
 pub use slot::FaultPolicy;
 
@@ -120,27 +120,21 @@ pub struct LoadOptions {
 impl LoadOptions {
     /// Default bounds, the given settings.
     pub fn with_settings(settings: Vec<(String, String)>) -> Self {
-        Self {
-            settings,
-            ..Self::default()
-        }
+        Self { settings, ..Self::default() }
     }
 
     pub(crate) fn instance_count(&self) -> usize {
         if self.instances > 0 {
             return self.instances;
         }
-        std::thread::available_parallelism()
-            .map_or(4, |n| n.get())
-            .max(4)
+        std::thread::available_parallelism().map_or(4, |n| n.get()).max(4)
     }
 }
 
 /// Parses `key=value` into a pair.
 pub fn parse_setting(s: &str) -> Result<(String, String), String> {
-    let (k, v) = s
-        .split_once('=')
-        .ok_or_else(|| format!("setting `{s}` is not of the form key=value"))?;
+    let (k, v) =
+        s.split_once('=').ok_or_else(|| format!("setting `{s}` is not of the form key=value"))?;
     if k.is_empty() {
         return Err(format!("setting `{s}` has an empty key"));
     }
@@ -212,9 +206,6 @@ pub enum Fault {
         /// The number of workers offered.
         len: usize,
     },
-    /// `route` chose a worker marked unhealthy.
-    #[error("chose worker {0}, which is unhealthy")]
-    Unhealthy(u32),
     /// A fresh instance could not be made.
     #[error("instantiation failed: {0}")]
     Instantiate(String),

@@ -12,7 +12,13 @@ mod bindings {
     wasmtime::component::bindgen!({ path: "../wit", world: "router" });
 }
 
-pub use bindings::locus::policy::types::{Completion, Request, Worker};
+pub use bindings::locus::policy::types::{Completion, Request, Workers};
+
+/// Builds the parallel lists of [`Workers`] from `(id, in_flight)` pairs.
+pub fn workers(iter: impl IntoIterator<Item = (u64, u32)>) -> Workers {
+    let (ids, in_flight) = iter.into_iter().unzip();
+    Workers { ids, in_flight }
+}
 
 pub(crate) struct RouterWorld;
 
@@ -39,13 +45,7 @@ impl World for RouterWorld {
     }
 
     fn smoke(b: &Self::Bindings, store: &mut Store<State>) -> wasmtime::Result<Result<(), Fault>> {
-        let workers: Vec<Worker> = (1..=4)
-            .map(|id| Worker {
-                id,
-                healthy: id != 2,
-                in_flight: id as u32,
-            })
-            .collect();
+        let workers = workers((1..=4).map(|id| (id, id as u32)));
         let req = Request {
             id: 0,
             prompt: "locus smoke call: the quick brown fox jumps over the lazy dog".into(),
@@ -60,7 +60,7 @@ impl World for RouterWorld {
         }
         let done = Completion {
             request_id: 0,
-            worker_id: workers[index as usize].id,
+            worker_id: workers.ids[index as usize],
             ok: true,
             latency_us: 1000,
             prompt_tokens: 12,
@@ -71,15 +71,9 @@ impl World for RouterWorld {
     }
 }
 
-fn check_index(index: u32, workers: &[Worker]) -> Result<usize, Fault> {
-    match workers.get(index as usize) {
-        None => Err(Fault::OutOfRange {
-            index,
-            len: workers.len(),
-        }),
-        Some(w) if !w.healthy => Err(Fault::Unhealthy(index)),
-        Some(_) => Ok(index as usize),
-    }
+fn check_index(index: u32, workers: &Workers) -> Result<usize, Fault> {
+    let len = workers.ids.len();
+    if (index as usize) < len { Ok(index as usize) } else { Err(Fault::OutOfRange { index, len }) }
 }
 
 /// A routing decision.
@@ -106,9 +100,7 @@ impl RouterPolicy {
         opts: &LoadOptions,
         faults: FaultPolicy,
     ) -> Result<Self, LoadError> {
-        Ok(Self {
-            slot: Slot::new(load(source, opts)?, faults),
-        })
+        Ok(Self { slot: Slot::new(load(source, opts)?, faults) })
     }
 
     /// Validates `source` and, only if it passes, makes it serve. On error the serving
@@ -138,28 +130,29 @@ impl RouterPolicy {
         self.slot.rollbacks()
     }
 
-    /// Chooses a healthy worker for `req`; `None` only when no worker is healthy.
-    pub fn route(&self, req: &Request, workers: &[Worker]) -> Option<Decision> {
-        if !workers.iter().any(|w| w.healthy) {
+    /// Chooses one of `workers` (the healthy ones) for `req`; `None` when there is none
+    /// (or the lists of `workers` differ in length).
+    pub fn route(&self, req: &Request, workers: &Workers) -> Option<Decision> {
+        let n = workers.ids.len();
+        debug_assert_eq!(workers.in_flight.len(), n);
+        if n == 0 || workers.in_flight.len() != n {
             return None;
         }
-        let native =
-            || fallback::rendezvous(&req.prompt, workers.iter().map(|w| (w.id, w.healthy)));
+        let native = || fallback::rendezvous(&req.prompt, workers.ids.iter().copied());
         let (index, fault) = self.slot.call(
             |b, store| {
                 Ok(b.call_route(store, req, workers)?
                     .map_err(Fault::Error)
                     .and_then(|i| check_index(i, workers)))
             },
-            || native().expect("a healthy worker exists"),
+            || native().expect("the worker list is not empty"),
         );
         Some(Decision { index, fault })
     }
 
     /// Tells the policy a routed request completed.
     pub fn observe(&self, done: &Completion) {
-        self.slot
-            .call(|b, store| b.call_observe(store, *done).map(Ok), || ());
+        self.slot.call(|b, store| b.call_observe(store, *done).map(Ok), || ());
     }
 }
 

@@ -37,10 +37,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            deadline: Duration::from_millis(10),
-            memory_bytes: 64 << 20,
-        }
+        Self { deadline: Duration::from_millis(10), memory_bytes: 64 << 20 }
     }
 }
 
@@ -89,10 +86,7 @@ impl Deadline {
 }
 
 fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     if rc != 0 {
@@ -104,10 +98,7 @@ fn thread_cpu_time() -> Duration {
 
 impl WasiView for State {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 
@@ -117,10 +108,7 @@ impl State {
         let ticks = limits.deadline_ticks();
         let d = &mut store.data_mut().deadline;
         if d.mark.is_some() || d.windows != 0 {
-            *d = Deadline {
-                ticks,
-                ..Deadline::default()
-            };
+            *d = Deadline { ticks, ..Deadline::default() };
         }
         d.ticks = ticks;
         store.set_epoch_deadline(ticks);
@@ -199,11 +187,7 @@ impl Runtime {
 
         let mut linker = Linker::new(&engine);
         link_capability_free_wasi(&mut linker)?;
-        Ok(Self {
-            engine,
-            linker,
-            compiled: Mutex::new(HashMap::new()),
-        })
+        Ok(Self { engine, linker, compiled: Mutex::new(HashMap::new()) })
     }
 
     /// The engine every policy is compiled with.
@@ -245,10 +229,7 @@ impl Runtime {
         let state = State {
             wasi: WasiCtx::builder().allow_tcp(false).allow_udp(false).build(),
             table: ResourceTable::new(),
-            limits: Limiter {
-                inner,
-                denied: false,
-            },
+            limits: Limiter { inner, denied: false },
             deadline: Deadline::default(),
         };
         let mut store = Store::new(&self.engine, state);

@@ -53,10 +53,7 @@ pub struct FaultPolicy {
 
 impl Default for FaultPolicy {
     fn default() -> Self {
-        Self {
-            max_faults: 5,
-            window: Duration::from_secs(60),
-        }
+        Self { max_faults: 5, window: Duration::from_secs(60) }
     }
 }
 
@@ -94,9 +91,7 @@ impl<W: World> Wasm<W> {
             Ok(Ok(())) => {}
             Ok(Err(msg)) => return Err(Fault::Configure(msg)),
             Err(e) => {
-                return Err(Fault::Configure(
-                    classify(e, &store, &self.limits).to_string(),
-                ));
+                return Err(Fault::Configure(classify(e, &store, &self.limits).to_string()));
             }
         }
         if let Some(init) = init {
@@ -184,11 +179,7 @@ impl<W: World> Version<W> {
     /// before the version may serve.
     pub(crate) fn load(source: &PolicySource, opts: &LoadOptions) -> Result<Self, LoadError> {
         let name = source.name();
-        let err = |step, reason: String| LoadError {
-            name: name.clone(),
-            step,
-            reason,
-        };
+        let err = |step, reason: String| LoadError { name: name.clone(), step, reason };
         let bytes = source.bytes().map_err(|e| err(LoadStep::Read, e))?;
         if bytes.is_empty() {
             return Err(err(LoadStep::Read, "the module is empty".into()));
@@ -249,10 +240,7 @@ impl<W: World> Version<W> {
     }
 
     fn info(&self) -> PolicyInfo {
-        PolicyInfo {
-            faults: self.faults.load(Ordering::Relaxed),
-            ..self.info.clone()
-        }
+        PolicyInfo { faults: self.faults.load(Ordering::Relaxed), ..self.info.clone() }
     }
 }
 
@@ -263,10 +251,7 @@ pub(crate) fn validate<W: World>(
 ) -> Result<W::Pre, (LoadStep, String)> {
     const CORE_MODULE: [u8; 8] = [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00];
     if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
-        return Err((
-            LoadStep::Compile,
-            "not a WebAssembly component (bad magic bytes)".into(),
-        ));
+        return Err((LoadStep::Compile, "not a WebAssembly component (bad magic bytes)".into()));
     }
     if bytes[..8] == CORE_MODULE {
         return Err((
@@ -277,22 +262,13 @@ pub(crate) fn validate<W: World>(
         ));
     }
     let rt = Runtime::get();
-    let component = rt
-        .compile(sha256, bytes)
-        .map_err(|e| (LoadStep::Compile, format!("{e:#}")))?;
-    let linker = rt
-        .linker_for(&component)
-        .map_err(|e| (LoadStep::Link, format!("{e:#}")))?;
-    let ip = linker
-        .instantiate_pre(&component)
-        .map_err(|e| (LoadStep::Link, format!("{e:#}")))?;
+    let component = rt.compile(sha256, bytes).map_err(|e| (LoadStep::Compile, format!("{e:#}")))?;
+    let linker = rt.linker_for(&component).map_err(|e| (LoadStep::Link, format!("{e:#}")))?;
+    let ip = linker.instantiate_pre(&component).map_err(|e| (LoadStep::Link, format!("{e:#}")))?;
     W::pre(ip).map_err(|e| {
         (
             LoadStep::Typecheck,
-            format!(
-                "does not implement the locus:policy/{} world: {e:#}",
-                W::NAME
-            ),
+            format!("does not implement the locus:policy/{} world: {e:#}", W::NAME),
         )
     })
 }
@@ -349,9 +325,7 @@ impl<W: World> Slot<W> {
     }
 
     fn rollback_locked(&self) -> PolicyInfo {
-        let prev = lock(&self.history)
-            .pop()
-            .unwrap_or_else(|| Arc::new(Version::native()));
+        let prev = lock(&self.history).pop().unwrap_or_else(|| Arc::new(Version::native()));
         let info = prev.info();
         let from = self.current.swap(prev);
         self.rollbacks.fetch_add(1, Ordering::Relaxed);
@@ -401,10 +375,7 @@ impl<W: World> Slot<W> {
         let over = {
             let mut recent = lock(&version.recent);
             recent.push_back(now);
-            while recent
-                .front()
-                .is_some_and(|t| now.duration_since(*t) > self.faults.window)
-            {
+            while recent.front().is_some_and(|t| now.duration_since(*t) > self.faults.window) {
                 recent.pop_front();
             }
             recent.len() >= self.faults.max_faults as usize
