@@ -63,19 +63,17 @@ fn run(model: &ModelSource, reps: usize) -> Result<(), Box<dyn std::error::Error
     // Warm-up: first touches of the weights and allocator.
     let (logits, _) = engine.last_logits(&prompt, false)?;
 
-    let mut cold = Vec::new();
-    for _ in 0..reps {
+    // Tail over a cached prefix: the prefix is stored once, then each rep runs a fresh 64-token
+    // tail (a repeated tail would itself be cached by the previous rep). Cold and tail reps
+    // alternate so that load from other processes hits both sides of the ratio alike.
+    engine.last_logits(&prompt[..PREFIX + 1], true)?;
+    let (mut cold, mut tail) = (Vec::new(), Vec::new());
+    let mut cached = 0;
+    for r in 0..reps {
         let t = Instant::now();
         engine.last_logits(&prompt, false)?;
         cold.push(t.elapsed().as_secs_f64());
-    }
 
-    // Tail over a cached prefix: the prefix is stored once, then each rep runs a fresh 64-token
-    // tail (a repeated tail would itself be cached by the previous rep).
-    engine.last_logits(&prompt[..PREFIX + 1], true)?;
-    let mut tail = Vec::new();
-    let mut cached = 0;
-    for r in 0..reps {
         let mut p = prompt[..PREFIX].to_vec();
         p.extend(ids(PROMPT - PREFIX, r as u64 + 1));
         let t = Instant::now();
@@ -112,7 +110,8 @@ fn run(model: &ModelSource, reps: usize) -> Result<(), Box<dyn std::error::Error
         "decode_tok_s": decode_best,
         "decode_tok_s_median": median(decode.clone()),
         "prefill_tok_s_median": PROMPT as f64 / median(cold.clone()),
-        "tail_ratio_median": median(tail.clone()) / median(cold.clone()),
+        // Median over reps of tail / the cold run just before it.
+        "tail_ratio_median": median(tail.iter().zip(&cold).map(|(t, c)| t / c).collect()),
         "tail_tokens": PROMPT - PREFIX,
         "tail_cached_tokens": cached,
         "tail_s": tail_s,
