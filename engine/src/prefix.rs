@@ -283,8 +283,16 @@ impl PrefixStore {
             }
             let free = self.capacity.saturating_sub(self.used);
             if size > free {
-                for victim in self.policy.evict(size - free) {
+                let victims = self.policy.evict(size - free);
+                let evicted_self = victims.contains(&key);
+                for victim in victims {
                     self.drop_chain(victim, false);
+                }
+                if evicted_self {
+                    // The policy already considers the new block gone: keeping it would leave
+                    // bytes the policy can never evict again.
+                    self.stats.rejected += 1;
+                    break;
                 }
             }
             let parent_gone = parent.is_some_and(|p| !self.blocks.contains_key(&p));
