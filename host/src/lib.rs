@@ -2,7 +2,11 @@
 //! WebAssembly components, loaded, sandboxed and hot-swapped at run time.
 #![deny(missing_docs)]
 
+pub mod cluster;
+pub mod http;
 pub mod policy;
+pub mod router;
+pub mod worker;
 
 /// The policy guests built from source by `build.rs`.
 pub mod guests {

@@ -428,13 +428,9 @@ fn cache_fault_bypasses_and_the_fresh_instance_learns_the_residents() {
         )
         .unwrap(),
     );
-    let residents = Arc::new(std::sync::Mutex::new(Vec::<Entry>::new()));
-    let r = residents.clone();
-    p.set_residents(move || r.lock().unwrap().clone());
     for key in 1..=3 {
         let e = Entry { key, kind: EntryKind::Prefix, size: 10 };
         assert!(p.admit(e));
-        residents.lock().unwrap().push(e);
     }
     assert!(
         !p.admit(Entry { key: 0xDEAD, kind: EntryKind::Response, size: 1 }),
@@ -443,6 +439,11 @@ fn cache_fault_bypasses_and_the_fresh_instance_learns_the_residents() {
     assert_eq!(p.info().faults, 1);
     // The trapped instance is gone; the new one was told about keys 1..=3, oldest first.
     assert_eq!(p.evict(15), vec![1, 2]);
+    assert_eq!(p.residents().iter().map(|e| e.key).collect::<Vec<_>>(), vec![3]);
+    // A swap hands the residents to the new policy too.
+    p.swap(&PolicySource::Builtin("lru"), &LoadOptions::default()).unwrap();
+    assert!(p.admit(Entry { key: 4, kind: EntryKind::Prefix, size: 10 }));
+    assert_eq!(p.evict(u64::MAX), vec![3, 4]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,7 @@
 //! Least-recently-used cache policy with a byte capacity.
 //!
-//! Settings: `capacity-bytes` (default unbounded). An entry larger than the capacity is
+//! Settings: `capacity-bytes` (default: the store's budget, which the host passes as
+//! `locus.capacity-bytes`; unbounded without either). An entry larger than the capacity is
 //! never admitted; `evict` drops least-recently-used keys until the requested bytes are
 //! freed or nothing is left.
 
@@ -80,18 +81,20 @@ struct Policy;
 impl Guest for Policy {
     fn configure(settings: Vec<(String, String)>) -> Result<(), String> {
         let mut capacity = u64::MAX;
+        let mut explicit = None;
         for (k, v) in settings {
             match k.as_str() {
+                "locus.capacity-bytes" => capacity = v.parse().unwrap_or(capacity),
                 "capacity-bytes" => {
-                    capacity = v.parse().map_err(|_| {
+                    explicit = Some(v.parse().map_err(|_| {
                         format!("capacity-bytes must be an unsigned integer, got `{v}`")
-                    })?
+                    })?)
                 }
                 k if k.starts_with("locus.") => {}
                 _ => return Err(format!("unknown setting `{k}` (lru knows: capacity-bytes)")),
             }
         }
-        STATE.set(Lru::new(capacity));
+        STATE.set(Lru::new(explicit.unwrap_or(capacity)));
         Ok(())
     }
 

@@ -1,13 +1,15 @@
 //! Cache policies: the `cache` world. The host stores the bytes; the policy decides
 //! what is admitted and what is evicted.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use lru::LruCache;
 
 use wasmtime::Store;
 use wasmtime::component::InstancePre;
 
 use super::sandbox::State;
-use super::slot::{FaultPolicy, Slot, Version, World};
+use super::slot::{FaultPolicy, Slot, Version, World, lock};
 use super::{Fault, LoadError, LoadOptions, PolicyInfo, PolicySource};
 
 #[allow(missing_docs)]
@@ -52,11 +54,15 @@ impl World for CacheWorld {
 }
 
 /// The cache policy slot of one store. One instance serves all calls, since a cache
-/// policy keeps state. When an instance is re-made (after a fault, or a swap), the
-/// host's resident entries are replayed to it through `admit` in recency order (least
-/// recent first), so the new instance knows what is cached.
+/// policy keeps state.
+///
+/// The wrapper keeps its own record of what the policy has been told is resident (from
+/// `admit`, `hit`, `evict` and `removed`), so that a fresh instance (after a fault, or a
+/// swap) is told the resident entries again through `admit`, least recently used first,
+/// before it decides anything. Nothing cached is forgotten by a swap.
 pub struct CachePolicy {
     slot: Slot<CacheWorld>,
+    residents: Arc<Mutex<LruCache<u64, Entry>>>,
 }
 
 impl CachePolicy {
@@ -66,18 +72,18 @@ impl CachePolicy {
         opts: &LoadOptions,
         faults: FaultPolicy,
     ) -> Result<Self, LoadError> {
-        Ok(Self { slot: Slot::new(load(source, opts)?, faults) })
-    }
-
-    /// Where fresh instances learn the resident entries: least recently used first.
-    pub fn set_residents(&self, residents: impl Fn() -> Vec<Entry> + Send + Sync + 'static) {
-        let residents = Arc::new(residents);
-        self.slot.set_init(Box::new(move |b, store| {
-            for e in residents() {
+        let slot = Slot::new(load(source, opts)?, faults);
+        let residents = Arc::new(Mutex::new(LruCache::unbounded()));
+        let known = residents.clone();
+        slot.set_init(Box::new(move |b, store| {
+            // Least recent first, so that the policy's own recency order matches.
+            let entries: Vec<Entry> = lock(&known).iter().rev().map(|(_, e)| *e).collect();
+            for e in entries {
                 b.call_admit(&mut *store, e)?;
             }
             Ok(())
         }));
+        Ok(Self { slot, residents })
     }
 
     /// Validates `source` and, only if it passes, makes it serve.
@@ -100,24 +106,49 @@ impl CachePolicy {
         self.slot.total_faults()
     }
 
+    /// Entries the policy has been told are resident, least recently used first.
+    pub fn residents(&self) -> Vec<Entry> {
+        lock(&self.residents).iter().rev().map(|(_, e)| *e).collect()
+    }
+
     /// Whether to keep `e`. The fallback admits nothing (the cache is bypassed).
     pub fn admit(&self, e: Entry) -> bool {
-        self.slot.call(|b, s| Ok(Ok(b.call_admit(s, e)?)), || false).0
+        let admitted = self.slot.call(|b, s| Ok(Ok(b.call_admit(s, e)?)), || false).0;
+        if admitted {
+            lock(&self.residents).put(e.key, e);
+        }
+        admitted
     }
 
     /// A cached entry was used.
     pub fn hit(&self, key: u64) {
         self.slot.call(|b, s| Ok(Ok(b.call_hit(s, key)?)), || ());
+        lock(&self.residents).promote(&key);
     }
 
-    /// Keys to drop to free `bytes_needed`; the fallback frees nothing.
+    /// Keys to drop to free `bytes_needed`; the fallback frees nothing. The returned keys
+    /// count as removed.
     pub fn evict(&self, bytes_needed: u64) -> Vec<u64> {
-        self.slot.call(|b, s| Ok(Ok(b.call_evict(s, bytes_needed)?)), Vec::new).0
+        let keys = self.slot.call(|b, s| Ok(Ok(b.call_evict(s, bytes_needed)?)), Vec::new).0;
+        let mut residents = lock(&self.residents);
+        for k in &keys {
+            residents.pop(k);
+        }
+        keys
     }
 
     /// The host dropped `key`.
     pub fn removed(&self, key: u64) {
         self.slot.call(|b, s| Ok(Ok(b.call_removed(s, key)?)), || ());
+        lock(&self.residents).pop(&key);
+    }
+
+    /// The host dropped everything.
+    pub fn flushed(&self) {
+        let keys: Vec<u64> = lock(&self.residents).iter().map(|(k, _)| *k).collect();
+        for k in keys {
+            self.removed(k);
+        }
     }
 }
 

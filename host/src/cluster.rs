@@ -1,0 +1,108 @@
+//! `locus run`: the one-command local cluster, N workers and a router in one process.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use locus_engine::{Engine, EngineOptions, ModelSource};
+
+use crate::policy::PolicySource;
+use crate::router::{self, Gateway, RouterOptions};
+use crate::worker::{self, WorkerHandle, WorkerOptions};
+
+/// How the local cluster is set up.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Address every listener binds.
+    pub host: IpAddr,
+    /// Router port; workers take the ports after it unless `worker_port` says otherwise.
+    pub port: u16,
+    /// First worker port (workers use consecutive ports; 0 picks free ports).
+    pub worker_port: u16,
+    /// Admin listener of the router.
+    pub admin_addr: SocketAddr,
+    /// Number of workers.
+    pub workers: usize,
+    /// Model every worker loads.
+    pub model: ModelSource,
+    /// Prefix KV budget per worker.
+    pub prefix_cache_bytes: u64,
+    /// Worker options (cache policy, budgets, token); `worker_id` is set per worker.
+    pub worker: WorkerOptions,
+    /// Router options; `workers` is filled in.
+    pub router: RouterOptions,
+}
+
+/// A running cluster.
+pub struct Cluster {
+    /// The router's public address.
+    pub router_addr: SocketAddr,
+    /// The router's admin address.
+    pub admin_addr: SocketAddr,
+    /// The workers' addresses.
+    pub worker_addrs: Vec<SocketAddr>,
+    /// The router's state.
+    pub gateway: Arc<Gateway>,
+    /// The running workers (`None` once taken, e.g. to stop one).
+    pub workers: Vec<Option<WorkerHandle>>,
+    /// The workers' engines, to restart a worker on the same model.
+    pub engines: Vec<Arc<Engine>>,
+}
+
+/// Loads `n` engines in parallel (each worker has its own caches).
+pub async fn load_engines(
+    model: &ModelSource,
+    n: usize,
+    prefix_cache_bytes: u64,
+) -> anyhow::Result<Vec<Arc<Engine>>> {
+    let loads = (0..n).map(|_| {
+        let model = model.clone();
+        tokio::task::spawn_blocking(move || {
+            Engine::load(&model, EngineOptions { prefix_cache_bytes }).map(Arc::new)
+        })
+    });
+    let mut engines = Vec::with_capacity(n);
+    for l in futures_util::future::join_all(loads).await {
+        engines.push(l??);
+    }
+    Ok(engines)
+}
+
+/// Starts the workers, then the router in front of them.
+pub async fn start(opts: ClusterOptions) -> anyhow::Result<Cluster> {
+    let engines = load_engines(&opts.model, opts.workers, opts.prefix_cache_bytes).await?;
+    if let Some(e) = engines.first() {
+        tracing::info!(model = %e.describe(), workers = opts.workers, "model loaded");
+    }
+    let mut worker_addrs = Vec::new();
+    let mut workers = Vec::new();
+    for (i, engine) in engines.iter().enumerate() {
+        let port = if opts.worker_port == 0 { 0 } else { opts.worker_port + i as u16 };
+        let wo = WorkerOptions { worker_id: format!("worker-{}", i + 1), ..opts.worker.clone() };
+        let handle = worker::spawn(engine.clone(), wo, SocketAddr::new(opts.host, port)).await?;
+        worker_addrs.push(handle.addr);
+        workers.push(Some(handle));
+    }
+    let mut ro = opts.router.clone();
+    ro.workers = worker_addrs.iter().map(|a| format!("http://{a}")).collect();
+    let (router_addr, admin_addr, gateway) =
+        router::spawn(ro, SocketAddr::new(opts.host, opts.port), opts.admin_addr).await?;
+    Ok(Cluster { router_addr, admin_addr, worker_addrs, gateway, workers, engines })
+}
+
+impl ClusterOptions {
+    /// The defaults of `locus run`: 3 workers on 8001-8003, router on 8000, admin on
+    /// 127.0.0.1:8100, the synthetic distilgpt2, `hash` routing and `lru` caches.
+    pub fn local() -> Self {
+        Self {
+            host: IpAddr::from([127, 0, 0, 1]),
+            port: 8000,
+            worker_port: 8001,
+            admin_addr: SocketAddr::from(([127, 0, 0, 1], 8100)),
+            workers: 3,
+            model: ModelSource::Synthetic,
+            prefix_cache_bytes: 256 << 20,
+            worker: WorkerOptions::default(),
+            router: RouterOptions { policy: PolicySource::Builtin("hash"), ..Default::default() },
+        }
+    }
+}

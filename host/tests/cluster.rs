@@ -1,0 +1,314 @@
+//! The cluster end to end: real workers (synthetic distilgpt2 on candle), a real router,
+//! real HTTP on loopback with ephemeral ports.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use locus::cluster::{self, Cluster, ClusterOptions};
+use locus::worker::{self, GenerateResponse, WorkerOptions};
+use serde_json::{Value, json};
+
+const TOKEN: &str = "test-token";
+
+async fn start(workers: usize, policy: &str) -> Cluster {
+    let mut o = ClusterOptions::local();
+    o.port = 0;
+    o.worker_port = 0;
+    o.admin_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+    o.workers = workers;
+    o.prefix_cache_bytes = 64 << 20;
+    o.worker.admin_token = Some(TOKEN.into());
+    o.router.admin_token = Some(TOKEN.into());
+    o.router.policy = locus::policy::PolicySource::parse(policy).unwrap();
+    o.router.health_interval = Duration::from_millis(100);
+    cluster::start(o).await.expect("cluster starts")
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(120)).build().unwrap()
+}
+
+async fn generate(c: &reqwest::Client, router: SocketAddr, text: &str) -> GenerateResponse {
+    let r = c
+        .post(format!("http://{router}/generate"))
+        .json(&json!({"text": text, "sampling_params": {"max_new_tokens": 4, "temperature": 0}}))
+        .send()
+        .await
+        .expect("router answers");
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    r.json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_scenario_hash_hits_the_response_cache_on_every_repeat() {
+    let c = start(3, "hash").await;
+    let http = client();
+    let phrases = ["What is the capital of France?", "Explain cache-aware routing in one line."];
+    let mut answers = Vec::new();
+    for i in 0..6 {
+        answers.push(generate(&http, c.router_addr, phrases[i % 2]).await);
+    }
+    let hits: Vec<bool> = answers.iter().map(|a| a.meta_info.cache_hit).collect();
+    assert_eq!(hits, [false, false, true, true, true, true]);
+    for i in 2..6 {
+        let first = &answers[i % 2];
+        assert_eq!(answers[i].meta_info.worker_id, first.meta_info.worker_id);
+        assert_eq!(answers[i].text, first.text, "a cached answer equals the computed one");
+        assert_eq!(answers[i].meta_info.cached_tokens, first.meta_info.prompt_tokens);
+    }
+    assert!(answers[0].meta_info.worker_id.starts_with("worker-"));
+    assert!(answers[0].meta_info.completion_tokens > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_needs_the_token_and_rejects_bad_modules_keeping_the_old_policy() {
+    let c = start(1, "hash").await;
+    let http = client();
+    let admin = format!("http://{}/admin/policy", c.admin_addr);
+
+    let r = http.put(&admin).query(&[("name", "random")]).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = http.get(&admin).bearer_auth("wrong").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+
+    let r =
+        http.put(&admin).bearer_auth(TOKEN).body(b"not wasm at all".to_vec()).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    let msg = body["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("compile") && msg.contains("not a WebAssembly component"), "{msg}");
+
+    let lru = locus::policy::PolicySource::Builtin("lru").bytes().unwrap();
+    let r = http.put(&admin).bearer_auth(TOKEN).body(lru).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("router world"), "{body}");
+
+    let r = http.get(&admin).bearer_auth(TOKEN).send().await.unwrap();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["policy"]["name"], "hash");
+    // And it still serves.
+    generate(&http, c.router_addr, "still serving").await;
+
+    let r = http
+        .put(&admin)
+        .bearer_auth(TOKEN)
+        .query(&[("name", "random"), ("seed", "3")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = http.get(&admin).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["policy"]["name"], "random");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_4xx_json_naming_the_field() {
+    let c = start(1, "hash").await;
+    let http = client();
+    let url = format!("http://{}/generate", c.router_addr);
+    let cases: Vec<(&[u8], u16, Option<&str>)> = vec![
+        (b"{not json", 400, None),
+        (br#"{"text": 42}"#, 422, Some("text")),
+        (br#"{"text": ""}"#, 422, Some("text")),
+        (
+            br#"{"text": "hi", "sampling_params": {"max_new_tokens": 0}}"#,
+            422,
+            Some("sampling_params.max_new_tokens"),
+        ),
+        (
+            br#"{"text": "hi", "sampling_params": {"max_new_tokens": 100000}}"#,
+            422,
+            Some("sampling_params.max_new_tokens"),
+        ),
+        (br#"{"text": "hi", "sampling_params": {"temperature": -1}}"#, 422, Some("temperature")),
+        (
+            br#"{"text": "hi", "sampling_params": {"max_new_tokens": "many"}}"#,
+            422,
+            Some("sampling_params.max_new_tokens"),
+        ),
+    ];
+    for (body, status, field) in cases {
+        let r = http.post(&url).body(body.to_vec()).send().await.unwrap();
+        assert_eq!(r.status(), status, "{}", String::from_utf8_lossy(body));
+        let v: Value = r.json().await.unwrap();
+        assert!(v["error"]["message"].is_string());
+        if let Some(f) = field {
+            assert_eq!(v["error"]["field"], f, "{}", String::from_utf8_lossy(body));
+        }
+    }
+    let long = "word ".repeat(1500);
+    let r = http.post(&url).json(&json!({"text": long})).send().await.unwrap();
+    assert_eq!(r.status(), 413);
+    // The cluster still serves.
+    generate(&http, c.router_addr, "after the bad requests").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_completion_arrives_as_several_events_before_generation_ends() {
+    let c = start(1, "hash").await;
+    let started = Instant::now();
+    let mut r = client()
+        .post(format!("http://{}/v1/completions", c.router_addr))
+        .json(&json!({"prompt": "Once upon a time", "max_tokens": 24, "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    let mut first = None;
+    let mut body = String::new();
+    while let Some(chunk) = r.chunk().await.unwrap() {
+        first.get_or_insert(started.elapsed());
+        body.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let total = started.elapsed();
+    let events: Vec<&str> = body.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+    assert!(events.len() >= 4, "{events:?}");
+    assert_eq!(*events.last().unwrap(), "[DONE]");
+    let text: String = events[..events.len() - 1]
+        .iter()
+        .map(|e| {
+            serde_json::from_str::<Value>(e).unwrap()["choices"][0]["text"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert!(!text.is_empty());
+    let first = first.unwrap();
+    assert!(first * 2 < total, "first event at {first:?} of {total:?}: not streamed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_stopped_under_load_fails_no_request_and_serves_again_after_restart() {
+    let mut c = start(3, "hash").await;
+    let http = client();
+    let router = c.router_addr;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load: Vec<_> = (0..3)
+        .map(|t| {
+            let (http, stop, ok, failed) = (http.clone(), stop.clone(), ok.clone(), failed.clone());
+            tokio::spawn(async move {
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let text = format!("client {t} request {i}: tell me about routing");
+                    i += 1;
+                    let r = http
+                        .post(format!("http://{router}/generate"))
+                        .json(&json!({"text": text, "sampling_params": {"max_new_tokens": 2}}))
+                        .send()
+                        .await;
+                    match r {
+                        Ok(r) if r.status() == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                        _ => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let victim = c.workers[1].take().unwrap();
+    let addr = victim.addr;
+    victim.stop().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let url = format!("http://{addr}");
+    let down = c.gateway.backends().iter().find(|b| b.url == url).map(|b| !b.healthy());
+    assert_eq!(down, Some(true), "the stopped worker is marked down");
+
+    let opts = WorkerOptions { worker_id: "worker-2".into(), ..WorkerOptions::default() };
+    let back = worker::spawn(c.engines[1].clone(), opts, addr).await.expect("rebinds its port");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let up = c.gateway.backends().iter().find(|b| b.url == url).map(|b| b.healthy());
+    assert_eq!(up, Some(true), "the restarted worker is marked up");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await.unwrap();
+    }
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "client requests failed");
+    assert!(ok.load(Ordering::Relaxed) > 10);
+    // The restarted worker takes its share of requests again.
+    let mut served = 0;
+    for i in 0..30 {
+        let a = generate(&http, router, &format!("prompt {i:03} after the restart")).await;
+        served += usize::from(a.meta_info.worker_id == "worker-2");
+    }
+    assert!(served > 0, "the restarted worker got none of 30 requests");
+    back.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swaps_under_load_fail_no_request_and_keep_cached_entries() {
+    let c = start(3, "hash").await;
+    let http = client();
+    let router = c.router_addr;
+    // Warm one answer per worker-to-be, to check that cache-policy swaps keep them.
+    let warm = generate(&http, router, "a cached answer that must survive swaps").await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load: Vec<_> = (0..2)
+        .map(|t| {
+            let (http, stop, ok, failed) = (http.clone(), stop.clone(), ok.clone(), failed.clone());
+            tokio::spawn(async move {
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let text = format!("load {t}/{} keeps going", i % 7);
+                    i += 1;
+                    let r = http
+                        .post(format!("http://{router}/generate"))
+                        .json(&json!({"text": text, "sampling_params": {"max_new_tokens": 1}}))
+                        .send()
+                        .await;
+                    match r {
+                        Ok(r) if r.status() == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                        _ => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            })
+        })
+        .collect();
+
+    let admin = format!("http://{}/admin/policy", c.admin_addr);
+    for i in 0..20 {
+        let name = if i % 2 == 0 { "random" } else { "hash" };
+        let r = http.put(&admin).bearer_auth(TOKEN).query(&[("name", name)]).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        let info: Value =
+            http.get(&admin).bearer_auth(TOKEN).send().await.unwrap().json().await.unwrap();
+        assert_eq!(info["policy"]["name"], name, "the swap took effect");
+        if name == "hash" {
+            // Routing follows hash again: one prompt, one worker.
+            let a = generate(&http, router, "route me the same way twice").await;
+            let b = generate(&http, router, "route me the same way twice").await;
+            assert_eq!(a.meta_info.worker_id, b.meta_info.worker_id);
+        }
+    }
+    for i in 0..5 {
+        for w in &c.worker_addrs {
+            let r = http
+                .put(format!("http://{w}/admin/cache-policy"))
+                .bearer_auth(TOKEN)
+                .query(&[("name", "lru")])
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "cache swap {i}: {}", r.text().await.unwrap());
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await.unwrap();
+    }
+    assert_eq!(failed.load(Ordering::Relaxed), 0);
+    assert!(ok.load(Ordering::Relaxed) > 0);
+    // hash is serving (the last swap): the warm answer is still cached where it was.
+    let again = generate(&http, router, "a cached answer that must survive swaps").await;
+    assert!(again.meta_info.cache_hit, "the cached answer was lost by the cache-policy swaps");
+    assert_eq!(again.meta_info.worker_id, warm.meta_info.worker_id);
+    assert_eq!(again.text, warm.text);
+}
