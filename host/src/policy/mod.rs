@@ -225,10 +225,16 @@ pub struct PolicyInfo {
     pub sha256: String,
     /// Component size in bytes.
     pub size: usize,
-    /// When it was loaded.
+    /// When it was loaded (serialized as Unix seconds).
+    #[serde(serialize_with = "unix_seconds")]
     pub loaded_at: SystemTime,
     /// Settings it was configured with.
     pub settings: Vec<(String, String)>,
     /// Faults since it was loaded.
     pub faults: u64,
+}
+
+fn unix_seconds<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    let secs = t.duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+    s.serialize_f64((secs * 1000.0).round() / 1000.0)
 }
