@@ -312,3 +312,90 @@ async fn swaps_under_load_fail_no_request_and_keep_cached_entries() {
     assert_eq!(again.meta_info.worker_id, warm.meta_info.worker_id);
     assert_eq!(again.text, warm.text);
 }
+
+async fn one_worker(max_queue: usize) -> worker::WorkerHandle {
+    let engines =
+        cluster::load_engines(&locus_engine::ModelSource::Synthetic, 1, 16 << 20).await.unwrap();
+    let opts = WorkerOptions { max_queue, ..WorkerOptions::default() };
+    worker::spawn(engines[0].clone(), opts, SocketAddr::from(([127, 0, 0, 1], 0))).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sampled_requests_without_a_seed_are_never_answered_from_the_cache() {
+    let w = one_worker(8).await;
+    let http = client();
+    let ask = |body: Value| {
+        let http = http.clone();
+        let url = format!("http://{}/generate", w.addr);
+        async move {
+            let r = http.post(url).json(&body).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<GenerateResponse>().await.unwrap().meta_info.cache_hit
+        }
+    };
+    let unseeded =
+        json!({"text": "sample me", "sampling_params": {"max_new_tokens": 2, "temperature": 0.8}});
+    assert!(!ask(unseeded.clone()).await);
+    assert!(!ask(unseeded).await, "an unseeded sample was served from the cache");
+    let seeded = json!({"text": "sample me", "sampling_params": {"max_new_tokens": 2, "temperature": 0.8, "seed": 5}});
+    assert!(!ask(seeded.clone()).await);
+    assert!(ask(seeded).await, "a seeded sample is reproducible, so it is cached");
+    w.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_beyond_max_queue_gets_429_with_retry_after() {
+    let w = one_worker(1).await;
+    let http = client();
+    let url = format!("http://{}/generate", w.addr);
+    let reqs = (0..6).map(|i| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let body = json!({"text": format!("{i} a long enough generation"), "sampling_params": {"max_new_tokens": 24}});
+            let r = http.post(url).json(&body).send().await.unwrap();
+            let retry = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+            (r.status().as_u16(), retry)
+        }
+    });
+    let results = futures_util::future::join_all(reqs).await;
+    let ok = results.iter().filter(|(s, _)| *s == 200).count();
+    let refused: Vec<_> = results.iter().filter(|(s, _)| *s == 429).collect();
+    assert!(ok >= 1, "{results:?}");
+    assert!(!refused.is_empty(), "no request was refused: {results:?}");
+    assert!(refused.iter().all(|(_, r)| r.as_deref() == Some("1")), "{results:?}");
+    assert_eq!(ok + refused.len(), 6, "{results:?}");
+    w.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_swaps_the_policy_when_its_file_changes_and_ignores_a_bad_file() {
+    use locus::policy::PolicySource;
+    let dir = std::env::temp_dir().join(format!("locus-watch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("policy.wasm");
+    let hash = PolicySource::Builtin("hash").bytes().unwrap();
+    let random = PolicySource::Builtin("random").bytes().unwrap();
+    std::fs::write(&file, &hash).unwrap();
+    let opts = locus::router::RouterOptions {
+        workers: vec!["http://127.0.0.1:9".into()],
+        policy: PolicySource::File(file.clone()),
+        watch: Some(file.clone()),
+        ..Default::default()
+    };
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    let (_, _, gw) = locus::router::spawn(opts, any, any).await.unwrap();
+    let sha = || gw.policy().info().sha256;
+    let before = sha();
+
+    std::fs::write(&file, b"garbage, not a component").unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(sha(), before, "a bad file must not replace the serving policy");
+
+    std::fs::write(&file, &random).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sha() == before && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_ne!(sha(), before, "the changed file was not swapped in");
+    let _ = std::fs::remove_dir_all(&dir);
+}
