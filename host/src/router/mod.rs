@@ -162,7 +162,7 @@ struct Metrics {
     decisions: IntCounterVec,
     fallbacks: IntCounter,
     retries: IntCounter,
-    failures: IntCounterVec,
+    requests: IntCounterVec,
     latency: HistogramVec,
     policy_faults: IntGauge,
     policy_info: IntGaugeVec,
@@ -184,7 +184,7 @@ impl Metrics {
         let retries =
             IntCounter::new("locus_router_retries_total", "Requests retried on another worker")
                 .unwrap();
-        let failures = IntCounterVec::new(
+        let requests = IntCounterVec::new(
             Opts::new("locus_router_requests_total", "Proxied requests by endpoint and status"),
             &["endpoint", "status"],
         )
@@ -206,7 +206,7 @@ impl Metrics {
             Box::new(decisions.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(fallbacks.clone()),
             Box::new(retries.clone()),
-            Box::new(failures.clone()),
+            Box::new(requests.clone()),
             Box::new(latency.clone()),
             Box::new(policy_faults.clone()),
             Box::new(policy_info.clone()),
@@ -218,7 +218,7 @@ impl Metrics {
             decisions,
             fallbacks,
             retries,
-            failures,
+            requests,
             latency,
             policy_faults,
             policy_info,
@@ -336,9 +336,15 @@ impl Gateway {
 
     /// Sends `body` to `path` on a worker chosen by the policy, trying the policy's next
     /// choice when a worker refuses the connection or answers 5xx.
-    async fn forward(self: &Arc<Self>, endpoint: &str, path: &str, body: Bytes) -> Response {
+    async fn forward(
+        self: &Arc<Self>,
+        endpoint: &str,
+        path: &str,
+        parsed: &serde_json::Value,
+        body: Bytes,
+    ) -> Response {
         let started = Instant::now();
-        let (prompt, max_tokens) = routing_fields(&body);
+        let (prompt, max_tokens) = routing_fields(parsed);
         let req = Request {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             prompt,
@@ -388,7 +394,7 @@ impl Gateway {
             }
         }
         let status = StatusCode::SERVICE_UNAVAILABLE;
-        self.metrics.failures.with_label_values(&[endpoint, "503"]).inc();
+        self.metrics.requests.with_label_values(&[endpoint, "503"]).inc();
         let msg = match last_error {
             Some(e) => format!("no worker could serve the request (last error: {e})"),
             None => "no healthy worker".into(),
@@ -412,7 +418,7 @@ impl Gateway {
             .as_ref()
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("text/event-stream"));
-        self.metrics.failures.with_label_values(&[endpoint, status.as_str()]).inc();
+        self.metrics.requests.with_label_values(&[endpoint, status.as_str()]).inc();
         let mut builder = Response::builder().status(status.as_u16());
         if let Some(ct) = content_type {
             builder = builder.header(header::CONTENT_TYPE, ct);
@@ -481,10 +487,9 @@ impl Drop for InFlight {
 /// Prompts longer than this are passed to the policy by their leading part only.
 const ROUTING_PROMPT_BYTES: usize = 8192;
 
-/// The prompt and token budget of a request body, for the policy. A body that is not
-/// the expected JSON still gets routed; the worker answers its error.
-fn routing_fields(body: &[u8]) -> (String, u32) {
-    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+/// The prompt and token budget of a request, for the policy. A body without them still
+/// gets routed; the worker answers its error.
+fn routing_fields(v: &serde_json::Value) -> (String, u32) {
     let prompt =
         v.get("text").or_else(|| v.get("prompt")).and_then(|p| p.as_str()).unwrap_or_default();
     let mut end = prompt.len().min(ROUTING_PROMPT_BYTES);
@@ -506,21 +511,17 @@ fn token_counts(body: &[u8]) -> (u32, u32) {
 }
 
 async fn proxy_generate(State(gw): State<Arc<Gateway>>, body: Bytes) -> Response {
-    if let Err(e) = valid_json(&body) {
-        return e.into_response();
+    match crate::http::parse_json::<serde_json::Value>(&body) {
+        Ok(v) => gw.forward("generate", "/generate", &v, body).await,
+        Err(e) => e.into_response(),
     }
-    gw.forward("generate", "/generate", body).await
 }
 
 async fn proxy_completions(State(gw): State<Arc<Gateway>>, body: Bytes) -> Response {
-    if let Err(e) = valid_json(&body) {
-        return e.into_response();
+    match crate::http::parse_json::<serde_json::Value>(&body) {
+        Ok(v) => gw.forward("completions", "/v1/completions", &v, body).await,
+        Err(e) => e.into_response(),
     }
-    gw.forward("completions", "/v1/completions", body).await
-}
-
-fn valid_json(body: &[u8]) -> Result<(), ApiError> {
-    crate::http::parse_json::<serde_json::Value>(body).map(drop)
 }
 
 async fn proxy_models(State(gw): State<Arc<Gateway>>) -> Response {
