@@ -41,6 +41,54 @@ async fn generate(c: &reqwest::Client, router: SocketAddr, text: &str) -> Genera
     r.json().await.unwrap()
 }
 
+/// Clients sending `/generate` in a loop until stopped; counts answers by outcome.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(
+        router: SocketAddr,
+        clients: usize,
+        max_new_tokens: u32,
+        prompt: fn(usize, usize) -> String,
+    ) -> Self {
+        let http = client();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let tasks = (0..clients)
+            .map(|t| {
+                let (http, stop, ok, failed) = (http.clone(), stop.clone(), ok.clone(), failed.clone());
+                tokio::spawn(async move {
+                    let mut i = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        let body = json!({"text": prompt(t, i), "sampling_params": {"max_new_tokens": max_new_tokens}});
+                        i += 1;
+                        let r = http.post(format!("http://{router}/generate")).json(&body).send().await;
+                        match r {
+                            Ok(r) if r.status() == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                            _ => failed.fetch_add(1, Ordering::Relaxed),
+                        };
+                    }
+                })
+            })
+            .collect();
+        Self { stop, ok, failed, tasks }
+    }
+
+    /// Stops the clients; returns (answered, failed).
+    async fn finish(self) -> (usize, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.expect("a client task panicked");
+        }
+        (self.ok.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed))
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_scenario_hash_hits_the_response_cache_on_every_repeat() {
     let c = start(3, "hash").await;
@@ -187,29 +235,8 @@ async fn a_worker_stopped_under_load_fails_no_request_and_serves_again_after_res
     let mut c = start(3, "hash").await;
     let http = client();
     let router = c.router_addr;
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let load: Vec<_> = (0..3)
-        .map(|t| {
-            let (http, stop, ok, failed) = (http.clone(), stop.clone(), ok.clone(), failed.clone());
-            tokio::spawn(async move {
-                let mut i = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    let text = format!("client {t} request {i}: tell me about routing");
-                    i += 1;
-                    let r = http
-                        .post(format!("http://{router}/generate"))
-                        .json(&json!({"text": text, "sampling_params": {"max_new_tokens": 2}}))
-                        .send()
-                        .await;
-                    match r {
-                        Ok(r) if r.status() == 200 => ok.fetch_add(1, Ordering::Relaxed),
-                        _ => failed.fetch_add(1, Ordering::Relaxed),
-                    };
-                }
-            })
-        })
-        .collect();
+    let load =
+        Load::start(router, 3, 2, |t, i| format!("client {t} request {i}: tell me about routing"));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let victim = c.workers[1].take().unwrap();
     let addr = victim.addr;
@@ -225,12 +252,9 @@ async fn a_worker_stopped_under_load_fails_no_request_and_serves_again_after_res
     let up = c.gateway.backends().iter().find(|b| b.url == url).map(|b| b.healthy());
     assert_eq!(up, Some(true), "the restarted worker is marked up");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::Relaxed);
-    for l in load {
-        l.await.unwrap();
-    }
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "client requests failed");
-    assert!(ok.load(Ordering::Relaxed) > 10);
+    let (ok, failed) = load.finish().await;
+    assert_eq!(failed, 0, "client requests failed");
+    assert!(ok > 10, "only {ok} requests answered");
     // The restarted worker takes its share of requests again.
     let mut served = 0;
     for i in 0..30 {
@@ -249,29 +273,7 @@ async fn swaps_under_load_fail_no_request_and_keep_cached_entries() {
     // Warm one answer per worker-to-be, to check that cache-policy swaps keep them.
     let warm = generate(&http, router, "a cached answer that must survive swaps").await;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let load: Vec<_> = (0..2)
-        .map(|t| {
-            let (http, stop, ok, failed) = (http.clone(), stop.clone(), ok.clone(), failed.clone());
-            tokio::spawn(async move {
-                let mut i = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    let text = format!("load {t}/{} keeps going", i % 7);
-                    i += 1;
-                    let r = http
-                        .post(format!("http://{router}/generate"))
-                        .json(&json!({"text": text, "sampling_params": {"max_new_tokens": 1}}))
-                        .send()
-                        .await;
-                    match r {
-                        Ok(r) if r.status() == 200 => ok.fetch_add(1, Ordering::Relaxed),
-                        _ => failed.fetch_add(1, Ordering::Relaxed),
-                    };
-                }
-            })
-        })
-        .collect();
+    let load = Load::start(router, 2, 1, |t, i| format!("load {t}/{} keeps going", i % 7));
 
     let admin = format!("http://{}/admin/policy", c.admin_addr);
     for i in 0..20 {
@@ -300,12 +302,9 @@ async fn swaps_under_load_fail_no_request_and_keep_cached_entries() {
             assert_eq!(r.status(), 200, "cache swap {i}: {}", r.text().await.unwrap());
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    for l in load {
-        l.await.unwrap();
-    }
-    assert_eq!(failed.load(Ordering::Relaxed), 0);
-    assert!(ok.load(Ordering::Relaxed) > 0);
+    let (ok, failed) = load.finish().await;
+    assert_eq!(failed, 0, "client requests failed during the swaps");
+    assert!(ok > 0);
     // hash is serving (the last swap): the warm answer is still cached where it was.
     let again = generate(&http, router, "a cached answer that must survive swaps").await;
     assert!(again.meta_info.cache_hit, "the cached answer was lost by the cache-policy swaps");
