@@ -2,6 +2,7 @@
 //! WebAssembly components, loaded, sandboxed and hot-swapped at run time.
 #![deny(missing_docs)]
 
+pub mod bench;
 pub mod cluster;
 pub mod http;
 pub mod policy;

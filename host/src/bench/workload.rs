@@ -1,0 +1,416 @@
+//! Workloads, all deterministic from a seed: the seed benchmark's 6 requests,
+//! generated shared prefixes (the shape of SGLang's bench_serving and inference-perf),
+//! multi-turn conversations, and trace replay.
+//!
+//! Text is built from words that are one GPT-2 token each (with their leading space),
+//! so a prompt of `n` words is exactly `n` tokens and prefix lengths are exact.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use locus_engine::Tokenizer;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+/// One request of a workload.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BenchRequest {
+    /// Send time from the start of the run, when the workload has a schedule (traces).
+    pub at_ms: Option<u64>,
+    /// The prompt.
+    pub prompt: String,
+    /// Tokens to generate.
+    pub max_tokens: u32,
+    /// The group (shared prefix) or user (conversation) it belongs to.
+    pub group: usize,
+}
+
+/// A workload and its shape.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Workload {
+    /// The original benchmark: 6 interleaved requests for 2 phrases.
+    Seed,
+    /// `groups` x `per_group` prompts: a system prompt of `system` tokens shared by a
+    /// group, then a question of `question` tokens; `output` tokens each. Uniform: every
+    /// group has `per_group` prompts; Zipf(alpha): each of the `groups * per_group`
+    /// requests draws its group with weight rank^-alpha. Shuffled.
+    SharedPrefix {
+        /// Number of groups (distinct system prompts).
+        groups: usize,
+        /// Prompts per group (uniform), or requests / groups (Zipf).
+        per_group: usize,
+        /// System prompt tokens.
+        system: usize,
+        /// Question tokens.
+        question: usize,
+        /// Output tokens.
+        output: u32,
+        /// Zipf exponent of group popularity; `None` is uniform.
+        zipf: Option<f64>,
+    },
+    /// `users` x `rounds`: each prompt is the conversation so far (earlier questions and
+    /// stand-in answers of `output` tokens) and a new question of `question` tokens.
+    /// Rounds are interleaved across users in a shuffled order.
+    MultiTurn {
+        /// Conversations.
+        users: usize,
+        /// Turns per conversation.
+        rounds: usize,
+        /// Tokens per question.
+        question: usize,
+        /// Tokens per answer (asked for, and stood in for in the history).
+        output: u32,
+    },
+    /// JSONL records: `timestamp_ms`, `prompt` (or `prefix_id` + `prefix_tokens` +
+    /// `suffix_tokens`), `max_tokens`.
+    Trace(PathBuf),
+}
+
+/// Common English words that GPT-2's BPE encodes (with a leading space) as one token.
+const WORDS: &[&str] = &[
+    "the",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "that",
+    "for",
+    "it",
+    "as",
+    "was",
+    "with",
+    "be",
+    "by",
+    "on",
+    "not",
+    "he",
+    "this",
+    "are",
+    "or",
+    "his",
+    "from",
+    "at",
+    "which",
+    "but",
+    "have",
+    "an",
+    "had",
+    "they",
+    "you",
+    "were",
+    "their",
+    "one",
+    "all",
+    "we",
+    "can",
+    "her",
+    "has",
+    "there",
+    "been",
+    "if",
+    "more",
+    "when",
+    "will",
+    "would",
+    "who",
+    "so",
+    "no",
+    "time",
+    "people",
+    "year",
+    "way",
+    "day",
+    "man",
+    "thing",
+    "woman",
+    "life",
+    "child",
+    "world",
+    "school",
+    "state",
+    "family",
+    "student",
+    "group",
+    "country",
+    "problem",
+    "hand",
+    "part",
+    "place",
+    "case",
+    "week",
+    "company",
+    "system",
+    "program",
+    "question",
+    "work",
+    "government",
+    "number",
+    "night",
+    "point",
+    "home",
+    "water",
+    "room",
+    "mother",
+    "area",
+    "money",
+    "story",
+    "fact",
+    "month",
+    "lot",
+    "right",
+    "study",
+    "book",
+    "eye",
+    "job",
+    "word",
+    "business",
+    "issue",
+    "side",
+    "kind",
+    "head",
+    "house",
+    "service",
+    "friend",
+    "father",
+    "power",
+    "hour",
+    "game",
+    "line",
+    "end",
+    "member",
+    "law",
+    "car",
+    "city",
+    "community",
+    "name",
+    "president",
+    "team",
+    "minute",
+    "idea",
+    "kid",
+    "body",
+    "information",
+    "back",
+    "parent",
+    "face",
+    "others",
+    "level",
+    "office",
+    "door",
+    "health",
+    "person",
+    "art",
+    "war",
+    "history",
+    "party",
+    "result",
+    "change",
+    "morning",
+    "reason",
+    "research",
+    "girl",
+    "guy",
+    "moment",
+    "air",
+    "teacher",
+    "force",
+    "education",
+    "good",
+    "new",
+    "first",
+    "last",
+    "long",
+    "great",
+    "little",
+    "own",
+    "other",
+    "old",
+    "big",
+    "high",
+    "different",
+    "small",
+    "large",
+    "next",
+    "early",
+    "young",
+    "important",
+    "few",
+    "public",
+    "bad",
+    "same",
+    "able",
+];
+
+/// The words of [`WORDS`] that really are one token each (checked once).
+fn words() -> &'static [String] {
+    static W: OnceLock<Vec<String>> = OnceLock::new();
+    W.get_or_init(|| {
+        let tok = Tokenizer::new();
+        WORDS.iter().map(|w| format!(" {w}")).filter(|w| tok.encode(w).len() == 1).collect()
+    })
+}
+
+/// `n` tokens of text drawn from `rng`.
+fn text(rng: &mut StdRng, n: usize) -> String {
+    let w = words();
+    (0..n).map(|_| w[rng.random_range(0..w.len())].as_str()).collect()
+}
+
+/// `n` tokens of text, deterministic from `seed` (the words workloads are made of).
+pub fn filler(seed: u64, n: usize) -> String {
+    text(&mut rng_for(seed, 3), n)
+}
+
+fn rng_for(seed: u64, stream: u64) -> StdRng {
+    StdRng::seed_from_u64(seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
+impl Workload {
+    /// Parses the CLI form: `seed`, `shared-prefix`, `multi-turn` (with defaults; see
+    /// [`Self::shared_prefix_default`]) or `trace:FILE`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "seed" => Ok(Self::Seed),
+            "shared-prefix" => Ok(Self::shared_prefix_default()),
+            "multi-turn" => Ok(Self::MultiTurn { users: 8, rounds: 4, question: 32, output: 16 }),
+            _ => match s.strip_prefix("trace:") {
+                Some(p) if !p.is_empty() => Ok(Self::Trace(PathBuf::from(p))),
+                _ => Err(format!(
+                    "unknown workload `{s}`: use seed, shared-prefix, multi-turn or trace:FILE"
+                )),
+            },
+        }
+    }
+
+    /// 8 groups x 16 prompts, system prompt 256 tokens, question 32, output 16, uniform.
+    pub fn shared_prefix_default() -> Self {
+        Self::SharedPrefix {
+            groups: 8,
+            per_group: 16,
+            system: 256,
+            question: 32,
+            output: 16,
+            zipf: None,
+        }
+    }
+
+    /// The request sequence for `seed`.
+    pub fn generate(&self, seed: u64) -> Result<Vec<BenchRequest>, String> {
+        Ok(match self {
+            Self::Seed => {
+                let phrases = ["What is the capital of France?", "Explain cache-aware routing."];
+                (0..6)
+                    .map(|i| BenchRequest {
+                        at_ms: None,
+                        prompt: phrases[i % 2].to_string(),
+                        max_tokens: 16,
+                        group: i % 2,
+                    })
+                    .collect()
+            }
+            Self::SharedPrefix { groups, per_group, system, question, output, zipf } => {
+                let systems: Vec<String> =
+                    (0..*groups).map(|g| text(&mut rng_for(seed, g as u64), *system)).collect();
+                let mut rng = rng_for(seed, u64::MAX);
+                let mut picks: Vec<usize> = match zipf {
+                    None => (0..*groups).flat_map(|g| std::iter::repeat_n(g, *per_group)).collect(),
+                    Some(alpha) => {
+                        let weights: Vec<f64> =
+                            (1..=*groups).map(|r| (r as f64).powf(-alpha)).collect();
+                        let total: f64 = weights.iter().sum();
+                        (0..groups * per_group)
+                            .map(|_| {
+                                let mut x = rng.random::<f64>() * total;
+                                weights
+                                    .iter()
+                                    .position(|w| {
+                                        x -= w;
+                                        x < 0.0
+                                    })
+                                    .unwrap_or(groups - 1)
+                            })
+                            .collect()
+                    }
+                };
+                picks.shuffle(&mut rng);
+                picks
+                    .into_iter()
+                    .map(|g| BenchRequest {
+                        at_ms: None,
+                        prompt: format!("{}{}", systems[g], text(&mut rng, *question)),
+                        max_tokens: *output,
+                        group: g,
+                    })
+                    .collect()
+            }
+            Self::MultiTurn { users, rounds, question, output } => {
+                let mut rng = rng_for(seed, 0);
+                let mut history = vec![String::new(); *users];
+                let mut out = Vec::with_capacity(users * rounds);
+                for _ in 0..*rounds {
+                    let mut order: Vec<usize> = (0..*users).collect();
+                    order.shuffle(&mut rng);
+                    for u in order {
+                        history[u].push_str(&text(&mut rng, *question));
+                        out.push(BenchRequest {
+                            at_ms: None,
+                            prompt: history[u].clone(),
+                            max_tokens: *output,
+                            group: u,
+                        });
+                        // A stand-in for the answer, so the next turn's prompt grows by it.
+                        history[u].push_str(&text(&mut rng, *output as usize));
+                    }
+                }
+                out
+            }
+            Self::Trace(path) => read_trace(path, seed)?,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TraceRecord {
+    timestamp_ms: u64,
+    prompt: Option<String>,
+    prefix_id: Option<u64>,
+    prefix_tokens: Option<usize>,
+    suffix_tokens: Option<usize>,
+    max_tokens: u32,
+}
+
+fn read_trace(path: &Path, seed: u64) -> Result<Vec<BenchRequest>, String> {
+    let data = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read trace {}: {e}", path.display()))?;
+    let mut rng = rng_for(seed, 1);
+    let mut out = Vec::new();
+    for (n, line) in data.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let r: TraceRecord =
+            serde_json::from_str(line).map_err(|e| format!("{}:{}: {e}", path.display(), n + 1))?;
+        let (prompt, group) = match (r.prompt, r.prefix_id, r.prefix_tokens) {
+            (Some(p), _, _) => (p, 0),
+            (None, Some(id), Some(len)) => {
+                let prefix = text(&mut rng_for(seed, id.wrapping_add(2)), len);
+                (format!("{prefix}{}", text(&mut rng, r.suffix_tokens.unwrap_or(0))), id as usize)
+            }
+            _ => {
+                return Err(format!(
+                    "{}:{}: a record needs `prompt`, or `prefix_id` and `prefix_tokens`",
+                    path.display(),
+                    n + 1
+                ));
+            }
+        };
+        out.push(BenchRequest {
+            at_ms: Some(r.timestamp_ms),
+            prompt,
+            max_tokens: r.max_tokens,
+            group,
+        });
+    }
+    Ok(out)
+}

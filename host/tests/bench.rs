@@ -1,0 +1,131 @@
+//! `locus bench` workloads and oracle: deterministic, with the stated structure.
+
+use std::collections::HashMap;
+
+use locus::bench::workload::filler;
+use locus::bench::{BenchRequest, Workload, oracle};
+use locus_engine::Tokenizer;
+
+fn tokens(s: &str) -> Vec<u32> {
+    Tokenizer::new().encode(s)
+}
+
+#[test]
+fn seed_workload_is_six_interleaved_requests_for_two_phrases() {
+    let r = Workload::Seed.generate(1).unwrap();
+    assert_eq!(r.len(), 6);
+    for (i, q) in r.iter().enumerate() {
+        assert_eq!(q.prompt, r[i % 2].prompt);
+    }
+    assert_ne!(r[0].prompt, r[1].prompt);
+}
+
+#[test]
+fn shared_prefix_has_the_stated_groups_and_exact_prefix_lengths() {
+    let w = Workload::shared_prefix_default();
+    let a = w.generate(7).unwrap();
+    assert_eq!(a, w.generate(7).unwrap(), "deterministic for a seed");
+    assert_ne!(a, w.generate(8).unwrap());
+    assert_eq!(a.len(), 8 * 16);
+    let mut by_group: HashMap<usize, Vec<Vec<u32>>> = HashMap::new();
+    for r in &a {
+        let ids = tokens(&r.prompt);
+        assert_eq!(ids.len(), 256 + 32, "system 256 + question 32 tokens");
+        assert_eq!(r.max_tokens, 16);
+        by_group.entry(r.group).or_default().push(ids);
+    }
+    assert_eq!(by_group.len(), 8);
+    for (g, prompts) in &by_group {
+        assert_eq!(prompts.len(), 16, "group {g}");
+        assert!(
+            prompts.iter().all(|p| p[..256] == prompts[0][..256]),
+            "group {g} shares 256 tokens"
+        );
+        assert!(prompts.iter().any(|p| p[256..] != prompts[0][256..]), "questions differ");
+    }
+    assert_ne!(by_group[&0][0][..256], by_group[&1][0][..256]);
+    // Shuffled: not all of group 0 first.
+    assert!(a[..16].iter().any(|r| r.group != a[0].group));
+}
+
+#[test]
+fn zipf_popularity_favours_the_first_groups() {
+    let w = Workload::SharedPrefix {
+        groups: 8,
+        per_group: 50,
+        system: 16,
+        question: 4,
+        output: 4,
+        zipf: Some(1.2),
+    };
+    let r = w.generate(3).unwrap();
+    assert_eq!(r.len(), 400);
+    let mut counts = [0usize; 8];
+    for q in &r {
+        counts[q.group] += 1;
+    }
+    assert!(counts[0] > 2 * counts[7], "{counts:?}");
+    assert!(counts[0] > counts[1] && counts[1] > counts[3], "{counts:?}");
+}
+
+#[test]
+fn multi_turn_conversations_grow_by_each_turn() {
+    let w = Workload::MultiTurn { users: 3, rounds: 4, question: 8, output: 5 };
+    let r = w.generate(11).unwrap();
+    assert_eq!(r.len(), 12);
+    for u in 0..3 {
+        let turns: Vec<&BenchRequest> = r.iter().filter(|q| q.group == u).collect();
+        assert_eq!(turns.len(), 4);
+        for (k, t) in turns.iter().enumerate() {
+            assert_eq!(tokens(&t.prompt).len(), k * (8 + 5) + 8, "user {u} turn {k}");
+            if k > 0 {
+                assert!(t.prompt.starts_with(&turns[k - 1].prompt), "history is kept");
+            }
+        }
+    }
+}
+
+#[test]
+fn traces_replay_on_schedule_and_bad_records_name_their_line() {
+    let dir = std::env::temp_dir().join(format!("locus-trace-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("t.jsonl");
+    std::fs::write(
+        &path,
+        concat!(
+            r#"{"timestamp_ms": 0, "prompt": "hello there", "max_tokens": 4}"#, "\n",
+            r#"{"timestamp_ms": 250, "prefix_id": 9, "prefix_tokens": 32, "suffix_tokens": 4, "max_tokens": 8}"#, "\n",
+            "\n",
+            r#"{"timestamp_ms": 500, "prefix_id": 9, "prefix_tokens": 32, "suffix_tokens": 6, "max_tokens": 8}"#, "\n",
+        ),
+    )
+    .unwrap();
+    let r = Workload::parse(&format!("trace:{}", path.display())).unwrap().generate(5).unwrap();
+    assert_eq!(r.iter().map(|q| q.at_ms).collect::<Vec<_>>(), [Some(0), Some(250), Some(500)]);
+    assert_eq!(r[0].prompt, "hello there");
+    let (a, b) = (tokens(&r[1].prompt), tokens(&r[2].prompt));
+    assert_eq!((a.len(), b.len()), (36, 38));
+    assert_eq!(a[..32], b[..32], "the same prefix_id is the same prefix");
+
+    std::fs::write(&path, "{\"timestamp_ms\": 0, \"max_tokens\": 4}\n").unwrap();
+    let e = Workload::Trace(path.clone()).generate(5).unwrap_err();
+    assert!(e.contains("t.jsonl:1") && e.contains("prefix_id"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(Workload::parse("nope").unwrap_err().contains("shared-prefix"));
+}
+
+#[test]
+fn oracle_on_a_hand_checked_sequence() {
+    let p1 = filler(1, 40);
+    let p2 = format!("{}{}", Tokenizer::new().decode(&tokens(&p1)[..32]), filler(2, 8));
+    let p3 = filler(3, 20);
+    assert_eq!((tokens(&p1).len(), tokens(&p2).len(), tokens(&p3).len()), (40, 40, 20));
+    let req =
+        |p: &str| BenchRequest { at_ms: None, prompt: p.to_string(), max_tokens: 8, group: 0 };
+    let seq = [req(&p1), req(&p2), req(&p1), req(&p3)];
+    let o = oracle(&seq);
+    // p1: nothing cached, 2 blocks stored; p2: both blocks reused (32 of its 40 tokens);
+    // p1 again: a response hit, all 40; p3: nothing. 72 of 140 prompt tokens.
+    assert_eq!(o.response_hit_rate, 0.25);
+    assert_eq!(o.prefix_token_hit_rate, 72.0 / 140.0);
+}
