@@ -32,6 +32,10 @@ enum Command {
     Router(RouterArgs),
     /// Swap the routing policy of a router, or the cache policy of a worker.
     Swap(SwapArgs),
+    /// Compare routing policies on one workload, each from cold caches, against the
+    /// best a single cache could do (the oracle); writes report.json, report.md and
+    /// chart.svg.
+    Bench(BenchArgs),
     /// Work with policy components.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -236,6 +240,49 @@ struct SwapArgs {
     admin_token: Option<String>,
 }
 
+#[derive(Args)]
+struct BenchArgs {
+    /// Public URL of an existing router (with --admin); default: spawn a local cluster.
+    #[arg(long, requires = "admin", conflicts_with = "spawn")]
+    router: Option<String>,
+    /// Admin URL of that router.
+    #[arg(long, requires = "router")]
+    admin: Option<String>,
+    /// Bearer token of the admin APIs.
+    #[arg(long, env = "LOCUS_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Start a local cluster of N workers for the run (the default, with 3).
+    #[arg(long)]
+    spawn: Option<usize>,
+    /// seed, shared-prefix (8 groups x 16 prompts, system 256, question 32, output 16),
+    /// multi-turn (8 users x 4 rounds) or trace:FILE (JSONL).
+    #[arg(long, default_value = "seed")]
+    workload: String,
+    /// Routing policies to compare, comma-separated (built-ins or .wasm files).
+    #[arg(long, value_delimiter = ',', default_value = "random,hash")]
+    policies: Vec<String>,
+    /// Requests per policy (default: the workload's length).
+    #[arg(long)]
+    requests: Option<usize>,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
+    /// Open loop at this many requests/s instead of a fixed concurrency.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Workload seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Send the workload once, unrecorded, before each measured pass.
+    #[arg(long)]
+    warm: bool,
+    /// Where the report files go.
+    #[arg(long, default_value = "bench-out")]
+    out: PathBuf,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
 #[derive(Subcommand)]
 enum PolicyCommand {
     /// Load a policy the way a swap would and report on it: the world it implements,
@@ -368,6 +415,7 @@ async fn serve(cmd: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Swap(a) => swap(a).await,
+        Command::Bench(a) => bench(a).await,
         Command::Policy(_) => unreachable!("handled without a runtime"),
     }
 }
@@ -415,4 +463,56 @@ async fn swap(a: SwapArgs) -> anyhow::Result<()> {
     } else {
         anyhow::bail!("{status}: {text}")
     }
+}
+
+async fn bench(a: BenchArgs) -> anyhow::Result<()> {
+    use locus::bench::{self, BenchOptions, Target, Workload};
+    let workload = Workload::parse(&a.workload).map_err(|e| anyhow::anyhow!(e))?;
+    let mut _cluster = None;
+    let target = match (&a.router, &a.admin) {
+        (Some(r), Some(ad)) => Target {
+            router: r.trim_end_matches('/').into(),
+            admin: ad.trim_end_matches('/').into(),
+            token: a.admin_token.clone(),
+        },
+        _ => {
+            let token = a.admin_token.clone().unwrap_or_else(random_token);
+            let mut o = ClusterOptions::local();
+            let any = SocketAddr::from(([127, 0, 0, 1], 0));
+            (o.port, o.worker_port, o.admin_addr) = (0, 0, any);
+            o.workers = a.spawn.unwrap_or(3).max(1);
+            o.model = a.model.source().map_err(|e| anyhow::anyhow!(e))?;
+            o.prefix_cache_bytes = a.model.prefix_cache_bytes;
+            o.worker.admin_token = Some(token.clone());
+            o.router.admin_token = Some(token.clone());
+            let c = cluster::start(o).await?;
+            let t = Target {
+                router: format!("http://{}", c.router_addr),
+                admin: format!("http://{}", c.admin_addr),
+                token: Some(token),
+            };
+            _cluster = Some(c);
+            t
+        }
+    };
+    let opts = BenchOptions {
+        workload,
+        policies: a.policies.clone(),
+        requests: a.requests,
+        concurrency: a.concurrency.max(1),
+        rate: a.rate,
+        seed: a.seed,
+        warm: a.warm,
+        progress: true,
+    };
+    let report = bench::run(&target, &opts).await?;
+    let summaries = bench::report::write(&report, &a.out)?;
+    println!("{}", bench::report::table(&report, &summaries));
+    println!(
+        "{} requests per policy, {}; report in {}/report.md, report.json, chart.svg",
+        report.requests,
+        if report.warm { "warm" } else { "cold caches" },
+        a.out.display()
+    );
+    Ok(())
 }

@@ -129,3 +129,57 @@ fn oracle_on_a_hand_checked_sequence() {
     assert_eq!(o.response_hit_rate, 0.25);
     assert_eq!(o.prefix_token_hit_rate, 72.0 / 140.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_end_to_end_bench_writes_its_report_and_its_totals_match_the_records() {
+    use locus::bench::{BenchOptions, Target, report, run};
+    use locus::cluster::{self, ClusterOptions};
+    let mut o = ClusterOptions::local();
+    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    (o.port, o.worker_port, o.admin_addr) = (0, 0, any);
+    o.workers = 2;
+    o.prefix_cache_bytes = 32 << 20;
+    o.worker.admin_token = Some("t".into());
+    o.router.admin_token = Some("t".into());
+    let c = cluster::start(o).await.unwrap();
+    let target = Target {
+        router: format!("http://{}", c.router_addr),
+        admin: format!("http://{}", c.admin_addr),
+        token: Some("t".into()),
+    };
+    let opts = BenchOptions {
+        workload: Workload::Seed,
+        policies: vec!["random".into(), "hash".into()],
+        requests: None,
+        concurrency: 1,
+        rate: None,
+        seed: 1,
+        warm: false,
+        progress: false,
+    };
+    let rep = run(&target, &opts).await.unwrap();
+    let dir = std::env::temp_dir().join(format!("locus-bench-{}", std::process::id()));
+    let summaries = report::write(&rep, &dir).unwrap();
+    for f in ["report.json", "report.md", "chart.svg"] {
+        let len = std::fs::metadata(dir.join(f)).map(|m| m.len()).unwrap_or(0);
+        assert!(len > 100, "{f} missing or empty");
+    }
+    assert!(std::fs::read_to_string(dir.join("chart.svg")).unwrap().contains("<svg"));
+    assert_eq!(rep.records.len(), 12);
+    assert_eq!(rep.oracle.response_hit_rate, 4.0 / 6.0);
+    for s in &summaries {
+        let recs: Vec<_> = rep.records.iter().filter(|r| r.policy == s.policy).collect();
+        assert_eq!(s.requests, recs.len());
+        assert_eq!(s.errors, 0, "{recs:?}");
+        let hits = recs.iter().filter(|r| r.cache_hit).count();
+        assert!((s.response_hit_rate - hits as f64 / 6.0).abs() < 1e-12);
+        assert!(recs.iter().all(|r| r.ttft_ms.is_some() && r.prompt_tokens > 0));
+    }
+    // Cold caches for every policy, and hash sends each phrase to one worker: 4 of 6.
+    let hash = summaries.iter().find(|s| s.policy == "hash").unwrap();
+    assert_eq!(hash.response_hit_rate, 4.0 / 6.0);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    assert_eq!(json["report"]["records"].as_array().unwrap().len(), 12);
+    let _ = std::fs::remove_dir_all(&dir);
+}

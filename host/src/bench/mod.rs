@@ -1,8 +1,12 @@
-//! `locus bench` building blocks: deterministic workloads and the oracle they are scored
-//! against. (The runner that drives a cluster and writes the report is the next step.)
+//! `locus bench`: every policy on the same request sequence, from cold caches, against
+//! the best any router could do on that sequence.
 
 pub mod oracle;
+pub mod report;
+pub mod run;
 pub mod workload;
 
 pub use oracle::{Oracle, oracle};
+pub use report::{Summary, summarize};
+pub use run::{BenchOptions, Record, Report, Target, run};
 pub use workload::{BenchRequest, Workload};

@@ -537,9 +537,21 @@ fn stream_completion(
     model: String,
 ) -> impl Stream<Item = Result<Event, std::convert::Infallible>> {
     let (events, rx) = mpsc::channel::<Event>(64);
-    let chunk = move |text: &str, finish: Option<&str>| {
-        let v = json!({"id": id, "object": "text_completion", "model": model,
+    let worker_id = w.options.worker_id.clone();
+    let chunk = move |text: &str, finish: Option<&str>, done: Option<&Outcome>| {
+        let mut v = json!({"id": id, "object": "text_completion", "model": model,
             "choices": [{"index": 0, "text": text, "finish_reason": finish}]});
+        // The last chunk carries the usage (as OpenAI's `include_usage` does) and what
+        // `/generate` reports in `meta_info`, so streaming clients can see cache effects.
+        if let Some(o) = done {
+            v["usage"] = json!({"prompt_tokens": o.prompt_tokens,
+                "completion_tokens": o.completion_tokens,
+                "total_tokens": o.prompt_tokens + o.completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": o.cached_tokens}});
+            v["meta_info"] = json!({"prompt_tokens": o.prompt_tokens,
+                "completion_tokens": o.completion_tokens, "cached_tokens": o.cached_tokens,
+                "cache_hit": o.cache_hit, "worker_id": worker_id, "e2e_latency": o.latency});
+        }
         Event::default().data(v.to_string())
     };
     tokio::spawn(async move {
@@ -551,10 +563,10 @@ fn stream_completion(
             r
         });
         while let Some(piece) = piece_rx.recv().await {
-            let _ = events.send(chunk(&piece, None)).await;
+            let _ = events.send(chunk(&piece, None, None)).await;
         }
         let last = match run.await {
-            Ok(Ok(_)) => chunk("", Some("length")),
+            Ok(Ok(o)) => chunk("", Some("length"), Some(&o)),
             Ok(Err(e)) => Event::default()
                 .data(json!({"error": {"message": e.message, "field": e.field}}).to_string()),
             Err(e) => {

@@ -1,0 +1,292 @@
+//! Drives a router through its admin API: for each policy, swap it in, flush the workers'
+//! caches, optionally warm up, then send the workload and record every request.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures_util::StreamExt;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::{BenchRequest, Oracle, Workload, oracle};
+
+/// The cluster under test.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The router's public base URL.
+    pub router: String,
+    /// The router's admin base URL.
+    pub admin: String,
+    /// Bearer token of the admin APIs (router and workers).
+    pub token: Option<String>,
+}
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// The workload.
+    pub workload: Workload,
+    /// Policies to compare: built-in names or component paths.
+    pub policies: Vec<String>,
+    /// Requests to send (default: the workload's own length; longer repeats it).
+    pub requests: Option<usize>,
+    /// Requests in flight at once (closed loop).
+    pub concurrency: usize,
+    /// Open loop at this many requests/s instead (traces use their own schedule).
+    pub rate: Option<f64>,
+    /// Seed of the workload.
+    pub seed: u64,
+    /// Send the workload once, unrecorded, before measuring.
+    pub warm: bool,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+/// One measured request.
+#[derive(Debug, Clone, Serialize)]
+pub struct Record {
+    /// Position in the workload.
+    pub index: usize,
+    /// The routing policy serving.
+    pub policy: String,
+    /// HTTP status (0: no answer).
+    pub status: u16,
+    /// Milliseconds to the end of the answer.
+    pub latency_ms: f64,
+    /// Milliseconds to the first streamed text.
+    pub ttft_ms: Option<f64>,
+    /// Worker that answered.
+    pub worker: String,
+    /// Whether the whole answer came from the response cache.
+    pub cache_hit: bool,
+    /// Prompt tokens served from a cache.
+    pub cached_tokens: usize,
+    /// Prompt tokens.
+    pub prompt_tokens: usize,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+}
+
+/// The measured passes, one per policy, with the oracle beside them.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Workload name and shape.
+    pub workload: String,
+    /// Workload seed.
+    pub seed: u64,
+    /// Whether a warm-up pass ran before each measured pass.
+    pub warm: bool,
+    /// Requests in each pass.
+    pub requests: usize,
+    /// The best a single unbounded cache could do on the sequence.
+    pub oracle: Oracle,
+    /// Wall time of each measured pass, seconds, by policy (same order as `policies`).
+    pub pass_seconds: Vec<f64>,
+    /// Policies, in the order run.
+    pub policies: Vec<String>,
+    /// Every request of every measured pass.
+    pub records: Vec<Record>,
+}
+
+fn sequence(opts: &BenchOptions) -> anyhow::Result<Vec<BenchRequest>> {
+    let base = opts.workload.generate(opts.seed).map_err(anyhow::Error::msg)?;
+    if base.is_empty() {
+        bail!("the workload has no requests");
+    }
+    let n = opts.requests.unwrap_or(base.len());
+    Ok(base.iter().cycle().take(n).cloned().collect())
+}
+
+/// Runs every policy over the same sequence and returns the report.
+pub async fn run(target: &Target, opts: &BenchOptions) -> anyhow::Result<Report> {
+    let seq = Arc::new(sequence(opts)?);
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(600)).build()?;
+    let mut records = Vec::new();
+    let mut pass_seconds = Vec::new();
+    for policy in &opts.policies {
+        swap(&http, target, policy).await.with_context(|| format!("swapping in {policy}"))?;
+        flush(&http, target).await.context("flushing the workers' caches")?;
+        if opts.warm {
+            send_all(&http, target, &seq, opts, policy, "warm-up").await;
+        }
+        let t = Instant::now();
+        let pass = send_all(&http, target, &seq, opts, policy, "measure").await;
+        pass_seconds.push(t.elapsed().as_secs_f64());
+        records.extend(pass);
+    }
+    Ok(Report {
+        workload: format!("{:?}", opts.workload),
+        seed: opts.seed,
+        warm: opts.warm,
+        requests: seq.len(),
+        oracle: oracle(&seq),
+        pass_seconds,
+        policies: opts.policies.clone(),
+        records,
+    })
+}
+
+fn admin(req: reqwest::RequestBuilder, target: &Target) -> reqwest::RequestBuilder {
+    match &target.token {
+        Some(t) => req.bearer_auth(t),
+        None => req,
+    }
+}
+
+async fn swap(http: &reqwest::Client, target: &Target, policy: &str) -> anyhow::Result<()> {
+    let url = format!("{}/admin/policy", target.admin);
+    let req = if std::path::Path::new(policy).is_file() {
+        http.put(url).query(&[("name", policy)]).body(std::fs::read(policy)?)
+    } else {
+        http.put(url).query(&[("name", policy)])
+    };
+    let r = admin(req, target).send().await?;
+    if !r.status().is_success() {
+        bail!("{}: {}", r.status(), r.text().await.unwrap_or_default());
+    }
+    Ok(())
+}
+
+async fn flush(http: &reqwest::Client, target: &Target) -> anyhow::Result<()> {
+    let r = admin(http.get(format!("{}/admin/workers", target.admin)), target).send().await?;
+    if !r.status().is_success() {
+        bail!("listing workers: {}: {}", r.status(), r.text().await.unwrap_or_default());
+    }
+    let v: Value = r.json().await?;
+    for w in v["workers"].as_array().into_iter().flatten() {
+        let url = w["url"].as_str().unwrap_or_default();
+        let r = http.post(format!("{url}/flush_cache")).send().await?;
+        if !r.status().is_success() {
+            bail!("{url}/flush_cache: {}", r.status());
+        }
+    }
+    Ok(())
+}
+
+async fn send_all(
+    http: &reqwest::Client,
+    target: &Target,
+    seq: &Arc<Vec<BenchRequest>>,
+    opts: &BenchOptions,
+    policy: &str,
+    phase: &str,
+) -> Vec<Record> {
+    let bar = if opts.progress {
+        let b = indicatif::ProgressBar::new(seq.len() as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{msg:>24} [{bar:40}] {pos}/{len} {elapsed}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        b.set_message(format!("{policy} {phase}"));
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let start = Instant::now();
+    let scheduled = seq.iter().any(|r| r.at_ms.is_some()) || opts.rate.is_some();
+    let one = |i: usize| {
+        let (http, target, seq, policy, bar) =
+            (http.clone(), target.clone(), seq.clone(), policy.to_string(), bar.clone());
+        let rate = opts.rate;
+        async move {
+            let at = match (seq[i].at_ms, rate) {
+                (Some(ms), _) => Some(Duration::from_millis(ms)),
+                (None, Some(r)) if r > 0.0 => Some(Duration::from_secs_f64(i as f64 / r)),
+                _ => None,
+            };
+            if let Some(at) = at {
+                tokio::time::sleep_until((start + at).into()).await;
+            }
+            let rec = send(&http, &target, &seq[i], i, &policy).await;
+            bar.inc(1);
+            rec
+        }
+    };
+    // Open loop: every request at its time, however many are in flight. Closed loop:
+    // `concurrency` at a time.
+    let width = if scheduled { seq.len().max(1) } else { opts.concurrency.max(1) };
+    let mut out: Vec<Record> =
+        futures_util::stream::iter(0..seq.len()).map(one).buffer_unordered(width).collect().await;
+    bar.finish_and_clear();
+    out.sort_by_key(|r| r.index);
+    out
+}
+
+async fn send(
+    http: &reqwest::Client,
+    target: &Target,
+    r: &BenchRequest,
+    index: usize,
+    policy: &str,
+) -> Record {
+    let mut rec = Record {
+        index,
+        policy: policy.to_string(),
+        status: 0,
+        latency_ms: 0.0,
+        ttft_ms: None,
+        worker: String::new(),
+        cache_hit: false,
+        cached_tokens: 0,
+        prompt_tokens: 0,
+        error: None,
+    };
+    let t = Instant::now();
+    let body =
+        json!({"prompt": r.prompt, "max_tokens": r.max_tokens, "temperature": 0, "stream": true});
+    let resp = http.post(format!("{}/v1/completions", target.router)).json(&body).send().await;
+    let resp = match resp {
+        Ok(x) => x,
+        Err(e) => {
+            rec.error = Some(e.to_string());
+            rec.latency_ms = t.elapsed().as_secs_f64() * 1e3;
+            return rec;
+        }
+    };
+    rec.status = resp.status().as_u16();
+    if !resp.status().is_success() {
+        rec.error = Some(resp.text().await.unwrap_or_default());
+        rec.latency_ms = t.elapsed().as_secs_f64() * 1e3;
+        return rec;
+    }
+    let mut stream = resp.bytes_stream();
+    let mut buf = String::new();
+    let mut last: Option<Value> = None;
+    while let Some(chunk) = stream.next().await {
+        let Ok(chunk) = chunk else {
+            rec.error = Some("the stream broke".into());
+            break;
+        };
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let event: String = buf.drain(..end + 2).collect();
+            for data in event.lines().filter_map(|l| l.strip_prefix("data: ")) {
+                if data == "[DONE]" {
+                    continue;
+                }
+                let Ok(v) = serde_json::from_str::<Value>(data) else { continue };
+                if v.get("error").is_some() {
+                    rec.error = Some(v["error"]["message"].as_str().unwrap_or("error").into());
+                }
+                let has_text = v["choices"][0]["text"].as_str().is_some_and(|s| !s.is_empty());
+                if has_text && rec.ttft_ms.is_none() {
+                    rec.ttft_ms = Some(t.elapsed().as_secs_f64() * 1e3);
+                }
+                last = Some(v);
+            }
+        }
+    }
+    rec.latency_ms = t.elapsed().as_secs_f64() * 1e3;
+    if let Some(m) = last.as_ref().map(|v| &v["meta_info"]) {
+        rec.worker = m["worker_id"].as_str().unwrap_or_default().to_string();
+        rec.cache_hit = m["cache_hit"].as_bool().unwrap_or(false);
+        rec.cached_tokens = m["cached_tokens"].as_u64().unwrap_or(0) as usize;
+        rec.prompt_tokens = m["prompt_tokens"].as_u64().unwrap_or(0) as usize;
+    }
+    if rec.worker.is_empty() && rec.error.is_none() {
+        rec.error = Some("the answer had no meta_info".into());
+    }
+    rec
+}
