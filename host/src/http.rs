@@ -109,3 +109,17 @@ pub fn render_metrics(registry: &prometheus::Registry) -> Response {
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], buf).into_response()
 }
+
+/// A listener whose connections have Nagle's algorithm off: an answer is written in
+/// several small pieces (headers, SSE events), and with Nagle on, each piece after the
+/// first waits for the client's delayed ACK (~40 ms).
+pub fn no_delay(
+    listener: tokio::net::TcpListener,
+) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = std::net::SocketAddr> {
+    use axum::serve::ListenerExt;
+    listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    })
+}

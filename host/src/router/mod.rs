@@ -562,8 +562,8 @@ pub async fn spawn(
     let listener = TcpListener::bind(addr).await?;
     let admin = TcpListener::bind(admin_addr).await?;
     let (local, admin_local) = (listener.local_addr()?, admin.local_addr()?);
-    tokio::spawn(axum::serve(listener, gw.router()).into_future());
-    tokio::spawn(axum::serve(admin, admin_router(gw.clone())).into_future());
+    tokio::spawn(axum::serve(crate::http::no_delay(listener), gw.router()).into_future());
+    tokio::spawn(axum::serve(crate::http::no_delay(admin), admin_router(gw.clone())).into_future());
     tokio::spawn(gw.clone().health_loop());
     if let Some(path) = gw.options.watch.clone() {
         admin::watch(gw.clone(), path);
