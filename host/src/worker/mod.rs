@@ -721,9 +721,10 @@ pub async fn spawn(
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serve = axum::serve(crate::http::no_delay(listener), worker.router()).with_graceful_shutdown(async move {
-        let _ = stopped.await;
-    });
+    let serve = axum::serve(crate::http::no_delay(listener), worker.router())
+        .with_graceful_shutdown(async move {
+            let _ = stopped.await;
+        });
     let task = tokio::spawn(serve.into_future());
     Ok(WorkerHandle { addr: local, stop: Some(stop), task })
 }
