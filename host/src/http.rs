@@ -5,6 +5,9 @@ use axum::Json;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
+
+use crate::policy::PolicySource;
 use serde_json::json;
 
 /// An error answered as `{"error": {"message", "type", "field"}}`.
@@ -122,4 +125,40 @@ pub fn no_delay(
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
     })
+}
+
+/// The policy of an admin swap request: the body is a component, or the body is empty
+/// and `?name=` names a built-in. `name` is taken out of `query`; the rest are settings.
+pub fn uploaded_policy(
+    body: &[u8],
+    query: &mut BTreeMap<String, String>,
+) -> Result<PolicySource, ApiError> {
+    let name = query.remove("name");
+    if !body.is_empty() {
+        let name = name.unwrap_or_else(|| "upload.wasm".into());
+        return Ok(PolicySource::Bytes { name, bytes: body.to_vec() });
+    }
+    let Some(name) = name else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "send the component as the body, or ?name=<built-in>",
+        ));
+    };
+    match PolicySource::parse(&name) {
+        Ok(PolicySource::File(_)) | Err(_) => Err(ApiError::invalid(
+            "name",
+            format!("`{name}` is not a built-in policy; upload the component as the body"),
+        )),
+        Ok(source) => Ok(source),
+    }
+}
+
+/// A registry holding `collectors` (metric names are fixed at build time, so a clash is a
+/// programming error).
+pub fn registry(collectors: Vec<Box<dyn prometheus::core::Collector>>) -> prometheus::Registry {
+    let registry = prometheus::Registry::new();
+    for c in collectors {
+        registry.register(c).expect("metric names are unique");
+    }
+    registry
 }

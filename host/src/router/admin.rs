@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{BackendInfo, Gateway};
-use crate::http::{ApiError, check_bearer, parse_json};
+use crate::http::{ApiError, check_bearer, parse_json, uploaded_policy};
 use crate::policy::{LoadOptions, PolicySource};
 
 /// The admin routes over `gw`.
@@ -52,27 +52,9 @@ async fn swap_policy(
     if let Err(e) = auth(&gw, &headers) {
         return e.into_response();
     }
-    let name = q.remove("name");
-    let source = if body.is_empty() {
-        match name.as_deref().map(PolicySource::parse) {
-            Some(Ok(s)) if !matches!(s, PolicySource::File(_)) => s,
-            Some(_) => {
-                return ApiError::invalid("name", "not a built-in policy; upload the component")
-                    .into_response();
-            }
-            None => {
-                return ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "send the component as the body, or ?name=<built-in>",
-                )
-                .into_response();
-            }
-        }
-    } else {
-        PolicySource::Bytes {
-            name: name.unwrap_or_else(|| "upload.wasm".into()),
-            bytes: body.to_vec(),
-        }
+    let source = match uploaded_policy(&body, &mut q) {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
     };
     let opts = LoadOptions::with_settings(q.into_iter().collect());
     let gw2 = gw.clone();

@@ -170,7 +170,6 @@ struct Metrics {
 
 impl Metrics {
     fn new() -> Self {
-        let registry = Registry::new();
         let decisions = IntCounterVec::new(
             Opts::new("locus_router_decisions_total", "Routing decisions per worker"),
             &["worker"],
@@ -202,7 +201,7 @@ impl Metrics {
             &["name", "sha256"],
         )
         .unwrap();
-        for c in [
+        let registry = crate::http::registry(vec![
             Box::new(decisions.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(fallbacks.clone()),
             Box::new(retries.clone()),
@@ -210,9 +209,7 @@ impl Metrics {
             Box::new(latency.clone()),
             Box::new(policy_faults.clone()),
             Box::new(policy_info.clone()),
-        ] {
-            registry.register(c).unwrap();
-        }
+        ]);
         Self {
             registry,
             decisions,

@@ -4,6 +4,7 @@
 
 mod responses;
 
+use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,7 +29,7 @@ use tokio::sync::{Semaphore, mpsc};
 
 pub use responses::{Cached, ResponseCache};
 
-use crate::http::{ApiError, check_bearer, parse_json, render_metrics};
+use crate::http::{ApiError, check_bearer, parse_json, render_metrics, uploaded_policy};
 use crate::policy::{CachePolicy, Entry, EntryKind, FaultPolicy, LoadOptions, PolicySource};
 
 /// Most tokens one request may ask for.
@@ -88,7 +89,6 @@ struct Metrics {
 
 impl Metrics {
     fn new() -> Self {
-        let registry = Registry::new();
         let requests = IntCounterVec::new(
             Opts::new("locus_worker_requests_total", "Requests by endpoint and status"),
             &["endpoint", "status"],
@@ -119,7 +119,7 @@ impl Metrics {
         let policy_faults =
             IntGauge::new("locus_worker_cache_policy_faults", "Cache policy faults so far")
                 .unwrap();
-        for c in [
+        let registry = crate::http::registry(vec![
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
             Box::new(response_hits.clone()),
@@ -127,9 +127,7 @@ impl Metrics {
             Box::new(prefix_tokens.clone()),
             Box::new(cache_bytes.clone()),
             Box::new(policy_faults.clone()),
-        ] {
-            registry.register(c).unwrap();
-        }
+        ]);
         Self {
             registry,
             requests,
@@ -627,55 +625,37 @@ async fn flush_cache(State(w): State<Arc<Worker>>) -> Json<serde_json::Value> {
     Json(json!({"flushed": true}))
 }
 
-#[derive(Deserialize)]
-struct SwapQuery {
-    /// A built-in policy name, when the body is empty.
-    name: Option<String>,
-    #[serde(flatten)]
-    settings: std::collections::BTreeMap<String, String>,
-}
-
 async fn swap_cache_policy(
     State(w): State<Arc<Worker>>,
     headers: HeaderMap,
-    Query(q): Query<SwapQuery>,
+    Query(mut q): Query<BTreeMap<String, String>>,
     body: Bytes,
 ) -> Response {
     if let Err(e) = check_bearer(&headers, w.options.admin_token.as_deref()) {
         return e.into_response();
     }
-    let source = match (body.is_empty(), q.name) {
-        (false, name) => PolicySource::Bytes {
-            name: name.unwrap_or_else(|| "upload.wasm".into()),
-            bytes: body.to_vec(),
-        },
-        (true, Some(name)) => match PolicySource::parse(&name) {
-            Ok(PolicySource::File(_)) | Err(_) => {
-                return ApiError::invalid("name", format!("`{name}` is not a built-in policy"))
-                    .into_response();
-            }
-            Ok(s) => s,
-        },
-        (true, None) => {
-            return ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "send the component as the body, or ?name=<built-in>",
-            )
-            .into_response();
-        }
+    let source = match uploaded_policy(&body, &mut q) {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
     };
-    let settings: Vec<(String, String)> = q.settings.into_iter().collect();
-    let (_, _, rcap) = w.responses.stats();
-    let pcap = w.engine.cache_stats().capacity_bytes;
-    let swap = |policy: &CachePolicy, cap: u64| {
-        let mut s = settings.clone();
-        s.push(("locus.capacity-bytes".into(), cap.to_string()));
-        policy.swap(&source, &LoadOptions::with_settings(s))
-    };
-    let result = swap(w.responses.policy(), rcap).and_then(|_| swap(&w.prefix_policy, pcap));
+    let settings: Vec<(String, String)> = q.into_iter().collect();
+    let worker = w.clone();
+    // Compiling takes tens of milliseconds: keep it off the async threads.
+    let result = tokio::task::spawn_blocking(move || {
+        let (_, _, rcap) = worker.responses.stats();
+        let pcap = worker.engine.cache_stats().capacity_bytes;
+        let swap = |policy: &CachePolicy, cap: u64| {
+            let mut s = settings.clone();
+            s.push(("locus.capacity-bytes".into(), cap.to_string()));
+            policy.swap(&source, &LoadOptions::with_settings(s))
+        };
+        swap(worker.responses.policy(), rcap).and_then(|_| swap(&worker.prefix_policy, pcap))
+    })
+    .await;
     match result {
-        Ok(info) => Json(json!({"swapped": true, "policy": info})).into_response(),
-        Err(e) => ApiError::new(StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+        Ok(Ok(info)) => Json(json!({"swapped": true, "policy": info})).into_response(),
+        Ok(Err(e)) => ApiError::new(StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+        Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }
 
