@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// (name, package, is built-in). Built-ins are embedded in the binary; the others are
-/// test-only guests whose paths the tests read.
+/// test-only guests whose paths the tests read. Adding a built-in policy is a new crate
+/// under `guest-router/` or `guest-cache/` (a workspace member by its folder) and one line
+/// here: the name lists of the CLI, `policy list` and the admin API all read `BUILTINS`.
 const GUESTS: &[(&str, &str, bool)] = &[
     ("random", "locus-guest-router-random", true),
     ("hash", "locus-guest-router-hash", true),

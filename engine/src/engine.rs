@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -49,6 +50,8 @@ pub struct GenerateRequest {
     /// Drop the oldest prompt tokens when the prompt does not fit, instead of failing with
     /// [`EngineError::PromptTooLong`].
     pub truncate_left: bool,
+    /// Go on past end-of-text (benchmarks use it to get exactly `max_new_tokens`).
+    pub ignore_eos: bool,
 }
 
 impl Default for GenerateRequest {
@@ -60,6 +63,7 @@ impl Default for GenerateRequest {
             top_p: 1.0,
             seed: None,
             truncate_left: false,
+            ignore_eos: false,
         }
     }
 }
@@ -71,6 +75,8 @@ pub enum FinishReason {
     Stop,
     /// `max_new_tokens` (or the context) was reached.
     Length,
+    /// The caller's `on_text` asked to stop (a stop sequence matched, the client left).
+    Aborted,
 }
 
 /// A finished generation.
@@ -250,6 +256,41 @@ impl Engine {
         req: &GenerateRequest,
         mut on_text: impl FnMut(&str),
     ) -> Result<Generation> {
+        self.generate_until(prompt_ids, req, |piece| {
+            on_text(piece);
+            ControlFlow::Continue(())
+        })
+    }
+
+    /// Tokenizes `req.prompt` and checks everything [`Self::generate_from_ids`] would check
+    /// (parameters, vocabulary, fit in the context) without running the model, so that a
+    /// server can refuse a request before it queues it or starts answering.
+    pub fn prepare(&self, req: &GenerateRequest) -> Result<Vec<u32>> {
+        validate(req)?;
+        let max = self.info.config.n_positions - usize::from(req.max_new_tokens > 0);
+        if !req.truncate_left && req.prompt.len() > max * self.tokenizer.max_token_bytes() {
+            return Err(EngineError::PromptTooLarge { bytes: req.prompt.len(), max });
+        }
+        let ids = self.tokenizer.encode(&req.prompt);
+        self.check_ids(&ids, req)?;
+        Ok(ids)
+    }
+
+    /// [`Self::prepare`] for a request given as token ids.
+    pub fn check_ids(&self, ids: &[u32], req: &GenerateRequest) -> Result<()> {
+        validate(req)?;
+        self.fit(ids, req.max_new_tokens, req.truncate_left).map(|_| ())
+    }
+
+    /// Like [`Self::generate_from_ids`], but `on_text` decides after each piece whether to go
+    /// on: `Break` ends the generation at once with [`FinishReason::Aborted`], freeing the
+    /// model for the next request.
+    pub fn generate_until(
+        &self,
+        prompt_ids: &[u32],
+        req: &GenerateRequest,
+        mut on_text: impl FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<Generation> {
         validate(req)?;
         let (ids, truncated, max_new) =
             self.fit(prompt_ids, req.max_new_tokens, req.truncate_left)?;
@@ -277,7 +318,7 @@ impl Engine {
         let mut finish = FinishReason::Length;
         while out.len() < max_new {
             let next = sampler.sample(&logits)?;
-            if Some(next) == eos {
+            if !req.ignore_eos && Some(next) == eos {
                 finish = FinishReason::Stop;
                 break;
             }
@@ -285,18 +326,21 @@ impl Engine {
             if let Some(bytes) = self.tokenizer.token_bytes(next) {
                 let piece = utf8.push(&bytes);
                 if !piece.is_empty() {
-                    on_text(&piece);
                     text.push_str(&piece);
+                    if on_text(&piece).is_break() {
+                        finish = FinishReason::Aborted;
+                        break;
+                    }
                 }
             }
             if out.len() < max_new {
                 logits = self.model.forward(&[next], &mut cache.0)?;
             }
         }
-        let tail = utf8.finish();
+        let tail = if finish == FinishReason::Aborted { String::new() } else { utf8.finish() };
         if !tail.is_empty() {
-            on_text(&tail);
             text.push_str(&tail);
+            let _ = on_text(&tail);
         }
         let generation = Generation {
             text,

@@ -12,6 +12,15 @@ pub enum EngineError {
         /// Most prompt tokens accepted with the request's `max_new_tokens`.
         max: usize,
     },
+    /// The prompt text is too long to fit the context whatever it tokenizes to (refused
+    /// before tokenizing it).
+    #[error("prompt is {bytes} bytes, more than any {max}-token prompt can be")]
+    PromptTooLarge {
+        /// Bytes of prompt text.
+        bytes: usize,
+        /// Most prompt tokens accepted with the request's `max_new_tokens`.
+        max: usize,
+    },
     /// The prompt has no tokens.
     #[error("prompt is empty")]
     EmptyPrompt,
@@ -40,6 +49,12 @@ pub enum EngineError {
 impl EngineError {
     /// Whether the request was at fault (map to HTTP 400/413/422), not the engine.
     pub fn is_client_error(&self) -> bool {
-        matches!(self, Self::PromptTooLong { .. } | Self::EmptyPrompt | Self::InvalidParam { .. })
+        matches!(
+            self,
+            Self::PromptTooLong { .. }
+                | Self::PromptTooLarge { .. }
+                | Self::EmptyPrompt
+                | Self::InvalidParam { .. }
+        )
     }
 }

@@ -42,6 +42,19 @@ impl Tokenizer {
         }
     }
 
+    /// Bytes of the longest token: a text longer than `n * max_token_bytes()` cannot be
+    /// fewer than `n` tokens, which lets a server refuse a huge prompt without tokenizing it.
+    pub fn max_token_bytes(&self) -> usize {
+        static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        *MAX.get_or_init(|| {
+            (0..VOCAB_SIZE as u32)
+                .filter_map(|id| self.token_bytes(id))
+                .map(|b| b.len())
+                .max()
+                .unwrap_or(1)
+        })
+    }
+
     /// Decodes ids into text; invalid UTF-8 (a sequence cut mid-character) is replaced with
     /// U+FFFD and unknown ids are skipped.
     pub fn decode(&self, ids: &[u32]) -> String {

@@ -3,7 +3,9 @@
 
 use locus_engine::gpt2::Config;
 use locus_engine::source::{SYNTHETIC_SEED, synthetic_weights};
-use locus_engine::{Engine, EngineOptions, GenerateRequest, ModelSource};
+use locus_engine::{
+    Engine, EngineError, EngineOptions, FinishReason, GenerateRequest, ModelSource,
+};
 
 #[test]
 fn synthetic_default_is_offline_deterministic_and_accounts_bytes() {
@@ -23,6 +25,21 @@ fn synthetic_default_is_offline_deterministic_and_accounts_bytes() {
     let first = engine.generate(&req).unwrap();
     assert_eq!(first.prompt_tokens, 4);
     assert!(first.completion_tokens > 0);
+
+    // A caller that stops after the first piece ends the generation there.
+    let mut pieces = 0;
+    let long_req = GenerateRequest { max_new_tokens: 64, ..req.clone() };
+    let cut = engine
+        .generate_until(&engine.prepare(&long_req).unwrap(), &long_req, |_| {
+            pieces += 1;
+            std::ops::ControlFlow::Break(())
+        })
+        .unwrap();
+    assert_eq!(pieces, 1);
+    assert_eq!(cut.finish_reason, FinishReason::Aborted);
+    assert!(cut.completion_tokens < 64, "stopped after {} tokens", cut.completion_tokens);
+    let too_long = GenerateRequest { prompt: "a ".repeat(2000), ..req.clone() };
+    assert!(matches!(engine.prepare(&too_long), Err(EngineError::PromptTooLong { .. })));
 
     // 40 tokens hold two full blocks: 2 x 6 layers x (K + V) x 12 heads x 16 x 64 x 4 bytes.
     let long: Vec<u32> = (0..40).map(|i| 1000 + i).collect();

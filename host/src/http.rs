@@ -1,90 +1,48 @@
-//! HTTP plumbing shared by the worker and the router: JSON errors, request parsing that
-//! names the offending field, bearer-token checks.
+//! HTTP plumbing shared by the worker and the router: admin access checks, request ids,
+//! metrics rendering, and reading an admin policy upload.
 
-use axum::Json;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
 
-use crate::policy::PolicySource;
-use serde_json::json;
+use axum::extract::Request;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 
-/// An error answered as `{"error": {"message", "type", "field"}}`.
-#[derive(Debug, Clone)]
-pub struct ApiError {
-    /// HTTP status.
-    pub status: StatusCode,
-    /// What went wrong, for a person.
-    pub message: String,
-    /// The request field at fault, if one is.
-    pub field: Option<String>,
-    /// Seconds after which a retry may succeed (429/503).
-    pub retry_after: Option<u64>,
+use crate::api::REQUEST_ID;
+use crate::policy::{LoadError, PolicySource};
+
+pub use crate::api::{ApiError, parse_json};
+
+/// Default limit of an admin component upload: real components with debug line tables
+/// run to a few MB, so this leaves room for ten times that.
+pub const MAX_UPLOAD_BYTES: usize = 64 << 20;
+
+/// Who may call an admin endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Needs the token; disabled when none is configured.
+    TokenRequired,
+    /// Needs the token when one is configured; open otherwise.
+    OpenWithoutToken,
 }
 
-impl ApiError {
-    /// An error with `status` and `message`.
-    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self { status, message: message.into(), field: None, retry_after: None }
-    }
-
-    /// 422: `field` has a value the server cannot use.
-    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
-        Self { field: Some(field.into()), ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, message) }
-    }
-
-    /// Overloaded: retry after `secs`.
-    pub fn overloaded(status: StatusCode, message: impl Into<String>, secs: u64) -> Self {
-        Self { retry_after: Some(secs), ..Self::new(status, message) }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let kind = match self.status.as_u16() {
-            400 | 413 | 422 => "invalid_request_error",
-            401 | 403 => "authentication_error",
-            404 => "not_found_error",
-            429 | 503 => "overloaded_error",
-            _ => "server_error",
-        };
-        let body = json!({"error": {"message": self.message, "type": kind, "field": self.field}});
-        let mut resp = (self.status, Json(body)).into_response();
-        if let Some(s) = self.retry_after {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
-        }
-        resp
-    }
-}
-
-/// Parses a JSON body into `T`: malformed JSON is 400, a field of the wrong type or a
-/// missing field is 422 naming the field.
-pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    if body.is_empty() {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "request body is empty; send JSON"));
-    }
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if inner.is_syntax() || inner.is_eof() {
-            ApiError::new(StatusCode::BAD_REQUEST, format!("malformed JSON: {inner}"))
-        } else {
-            let field = if path == "." { None } else { Some(path) };
-            ApiError { field, ..ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, inner.to_string()) }
-        }
-    })
-}
-
-/// Checks `Authorization: Bearer <token>` against `expected`.
-pub fn check_bearer(headers: &HeaderMap, expected: Option<&str>) -> Result<(), ApiError> {
-    let Some(expected) = expected else {
-        return Err(ApiError::new(
+/// Checks `Authorization: Bearer <token>` against the configured `token`.
+pub fn check_admin(
+    headers: &HeaderMap,
+    token: Option<&str>,
+    access: Access,
+) -> Result<(), ApiError> {
+    match (token, access) {
+        (None, Access::OpenWithoutToken) => Ok(()),
+        (None, Access::TokenRequired) => Err(ApiError::new(
             StatusCode::FORBIDDEN,
-            "the admin API is disabled: start with --admin-token (or LOCUS_ADMIN_TOKEN)",
-        ));
-    };
+            "this admin endpoint is disabled: start with --admin-token (or LOCUS_ADMIN_TOKEN)",
+        )),
+        (Some(expected), _) => check_bearer(headers, expected),
+    }
+}
+
+fn check_bearer(headers: &HeaderMap, expected: &str) -> Result<(), ApiError> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -103,28 +61,37 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The id of the request being served (the client's `X-Request-Id`, or a new one).
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// Takes the client's `X-Request-Id` (printable ASCII, at most 128 bytes) or makes one,
+/// hands it to the handler as [`RequestId`] and returns it on the answer.
+pub async fn request_id(mut req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_string);
+    let id = given.unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
+    let value = HeaderValue::from_str(&id).ok();
+    req.extensions_mut().insert(RequestId(id));
+    let mut resp = next.run(req).await;
+    if let Some(v) = value {
+        resp.headers_mut().insert(REQUEST_ID, v);
+    }
+    resp
+}
+
 /// Renders a Prometheus registry in the text format.
 pub fn render_metrics(registry: &prometheus::Registry) -> Response {
     let mut buf = String::new();
     let encoder = prometheus::TextEncoder::new();
     if let Err(e) = encoder.encode_utf8(&registry.gather(), &mut buf) {
-        return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
+        return ApiError::internal(e.to_string()).into_response();
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], buf).into_response()
-}
-
-/// A listener whose connections have Nagle's algorithm off: an answer is written in
-/// several small pieces (headers, SSE events), and with Nagle on, each piece after the
-/// first waits for the client's delayed ACK (~40 ms).
-pub fn no_delay(
-    listener: tokio::net::TcpListener,
-) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = std::net::SocketAddr> {
-    use axum::serve::ListenerExt;
-    listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    })
 }
 
 /// The policy of an admin swap request: the body is a component, or the body is empty
@@ -151,6 +118,11 @@ pub fn uploaded_policy(
         )),
         Ok(source) => Ok(source),
     }
+}
+
+/// 400 for a component that failed to load; the serving policy is unchanged.
+pub fn rejected_policy(e: &LoadError) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, e.to_string()).with_code("policy_rejected")
 }
 
 /// A registry holding `collectors` (metric names are fixed at build time, so a clash is a

@@ -2,11 +2,14 @@
 //! WebAssembly components, loaded, sandboxed and hot-swapped at run time.
 #![deny(missing_docs)]
 
+pub mod admin_client;
+pub mod api;
 pub mod bench;
 pub mod cluster;
 pub mod http;
 pub mod policy;
 pub mod router;
+pub mod serve;
 pub mod worker;
 
 /// The policy guests built from source by `build.rs`.

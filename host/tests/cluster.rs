@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use locus::api::sglang::GenerateResponse;
 use locus::cluster::{self, Cluster, ClusterOptions};
-use locus::worker::{self, GenerateResponse, WorkerOptions};
+use locus::worker::{self, WorkerOptions};
 use serde_json::{Value, json};
 
 const TOKEN: &str = "test-token";
@@ -153,48 +154,6 @@ async fn admin_needs_the_token_and_rejects_bad_modules_keeping_the_old_policy() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_requests_get_4xx_json_naming_the_field() {
-    let c = start(1, "hash").await;
-    let http = client();
-    let url = format!("http://{}/generate", c.router_addr);
-    let cases: Vec<(&[u8], u16, Option<&str>)> = vec![
-        (b"{not json", 400, None),
-        (br#"{"text": 42}"#, 422, Some("text")),
-        (br#"{"text": ""}"#, 422, Some("text")),
-        (
-            br#"{"text": "hi", "sampling_params": {"max_new_tokens": 0}}"#,
-            422,
-            Some("sampling_params.max_new_tokens"),
-        ),
-        (
-            br#"{"text": "hi", "sampling_params": {"max_new_tokens": 100000}}"#,
-            422,
-            Some("sampling_params.max_new_tokens"),
-        ),
-        (br#"{"text": "hi", "sampling_params": {"temperature": -1}}"#, 422, Some("temperature")),
-        (
-            br#"{"text": "hi", "sampling_params": {"max_new_tokens": "many"}}"#,
-            422,
-            Some("sampling_params.max_new_tokens"),
-        ),
-    ];
-    for (body, status, field) in cases {
-        let r = http.post(&url).body(body.to_vec()).send().await.unwrap();
-        assert_eq!(r.status(), status, "{}", String::from_utf8_lossy(body));
-        let v: Value = r.json().await.unwrap();
-        assert!(v["error"]["message"].is_string());
-        if let Some(f) = field {
-            assert_eq!(v["error"]["field"], f, "{}", String::from_utf8_lossy(body));
-        }
-    }
-    let long = "word ".repeat(1500);
-    let r = http.post(&url).json(&json!({"text": long})).send().await.unwrap();
-    assert_eq!(r.status(), 413);
-    // The cluster still serves.
-    generate(&http, c.router_addr, "after the bad requests").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_streamed_completion_arrives_as_several_events_before_generation_ends() {
     let c = start(1, "hash").await;
     let started = Instant::now();
@@ -243,13 +202,13 @@ async fn a_worker_stopped_under_load_fails_no_request_and_serves_again_after_res
     victim.stop().await.unwrap();
     tokio::time::sleep(Duration::from_millis(2000)).await;
     let url = format!("http://{addr}");
-    let down = c.gateway.backends().iter().find(|b| b.url == url).map(|b| !b.healthy());
+    let down = c.gateway.registry().all().iter().find(|b| b.url == url).map(|b| !b.healthy());
     assert_eq!(down, Some(true), "the stopped worker is marked down");
 
     let opts = WorkerOptions { worker_id: "worker-2".into(), ..WorkerOptions::default() };
     let back = worker::spawn(c.engines[1].clone(), opts, addr).await.expect("rebinds its port");
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    let up = c.gateway.backends().iter().find(|b| b.url == url).map(|b| b.healthy());
+    let up = c.gateway.registry().all().iter().find(|b| b.url == url).map(|b| b.healthy());
     assert_eq!(up, Some(true), "the restarted worker is marked up");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (ok, failed) = load.finish().await;
@@ -397,4 +356,63 @@ async fn watch_swaps_the_policy_when_its_file_changes_and_ignores_a_bad_file() {
     }
     assert_ne!(sha(), before, "the changed file was not swapped in");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_policy_swaps_under_load_lose_no_entry_and_fail_no_request() {
+    let engines =
+        cluster::load_engines(&locus_engine::ModelSource::Synthetic, 1, 16 << 20).await.unwrap();
+    let opts = WorkerOptions { admin_token: Some(TOKEN.into()), ..WorkerOptions::default() };
+    let w = worker::spawn(engines[0].clone(), opts, SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .unwrap();
+    let http = client();
+    // Twelve cached answers before the swaps.
+    let mut warm = Vec::new();
+    for i in 0..12 {
+        warm.push(generate(&http, w.addr, &format!("cached answer number {i}")).await);
+    }
+    let entries = |w: &worker::WorkerHandle| w.worker.caches().response_stats().0;
+    assert_eq!(entries(&w), 12);
+    let load = Load::start(w.addr, 2, 1, |t, i| format!("load {t} request {}", i % 5));
+    let url = format!("http://{}/admin/cache-policy", w.addr);
+    for i in 0..10 {
+        // Alternate between two configurations so that every swap installs a new instance.
+        let cap = if i % 2 == 0 { "67108864" } else { "33554432" };
+        let r = http
+            .put(&url)
+            .bearer_auth(TOKEN)
+            .query(&[("name", "lru"), ("capacity-bytes", cap)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "swap {i}: {}", r.text().await.unwrap());
+        let info: Value = r.json().await.unwrap();
+        // Both levels changed in the one swap.
+        let (resp, prefix) = (&info["policy"]["response"], &info["policy"]["prefix"]);
+        assert_eq!(resp["sha256"], prefix["sha256"]);
+        assert!(resp["settings"].to_string().contains(cap), "{resp}");
+        assert!(prefix["settings"].to_string().contains(cap), "{prefix}");
+    }
+    // A candidate that fails changes neither level.
+    let before = w.worker.caches().info();
+    let r =
+        http.put(&url).bearer_auth(TOKEN).body(b"not a component".to_vec()).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let after = w.worker.caches().info();
+    assert_eq!(
+        (after.response.sha256, after.prefix.sha256),
+        (before.response.sha256, before.prefix.sha256)
+    );
+    let (ok, failed) = load.finish().await;
+    assert_eq!(failed, 0, "requests failed during the swaps");
+    assert!(ok > 0);
+    // Every warm answer is still there, and the new policy knows every stored entry.
+    for (i, a) in warm.iter().enumerate() {
+        let again = generate(&http, w.addr, &format!("cached answer number {i}")).await;
+        assert!(again.meta_info.cache_hit, "entry {i} was lost by a swap");
+        assert_eq!(again.text, a.text);
+    }
+    assert_eq!(w.worker.caches().response_residents().len(), entries(&w));
+    w.stop().await.unwrap();
 }

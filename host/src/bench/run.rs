@@ -7,9 +7,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use futures_util::StreamExt;
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::{BenchRequest, Oracle, Workload, oracle};
+use crate::admin_client::AdminClient;
+use crate::api::ErrorBody;
+use crate::api::openai::Completion;
+use crate::api::sglang::MetaInfo;
 
 /// The cluster under test.
 #[derive(Debug, Clone)]
@@ -105,8 +109,8 @@ pub async fn run(target: &Target, opts: &BenchOptions) -> anyhow::Result<Report>
     let mut records = Vec::new();
     let mut pass_seconds = Vec::new();
     for policy in &opts.policies {
-        swap(&http, target, policy).await.with_context(|| format!("swapping in {policy}"))?;
-        flush(&http, target).await.context("flushing the workers' caches")?;
+        swap(target, policy).await.with_context(|| format!("swapping in {policy}"))?;
+        flush(target).await.context("flushing the workers' caches")?;
         if opts.warm {
             send_all(&http, target, &seq, opts, policy, "warm-up").await;
         }
@@ -127,39 +131,15 @@ pub async fn run(target: &Target, opts: &BenchOptions) -> anyhow::Result<Report>
     })
 }
 
-fn admin(req: reqwest::RequestBuilder, target: &Target) -> reqwest::RequestBuilder {
-    match &target.token {
-        Some(t) => req.bearer_auth(t),
-        None => req,
-    }
-}
-
-async fn swap(http: &reqwest::Client, target: &Target, policy: &str) -> anyhow::Result<()> {
-    let url = format!("{}/admin/policy", target.admin);
-    let req = if std::path::Path::new(policy).is_file() {
-        http.put(url).query(&[("name", policy)]).body(std::fs::read(policy)?)
-    } else {
-        http.put(url).query(&[("name", policy)])
-    };
-    let r = admin(req, target).send().await?;
-    if !r.status().is_success() {
-        bail!("{}: {}", r.status(), r.text().await.unwrap_or_default());
-    }
+async fn swap(target: &Target, policy: &str) -> anyhow::Result<()> {
+    AdminClient::new(target.token.clone()).swap_router_policy(&target.admin, policy, &[]).await?;
     Ok(())
 }
 
-async fn flush(http: &reqwest::Client, target: &Target) -> anyhow::Result<()> {
-    let r = admin(http.get(format!("{}/admin/workers", target.admin)), target).send().await?;
-    if !r.status().is_success() {
-        bail!("listing workers: {}: {}", r.status(), r.text().await.unwrap_or_default());
-    }
-    let v: Value = r.json().await?;
-    for w in v["workers"].as_array().into_iter().flatten() {
-        let url = w["url"].as_str().unwrap_or_default();
-        let r = http.post(format!("{url}/flush_cache")).send().await?;
-        if !r.status().is_success() {
-            bail!("{url}/flush_cache: {}", r.status());
-        }
+async fn flush(target: &Target) -> anyhow::Result<()> {
+    let admin = AdminClient::new(target.token.clone());
+    for w in admin.workers(&target.admin).await? {
+        admin.flush(&w.url).await?;
     }
     Ok(())
 }
@@ -234,8 +214,8 @@ async fn send(
         error: None,
     };
     let t = Instant::now();
-    let body =
-        json!({"prompt": r.prompt, "max_tokens": r.max_tokens, "temperature": 0, "stream": true});
+    let body = json!({"prompt": r.prompt, "max_tokens": r.max_tokens, "temperature": 0,
+        "stream": true, "stream_options": {"include_usage": true}});
     let resp = http.post(format!("{}/v1/completions", target.router)).json(&body).send().await;
     let resp = match resp {
         Ok(x) => x,
@@ -253,7 +233,7 @@ async fn send(
     }
     let mut stream = resp.bytes_stream();
     let mut buf = String::new();
-    let mut last: Option<Value> = None;
+    let mut meta: Option<MetaInfo> = None;
     while let Some(chunk) = stream.next().await {
         let Ok(chunk) = chunk else {
             rec.error = Some("the stream broke".into());
@@ -266,24 +246,27 @@ async fn send(
                 if data == "[DONE]" {
                     continue;
                 }
-                let Ok(v) = serde_json::from_str::<Value>(data) else { continue };
-                if v.get("error").is_some() {
-                    rec.error = Some(v["error"]["message"].as_str().unwrap_or("error").into());
+                if let Ok(e) = serde_json::from_str::<ErrorBody>(data) {
+                    rec.error = Some(e.error.message);
+                    continue;
                 }
-                let has_text = v["choices"][0]["text"].as_str().is_some_and(|s| !s.is_empty());
+                let Ok(c) = serde_json::from_str::<Completion>(data) else { continue };
+                let has_text = c.choices.first().is_some_and(|c| !c.text.is_empty());
                 if has_text && rec.ttft_ms.is_none() {
                     rec.ttft_ms = Some(t.elapsed().as_secs_f64() * 1e3);
                 }
-                last = Some(v);
+                if c.meta_info.is_some() {
+                    meta = c.meta_info;
+                }
             }
         }
     }
     rec.latency_ms = t.elapsed().as_secs_f64() * 1e3;
-    if let Some(m) = last.as_ref().map(|v| &v["meta_info"]) {
-        rec.worker = m["worker_id"].as_str().unwrap_or_default().to_string();
-        rec.cache_hit = m["cache_hit"].as_bool().unwrap_or(false);
-        rec.cached_tokens = m["cached_tokens"].as_u64().unwrap_or(0) as usize;
-        rec.prompt_tokens = m["prompt_tokens"].as_u64().unwrap_or(0) as usize;
+    if let Some(m) = meta {
+        rec.worker = m.worker_id;
+        rec.cache_hit = m.cache_hit;
+        rec.cached_tokens = m.cached_tokens;
+        rec.prompt_tokens = m.prompt_tokens;
     }
     if rec.worker.is_empty() && rec.error.is_none() {
         rec.error = Some("the answer had no meta_info".into());

@@ -53,6 +53,9 @@ impl World for CacheWorld {
     }
 }
 
+/// A cache policy that passed loading and is ready to [`CachePolicy::install`].
+pub struct PreparedCache(Version<CacheWorld>);
+
 /// The cache policy slot of one store. One instance serves all calls, since a cache
 /// policy keeps state.
 ///
@@ -88,7 +91,18 @@ impl CachePolicy {
 
     /// Validates `source` and, only if it passes, makes it serve.
     pub fn swap(&self, source: &PolicySource, opts: &LoadOptions) -> Result<PolicyInfo, LoadError> {
-        Ok(self.slot.swap(load(source, opts)?))
+        Ok(self.install(Self::prepare(source, opts)?))
+    }
+
+    /// Loads and checks `source` without making it serve, so that several slots can be
+    /// swapped together once all their candidates have passed.
+    pub fn prepare(source: &PolicySource, opts: &LoadOptions) -> Result<PreparedCache, LoadError> {
+        load(source, opts).map(PreparedCache)
+    }
+
+    /// Makes a prepared policy serve (told of the resident entries first).
+    pub fn install(&self, prepared: PreparedCache) -> PolicyInfo {
+        self.slot.swap(prepared.0)
     }
 
     /// Goes back to the previous policy (the native bypass if there is none).

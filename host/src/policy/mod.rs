@@ -20,7 +20,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-pub use cache::{CachePolicy, Entry, EntryKind};
+pub use cache::{CachePolicy, Entry, EntryKind, PreparedCache};
 pub use fallback::rendezvous;
 pub use inspect::{Inspection, inspect};
 pub use router::{Completion, Decision, Request, RouterPolicy, Workers, workers};

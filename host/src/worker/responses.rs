@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use super::run::Finish;
 use crate::policy::{CachePolicy, Entry, EntryKind};
 
 /// A cached answer.
@@ -15,6 +16,8 @@ pub struct Cached {
     pub prompt_tokens: usize,
     /// Tokens generated.
     pub completion_tokens: usize,
+    /// Why it ended.
+    pub finish: Finish,
 }
 
 impl Cached {

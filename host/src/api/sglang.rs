@@ -1,0 +1,190 @@
+//! SGLang's native API: `POST /generate` with `sampling_params`, answered with `text` and
+//! `meta_info`, whole or as Server-Sent Events. Fields follow SGLang's
+//! `GenerateReqInput` and `SamplingParams`, so that SGLang's clients and the routers
+//! built for it (sglang-router, vllm-router) can send what they send.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::ApiError;
+use super::job::{Endpoint, Job, OneOrMany, Prompt, Unsupported, stops};
+
+/// A `/generate` request. Fields SGLang takes and locus does not know are ignored; the
+/// ones that would change the answer are refused (see [`GenerateRequest::into_job`]).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct GenerateRequest {
+    /// The prompt (a list is SGLang's batch form, which locus refuses).
+    pub text: Option<OneOrMany<String>>,
+    /// The prompt as token ids, instead of `text`.
+    pub input_ids: Option<OneOrMany<Vec<u32>>>,
+    /// The prompt under OpenAI's name, accepted for the proof of concept's clients.
+    pub prompt: Option<String>,
+    /// Sampling choices.
+    pub sampling_params: Option<SamplingParams>,
+    /// Answer as Server-Sent Events.
+    pub stream: bool,
+    /// The client's request id.
+    pub rid: Option<OneOrMany<String>>,
+    /// Log probabilities: refused when true.
+    pub return_logprob: Option<OneOrMany<bool>>,
+    /// Multimodal inputs: refused when given.
+    pub image_data: Option<Value>,
+    /// Multimodal inputs: refused when given.
+    pub audio_data: Option<Value>,
+    /// Multimodal inputs: refused when given.
+    pub video_data: Option<Value>,
+    /// Embeddings instead of a prompt: refused when given.
+    pub input_embeds: Option<Value>,
+    /// LoRA adapters: refused when given.
+    pub lora_path: Option<Value>,
+    /// Custom logit processors: refused when given.
+    pub custom_logit_processor: Option<Value>,
+}
+
+/// SGLang's `sampling_params`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct SamplingParams {
+    /// Most tokens to generate (default 16).
+    pub max_new_tokens: Option<u32>,
+    /// 0 (the default here) is greedy.
+    pub temperature: Option<f64>,
+    /// Nucleus mass.
+    pub top_p: Option<f64>,
+    /// Sampling seed (SGLang's newer name is `sampling_seed`; both are read).
+    pub seed: Option<u64>,
+    /// Sampling seed.
+    pub sampling_seed: Option<u64>,
+    /// Stop sequences.
+    pub stop: Option<OneOrMany<String>>,
+    /// Keep the matched stop sequence in the output.
+    pub no_stop_trim: bool,
+    /// Generate past end-of-text.
+    pub ignore_eos: bool,
+    #[serde(flatten)]
+    pub(crate) unsupported: Unsupported,
+}
+
+impl GenerateRequest {
+    /// Checks the request and turns it into a [`Job`].
+    pub fn into_job(self) -> Result<Job, ApiError> {
+        if self.return_logprob.iter().any(|r| match r {
+            OneOrMany::One(b) => *b,
+            OneOrMany::Many(v) => v.iter().any(|b| *b),
+        }) {
+            return Err(ApiError::unsupported(
+                "return_logprob",
+                "log probabilities are not implemented",
+            ));
+        }
+        for (field, v) in [
+            ("image_data", &self.image_data),
+            ("audio_data", &self.audio_data),
+            ("video_data", &self.video_data),
+            ("input_embeds", &self.input_embeds),
+            ("lora_path", &self.lora_path),
+            ("custom_logit_processor", &self.custom_logit_processor),
+        ] {
+            if v.is_some() {
+                return Err(ApiError::unsupported(field, format!("{field} is not supported")));
+            }
+        }
+        let batch = |f: &str| {
+            ApiError::unsupported(
+                f,
+                format!("`{f}` as a list (a batch) is not supported; send one request per prompt"),
+            )
+        };
+        let prompt = match (self.text, self.input_ids, self.prompt) {
+            (Some(t), None, _) => Prompt::Text(t.single().ok_or_else(|| batch("text"))?),
+            (None, Some(ids), _) => Prompt::Ids(ids.single().ok_or_else(|| batch("input_ids"))?),
+            (None, None, Some(p)) => Prompt::Text(p),
+            (Some(_), Some(_), _) => {
+                return Err(ApiError::invalid(
+                    "text",
+                    "give either `text` or `input_ids`, not both",
+                ));
+            }
+            (None, None, None) => {
+                return Err(ApiError::invalid("text", "`text` (or `input_ids`) is required"));
+            }
+        };
+        let empty = match &prompt {
+            Prompt::Text(t) => t.is_empty(),
+            Prompt::Ids(ids) => ids.is_empty(),
+        };
+        let mut job = Job::new(Endpoint::Generate, prompt);
+        if empty {
+            return Err(ApiError::invalid(job.param("prompt"), "the prompt is empty"));
+        }
+        let sp = self.sampling_params.unwrap_or_default();
+        sp.unsupported.check("sampling_params.")?;
+        if let Some(n) = sp.max_new_tokens {
+            job.max_new_tokens = n;
+        }
+        job.temperature = sp.temperature.unwrap_or(0.0);
+        if sp.unsupported.greedy() {
+            job.temperature = 0.0;
+        }
+        job.top_p = sp.top_p.unwrap_or(1.0);
+        job.seed = sp.sampling_seed.or(sp.seed);
+        job.stop = stops(sp.stop, "sampling_params.stop")?;
+        job.include_stop = sp.no_stop_trim;
+        job.ignore_eos = sp.ignore_eos;
+        job.stream = self.stream;
+        job.rid = match self.rid {
+            None => None,
+            Some(r) => Some(r.single().ok_or_else(|| batch("rid"))?),
+        };
+        Ok(job)
+    }
+}
+
+/// A `/generate` answer (and each event of a streamed one, whose `text` is the whole text
+/// so far, as SGLang streams it).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct GenerateResponse {
+    /// Generated text.
+    pub text: String,
+    /// How it was produced.
+    pub meta_info: MetaInfo,
+}
+
+/// `meta_info` of a `/generate` answer; OpenAI answers carry it too, as a locus extension,
+/// so that any client can see what the caches did.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct MetaInfo {
+    /// The request id.
+    pub id: String,
+    /// Why generation ended; `null` until it has.
+    pub finish_reason: Option<FinishReason>,
+    /// Tokens in the prompt.
+    pub prompt_tokens: usize,
+    /// Tokens generated.
+    pub completion_tokens: usize,
+    /// Prompt tokens served from a cache (all of them on a response-cache hit).
+    pub cached_tokens: usize,
+    /// Whether the whole answer came from the response cache.
+    pub cache_hit: bool,
+    /// The worker that answered.
+    pub worker_id: String,
+    /// Seconds from arrival to answer, at the worker.
+    pub e2e_latency: f64,
+}
+
+/// SGLang's finish reason: `{"type": "length", "length": 16}` or
+/// `{"type": "stop", "matched": "\n"}` (`matched` is the EOS token id when end-of-text
+/// ended it).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct FinishReason {
+    /// `length`, `stop` or `abort`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Tokens generated, for `length`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub length: Option<usize>,
+    /// The stop sequence or token id, for `stop`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matched: Option<Value>,
+}

@@ -1,0 +1,355 @@
+//! The `locus` command line: its commands and flags. Flags shared by several commands are
+//! defined once and flattened in.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use locus::policy::{self, FaultPolicy, PolicySource};
+use locus::router::RouterOptions;
+use locus::serve::ServeLimits;
+use locus::worker::WorkerOptions;
+use locus_engine::ModelSource;
+
+/// locus: a cache-aware LLM inference router whose routing and cache policies are
+/// WebAssembly components, swapped at run time.
+#[derive(Parser)]
+#[command(name = "locus", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Start a local cluster: N workers and a router, in one process, with the offline
+    /// synthetic distilgpt2 by default (no download).
+    Run(RunArgs),
+    /// Serve one model over HTTP (/generate, /v1/completions, /health, /metrics, ...).
+    Worker(WorkerArgs),
+    /// Route requests to workers with a routing policy component.
+    Router(RouterArgs),
+    /// Swap the routing policy of a router, or the cache policy of a worker.
+    Swap(SwapArgs),
+    /// Compare routing policies on one workload, each from cold caches, against the
+    /// best a single cache could do (the oracle); writes report.json, report.md and
+    /// chart.svg.
+    Bench(BenchArgs),
+    /// Work with policy components.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+/// The admin token, shared by every command that serves or calls an admin API.
+#[derive(Args, Clone, Default)]
+pub struct AdminTokenArg {
+    /// Bearer token of the admin APIs (routers and workers). A server without one
+    /// disables its state-changing admin endpoints.
+    #[arg(long = "admin-token", env = "LOCUS_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+/// Connection and body limits of a server.
+#[derive(Args, Clone)]
+pub struct ServeArgs {
+    /// Seconds a client has to send a request's head (request line and headers).
+    #[arg(long, default_value_t = 10)]
+    pub header_timeout_s: u64,
+    /// Seconds a client has to send a request's body once its head has arrived
+    /// (slower clients get 408 and the connection is closed).
+    #[arg(long, default_value_t = 30)]
+    pub body_timeout_s: u64,
+    /// Seconds an idle keep-alive connection is kept open.
+    #[arg(long, default_value_t = 60)]
+    pub idle_timeout_s: u64,
+    /// Largest request body in bytes (larger ones get 413 before they are read).
+    #[arg(long, default_value_t = 4 << 20)]
+    pub max_body_bytes: usize,
+    /// Largest policy component accepted by the admin upload endpoints, in bytes.
+    #[arg(long, default_value_t = locus::http::MAX_UPLOAD_BYTES)]
+    pub max_upload_bytes: usize,
+}
+
+impl ServeArgs {
+    fn limits(&self) -> ServeLimits {
+        ServeLimits {
+            header_read_timeout: Duration::from_secs(self.header_timeout_s.max(1)),
+            body_read_timeout: Duration::from_secs(self.body_timeout_s.max(1)),
+            idle_timeout: Duration::from_secs(self.idle_timeout_s.max(1)),
+            max_body_bytes: self.max_body_bytes.max(1024),
+        }
+    }
+}
+
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    /// The model: `synthetic-distilgpt2` (offline, deterministic weights), a Hugging Face
+    /// id such as `distilgpt2` (from the local hf-hub cache, downloaded where a network
+    /// exists), or a directory with config.json and model.safetensors.
+    #[arg(long, default_value = "synthetic-distilgpt2")]
+    pub model: String,
+    /// A local model directory (same as `--model DIR`).
+    #[arg(long, conflicts_with = "model")]
+    pub model_dir: Option<PathBuf>,
+    /// Byte budget of each worker's prefix KV store.
+    #[arg(long, default_value_t = 256 << 20)]
+    pub prefix_cache_bytes: u64,
+}
+
+impl ModelArgs {
+    pub fn source(&self) -> anyhow::Result<ModelSource> {
+        match &self.model_dir {
+            Some(d) => Ok(ModelSource::Dir(d.clone())),
+            None => Ok(self.model.parse()?),
+        }
+    }
+}
+
+#[derive(Args, Clone)]
+pub struct CacheArgs {
+    /// Cache policy of both cache levels: a built-in (`locus policy list`) or a .wasm
+    /// component.
+    #[arg(long, default_value = "lru")]
+    pub cache_policy: String,
+    /// A `key=value` setting for the cache policy (repeatable).
+    #[arg(long = "cache-setting", value_parser = policy::parse_setting)]
+    pub cache_settings: Vec<(String, String)>,
+    /// Byte budget of each worker's response cache.
+    #[arg(long = "cache-bytes", default_value_t = 64 << 20)]
+    pub response_cache_bytes: u64,
+    /// Requests waiting or running per worker beyond which new ones get 429.
+    #[arg(long, default_value_t = 64)]
+    pub max_queue: usize,
+}
+
+impl CacheArgs {
+    pub fn options(
+        &self,
+        token: Option<String>,
+        serve: &ServeArgs,
+    ) -> anyhow::Result<WorkerOptions> {
+        Ok(WorkerOptions {
+            worker_id: "worker".into(),
+            cache_policy: PolicySource::parse(&self.cache_policy).map_err(anyhow::Error::msg)?,
+            cache_settings: self.cache_settings.clone(),
+            response_cache_bytes: self.response_cache_bytes,
+            max_queue: self.max_queue,
+            admin_token: token,
+            limits: serve.limits(),
+            max_upload_bytes: serve.max_upload_bytes,
+        })
+    }
+}
+
+#[derive(Args, Clone)]
+pub struct RoutingArgs {
+    /// Routing policy: a built-in (`locus policy list`), `native`, or a .wasm component.
+    #[arg(long, default_value = "hash")]
+    pub policy: String,
+    /// A `key=value` setting for the routing policy (repeatable), e.g. prefix-chars=20.
+    #[arg(long = "policy-setting", value_parser = policy::parse_setting)]
+    pub policy_settings: Vec<(String, String)>,
+    /// Swap the policy whenever its file changes on disk.
+    #[arg(long)]
+    pub watch: bool,
+    /// Milliseconds between health checks of each worker.
+    #[arg(long, default_value_t = 500)]
+    pub health_interval_ms: u64,
+    /// Failed health checks before a worker is marked down.
+    #[arg(long, default_value_t = 2)]
+    pub fail_threshold: u32,
+    /// Passed health checks before a down worker is marked up.
+    #[arg(long, default_value_t = 1)]
+    pub success_threshold: u32,
+    /// Other workers tried when one refuses the connection or answers 5xx.
+    #[arg(long, default_value_t = 2)]
+    pub max_retries: usize,
+    /// Policy faults within --fault-window-s that roll the policy back.
+    #[arg(long, default_value_t = 5)]
+    pub max_faults: u32,
+    /// The window faults are counted in, in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub fault_window_s: u64,
+}
+
+impl RoutingArgs {
+    pub fn options(
+        &self,
+        token: Option<String>,
+        serve: &ServeArgs,
+    ) -> anyhow::Result<RouterOptions> {
+        let policy = PolicySource::parse(&self.policy).map_err(anyhow::Error::msg)?;
+        let watch = match (&policy, self.watch) {
+            (PolicySource::File(p), true) => Some(p.clone()),
+            (_, true) => anyhow::bail!("--watch needs --policy to be a file path"),
+            _ => None,
+        };
+        Ok(RouterOptions {
+            workers: Vec::new(),
+            policy,
+            settings: self.policy_settings.clone(),
+            admin_token: token,
+            health_interval: Duration::from_millis(self.health_interval_ms.max(10)),
+            fail_threshold: self.fail_threshold.max(1),
+            success_threshold: self.success_threshold.max(1),
+            max_retries: self.max_retries,
+            request_timeout: Duration::from_secs(300),
+            faults: FaultPolicy {
+                max_faults: self.max_faults.max(1),
+                window: Duration::from_secs(self.fault_window_s),
+            },
+            watch,
+            limits: serve.limits(),
+            max_upload_bytes: serve.max_upload_bytes,
+        })
+    }
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// Number of workers.
+    #[arg(long, default_value_t = 3)]
+    pub workers: usize,
+    /// Router port; workers listen on the next ports (8001, 8002, ...).
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// Address to bind.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    /// Admin listener of the router.
+    #[arg(long, default_value = "127.0.0.1:8100")]
+    pub admin_addr: SocketAddr,
+    #[command(flatten)]
+    pub admin_token: AdminTokenArg,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub routing: RoutingArgs,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+#[derive(Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// Port to listen on.
+    #[arg(long, default_value_t = 8001)]
+    pub port: u16,
+    /// Address to bind.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    /// Name reported in meta_info.worker_id (default: worker-PORT).
+    #[arg(long)]
+    pub worker_id: Option<String>,
+    #[command(flatten)]
+    pub admin_token: AdminTokenArg,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+#[derive(Args)]
+pub struct RouterArgs {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// Port to listen on.
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// Address to bind.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    /// Worker base URLs, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub workers: Vec<String>,
+    /// Admin listener (keep it on loopback unless a network policy guards it).
+    #[arg(long, default_value = "127.0.0.1:8100")]
+    pub admin_addr: SocketAddr,
+    #[command(flatten)]
+    pub admin_token: AdminTokenArg,
+    #[command(flatten)]
+    pub routing: RoutingArgs,
+}
+
+#[derive(Args)]
+pub struct SwapArgs {
+    /// Admin URL of a router (e.g. http://127.0.0.1:8100).
+    #[arg(long, conflicts_with = "worker", required_unless_present = "worker")]
+    pub router: Option<String>,
+    /// URL of a worker (e.g. http://127.0.0.1:8001).
+    #[arg(long)]
+    pub worker: Option<String>,
+    /// New routing policy (with --router): a built-in name or a .wasm file.
+    #[arg(long)]
+    pub policy: Option<String>,
+    /// New cache policy (with --worker): a built-in name or a .wasm file.
+    #[arg(long)]
+    pub cache_policy: Option<String>,
+    /// A `key=value` setting for the new policy (repeatable).
+    #[arg(long = "setting", value_parser = policy::parse_setting)]
+    pub settings: Vec<(String, String)>,
+    #[command(flatten)]
+    pub admin_token: AdminTokenArg,
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Public URL of an existing router (with --admin); default: spawn a local cluster.
+    #[arg(long, requires = "admin", conflicts_with = "spawn")]
+    pub router: Option<String>,
+    /// Admin URL of that router.
+    #[arg(long, requires = "router")]
+    pub admin: Option<String>,
+    #[command(flatten)]
+    pub admin_token: AdminTokenArg,
+    /// Start a local cluster of N workers for the run (the default, with 3).
+    #[arg(long)]
+    pub spawn: Option<usize>,
+    /// seed, shared-prefix (8 groups x 16 prompts, system 256, question 32, output 16),
+    /// multi-turn (8 users x 4 rounds) or trace:FILE (JSONL).
+    #[arg(long, default_value = "seed")]
+    pub workload: String,
+    /// Routing policies to compare, comma-separated (built-ins or .wasm files).
+    #[arg(long, value_delimiter = ',', default_value = "random,hash")]
+    pub policies: Vec<String>,
+    /// Requests per policy (default: the workload's length).
+    #[arg(long)]
+    pub requests: Option<usize>,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: usize,
+    /// Open loop at this many requests/s instead of a fixed concurrency.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Workload seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Send the workload once, unrecorded, before each measured pass.
+    #[arg(long)]
+    pub warm: bool,
+    /// Where the report files go.
+    #[arg(long, default_value = "bench-out")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+#[derive(Subcommand)]
+pub enum PolicyCommand {
+    /// Load a policy the way a swap would and report on it: the world it implements,
+    /// its exports, sha256, size and the outcome of a smoke call. Exits non-zero if
+    /// locus cannot use it.
+    Inspect {
+        /// A built-in policy name (`locus policy list`) or a path to a .wasm component.
+        policy: String,
+        /// A `key=value` setting passed to `configure` (repeatable).
+        #[arg(long = "setting", short = 's', value_parser = policy::parse_setting)]
+        settings: Vec<(String, String)>,
+    },
+    /// List the built-in policies.
+    List,
+}

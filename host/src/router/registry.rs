@@ -1,0 +1,185 @@
+//! The workers a router knows, their health (checked on an interval and learnt from failed
+//! requests) and their in-flight counts.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+
+/// A worker as the router sees it.
+#[derive(Debug)]
+pub struct Backend {
+    /// Base URL.
+    pub url: String,
+    /// Stable id passed to the policy: a hash of the URL.
+    pub id: u64,
+    healthy: AtomicBool,
+    in_flight: AtomicU32,
+    fails: AtomicU32,
+    passes: AtomicU32,
+}
+
+/// Stable 64-bit id of a worker URL (FNV-1a: the same on every router and run).
+pub fn worker_id(url: &str) -> u64 {
+    let mut h = fnv::FnvHasher::default();
+    url.trim_end_matches('/').hash(&mut h);
+    h.finish()
+}
+
+impl Backend {
+    fn new(url: &str) -> Arc<Self> {
+        let url = url.trim_end_matches('/').to_string();
+        Arc::new(Self {
+            id: worker_id(&url),
+            url,
+            healthy: AtomicBool::new(true),
+            in_flight: AtomicU32::new(0),
+            fails: AtomicU32::new(0),
+            passes: AtomicU32::new(0),
+        })
+    }
+
+    /// Whether health checks currently pass.
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Requests the router has sent it that have not finished.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// A request to it starts; it ends when the guard drops.
+    pub(super) fn begin(self: &Arc<Self>) -> InFlightGuard {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlightGuard(self.clone())
+    }
+
+    /// A check or request failed; `threshold` in a row mark it down.
+    pub(super) fn failed(&self, threshold: u32, why: &str) {
+        self.passes.store(0, Ordering::Relaxed);
+        let n = self.fails.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= threshold && self.healthy.swap(false, Ordering::Relaxed) {
+            tracing::warn!(worker = %self.url, %why, "worker marked down");
+        }
+    }
+
+    fn passed(&self, threshold: u32) {
+        self.fails.store(0, Ordering::Relaxed);
+        let n = self.passes.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= threshold && !self.healthy.swap(true, Ordering::Relaxed) {
+            tracing::info!(worker = %self.url, "worker marked up");
+        }
+    }
+
+    /// Its entry in `GET /admin/workers`.
+    pub fn info(&self) -> BackendInfo {
+        BackendInfo {
+            url: self.url.clone(),
+            id: format!("{:016x}", self.id),
+            healthy: self.healthy(),
+            in_flight: self.in_flight(),
+        }
+    }
+}
+
+/// Counts one request against a worker's in-flight count while it lives.
+pub(super) struct InFlightGuard(pub Arc<Backend>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A worker's entry in `GET /admin/workers`.
+#[derive(Debug, Serialize)]
+pub struct BackendInfo {
+    url: String,
+    id: String,
+    healthy: bool,
+    in_flight: u32,
+}
+
+/// The worker set, swapped whole on every change so that readers never lock.
+pub struct Registry {
+    backends: ArcSwap<Vec<Arc<Backend>>>,
+    /// Failed checks (or refused requests) after which a worker is marked down.
+    pub fail_threshold: u32,
+    /// Passed checks after which a down worker is marked up again.
+    pub success_threshold: u32,
+}
+
+impl Registry {
+    /// Workers at `urls`, all assumed up until a check fails.
+    pub fn new(urls: &[String], fail_threshold: u32, success_threshold: u32) -> Self {
+        let backends = urls.iter().map(|u| Backend::new(u)).collect();
+        Self { backends: ArcSwap::from_pointee(backends), fail_threshold, success_threshold }
+    }
+
+    /// The workers, in registration order.
+    pub fn all(&self) -> Arc<Vec<Arc<Backend>>> {
+        self.backends.load_full()
+    }
+
+    /// The workers whose checks pass.
+    pub fn healthy(&self) -> Vec<Arc<Backend>> {
+        self.backends.load().iter().filter(|b| b.healthy()).cloned().collect()
+    }
+
+    /// Adds a worker; false if it is already there.
+    pub fn add(&self, url: &str) -> bool {
+        let b = Backend::new(url);
+        let mut added = false;
+        self.backends.rcu(|cur| {
+            let mut v = (**cur).clone();
+            added = !v.iter().any(|x| x.url == b.url);
+            if added {
+                v.push(b.clone());
+            }
+            v
+        });
+        added
+    }
+
+    /// Removes a worker; false if it was not there.
+    pub fn remove(&self, url: &str) -> bool {
+        let url = url.trim_end_matches('/');
+        let mut removed = false;
+        self.backends.rcu(|cur| {
+            let v: Vec<_> = cur.iter().filter(|b| b.url != url).cloned().collect();
+            removed = v.len() != cur.len();
+            v
+        });
+        removed
+    }
+
+    /// Checks every worker's `/health` every `interval`, forever.
+    pub async fn health_loop(self: Arc<Self>, client: reqwest::Client, interval: Duration) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let all = self.all();
+            let checks = all.iter().cloned().map(|b| {
+                let (client, reg) = (client.clone(), self.clone());
+                async move {
+                    let r = client
+                        .get(format!("{}/health", b.url))
+                        .timeout(Duration::from_secs(1))
+                        .send()
+                        .await;
+                    match r {
+                        Ok(r) if r.status().is_success() => b.passed(reg.success_threshold),
+                        Ok(r) => b.failed(reg.fail_threshold, &format!("health {}", r.status())),
+                        Err(e) => b.failed(reg.fail_threshold, &e.to_string()),
+                    }
+                }
+            });
+            futures_util::future::join_all(checks).await;
+        }
+    }
+}

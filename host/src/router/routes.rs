@@ -1,0 +1,78 @@
+//! The router's public endpoints: the three generation APIs (read and checked here, so a
+//! bad request is answered without a hop), the model list, health and metrics.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Extension, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::Gateway;
+use crate::api::{ApiError, Endpoint, read_job};
+use crate::http::{RequestId, render_metrics};
+
+async fn route(gw: Arc<Gateway>, endpoint: Endpoint, id: RequestId, body: Bytes) -> Response {
+    match read_job(endpoint, &body) {
+        Ok(job) => gw.forward(&job, &id.0, body).await,
+        Err(e) => {
+            gw.metrics.requests.with_label_values(&[endpoint.name(), e.status.as_str()]).inc();
+            e.into_response()
+        }
+    }
+}
+
+pub(super) async fn generate(
+    gw: State<Arc<Gateway>>,
+    id: Extension<RequestId>,
+    body: Bytes,
+) -> Response {
+    route(gw.0, Endpoint::Generate, id.0, body).await
+}
+
+pub(super) async fn completions(
+    gw: State<Arc<Gateway>>,
+    id: Extension<RequestId>,
+    body: Bytes,
+) -> Response {
+    route(gw.0, Endpoint::Completions, id.0, body).await
+}
+
+pub(super) async fn chat(
+    gw: State<Arc<Gateway>>,
+    id: Extension<RequestId>,
+    body: Bytes,
+) -> Response {
+    route(gw.0, Endpoint::Chat, id.0, body).await
+}
+
+/// The first healthy worker's model list.
+pub(super) async fn models(State(gw): State<Arc<Gateway>>) -> Response {
+    for b in gw.registry.healthy() {
+        if let Ok(r) = gw.client.get(format!("{}/v1/models", b.url)).send().await
+            && r.status().is_success()
+            && let Ok(v) = r.json::<crate::api::openai::ModelList>().await
+        {
+            return Json(v).into_response();
+        }
+    }
+    ApiError::overloaded(StatusCode::SERVICE_UNAVAILABLE, "no healthy worker", 1).into_response()
+}
+
+pub(super) async fn health(State(gw): State<Arc<Gateway>>) -> Response {
+    let all = gw.registry.all();
+    let up = all.iter().filter(|b| b.healthy()).count();
+    let body = json!({"healthy_workers": up, "workers": all.len()});
+    let status = if up > 0 { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body)).into_response()
+}
+
+pub(super) async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
+    let info = gw.policy.info();
+    gw.metrics.policy_info.reset();
+    gw.metrics.policy_info.with_label_values(&[&info.name, &info.sha256]).set(1);
+    gw.metrics.policy_faults.set(gw.policy.total_faults() as i64);
+    render_metrics(&gw.metrics.registry)
+}

@@ -1,0 +1,67 @@
+//! What a worker tells about itself: health, model, server state, metrics.
+
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use axum::Json;
+use axum::extract::State;
+use axum::response::Response;
+use serde_json::{Value, json};
+
+use super::Worker;
+use super::handlers::now;
+use crate::api::openai::{ModelCard, ModelList};
+use crate::http::render_metrics;
+
+pub(super) async fn health() -> &'static str {
+    "ok"
+}
+
+pub(super) async fn models(State(w): State<Arc<Worker>>) -> Json<ModelList> {
+    Json(ModelList {
+        object: "list".into(),
+        data: vec![ModelCard {
+            id: w.model_name(),
+            object: "model".into(),
+            created: w.started.duration_since(UNIX_EPOCH).map_or(now(), |d| d.as_secs()),
+            owned_by: "locus".into(),
+        }],
+    })
+}
+
+pub(super) async fn server_info(State(w): State<Arc<Worker>>) -> Json<Value> {
+    let (entries, bytes, capacity) = w.caches.response_stats();
+    let prefix = w.engine.cache_stats();
+    Json(json!({
+        "worker_id": w.options.worker_id,
+        "version": env!("CARGO_PKG_VERSION"),
+        "served_model_name": w.model_name(),
+        "started_at": w.started.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs(),
+        "max_queue": w.options.max_queue,
+        "queue_available": w.queue.available_permits(),
+        "response_cache": {"entries": entries, "bytes": bytes, "capacity_bytes": capacity},
+        "prefix_cache": {"entries": prefix.entries, "bytes": prefix.bytes,
+                          "capacity_bytes": prefix.capacity_bytes, "hit_tokens": prefix.hit_tokens},
+        "cache_policy": w.caches.info(),
+    }))
+}
+
+pub(super) async fn model_info(State(w): State<Arc<Worker>>) -> Json<Value> {
+    let info = w.engine.model_info();
+    let c = &info.config;
+    Json(json!({
+        "served_model_name": info.source, "is_generation": true,
+        "parameters": info.parameters,
+        "n_layer": c.n_layer, "n_embd": c.n_embd, "n_head": c.n_head,
+        "n_positions": c.n_positions, "vocab_size": c.vocab_size,
+        "kv_bytes_per_token": info.kv_bytes_per_token,
+    }))
+}
+
+pub(super) async fn metrics(State(w): State<Arc<Worker>>) -> Response {
+    let (_, bytes, _) = w.caches.response_stats();
+    w.metrics.cache_bytes.with_label_values(&["response"]).set(bytes as i64);
+    w.metrics.cache_bytes.with_label_values(&["prefix"]).set(w.engine.cache_stats().bytes as i64);
+    w.metrics.policy_faults.set(w.caches.faults() as i64);
+    render_metrics(&w.metrics.registry)
+}

@@ -1,0 +1,94 @@
+//! The worker's Prometheus metrics.
+
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+use super::run::Outcome;
+use crate::api::{ApiError, Endpoint};
+
+pub(super) struct Metrics {
+    pub registry: Registry,
+    requests: IntCounterVec,
+    latency: HistogramVec,
+    pub response_hits: IntCounter,
+    pub response_misses: IntCounter,
+    pub prefix_tokens: IntCounterVec,
+    pub cache_bytes: IntGaugeVec,
+    pub policy_faults: IntGauge,
+    pub cancelled: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let requests = IntCounterVec::new(
+            Opts::new("locus_worker_requests_total", "Requests by endpoint and status"),
+            &["endpoint", "status"],
+        )
+        .unwrap();
+        let latency = HistogramVec::new(
+            HistogramOpts::new("locus_worker_request_seconds", "End-to-end request latency")
+                .buckets(prometheus::exponential_buckets(0.001, 2.0, 16).unwrap()),
+            &["endpoint", "cache"],
+        )
+        .unwrap();
+        let response_hits =
+            IntCounter::new("locus_worker_response_cache_hits_total", "Response cache hits")
+                .unwrap();
+        let response_misses =
+            IntCounter::new("locus_worker_response_cache_misses_total", "Response cache misses")
+                .unwrap();
+        let prefix_tokens = IntCounterVec::new(
+            Opts::new("locus_worker_prefix_tokens_total", "Prompt tokens, cached or computed"),
+            &["source"],
+        )
+        .unwrap();
+        let cache_bytes = IntGaugeVec::new(
+            Opts::new("locus_worker_cache_bytes", "Bytes held by each cache level"),
+            &["level"],
+        )
+        .unwrap();
+        let policy_faults =
+            IntGauge::new("locus_worker_cache_policy_faults", "Cache policy faults so far")
+                .unwrap();
+        let cancelled = IntCounter::new(
+            "locus_worker_cancelled_total",
+            "Generations stopped early because their client went away",
+        )
+        .unwrap();
+        let registry = crate::http::registry(vec![
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(latency.clone()),
+            Box::new(response_hits.clone()),
+            Box::new(response_misses.clone()),
+            Box::new(prefix_tokens.clone()),
+            Box::new(cache_bytes.clone()),
+            Box::new(policy_faults.clone()),
+            Box::new(cancelled.clone()),
+        ]);
+        Self {
+            registry,
+            requests,
+            latency,
+            response_hits,
+            response_misses,
+            prefix_tokens,
+            cache_bytes,
+            policy_faults,
+            cancelled,
+        }
+    }
+
+    /// Counts a request by its endpoint and status, and times a successful one.
+    pub fn record(&self, endpoint: Endpoint, result: &Result<Outcome, ApiError>) {
+        let status = match result {
+            Ok(_) => "200".to_string(),
+            Err(e) => e.status.as_u16().to_string(),
+        };
+        self.requests.with_label_values(&[endpoint.name(), &status]).inc();
+        if let Ok(o) = result {
+            let cache = if o.cache_hit { "hit" } else { "miss" };
+            self.latency.with_label_values(&[endpoint.name(), cache]).observe(o.latency);
+        }
+    }
+}

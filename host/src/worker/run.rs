@@ -1,0 +1,231 @@
+//! Running one request: a place in the queue, the response cache, then the engine, with
+//! stop sequences applied and the run ended early when its client has gone.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use axum::http::StatusCode;
+use locus_engine::{EngineError, FinishReason, GenerateRequest};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+
+use super::Worker;
+use super::responses::Cached;
+use super::stop::StopMatcher;
+use crate::api::{ApiError, Job, Prompt};
+
+/// Why a generation ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finish {
+    /// `max_new_tokens` or the context was reached.
+    Length,
+    /// The model produced end-of-text.
+    Eos,
+    /// A stop sequence matched.
+    Stop(String),
+    /// The client went away; nobody reads this answer.
+    Cancelled,
+}
+
+/// A finished request.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub text: String,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub cached_tokens: usize,
+    pub cache_hit: bool,
+    pub finish: Finish,
+    /// Seconds since the request arrived.
+    pub latency: f64,
+}
+
+/// A checked request holding its place in the queue.
+pub struct Admitted {
+    pub job: Job,
+    started: Instant,
+    key: Option<u64>,
+    work: Work,
+    _permit: OwnedSemaphorePermit,
+}
+
+enum Work {
+    Hit(Cached),
+    Run { ids: Vec<u32>, req: GenerateRequest },
+}
+
+/// Sampled requests without a seed differ on every call, so they are never answered from
+/// the cache.
+fn cache_key(job: &Job) -> Option<u64> {
+    if job.temperature > 0.0 && job.seed.is_none() {
+        return None;
+    }
+    let mut h = DefaultHasher::new();
+    match &job.prompt {
+        Prompt::Text(t) => (0u8, t).hash(&mut h),
+        Prompt::Ids(ids) => (1u8, ids).hash(&mut h),
+    }
+    (job.max_new_tokens, job.temperature.to_bits(), job.top_p.to_bits(), job.seed).hash(&mut h);
+    (&job.stop, job.include_stop, job.ignore_eos).hash(&mut h);
+    Some(h.finish())
+}
+
+fn engine_error(job: &Job, e: EngineError) -> ApiError {
+    match &e {
+        EngineError::PromptTooLong { .. } | EngineError::PromptTooLarge { .. } => {
+            ApiError::invalid(job.param("prompt"), e.to_string())
+                .with_code("context_length_exceeded")
+        }
+        EngineError::EmptyPrompt => ApiError::invalid(job.param("prompt"), e.to_string()),
+        EngineError::InvalidParam { field, .. } => {
+            ApiError::invalid(job.param(field), e.to_string())
+        }
+        _ => ApiError::internal(e.to_string()),
+    }
+}
+
+impl Worker {
+    /// Takes a place in the queue (429 when it is full), answers from the response cache
+    /// or tokenizes and checks the prompt, so that whatever would refuse the request
+    /// refuses it now, before an answer starts.
+    pub(crate) async fn admit(self: &Arc<Self>, job: Job) -> Result<Admitted, ApiError> {
+        let started = Instant::now();
+        let Ok(permit) = self.queue.clone().try_acquire_owned() else {
+            return Err(ApiError::overloaded(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "worker queue is full ({} requests waiting or running)",
+                    self.options.max_queue
+                ),
+                1,
+            )
+            .with_code("queue_full"));
+        };
+        let key = cache_key(&job);
+        if let Some(hit) = key.and_then(|k| self.caches.response(k)) {
+            self.metrics.response_hits.inc();
+            return Ok(Admitted { job, started, key, work: Work::Hit(hit), _permit: permit });
+        }
+        self.metrics.response_misses.inc();
+        let req = GenerateRequest {
+            prompt: match &job.prompt {
+                Prompt::Text(t) => t.clone(),
+                Prompt::Ids(_) => String::new(),
+            },
+            max_new_tokens: job.max_new_tokens as usize,
+            temperature: job.temperature,
+            top_p: job.top_p,
+            seed: job.seed,
+            truncate_left: false,
+            ignore_eos: job.ignore_eos,
+        };
+        let engine = self.engine.clone();
+        let ids = match &job.prompt {
+            Prompt::Ids(ids) => engine.check_ids(ids, &req).map(|_| ids.clone()),
+            // Tokenizing a long prompt takes milliseconds of CPU: off the async threads.
+            Prompt::Text(_) => {
+                let req = req.clone();
+                tokio::task::spawn_blocking(move || engine.prepare(&req))
+                    .await
+                    .map_err(|e| ApiError::internal(format!("tokenizer failed: {e}")))?
+            }
+        };
+        let ids = ids.map_err(|e| engine_error(&job, e))?;
+        Ok(Admitted { job, started, key, work: Work::Run { ids, req }, _permit: permit })
+    }
+
+    /// Runs an admitted request. Text goes to `pieces` as it is produced (already cut at
+    /// stop sequences); the run ends early when `pieces` is closed or `cancel` is set.
+    pub(crate) async fn execute(
+        self: &Arc<Self>,
+        a: Admitted,
+        pieces: Option<mpsc::Sender<String>>,
+        cancel: Arc<AtomicBool>,
+    ) -> Result<Outcome, ApiError> {
+        let Admitted { job, started, key, work, _permit } = a;
+        let (ids, req) = match work {
+            Work::Hit(hit) => {
+                self.metrics
+                    .prefix_tokens
+                    .with_label_values(&["cached"])
+                    .inc_by(hit.prompt_tokens as u64);
+                if let Some(tx) = pieces {
+                    let _ = tx.send(hit.text.clone()).await;
+                }
+                return Ok(Outcome {
+                    text: hit.text,
+                    prompt_tokens: hit.prompt_tokens,
+                    completion_tokens: hit.completion_tokens,
+                    cached_tokens: hit.prompt_tokens,
+                    cache_hit: true,
+                    finish: hit.finish,
+                    latency: started.elapsed().as_secs_f64(),
+                });
+            }
+            Work::Run { ids, req } => (ids, req),
+        };
+        let engine = self.engine.clone();
+        let (stops, include) = (job.stop.clone(), job.include_stop);
+        let ran = tokio::task::spawn_blocking(move || {
+            let _permit = _permit;
+            let mut matcher = StopMatcher::new(stops, include);
+            let mut gone = false;
+            let send = |text: String, gone: &mut bool| {
+                if let Some(tx) = &pieces
+                    && !text.is_empty()
+                    && tx.blocking_send(text).is_err()
+                {
+                    *gone = true;
+                }
+            };
+            let g = engine.generate_until(&ids, &req, |piece| {
+                let out = matcher.push(piece);
+                send(out, &mut gone);
+                gone |= cancel.load(Ordering::Relaxed);
+                if gone || matcher.matched().is_some() {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            });
+            let tail = matcher.finish();
+            send(tail, &mut gone);
+            g.map(|g| (g, matcher, gone))
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("generation failed: {e}")))?;
+        let (g, matcher, gone) = ran.map_err(|e| engine_error(&job, e))?;
+        let finish = match (matcher.matched(), gone, g.finish_reason) {
+            (Some(s), _, _) => Finish::Stop(s.to_string()),
+            (None, true, _) => Finish::Cancelled,
+            (None, false, FinishReason::Stop) => Finish::Eos,
+            (None, false, _) => Finish::Length,
+        };
+        let computed = g.prompt_tokens - g.cached_tokens;
+        self.metrics.prefix_tokens.with_label_values(&["cached"]).inc_by(g.cached_tokens as u64);
+        self.metrics.prefix_tokens.with_label_values(&["computed"]).inc_by(computed as u64);
+        let text = matcher.text().to_string();
+        if finish == Finish::Cancelled {
+            self.metrics.cancelled.inc();
+        } else if let Some(key) = key {
+            let value = Cached {
+                text: text.clone(),
+                prompt_tokens: g.prompt_tokens,
+                completion_tokens: g.completion_tokens,
+                finish: finish.clone(),
+            };
+            self.caches.keep_response(key, value);
+        }
+        Ok(Outcome {
+            text,
+            prompt_tokens: g.prompt_tokens,
+            completion_tokens: g.completion_tokens,
+            cached_tokens: g.cached_tokens,
+            cache_hit: false,
+            finish,
+            latency: started.elapsed().as_secs_f64(),
+        })
+    }
+}
