@@ -1,4 +1,4 @@
-//! DRAFT. Locus workers behind the peer routers users run today: SGLang's `sglang-router`
+//! Locus workers behind the peer routers users run today: SGLang's `sglang-router`
 //! and vLLM's `vllm-router` (pinned in `scripts/peer-routers.sh`), each started as a child
 //! process in front of two in-process workers (synthetic distilgpt2), real HTTP on loopback.
 //!
@@ -307,6 +307,10 @@ async fn behind(peer: Peer) {
     let mut router = PeerRouter::start(peer, &bin, &addrs);
     router.wait_ready(&http, addrs.len()).await;
     exercise(&http, &router, &model).await;
+    // Both routers list the model under the name the workers report.
+    let listed: Value =
+        http.get(router.url("/v1/models")).send().await.unwrap().json().await.unwrap();
+    assert!(listed.to_string().contains(&model), "{peer:?} lists {listed}");
     drop(router);
     for w in workers {
         w.stop().await.unwrap();
