@@ -82,7 +82,7 @@ impl AdminClient {
         policy: &str,
         settings: &[(String, String)],
     ) -> anyhow::Result<Value> {
-        let source = PolicySource::parse(policy).map_err(anyhow::Error::msg)?;
+        let source = PolicySource::parse(policy)?;
         let mut query = settings.to_vec();
         let body = match &source {
             PolicySource::File(p) => {

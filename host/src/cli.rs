@@ -131,7 +131,7 @@ impl CacheArgs {
     ) -> anyhow::Result<WorkerOptions> {
         Ok(WorkerOptions {
             worker_id: "worker".into(),
-            cache_policy: PolicySource::parse(&self.cache_policy).map_err(anyhow::Error::msg)?,
+            cache_policy: PolicySource::parse(&self.cache_policy)?,
             cache_settings: self.cache_settings.clone(),
             response_cache_bytes: self.response_cache_bytes,
             max_queue: self.max_queue,
@@ -179,7 +179,7 @@ impl RoutingArgs {
         token: Option<String>,
         serve: &ServeArgs,
     ) -> anyhow::Result<RouterOptions> {
-        let policy = PolicySource::parse(&self.policy).map_err(anyhow::Error::msg)?;
+        let policy = PolicySource::parse(&self.policy)?;
         let watch = match (&policy, self.watch) {
             (PolicySource::File(p), true) => Some(p.clone()),
             (_, true) => anyhow::bail!("--watch needs --policy to be a file path"),

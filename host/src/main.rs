@@ -156,7 +156,7 @@ async fn swap(a: SwapArgs) -> anyhow::Result<()> {
 
 async fn bench(a: BenchArgs) -> anyhow::Result<()> {
     use locus::bench::{self, BenchOptions, Target, Workload};
-    let workload = Workload::parse(&a.workload).map_err(anyhow::Error::msg)?;
+    let workload = Workload::parse(&a.workload)?;
     let mut _cluster = None;
     let target = match (&a.router, &a.admin) {
         (Some(r), Some(ad)) => Target {

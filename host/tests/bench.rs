@@ -111,7 +111,7 @@ fn traces_replay_on_schedule_and_bad_records_name_their_line() {
     let e = Workload::Trace(path.clone()).generate(5).unwrap_err();
     assert!(e.contains("t.jsonl:1") && e.contains("prefix_id"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
-    assert!(Workload::parse("nope").unwrap_err().contains("shared-prefix"));
+    assert!(Workload::parse("nope").unwrap_err().to_string().contains("shared-prefix"));
 }
 
 #[test]

@@ -9,4 +9,4 @@ pub mod workload;
 pub use oracle::{Oracle, oracle};
 pub use report::{Summary, summarize};
 pub use run::{BenchOptions, Record, Report, Target, run};
-pub use workload::{BenchRequest, Workload};
+pub use workload::{BenchRequest, UnknownWorkload, Workload};

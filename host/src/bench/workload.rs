@@ -268,19 +268,22 @@ fn rng_for(seed: u64, stream: u64) -> StdRng {
     StdRng::seed_from_u64(seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
 
+/// A `--workload` that names no workload.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("unknown workload `{0}`: use seed, shared-prefix, multi-turn or trace:FILE")]
+pub struct UnknownWorkload(pub String);
+
 impl Workload {
     /// Parses the CLI form: `seed`, `shared-prefix`, `multi-turn` (with defaults; see
     /// [`Self::shared_prefix_default`]) or `trace:FILE`.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, UnknownWorkload> {
         match s {
             "seed" => Ok(Self::Seed),
             "shared-prefix" => Ok(Self::shared_prefix_default()),
             "multi-turn" => Ok(Self::MultiTurn { users: 8, rounds: 4, question: 32, output: 16 }),
             _ => match s.strip_prefix("trace:") {
                 Some(p) if !p.is_empty() => Ok(Self::Trace(PathBuf::from(p))),
-                _ => Err(format!(
-                    "unknown workload `{s}`: use seed, shared-prefix, multi-turn or trace:FILE"
-                )),
+                _ => Err(UnknownWorkload(s.to_string())),
             },
         }
     }

@@ -50,7 +50,7 @@ pub fn inspect(source: &PolicySource, opts: &LoadOptions) -> Inspection {
     let bytes = match source.bytes() {
         Ok(b) => b,
         Err(e) => {
-            report.outcome = Err(e);
+            report.outcome = Err(e.to_string());
             return report;
         }
     };

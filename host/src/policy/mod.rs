@@ -49,7 +49,7 @@ pub enum PolicySource {
 
 impl PolicySource {
     /// Parses a CLI argument: `native`, a built-in name, or a path to a `.wasm` file.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, SourceError> {
         if s == "native" {
             return Ok(Self::Native);
         }
@@ -59,11 +59,7 @@ impl PolicySource {
         if s.contains('/') || s.ends_with(".wasm") || std::path::Path::new(s).exists() {
             return Ok(Self::File(PathBuf::from(s)));
         }
-        Err(format!(
-            "unknown policy `{s}`: use a built-in ({}), `native`, or a path to a .wasm component \
-             (e.g. ./{s}.wasm)",
-            builtin_names().join(", ")
-        ))
+        Err(SourceError::Unknown { name: s.to_string(), builtins: builtin_names().join(", ") })
     }
 
     /// A short name for logs and `info`.
@@ -77,18 +73,17 @@ impl PolicySource {
     }
 
     /// The component bytes.
-    pub fn bytes(&self) -> Result<Vec<u8>, String> {
+    pub fn bytes(&self) -> Result<Vec<u8>, SourceError> {
         match self {
             Self::Builtin(n) => Ok(BUILTINS
                 .iter()
                 .find(|(b, _)| b == n)
                 .map(|(_, b)| b.to_vec())
                 .unwrap_or_default()),
-            Self::File(p) => {
-                std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
-            }
+            Self::File(p) => std::fs::read(p)
+                .map_err(|source| SourceError::Read { path: p.clone(), source: source.into() }),
             Self::Bytes { bytes, .. } => Ok(bytes.clone()),
-            Self::Native => Err("the native policy has no module".into()),
+            Self::Native => Err(SourceError::Native),
         }
     }
 }
@@ -131,14 +126,44 @@ impl LoadOptions {
     }
 }
 
+/// Why a policy source cannot be used.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SourceError {
+    /// Neither `native`, a built-in nor something that looks like a file.
+    #[error(
+        "unknown policy `{name}`: use a built-in ({builtins}), `native`, or a path to a .wasm \
+         component (e.g. ./{name}.wasm)"
+    )]
+    Unknown {
+        /// What was asked for.
+        name: String,
+        /// The built-ins, comma-separated.
+        builtins: String,
+    },
+    /// The component file cannot be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::sync::Arc<std::io::Error>,
+    },
+    /// `native` has no component.
+    #[error("the native policy has no module")]
+    Native,
+}
+
+/// A `--setting` that is not `key=value` with a non-empty key.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("setting `{0}` is not of the form key=value with a non-empty key")]
+pub struct SettingError(pub String);
+
 /// Parses `key=value` into a pair.
-pub fn parse_setting(s: &str) -> Result<(String, String), String> {
-    let (k, v) =
-        s.split_once('=').ok_or_else(|| format!("setting `{s}` is not of the form key=value"))?;
-    if k.is_empty() {
-        return Err(format!("setting `{s}` has an empty key"));
+pub fn parse_setting(s: &str) -> Result<(String, String), SettingError> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(SettingError(s.to_string())),
     }
-    Ok((k.to_string(), v.to_string()))
 }
 
 /// The step of loading at which a policy was rejected.

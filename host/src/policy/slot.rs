@@ -180,7 +180,7 @@ impl<W: World> Version<W> {
     pub(crate) fn load(source: &PolicySource, opts: &LoadOptions) -> Result<Self, LoadError> {
         let name = source.name();
         let err = |step, reason: String| LoadError { name: name.clone(), step, reason };
-        let bytes = source.bytes().map_err(|e| err(LoadStep::Read, e))?;
+        let bytes = source.bytes().map_err(|e| err(LoadStep::Read, e.to_string()))?;
         if bytes.is_empty() {
             return Err(err(LoadStep::Read, "the module is empty".into()));
         }
