@@ -5,6 +5,8 @@
 #
 # Needs: nginx and wrk (Debian: apt-get install nginx-light wrk), a release build
 # (cargo build --release -p locus). Usage: scripts/bench-router.sh [seconds per run]
+# With LOCUS_BASELINE=path/to/another/locus, that binary is measured too, each policy
+# right before the binary under test, so that a change is compared side by side.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-10}
@@ -57,7 +59,7 @@ lat() {
 }
 
 start_router() {
-  "$LOCUS" router --port $ROUTER_PORT --admin-addr 127.0.0.1:18100 \
+  "${BIN:-$LOCUS}" router --port $ROUTER_PORT --admin-addr 127.0.0.1:18100 \
     --workers http://127.0.0.1:$BACKEND_PORT --policy "$1" >"$WORK/router.log" 2>&1 &
   ROUTER_PID=$!
   for _ in $(seq 50); do curl -sf http://127.0.0.1:$ROUTER_PORT/health >/dev/null && return; sleep 0.1; done
@@ -72,15 +74,19 @@ B=http://127.0.0.1:$BACKEND_PORT/generate
 read -r b50 b99 < <(lat $B)
 brps=$(rps $B 32)
 echo "| nginx static backend alone | $brps | $b50 | $b99 | | |"
+BINS=("$LOCUS"); [ -n "${LOCUS_BASELINE:-}" ] && BINS=("$LOCUS_BASELINE" "$LOCUS")
 for policy in hash native; do
-  start_router $policy
-  R=http://127.0.0.1:$ROUTER_PORT/generate
-  r=$(rps $R 32)
-  read -r r50 r99 < <(lat $R)
-  kill $ROUTER_PID; wait $ROUTER_PID 2>/dev/null || true
-  label="locus router, policy $policy"; [ $policy = hash ] && label="$label (wasm)"; [ $policy = native ] && label="$label (no wasm)"
-  printf "| %s | %s | %s | %s | %.3f | %.3f |\n" "$label" "$r" "$r50" "$r99" "$(echo "$r50 - $b50" | bc -l)" "$(echo "$r99 - $b99" | bc -l)"
-  # The backend again, between router runs, to show the machine's drift.
-  read -r b50 b99 < <(lat $B)
+  for BIN in "${BINS[@]}"; do
+    start_router $policy
+    R=http://127.0.0.1:$ROUTER_PORT/generate
+    r=$(rps $R 32)
+    read -r r50 r99 < <(lat $R)
+    kill $ROUTER_PID; wait $ROUTER_PID 2>/dev/null || true
+    label="locus router, policy $policy"; [ $policy = hash ] && label="$label (wasm)"; [ $policy = native ] && label="$label (no wasm)"
+    [ ${#BINS[@]} -gt 1 ] && label="$label, $BIN"
+    printf "| %s | %s | %s | %s | %.3f | %.3f |\n" "$label" "$r" "$r50" "$r99" "$(echo "$r50 - $b50" | bc -l)" "$(echo "$r99 - $b99" | bc -l)"
+    # The backend again, between router runs, to show the machine's drift.
+    read -r b50 b99 < <(lat $B)
+  done
 done
 echo "| nginx static backend alone, again | $(rps $B 32) | $b50 | $b99 | | |"

@@ -105,6 +105,8 @@ pub struct Generation {
 /// What runs, for logs and `/health`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelInfo {
+    /// The short name clients use for it (`distilgpt2`, `synthetic-distilgpt2`).
+    pub name: String,
     /// Where the weights came from, in words.
     pub source: String,
     /// The architecture.
@@ -137,7 +139,7 @@ impl Engine {
         let started = Instant::now();
         let device = Device::Cpu;
         let (weights, description) = source::resolve(source, &device)?;
-        let engine = match weights {
+        let mut engine = match weights {
             Weights::Tensors { config, tensors } => {
                 Self::from_tensors(&config, tensors, description, options)?
             }
@@ -146,6 +148,7 @@ impl Engine {
                 Self::from_tensors(&config, tensors, description, options)?
             }
         };
+        engine.info.name = source.served_name();
         tracing::info!(
             model = %engine.info.source,
             layers = engine.info.config.n_layer,
@@ -168,6 +171,7 @@ impl Engine {
         let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
         let model = Gpt2::load(config, vb)?;
         let info = ModelInfo {
+            name: "gpt2".into(),
             source: description,
             config: config.clone(),
             parameters: model.num_parameters(),
@@ -256,8 +260,10 @@ impl Engine {
         req: &GenerateRequest,
         mut on_text: impl FnMut(&str),
     ) -> Result<Generation> {
-        self.generate_until(prompt_ids, req, |piece| {
-            on_text(piece);
+        self.generate_until(prompt_ids, req, |piece, _| {
+            if !piece.is_empty() {
+                on_text(piece);
+            }
             ControlFlow::Continue(())
         })
     }
@@ -282,14 +288,16 @@ impl Engine {
         self.fit(ids, req.max_new_tokens, req.truncate_left).map(|_| ())
     }
 
-    /// Like [`Self::generate_from_ids`], but `on_text` decides after each piece whether to go
-    /// on: `Break` ends the generation at once with [`FinishReason::Aborted`], freeing the
-    /// model for the next request.
+    /// Like [`Self::generate_from_ids`], but `on_text(piece, tokens_so_far)` decides after
+    /// each piece whether to go on: `Break` ends the generation at once with
+    /// [`FinishReason::Aborted`], freeing the model for the next request. It is first called
+    /// with an empty piece once the model is free and before the prompt runs, so that a
+    /// request whose client left while it waited costs nothing.
     pub fn generate_until(
         &self,
         prompt_ids: &[u32],
         req: &GenerateRequest,
-        mut on_text: impl FnMut(&str) -> ControlFlow<()>,
+        mut on_text: impl FnMut(&str, usize) -> ControlFlow<()>,
     ) -> Result<Generation> {
         validate(req)?;
         let (ids, truncated, max_new) =
@@ -307,6 +315,19 @@ impl Engine {
 
         let _queue = lock(&self.compute);
         let started = Instant::now();
+        if on_text("", 0).is_break() {
+            return Ok(Generation {
+                text: String::new(),
+                token_ids: Vec::new(),
+                prompt_tokens: ids.len(),
+                completion_tokens: 0,
+                cached_tokens: 0,
+                truncated_tokens: truncated,
+                finish_reason: FinishReason::Aborted,
+                prefill_ms: 0.0,
+                decode_ms: 0.0,
+            });
+        }
         let (mut cache, cached) = self.prefill(ids, true, ids.len() + max_new)?;
         let mut logits = cache.1;
         let prefill_ms = ms(started);
@@ -327,7 +348,7 @@ impl Engine {
                 let piece = utf8.push(&bytes);
                 if !piece.is_empty() {
                     text.push_str(&piece);
-                    if on_text(&piece).is_break() {
+                    if on_text(&piece, out.len()).is_break() {
                         finish = FinishReason::Aborted;
                         break;
                     }
@@ -340,7 +361,7 @@ impl Engine {
         let tail = if finish == FinishReason::Aborted { String::new() } else { utf8.finish() };
         if !tail.is_empty() {
             text.push_str(&tail);
-            let _ = on_text(&tail);
+            let _ = on_text(&tail, out.len());
         }
         let generation = Generation {
             text,

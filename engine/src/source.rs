@@ -63,6 +63,20 @@ impl FromStr for ModelSource {
     }
 }
 
+impl ModelSource {
+    /// The name servers report for the model: the Hugging Face id, the directory's name,
+    /// or `synthetic-distilgpt2`.
+    pub fn served_name(&self) -> String {
+        match self {
+            Self::Synthetic => SYNTHETIC_NAME.to_string(),
+            Self::HfHub(id) => id.clone(),
+            Self::Dir(p) => p
+                .file_name()
+                .map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned()),
+        }
+    }
+}
+
 impl fmt::Display for ModelSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -30,12 +30,16 @@ fn synthetic_default_is_offline_deterministic_and_accounts_bytes() {
     let mut pieces = 0;
     let long_req = GenerateRequest { max_new_tokens: 64, ..req.clone() };
     let cut = engine
-        .generate_until(&engine.prepare(&long_req).unwrap(), &long_req, |_| {
+        .generate_until(&engine.prepare(&long_req).unwrap(), &long_req, |piece, _| {
             pieces += 1;
-            std::ops::ControlFlow::Break(())
+            if piece.is_empty() {
+                std::ops::ControlFlow::Continue(())
+            } else {
+                std::ops::ControlFlow::Break(())
+            }
         })
         .unwrap();
-    assert_eq!(pieces, 1);
+    assert_eq!(pieces, 2, "the call before the prompt runs, then the first piece");
     assert_eq!(cut.finish_reason, FinishReason::Aborted);
     assert!(cut.completion_tokens < 64, "stopped after {} tokens", cut.completion_tokens);
     let too_long = GenerateRequest { prompt: "a ".repeat(2000), ..req.clone() };

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::Request;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -42,11 +42,47 @@ pub fn check_admin(
     }
 }
 
+/// Who may call the routes behind [`require_admin`].
+#[derive(Debug, Clone)]
+pub struct AdminAuth {
+    /// The configured token.
+    pub token: Option<String>,
+    /// What to do without one.
+    pub access: Access,
+}
+
+/// A layer (`from_fn_with_state`) that refuses a request before its body is read unless
+/// it carries the admin token.
+pub async fn require_admin(State(auth): State<AdminAuth>, req: Request, next: Next) -> Response {
+    match check_admin(req.headers(), auth.token.as_deref(), auth.access) {
+        Ok(()) => next.run(req).await,
+        Err(e) => {
+            let mut resp = e.into_response();
+            // The body was not read, so the connection cannot carry another request.
+            resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            resp
+        }
+    }
+}
+
+/// 404 in the one error shape.
+pub async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, format!("no endpoint {}", uri.path()))
+}
+
+/// 405 in the one error shape.
+pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("{} does not take {method}", uri.path()))
+}
+
 fn check_bearer(headers: &HeaderMap, expected: &str) -> Result<(), ApiError> {
+    // The scheme is case-insensitive (RFC 9110 section 11.1).
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
     match given {
         Some(t) if constant_time_eq(t.as_bytes(), expected.as_bytes()) => Ok(()),
         Some(_) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "wrong admin token")),

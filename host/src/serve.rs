@@ -402,7 +402,8 @@ async fn buffer_body(State(limits): State<ServeLimits>, req: Request, next: Next
     }
     let (parts, body) = req.into_parts();
     // `declared` is at most `max` here.
-    let capacity = declared.map_or(0, |len| len as usize);
+    // Grown as bytes arrive, not reserved on the client's word.
+    let capacity = declared.map_or(0, |len| (len as usize).min(64 << 10));
     match tokio::time::timeout(limits.body_read_timeout, read_body(body, max, capacity)).await {
         Ok(Ok(bytes)) => next.run(Request::from_parts(parts, Body::from(bytes))).await,
         Ok(Err(BodyError::TooLarge)) => closing(

@@ -239,10 +239,15 @@ async fn each_endpoint_answers_and_streams_in_its_own_shape() {
         .await
         .unwrap();
 
-    // SGLang: every event has the whole text so far; the last has the counts. (A seed
-    // changes nothing for greedy decoding but keeps the response cache out of the way.)
+    // SGLang: every event has the whole text so far and the counts so far; the last has
+    // all of them. (Flushed, so that the stream is generated, not answered from the cache.)
+    let flush = || async {
+        let r = http.post(format!("http://{}/flush_cache", c.worker_addrs[0])).bearer_auth(TOKEN);
+        assert_eq!(r.send().await.unwrap().status(), 200);
+    };
+    flush().await;
     let ev = events(&http, &format!("{base}/generate"),
-        json!({"text": "Once upon a time", "sampling_params": {"max_new_tokens": 12, "seed": 1}, "stream": true})).await;
+        json!({"text": "Once upon a time", "sampling_params": {"max_new_tokens": 12}, "stream": true})).await;
     assert_eq!(ev.last().unwrap(), "[DONE]");
     let parsed: Vec<Value> =
         ev[..ev.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
@@ -253,6 +258,10 @@ async fn each_endpoint_answers_and_streams_in_its_own_shape() {
     assert_eq!(last.text, whole.text);
     assert_eq!(last.meta_info.completion_tokens, 12);
     assert!(parsed[0]["meta_info"]["finish_reason"].is_null());
+    let counts: Vec<u64> =
+        parsed.iter().map(|v| v["meta_info"]["completion_tokens"].as_u64().unwrap()).collect();
+    assert!(counts.windows(2).all(|w| w[0] <= w[1]) && counts[0] >= 1, "{counts:?}");
+    assert!(parsed.iter().all(|v| v["meta_info"]["prompt_tokens"] == 4));
 
     // OpenAI completions: chunks of new text, the finish reason, then usage when asked.
     let ev = events(
@@ -291,7 +300,7 @@ async fn each_endpoint_answers_and_streams_in_its_own_shape() {
     assert_eq!(message.role, "assistant");
     let mut sbody = body.clone();
     sbody["stream"] = json!(true);
-    sbody["seed"] = json!(3);
+    flush().await;
     let ev = events(&http, &format!("{base}/v1/chat/completions"), sbody).await;
     let chunks: Vec<ChatCompletion> =
         ev[..ev.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
@@ -419,6 +428,23 @@ async fn a_client_that_leaves_a_stream_frees_its_generation() {
     }
     let (status, _) = post(&http, &format!("{worker}/generate"), r#"{"text": "next"}"#).await;
     assert_eq!(status, 200);
+    // A non-streamed request abandoned by its client (a client timeout) is stopped too.
+    let impatient = reqwest::Client::builder().timeout(Duration::from_millis(500)).build().unwrap();
+    let body = json!({"prompt": "Another long story:", "max_tokens": 1000, "ignore_eos": true});
+    assert!(impatient.post(format!("{worker}/v1/completions")).json(&body).send().await.is_err());
+    let left = Instant::now();
+    loop {
+        let m = metrics().await;
+        if m.contains("locus_worker_cancelled_total 2") {
+            assert!(
+                m.contains(r#"locus_worker_requests_total{endpoint="completions",status="499"} 2"#),
+                "{m}"
+            );
+            break;
+        }
+        assert!(left.elapsed() < Duration::from_secs(20), "the abandoned request ran on");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -484,4 +510,37 @@ async fn slow_clients_are_dropped_and_do_not_hold_the_worker() {
         post(&client(), &format!("http://{}/generate", w.addr), r#"{"text": "hi"}"#).await;
     assert_eq!(status, 200);
     w.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_paths_methods_and_tokenless_uploads_answer_at_once_in_the_one_shape() {
+    let c = start(ServeLimits::default()).await;
+    let http = client();
+    for base in [format!("http://{}", c.router_addr), format!("http://{}", c.worker_addrs[0])] {
+        let r = http.get(format!("{base}/no/such/path")).send().await.unwrap();
+        assert_eq!(r.status(), 404);
+        assert!(r.json::<ErrorBody>().await.is_ok());
+        let r = http.get(format!("{base}/v1/completions")).send().await.unwrap();
+        assert_eq!(r.status(), 405);
+        assert!(r.json::<ErrorBody>().await.unwrap().error.message.contains("GET"));
+    }
+    // Without the token, a 60 MB upload is refused from its head alone.
+    let worker = c.worker_addrs[0].to_string();
+    let mut s = tokio::net::TcpStream::connect(&worker).await.unwrap();
+    let head = format!(
+        "PUT /admin/cache-policy HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        60 << 20
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 401"));
+    // The scheme is case-insensitive.
+    let r = http
+        .get(format!("http://{worker}/admin/cache-policy"))
+        .header("authorization", format!("bearer {TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
 }

@@ -38,11 +38,6 @@ impl ApiError {
         Self::invalid(param, message).with_code("unsupported_parameter")
     }
 
-    /// 401/403 and friends: the admin token is missing or wrong.
-    pub fn auth(status: StatusCode, message: impl Into<String>) -> Self {
-        Self::new(status, message)
-    }
-
     /// Overloaded: retry after `secs`.
     pub fn overloaded(status: StatusCode, message: impl Into<String>, secs: u64) -> Self {
         Self { retry_after: Some(secs), ..Self::new(status, message) }

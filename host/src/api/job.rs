@@ -19,9 +19,6 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    /// All of them.
-    pub const ALL: [Endpoint; 3] = [Self::Generate, Self::Completions, Self::Chat];
-
     /// The HTTP path.
     pub fn path(self) -> &'static str {
         match self {
@@ -62,7 +59,8 @@ pub struct Job {
     pub endpoint: Endpoint,
     /// What to complete.
     pub prompt: Prompt,
-    /// Most tokens to generate (the engine clamps it to the context).
+    /// Most tokens to generate (the engine clamps it to the context; `u32::MAX` means
+    /// "the rest of the context").
     pub max_new_tokens: u32,
     /// 0 is greedy.
     pub temperature: f64,
@@ -86,12 +84,19 @@ pub struct Job {
 }
 
 impl Job {
-    /// A greedy 16-token job for `prompt`.
+    /// A greedy job for `prompt`, as long as the endpoint's default: 128 new tokens for
+    /// `/generate` (SGLang's), 16 for completions (OpenAI's), the rest of the context for
+    /// chat (OpenAI's).
     pub fn new(endpoint: Endpoint, prompt: Prompt) -> Self {
+        let max_new_tokens = match endpoint {
+            Endpoint::Generate => 128,
+            Endpoint::Completions => 16,
+            Endpoint::Chat => u32::MAX,
+        };
         Self {
             endpoint,
             prompt,
-            max_new_tokens: 16,
+            max_new_tokens,
             temperature: 0.0,
             top_p: 1.0,
             seed: None,
@@ -164,6 +169,29 @@ impl<T> OneOrMany<T> {
             Self::One(t) => Some(t),
             Self::Many(mut v) if v.len() == 1 => v.pop(),
             Self::Many(_) => None,
+        }
+    }
+}
+
+/// Reads `null` as the type's default: OpenAI's schema types flags as "boolean or null",
+/// and clients send `"stream": null`.
+pub(crate) fn nullable<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Option::unwrap_or_default)
+}
+
+/// Reads a seed given as any 64-bit integer, negative ones included (vLLM takes int64).
+pub(crate) fn seed<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let n = Option::<serde_json::Number>::deserialize(d)?;
+    match n {
+        None => Ok(None),
+        Some(n) => {
+            n.as_u64().or_else(|| n.as_i64().map(|i| i as u64)).map(Some).ok_or_else(|| {
+                serde::de::Error::custom(format!("seed must be an integer, got {n}"))
+            })
         }
     }
 }

@@ -58,6 +58,7 @@ mod tests {
         let cases = [
             (Endpoint::Generate, r#"{"text": "a", "return_logprob": true}"#, "return_logprob"),
             (Endpoint::Generate, r#"{"text": ["a", "b"]}"#, "text"),
+            (Endpoint::Generate, r#"{"text": ["a"]}"#, "text"),
             (
                 Endpoint::Generate,
                 r#"{"text": "a", "sampling_params": {"n": 2}}"#,
@@ -103,6 +104,12 @@ mod tests {
             "stream_options": {"include_usage": true}, "stream": true}"#;
         let job = read_job(Endpoint::Completions, ok.as_bytes()).unwrap();
         assert!(job.include_usage && job.stream);
+        // `null` flags are their defaults; seeds may be negative (vLLM takes int64).
+        let nulls = r#"{"prompt": "a", "stream": null, "echo": null, "seed": -1}"#;
+        let job = read_job(Endpoint::Completions, nulls.as_bytes()).unwrap();
+        assert_eq!((job.stream, job.seed, job.max_new_tokens), (false, Some(u64::MAX), 16));
+        let generate = read_job(Endpoint::Generate, br#"{"text": "a"}"#).unwrap();
+        assert_eq!(generate.max_new_tokens, 128, "SGLang's default");
         let chat = r#"{"model": "m", "messages": [{"role": "user", "content": "Hi"}],
             "max_completion_tokens": 5, "response_format": {"type": "text"}}"#;
         let job = read_job(Endpoint::Chat, chat.as_bytes()).unwrap();

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::ApiError;
 use super::chat::{self, ChatMessage};
-use super::job::{Endpoint, Job, OneOrMany, Prompt, Unsupported, stops};
+use super::job::{Endpoint, Job, OneOrMany, Prompt, Unsupported, nullable, seed, stops};
 use super::sglang::MetaInfo;
 
 /// `stream_options`.
@@ -15,6 +15,7 @@ use super::sglang::MetaInfo;
 #[serde(default)]
 pub struct StreamOptions {
     /// End the stream with a chunk that carries `usage`.
+    #[serde(deserialize_with = "nullable")]
     pub include_usage: bool,
 }
 
@@ -47,18 +48,22 @@ pub struct CompletionRequest {
     /// Nucleus mass.
     pub top_p: Option<f64>,
     /// Sampling seed.
+    #[serde(deserialize_with = "seed")]
     pub seed: Option<u64>,
     /// Stop sequences.
     pub stop: Option<OneOrMany<String>>,
     /// Answer as Server-Sent Events.
+    #[serde(deserialize_with = "nullable")]
     pub stream: bool,
     /// Streaming options.
     pub stream_options: Option<StreamOptions>,
     /// Generate past end-of-text (vLLM's extension).
+    #[serde(deserialize_with = "nullable")]
     pub ignore_eos: bool,
     /// Log probabilities: refused when given.
     pub logprobs: Option<Value>,
     /// Echo the prompt: refused when true.
+    #[serde(deserialize_with = "nullable")]
     pub echo: bool,
     /// Text after the completion: refused when given.
     pub suffix: Option<String>,
@@ -125,7 +130,7 @@ pub struct ChatCompletionRequest {
     pub model: Option<String>,
     /// The conversation, rendered by [`chat::render`].
     pub messages: Option<Vec<ChatMessage>>,
-    /// Most tokens to generate (default 16).
+    /// Most tokens to generate (default: the rest of the context).
     pub max_tokens: Option<u32>,
     /// OpenAI's newer name for `max_tokens`.
     pub max_completion_tokens: Option<u32>,
@@ -134,16 +139,20 @@ pub struct ChatCompletionRequest {
     /// Nucleus mass.
     pub top_p: Option<f64>,
     /// Sampling seed.
+    #[serde(deserialize_with = "seed")]
     pub seed: Option<u64>,
     /// Stop sequences (added to the template's own).
     pub stop: Option<OneOrMany<String>>,
     /// Answer as Server-Sent Events.
+    #[serde(deserialize_with = "nullable")]
     pub stream: bool,
     /// Streaming options.
     pub stream_options: Option<StreamOptions>,
     /// Generate past end-of-text (vLLM's extension).
+    #[serde(deserialize_with = "nullable")]
     pub ignore_eos: bool,
     /// Log probabilities: refused when true.
+    #[serde(deserialize_with = "nullable")]
     pub logprobs: bool,
     /// Tools: refused when given.
     pub tools: Option<Vec<Value>>,

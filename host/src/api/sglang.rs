@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::ApiError;
-use super::job::{Endpoint, Job, OneOrMany, Prompt, Unsupported, stops};
+use super::job::{Endpoint, Job, OneOrMany, Prompt, Unsupported, nullable, seed, stops};
 
 /// A `/generate` request. Fields SGLang takes and locus does not know are ignored; the
 /// ones that would change the answer are refused (see [`GenerateRequest::into_job`]).
@@ -23,6 +23,7 @@ pub struct GenerateRequest {
     /// Sampling choices.
     pub sampling_params: Option<SamplingParams>,
     /// Answer as Server-Sent Events.
+    #[serde(deserialize_with = "nullable")]
     pub stream: bool,
     /// The client's request id.
     pub rid: Option<OneOrMany<String>>,
@@ -46,21 +47,25 @@ pub struct GenerateRequest {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct SamplingParams {
-    /// Most tokens to generate (default 16).
+    /// Most tokens to generate (default 128, as SGLang's).
     pub max_new_tokens: Option<u32>,
     /// 0 (the default here) is greedy.
     pub temperature: Option<f64>,
     /// Nucleus mass.
     pub top_p: Option<f64>,
     /// Sampling seed (SGLang's newer name is `sampling_seed`; both are read).
+    #[serde(deserialize_with = "seed")]
     pub seed: Option<u64>,
     /// Sampling seed.
+    #[serde(deserialize_with = "seed")]
     pub sampling_seed: Option<u64>,
     /// Stop sequences.
     pub stop: Option<OneOrMany<String>>,
     /// Keep the matched stop sequence in the output.
+    #[serde(deserialize_with = "nullable")]
     pub no_stop_trim: bool,
     /// Generate past end-of-text.
+    #[serde(deserialize_with = "nullable")]
     pub ignore_eos: bool,
     #[serde(flatten)]
     pub(crate) unsupported: Unsupported,
@@ -97,8 +102,10 @@ impl GenerateRequest {
             )
         };
         let prompt = match (self.text, self.input_ids, self.prompt) {
-            (Some(t), None, _) => Prompt::Text(t.single().ok_or_else(|| batch("text"))?),
-            (None, Some(ids), _) => Prompt::Ids(ids.single().ok_or_else(|| batch("input_ids"))?),
+            (Some(OneOrMany::One(t)), None, _) => Prompt::Text(t),
+            (None, Some(OneOrMany::One(ids)), _) => Prompt::Ids(ids),
+            (Some(OneOrMany::Many(_)), None, _) => return Err(batch("text")),
+            (None, Some(OneOrMany::Many(_)), _) => return Err(batch("input_ids")),
             (None, None, Some(p)) => Prompt::Text(p),
             (Some(_), Some(_), _) => {
                 return Err(ApiError::invalid(
@@ -135,7 +142,8 @@ impl GenerateRequest {
         job.stream = self.stream;
         job.rid = match self.rid {
             None => None,
-            Some(r) => Some(r.single().ok_or_else(|| batch("rid"))?),
+            Some(OneOrMany::One(r)) => Some(r),
+            Some(OneOrMany::Many(_)) => return Err(batch("rid")),
         };
         Ok(job)
     }

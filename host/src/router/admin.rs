@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
+use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -14,7 +15,9 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{BackendInfo, Gateway};
-use crate::http::{Access, ApiError, check_admin, parse_json, rejected_policy, uploaded_policy};
+use crate::http::{
+    Access, AdminAuth, ApiError, parse_json, rejected_policy, require_admin, uploaded_policy,
+};
 use crate::policy::LoadOptions;
 use crate::serve::limit_bodies;
 
@@ -26,19 +29,15 @@ pub fn admin_router(gw: Arc<Gateway>) -> Router {
         .route("/admin/policy/rollback", post(rollback))
         .route("/admin/workers", get(list_workers).post(add_worker).delete(remove_worker));
     let upload = Router::new().route("/admin/policy", put(swap_policy));
+    let auth = AdminAuth { token: gw.options.admin_token.clone(), access: Access::TokenRequired };
+    // The token is checked before a body is read: an upload may be tens of MB.
     limit_bodies(rest, limits, limits.max_body_bytes)
         .merge(limit_bodies(upload, limits, gw.options.max_upload_bytes))
+        .layer(from_fn_with_state(auth, require_admin))
         .with_state(gw)
 }
 
-fn auth(gw: &Gateway, headers: &HeaderMap) -> Result<(), ApiError> {
-    check_admin(headers, gw.options.admin_token.as_deref(), Access::TokenRequired)
-}
-
-async fn policy_info(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    if let Err(e) = auth(&gw, &headers) {
-        return e.into_response();
-    }
+async fn policy_info(State(gw): State<Arc<Gateway>>) -> Response {
     Json(json!({"policy": gw.policy.info(), "total_faults": gw.policy.total_faults(),
                 "rollbacks": gw.policy.rollbacks()}))
     .into_response()
@@ -48,13 +47,9 @@ async fn policy_info(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Resp
 /// other query parameter is a setting for `configure`.
 async fn swap_policy(
     State(gw): State<Arc<Gateway>>,
-    headers: HeaderMap,
     Query(mut q): Query<BTreeMap<String, String>>,
     body: Bytes,
 ) -> Response {
-    if let Err(e) = auth(&gw, &headers) {
-        return e.into_response();
-    }
     let source = match uploaded_policy(&body, &mut q) {
         Ok(s) => s,
         Err(e) => return e.into_response(),
@@ -70,17 +65,11 @@ async fn swap_policy(
     }
 }
 
-async fn rollback(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    if let Err(e) = auth(&gw, &headers) {
-        return e.into_response();
-    }
+async fn rollback(State(gw): State<Arc<Gateway>>) -> Response {
     Json(json!({"rolled_back": true, "policy": gw.policy.rollback()})).into_response()
 }
 
-async fn list_workers(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    if let Err(e) = auth(&gw, &headers) {
-        return e.into_response();
-    }
+async fn list_workers(State(gw): State<Arc<Gateway>>) -> Response {
     let list: Vec<BackendInfo> = gw.registry.all().iter().map(|b| b.info()).collect();
     Json(json!({"workers": list})).into_response()
 }
@@ -97,10 +86,7 @@ fn check_url(url: &str) -> Result<(), ApiError> {
     }
 }
 
-async fn add_worker(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(e) = auth(&gw, &headers) {
-        return e.into_response();
-    }
+async fn add_worker(State(gw): State<Arc<Gateway>>, body: Bytes) -> Response {
     let b: WorkerBody = match parse_json(&body) {
         Ok(b) => b,
         Err(e) => return e.into_response(),
@@ -115,12 +101,8 @@ async fn add_worker(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: By
 
 async fn remove_worker(
     State(gw): State<Arc<Gateway>>,
-    headers: HeaderMap,
     Query(q): Query<BTreeMap<String, String>>,
 ) -> Response {
-    if let Err(e) = auth(&gw, &headers) {
-        return e.into_response();
-    }
     let Some(url) = q.get("url") else {
         return ApiError::invalid("url", "give the worker as ?url=...").into_response();
     };

@@ -50,7 +50,7 @@ pub struct RouterOptions {
     pub success_threshold: u32,
     /// Further workers tried after a refused connection or a 5xx answer.
     pub max_retries: usize,
-    /// Limit on one proxied request.
+    /// Longest wait for a worker's next bytes (its answer's head, or a stream's next event).
     pub request_timeout: Duration,
     /// When the routing policy is rolled back for faults.
     pub faults: FaultPolicy,
@@ -102,8 +102,10 @@ impl Gateway {
             options.fail_threshold.max(1),
             options.success_threshold.max(1),
         );
+        // A limit per read, not per answer: a stream may run for minutes while its
+        // events keep coming.
         let client = reqwest::Client::builder()
-            .timeout(options.request_timeout)
+            .read_timeout(options.request_timeout)
             .connect_timeout(Duration::from_secs(2))
             .pool_max_idle_per_host(64)
             .build()?;
@@ -138,6 +140,8 @@ impl Gateway {
             .route("/metrics", get(routes::metrics));
         let limits = &self.options.limits;
         limit_bodies(routes, limits, limits.max_body_bytes)
+            .fallback(crate::http::not_found)
+            .method_not_allowed_fallback(crate::http::method_not_allowed)
             .layer(axum::middleware::from_fn(crate::http::request_id))
             .with_state(self.clone())
     }

@@ -103,12 +103,29 @@ impl Gateway {
         if let Some(ct) = content_type {
             builder = builder.header(header::CONTENT_TYPE, ct);
         }
+        if let Some(retry) = r.headers().get(header::RETRY_AFTER) {
+            builder = builder.header(header::RETRY_AFTER, retry);
+        }
         builder = builder.header("x-locus-worker", guard.0.url.as_str());
         if is_stream {
             let done = StreamDone { guard, gw: self.clone(), endpoint, req_id: req.id, started };
-            let stream = r.bytes_stream().map(move |chunk| {
+            let url = done.guard.0.url.clone();
+            // A worker lost mid-stream: the client still gets an error event and `[DONE]`,
+            // not a cut connection.
+            let stream = r.bytes_stream().scan(false, move |failed, chunk| {
                 let _keep = &done;
-                chunk
+                let item = match chunk {
+                    _ if *failed => return futures_util::future::ready(None),
+                    Ok(bytes) => bytes,
+                    Err(e) => {
+                        *failed = true;
+                        tracing::warn!(worker = %url, error = %e, "stream from worker broke");
+                        let err = ApiError::new(StatusCode::BAD_GATEWAY, format!("{url}: {e}"));
+                        let json = serde_json::to_string(&err.body()).unwrap_or_default();
+                        Bytes::from(format!("\n\ndata: {json}\n\ndata: [DONE]\n\n"))
+                    }
+                };
+                futures_util::future::ready(Some(Ok::<_, std::convert::Infallible>(item)))
             });
             return builder
                 .body(Body::from_stream(stream))

@@ -1,6 +1,7 @@
 //! The worker's admin endpoints: flush both caches, show and swap the cache policy. With
 //! an admin token configured every one of them needs it; without one, swapping is
-//! disabled and flushing and showing stay open (SGLang's `/flush_cache` is open).
+//! disabled and flushing and showing stay open (SGLang's `/flush_cache` is open). The
+//! token is checked by a layer (see `Worker::router`), before any body is read.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -8,33 +9,19 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::Worker;
 use crate::api::ApiError;
-use crate::http::{Access, check_admin, uploaded_policy};
+use crate::http::uploaded_policy;
 
-fn auth(w: &Worker, headers: &HeaderMap, access: Access) -> Result<(), ApiError> {
-    check_admin(headers, w.options.admin_token.as_deref(), access)
-}
-
-pub(super) async fn flush_cache(State(w): State<Arc<Worker>>, headers: HeaderMap) -> Response {
-    if let Err(e) = auth(&w, &headers, Access::OpenWithoutToken) {
-        return e.into_response();
-    }
+pub(super) async fn flush_cache(State(w): State<Arc<Worker>>) -> Response {
     w.caches.flush();
     Json(json!({"flushed": true})).into_response()
 }
 
-pub(super) async fn cache_policy_info(
-    State(w): State<Arc<Worker>>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(e) = auth(&w, &headers, Access::OpenWithoutToken) {
-        return e.into_response();
-    }
+pub(super) async fn cache_policy_info(State(w): State<Arc<Worker>>) -> Response {
     Json(w.caches.info()).into_response()
 }
 
@@ -42,13 +29,9 @@ pub(super) async fn cache_policy_info(
 /// every other query parameter is a setting. Both cache levels change, or neither.
 pub(super) async fn swap_cache_policy(
     State(w): State<Arc<Worker>>,
-    headers: HeaderMap,
     Query(mut q): Query<BTreeMap<String, String>>,
     body: Bytes,
 ) -> Response {
-    if let Err(e) = auth(&w, &headers, Access::TokenRequired) {
-        return e.into_response();
-    }
     let source = match uploaded_policy(&body, &mut q) {
         Ok(s) => s,
         Err(e) => return e.into_response(),

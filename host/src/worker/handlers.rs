@@ -17,7 +17,7 @@ use crate::api::openai::{
     ChatChoice, ChatCompletion, ChatMessageOut, Completion, CompletionChoice, Usage,
 };
 use crate::api::sglang::{FinishReason, GenerateResponse, MetaInfo};
-use crate::api::{Endpoint, read_job};
+use crate::api::{ApiError, Endpoint, read_job};
 use crate::http::RequestId;
 
 pub(super) async fn generate(
@@ -68,8 +68,15 @@ async fn answer(w: Arc<Worker>, endpoint: Endpoint, rid: RequestId, body: Bytes)
     }
     let job = admitted.job.clone();
     let cancel = CancelOnDrop(Arc::new(AtomicBool::new(false)));
-    let result = w.execute(admitted, None, cancel.0.clone()).await;
-    w.metrics.record(endpoint, &result);
+    // A task of its own: if the client leaves, this handler is dropped, and the run
+    // (told by `cancel`) still ends, frees the model and is counted.
+    let (runner, flag) = (w.clone(), cancel.0.clone());
+    let run = tokio::spawn(async move {
+        let result = runner.execute(admitted, None, flag).await;
+        runner.metrics.record(endpoint, &result);
+        result
+    });
+    let result = run.await.unwrap_or_else(|e| Err(ApiError::internal(e.to_string())));
     match result {
         Ok(o) => {
             let answer = Answer { w: &w, id: &id, outcome: &o };

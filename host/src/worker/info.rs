@@ -42,7 +42,6 @@ pub(super) async fn server_info(State(w): State<Arc<Worker>>) -> Json<Value> {
         "response_cache": {"entries": entries, "bytes": bytes, "capacity_bytes": capacity},
         "prefix_cache": {"entries": prefix.entries, "bytes": prefix.bytes,
                           "capacity_bytes": prefix.capacity_bytes, "hit_tokens": prefix.hit_tokens},
-        "cache_policy": w.caches.info(),
     }))
 }
 
@@ -50,7 +49,7 @@ pub(super) async fn model_info(State(w): State<Arc<Worker>>) -> Json<Value> {
     let info = w.engine.model_info();
     let c = &info.config;
     Json(json!({
-        "served_model_name": info.source, "is_generation": true,
+        "served_model_name": info.name, "source": info.source, "is_generation": true,
         "parameters": info.parameters,
         "n_layer": c.n_layer, "n_embd": c.n_embd, "n_head": c.n_head,
         "n_positions": c.n_positions, "vocab_size": c.vocab_size,

@@ -4,7 +4,7 @@ use prometheus::{
     HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
-use super::run::Outcome;
+use super::run::{Finish, Outcome};
 use crate::api::{ApiError, Endpoint};
 
 pub(super) struct Metrics {
@@ -81,7 +81,9 @@ impl Metrics {
 
     /// Counts a request by its endpoint and status, and times a successful one.
     pub fn record(&self, endpoint: Endpoint, result: &Result<Outcome, ApiError>) {
+        // 499, as nginx logs it: the client closed the request before its answer.
         let status = match result {
+            Ok(o) if o.finish == Finish::Cancelled => "499".to_string(),
             Ok(_) => "200".to_string(),
             Err(e) => e.status.as_u16().to_string(),
         };

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use axum::Router;
+use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post, put};
 use locus_engine::Engine;
 use tokio::net::TcpListener;
@@ -32,6 +33,7 @@ pub use run::Finish;
 pub use stop::StopMatcher;
 
 use crate::api::Endpoint;
+use crate::http::{Access, AdminAuth, require_admin};
 use crate::policy::PolicySource;
 use crate::serve::{ServeLimits, limit_bodies, serve};
 use metrics::Metrics;
@@ -110,6 +112,7 @@ impl Worker {
     /// The HTTP routes.
     pub fn router(self: &Arc<Self>) -> Router {
         let limits = &self.options.limits;
+        let auth = |access| AdminAuth { token: self.options.admin_token.clone(), access };
         let api = Router::new()
             .route(Endpoint::Generate.path(), post(handlers::generate))
             .route(Endpoint::Completions.path(), post(handlers::completions))
@@ -120,18 +123,28 @@ impl Worker {
             .route("/get_server_info", get(info::server_info))
             .route("/model_info", get(info::model_info))
             .route("/get_model_info", get(info::model_info))
-            .route("/metrics", get(info::metrics))
+            .route("/metrics", get(info::metrics));
+        let open_admin = Router::new()
             .route("/flush_cache", post(admin::flush_cache))
-            .route("/admin/cache-policy", get(admin::cache_policy_info));
-        let upload = Router::new().route("/admin/cache-policy", put(admin::swap_cache_policy));
-        limit_bodies(api, limits, limits.max_body_bytes)
-            .merge(limit_bodies(upload, limits, self.options.max_upload_bytes))
+            .route("/admin/cache-policy", get(admin::cache_policy_info))
+            .layer(from_fn_with_state(auth(Access::OpenWithoutToken), require_admin));
+        // The token is checked before the body is read: an upload may be tens of MB.
+        let upload = limit_bodies(
+            Router::new().route("/admin/cache-policy", put(admin::swap_cache_policy)),
+            limits,
+            self.options.max_upload_bytes,
+        )
+        .layer(from_fn_with_state(auth(Access::TokenRequired), require_admin));
+        limit_bodies(api.merge(open_admin), limits, limits.max_body_bytes)
+            .merge(upload)
+            .fallback(crate::http::not_found)
+            .method_not_allowed_fallback(crate::http::method_not_allowed)
             .layer(axum::middleware::from_fn(crate::http::request_id))
             .with_state(self.clone())
     }
 
     fn model_name(&self) -> String {
-        self.engine.model_info().source.clone()
+        self.engine.model_info().name.clone()
     }
 }
 

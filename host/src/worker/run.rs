@@ -29,6 +29,13 @@ pub enum Finish {
     Cancelled,
 }
 
+/// A piece of generated text and the tokens generated so far.
+#[derive(Debug, Clone)]
+pub struct Piece {
+    pub text: String,
+    pub tokens: usize,
+}
+
 /// A finished request.
 #[derive(Debug, Clone)]
 pub struct Outcome {
@@ -56,6 +63,16 @@ enum Work {
     Run { ids: Vec<u32>, req: GenerateRequest },
 }
 
+impl Admitted {
+    /// Tokens in the prompt (known before anything runs).
+    pub fn prompt_tokens(&self) -> usize {
+        match &self.work {
+            Work::Hit(c) => c.prompt_tokens,
+            Work::Run { ids, .. } => ids.len(),
+        }
+    }
+}
+
 /// Sampled requests without a seed differ on every call, so they are never answered from
 /// the cache.
 fn cache_key(job: &Job) -> Option<u64> {
@@ -67,7 +84,9 @@ fn cache_key(job: &Job) -> Option<u64> {
         Prompt::Text(t) => (0u8, t).hash(&mut h),
         Prompt::Ids(ids) => (1u8, ids).hash(&mut h),
     }
-    (job.max_new_tokens, job.temperature.to_bits(), job.top_p.to_bits(), job.seed).hash(&mut h);
+    // Greedy decoding ignores the seed and top_p: equal greedy requests share an entry.
+    let (top_p, seed) = if job.temperature == 0.0 { (1.0, None) } else { (job.top_p, job.seed) };
+    (job.max_new_tokens, job.temperature.to_bits(), top_p.to_bits(), seed).hash(&mut h);
     (&job.stop, job.include_stop, job.ignore_eos).hash(&mut h);
     Some(h.finish())
 }
@@ -137,11 +156,14 @@ impl Worker {
     }
 
     /// Runs an admitted request. Text goes to `pieces` as it is produced (already cut at
-    /// stop sequences); the run ends early when `pieces` is closed or `cancel` is set.
+    /// stop sequences); the run ends early when `pieces` is closed or `cancel` is set, at
+    /// the next piece or before the prompt runs if it is still waiting for the model.
+    /// The channel is unbounded so that a client that reads slowly never blocks the
+    /// model (a generation is at most the context long).
     pub(crate) async fn execute(
         self: &Arc<Self>,
         a: Admitted,
-        pieces: Option<mpsc::Sender<String>>,
+        pieces: Option<mpsc::UnboundedSender<Piece>>,
         cancel: Arc<AtomicBool>,
     ) -> Result<Outcome, ApiError> {
         let Admitted { job, started, key, work, _permit } = a;
@@ -152,7 +174,8 @@ impl Worker {
                     .with_label_values(&["cached"])
                     .inc_by(hit.prompt_tokens as u64);
                 if let Some(tx) = pieces {
-                    let _ = tx.send(hit.text.clone()).await;
+                    let _ =
+                        tx.send(Piece { text: hit.text.clone(), tokens: hit.completion_tokens });
                 }
                 return Ok(Outcome {
                     text: hit.text,
@@ -172,17 +195,19 @@ impl Worker {
             let _permit = _permit;
             let mut matcher = StopMatcher::new(stops, include);
             let mut gone = false;
-            let send = |text: String, gone: &mut bool| {
-                if let Some(tx) = &pieces
-                    && !text.is_empty()
-                    && tx.blocking_send(text).is_err()
-                {
-                    *gone = true;
-                }
+            let send = |text: String, tokens: usize, gone: &mut bool| {
+                let closed = pieces.as_ref().is_some_and(|tx| {
+                    if text.is_empty() {
+                        tx.is_closed()
+                    } else {
+                        tx.send(Piece { text, tokens }).is_err()
+                    }
+                });
+                *gone |= closed;
             };
-            let g = engine.generate_until(&ids, &req, |piece| {
+            let g = engine.generate_until(&ids, &req, |piece, tokens| {
                 let out = matcher.push(piece);
-                send(out, &mut gone);
+                send(out, tokens, &mut gone);
                 gone |= cancel.load(Ordering::Relaxed);
                 if gone || matcher.matched().is_some() {
                     ControlFlow::Break(())
@@ -191,7 +216,8 @@ impl Worker {
                 }
             });
             let tail = matcher.finish();
-            send(tail, &mut gone);
+            let tokens = g.as_ref().map_or(0, |g| g.completion_tokens);
+            send(tail, tokens, &mut gone);
             g.map(|g| (g, matcher, gone))
         })
         .await

@@ -1,11 +1,11 @@
 //! Answers as Server-Sent Events, in each API's streaming shape: SGLang's `/generate`
 //! sends the whole text so far in every event, OpenAI's endpoints send chunks of new text;
 //! all end with `data: [DONE]`. A client that goes away closes the event channel, which
-//! stops the generation at its next piece.
+//! stops the generation at its next piece (or before its prompt runs, if it is waiting).
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
@@ -15,13 +15,14 @@ use tokio::sync::mpsc;
 
 use super::Worker;
 use super::handlers::{Answer, now};
-use super::run::Admitted;
-use crate::api::Endpoint;
+use super::run::{Admitted, Piece};
 use crate::api::openai::{ChatChoice, ChatCompletion, ChatDelta, Completion, CompletionChoice};
 use crate::api::sglang::GenerateResponse;
+use crate::api::{ApiError, Endpoint};
 
-/// An intermediate `/generate` event: the text so far, and `meta_info` with only the id
-/// and a null finish reason (the counts are not known until the end).
+/// An intermediate `/generate` event: the text so far, and `meta_info` with the counts
+/// known so far (SGLang's clients read `completion_tokens` from every event) and a null
+/// finish reason. `cached_tokens` is only known at the end, so it is absent until then.
 #[derive(Serialize)]
 struct GenerateChunk<'a> {
     text: &'a str,
@@ -32,6 +33,8 @@ struct GenerateChunk<'a> {
 struct ChunkMeta<'a> {
     id: &'a str,
     finish_reason: Option<()>,
+    prompt_tokens: usize,
+    completion_tokens: usize,
 }
 
 fn event(v: &impl Serialize) -> Event {
@@ -44,6 +47,7 @@ struct Chunks {
     id: String,
     model: String,
     created: u64,
+    prompt_tokens: usize,
     text: String,
     leading: bool,
 }
@@ -92,13 +96,18 @@ impl Chunks {
     }
 
     /// The event for a new piece of text, if it carries any.
-    fn piece(&mut self, piece: &str) -> Option<Event> {
+    fn piece(&mut self, piece: &str, tokens: usize) -> Option<Event> {
         match self.endpoint {
             Endpoint::Generate => {
                 self.text.push_str(piece);
                 Some(event(&GenerateChunk {
                     text: &self.text,
-                    meta_info: ChunkMeta { id: &self.id, finish_reason: None },
+                    meta_info: ChunkMeta {
+                        id: &self.id,
+                        finish_reason: None,
+                        prompt_tokens: self.prompt_tokens,
+                        completion_tokens: tokens,
+                    },
                 }))
             }
             Endpoint::Completions => Some(event(&self.completion(vec![CompletionChoice {
@@ -167,6 +176,7 @@ pub(super) fn respond(w: Arc<Worker>, a: Admitted, id: String) -> Response {
         id,
         model: w.model_name(),
         created: now(),
+        prompt_tokens: a.prompt_tokens(),
         text: String::new(),
         leading: true,
     };
@@ -176,23 +186,33 @@ pub(super) fn respond(w: Arc<Worker>, a: Admitted, id: String) -> Response {
         {
             return;
         }
-        let (pieces, mut piece_rx) = mpsc::channel::<String>(64);
-        let runner = w.clone();
+        let (pieces, mut piece_rx) = mpsc::unbounded_channel::<Piece>();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let (runner, flag) = (w.clone(), cancel.clone());
         let run = tokio::spawn(async move {
-            runner.execute(a, Some(pieces), Arc::new(AtomicBool::new(false))).await
+            let result = runner.execute(a, Some(pieces), flag).await;
+            runner.metrics.record(endpoint, &result);
+            result
         });
-        while let Some(piece) = piece_rx.recv().await {
-            if let Some(e) = chunks.piece(&piece)
+        loop {
+            let piece = tokio::select! {
+                p = piece_rx.recv() => p,
+                // The client left while nothing was being sent (the request may still be
+                // waiting for the model): tell the run at once.
+                () = events.closed() => None,
+            };
+            let Some(piece) = piece else { break };
+            if let Some(e) = chunks.piece(&piece.text, piece.tokens)
                 && events.send(e).await.is_err()
             {
-                // The client is gone: closing the piece channel stops the generation.
                 break;
             }
         }
+        if events.is_closed() {
+            cancel.store(true, Ordering::Relaxed);
+        }
         drop(piece_rx);
-        let result =
-            run.await.unwrap_or_else(|e| Err(crate::api::ApiError::internal(e.to_string())));
-        w.metrics.record(endpoint, &result);
+        let result = run.await.unwrap_or_else(|e| Err(ApiError::internal(e.to_string())));
         let last = match &result {
             Ok(o) => chunks.finish(&Answer { w: &w, id: &chunks.id, outcome: o }, include_usage),
             Err(e) => vec![event(&e.body())],
