@@ -219,7 +219,7 @@ pub(crate) fn stops(stop: Option<OneOrMany<String>>, param: &str) -> Result<Vec<
 /// Sampling knobs that the field's servers offer and locus does not implement. Each is
 /// accepted at its neutral value (which changes nothing) and refused otherwise, because
 /// ignoring it would silently change the answer.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default)]
 pub(crate) struct Unsupported {
     pub n: Option<u32>,
     pub best_of: Option<u32>,
@@ -236,6 +236,57 @@ pub(crate) struct Unsupported {
     pub regex: Option<String>,
     pub ebnf: Option<String>,
 }
+
+/// Declares a request struct with its own fields plus those of [`Unsupported`], read by
+/// serde directly: `#[serde(flatten)]` would hide unknown fields from the debug log and
+/// the field's path from type errors.
+macro_rules! with_unsupported {
+    ($(#[$meta:meta])* pub struct $name:ident {
+        $($(#[$fmeta:meta])* pub $field:ident : $ty:ty,)*
+    }) => {
+        $(#[$meta])*
+        pub struct $name {
+            $($(#[$fmeta])* pub $field: $ty,)*
+            pub(crate) n: Option<u32>,
+            pub(crate) best_of: Option<u32>,
+            pub(crate) top_k: Option<i64>,
+            pub(crate) min_p: Option<f64>,
+            pub(crate) presence_penalty: Option<f64>,
+            pub(crate) frequency_penalty: Option<f64>,
+            pub(crate) repetition_penalty: Option<f64>,
+            pub(crate) min_tokens: Option<u32>,
+            pub(crate) min_new_tokens: Option<u32>,
+            pub(crate) stop_token_ids: Option<Vec<u32>>,
+            pub(crate) logit_bias: Option<serde_json::Map<String, serde_json::Value>>,
+            pub(crate) json_schema: Option<String>,
+            pub(crate) regex: Option<String>,
+            pub(crate) ebnf: Option<String>,
+        }
+
+        impl $name {
+            /// Its knobs that locus does not implement.
+            pub(crate) fn unsupported(&self) -> $crate::api::job::Unsupported {
+                $crate::api::job::Unsupported {
+                    n: self.n,
+                    best_of: self.best_of,
+                    top_k: self.top_k,
+                    min_p: self.min_p,
+                    presence_penalty: self.presence_penalty,
+                    frequency_penalty: self.frequency_penalty,
+                    repetition_penalty: self.repetition_penalty,
+                    min_tokens: self.min_tokens,
+                    min_new_tokens: self.min_new_tokens,
+                    stop_token_ids: self.stop_token_ids.clone(),
+                    logit_bias: self.logit_bias.clone(),
+                    json_schema: self.json_schema.clone(),
+                    regex: self.regex.clone(),
+                    ebnf: self.ebnf.clone(),
+                }
+            }
+        }
+    };
+}
+pub(crate) use with_unsupported;
 
 impl Unsupported {
     /// Refuses the first knob set to a value that would change the answer. `prefix` is

@@ -68,6 +68,12 @@ mod tests {
             (Endpoint::Generate, r#"{"sampling_params": {}}"#, "text"),
             (Endpoint::Generate, r#"{"text": ""}"#, "text"),
             (Endpoint::Completions, r#"{"prompt": "a", "n": 3}"#, "n"),
+            (Endpoint::Completions, r#"{"prompt": "a", "n": "2"}"#, "n"),
+            (
+                Endpoint::Generate,
+                r#"{"text": "a", "sampling_params": {"top_k": "x"}}"#,
+                "sampling_params.top_k",
+            ),
             (Endpoint::Completions, r#"{"prompt": "a", "logprobs": 2}"#, "logprobs"),
             (Endpoint::Completions, r#"{"prompt": "a", "echo": true}"#, "echo"),
             (Endpoint::Completions, r#"{"prompt": "a", "best_of": 2}"#, "best_of"),

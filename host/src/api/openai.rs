@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::ApiError;
 use super::chat::{self, ChatMessage};
-use super::job::{Endpoint, Job, OneOrMany, Prompt, Unsupported, nullable, seed, stops};
+use super::job::{Endpoint, Job, OneOrMany, Prompt, nullable, seed, stops, with_unsupported};
 use super::sglang::MetaInfo;
 
 /// `stream_options`.
@@ -33,6 +33,7 @@ pub enum CompletionPrompt {
     IdLists(Vec<Vec<u32>>),
 }
 
+with_unsupported! {
 /// A `/v1/completions` request.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -67,14 +68,14 @@ pub struct CompletionRequest {
     pub echo: bool,
     /// Text after the completion: refused when given.
     pub suffix: Option<String>,
-    #[serde(flatten)]
-    pub(crate) unsupported: Unsupported,
+}
 }
 
 impl CompletionRequest {
     /// Checks the request and turns it into a [`Job`].
     pub fn into_job(self) -> Result<Job, ApiError> {
-        self.unsupported.check("")?;
+        let unsupported = self.unsupported();
+        unsupported.check("")?;
         if self.logprobs.as_ref().is_some_and(|v| !v.is_null()) {
             return Err(ApiError::unsupported("logprobs", "log probabilities are not implemented"));
         }
@@ -110,8 +111,7 @@ impl CompletionRequest {
         if let Some(n) = self.max_tokens {
             job.max_new_tokens = n;
         }
-        job.temperature =
-            if self.unsupported.greedy() { 0.0 } else { self.temperature.unwrap_or(0.0) };
+        job.temperature = if unsupported.greedy() { 0.0 } else { self.temperature.unwrap_or(0.0) };
         job.top_p = self.top_p.unwrap_or(1.0);
         job.seed = self.seed;
         job.stop = stops(self.stop, "stop")?;
@@ -122,6 +122,7 @@ impl CompletionRequest {
     }
 }
 
+with_unsupported! {
 /// A `/v1/chat/completions` request.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -158,14 +159,14 @@ pub struct ChatCompletionRequest {
     pub tools: Option<Vec<Value>>,
     /// Output format: only `{"type": "text"}` is served.
     pub response_format: Option<Value>,
-    #[serde(flatten)]
-    pub(crate) unsupported: Unsupported,
+}
 }
 
 impl ChatCompletionRequest {
     /// Checks the request, renders the conversation, and turns it into a [`Job`].
     pub fn into_job(self) -> Result<Job, ApiError> {
-        self.unsupported.check("")?;
+        let unsupported = self.unsupported();
+        unsupported.check("")?;
         if self.logprobs {
             return Err(ApiError::unsupported("logprobs", "log probabilities are not implemented"));
         }
@@ -187,8 +188,7 @@ impl ChatCompletionRequest {
         if let Some(n) = self.max_completion_tokens.or(self.max_tokens) {
             job.max_new_tokens = n;
         }
-        job.temperature =
-            if self.unsupported.greedy() { 0.0 } else { self.temperature.unwrap_or(0.0) };
+        job.temperature = if unsupported.greedy() { 0.0 } else { self.temperature.unwrap_or(0.0) };
         job.top_p = self.top_p.unwrap_or(1.0);
         job.seed = self.seed;
         job.stop = stops(self.stop, "stop")?;

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::ApiError;
-use super::job::{Endpoint, Job, OneOrMany, Prompt, Unsupported, nullable, seed, stops};
+use super::job::{Endpoint, Job, OneOrMany, Prompt, nullable, seed, stops, with_unsupported};
 
 /// A `/generate` request. Fields SGLang takes and locus does not know are ignored; the
 /// ones that would change the answer are refused (see [`GenerateRequest::into_job`]).
@@ -43,6 +43,7 @@ pub struct GenerateRequest {
     pub custom_logit_processor: Option<Value>,
 }
 
+with_unsupported! {
 /// SGLang's `sampling_params`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -67,8 +68,7 @@ pub struct SamplingParams {
     /// Generate past end-of-text.
     #[serde(deserialize_with = "nullable")]
     pub ignore_eos: bool,
-    #[serde(flatten)]
-    pub(crate) unsupported: Unsupported,
+}
 }
 
 impl GenerateRequest {
@@ -126,12 +126,12 @@ impl GenerateRequest {
             return Err(ApiError::invalid(job.param("prompt"), "the prompt is empty"));
         }
         let sp = self.sampling_params.unwrap_or_default();
-        sp.unsupported.check("sampling_params.")?;
+        sp.unsupported().check("sampling_params.")?;
         if let Some(n) = sp.max_new_tokens {
             job.max_new_tokens = n;
         }
         job.temperature = sp.temperature.unwrap_or(0.0);
-        if sp.unsupported.greedy() {
+        if sp.unsupported().greedy() {
             job.temperature = 0.0;
         }
         job.top_p = sp.top_p.unwrap_or(1.0);
