@@ -53,16 +53,15 @@ pub struct AdminTokenArg {
 /// Connection and body limits of a server.
 #[derive(Args, Clone)]
 pub struct ServeArgs {
-    /// Seconds a client has to send a request's head (request line and headers).
+    /// Seconds a client has to send a request's head (request line and headers), counted
+    /// from the connection's start or the end of its previous answer: an idle keep-alive
+    /// connection is closed after this too.
     #[arg(long, default_value_t = 10)]
     pub header_timeout_s: u64,
     /// Seconds a client has to send a request's body once its head has arrived
     /// (slower clients get 408 and the connection is closed).
     #[arg(long, default_value_t = 30)]
     pub body_timeout_s: u64,
-    /// Seconds an idle keep-alive connection is kept open.
-    #[arg(long, default_value_t = 60)]
-    pub idle_timeout_s: u64,
     /// Largest request body in bytes (larger ones get 413 before they are read).
     #[arg(long, default_value_t = 4 << 20)]
     pub max_body_bytes: usize,
@@ -76,7 +75,6 @@ impl ServeArgs {
         ServeLimits {
             header_read_timeout: Duration::from_secs(self.header_timeout_s.max(1)),
             body_read_timeout: Duration::from_secs(self.body_timeout_s.max(1)),
-            idle_timeout: Duration::from_secs(self.idle_timeout_s.max(1)),
             max_body_bytes: self.max_body_bytes.max(1024),
         }
     }

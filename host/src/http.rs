@@ -3,7 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Request, State};
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -97,24 +98,44 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The id of the request being served (the client's `X-Request-Id`, or a new one).
+/// The id of the request being served: the client's `X-Request-Id` (printable ASCII, at
+/// most 128 bytes), or a new one. An extractor rather than a middleware layer, so that
+/// only the generation endpoints pay for it; their handlers return it with [`tagged`].
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
-/// Takes the client's `X-Request-Id` (printable ASCII, at most 128 bytes) or makes one,
-/// hands it to the handler as [`RequestId`] and returns it on the answer.
-pub async fn request_id(mut req: Request, next: Next) -> Response {
-    let given = req
-        .headers()
-        .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_string);
-    let id = given.unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
-    let value = HeaderValue::from_str(&id).ok();
-    req.extensions_mut().insert(RequestId(id));
-    let mut resp = next.run(req).await;
-    if let Some(v) = value {
+impl RequestId {
+    /// The id in `headers`, or a new one: a per-process random prefix and a counter, as
+    /// unique as a random id and cheaper to make.
+    pub fn from_headers(headers: &HeaderMap) -> Self {
+        static PREFIX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let given = headers
+            .get(REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()));
+        match given {
+            Some(id) => Self(id.to_string()),
+            None => {
+                let prefix = *PREFIX.get_or_init(rand::random::<u64>);
+                let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Self(format!("{prefix:016x}{n:016x}"))
+            }
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestId {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self::from_headers(&parts.headers))
+    }
+}
+
+/// `resp` with the request's id in its `X-Request-Id` header.
+pub fn tagged(mut resp: Response, id: &RequestId) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&id.0) {
         resp.headers_mut().insert(REQUEST_ID, v);
     }
     resp

@@ -142,7 +142,6 @@ impl Gateway {
         limit_bodies(routes, limits, limits.max_body_bytes)
             .fallback(crate::http::not_found)
             .method_not_allowed_fallback(crate::http::method_not_allowed)
-            .layer(axum::middleware::from_fn(crate::http::request_id))
             .with_state(self.clone())
     }
 }

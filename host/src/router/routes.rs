@@ -5,47 +5,36 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Extension, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::Gateway;
 use crate::api::{ApiError, Endpoint, read_job};
-use crate::http::{RequestId, render_metrics};
+use crate::http::{RequestId, render_metrics, tagged};
 
 async fn route(gw: Arc<Gateway>, endpoint: Endpoint, id: RequestId, body: Bytes) -> Response {
-    match read_job(endpoint, &body) {
+    let resp = match read_job(endpoint, &body) {
         Ok(job) => gw.forward(&job, &id.0, body).await,
         Err(e) => {
             gw.metrics.requests.with_label_values(&[endpoint.name(), e.status.as_str()]).inc();
             e.into_response()
         }
-    }
+    };
+    tagged(resp, &id)
 }
 
-pub(super) async fn generate(
-    gw: State<Arc<Gateway>>,
-    id: Extension<RequestId>,
-    body: Bytes,
-) -> Response {
-    route(gw.0, Endpoint::Generate, id.0, body).await
+pub(super) async fn generate(gw: State<Arc<Gateway>>, id: RequestId, body: Bytes) -> Response {
+    route(gw.0, Endpoint::Generate, id, body).await
 }
 
-pub(super) async fn completions(
-    gw: State<Arc<Gateway>>,
-    id: Extension<RequestId>,
-    body: Bytes,
-) -> Response {
-    route(gw.0, Endpoint::Completions, id.0, body).await
+pub(super) async fn completions(gw: State<Arc<Gateway>>, id: RequestId, body: Bytes) -> Response {
+    route(gw.0, Endpoint::Completions, id, body).await
 }
 
-pub(super) async fn chat(
-    gw: State<Arc<Gateway>>,
-    id: Extension<RequestId>,
-    body: Bytes,
-) -> Response {
-    route(gw.0, Endpoint::Chat, id.0, body).await
+pub(super) async fn chat(gw: State<Arc<Gateway>>, id: RequestId, body: Bytes) -> Response {
+    route(gw.0, Endpoint::Chat, id, body).await
 }
 
 /// The first healthy worker's model list.

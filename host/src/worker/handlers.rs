@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Extension, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
@@ -18,26 +18,18 @@ use crate::api::openai::{
 };
 use crate::api::sglang::{FinishReason, GenerateResponse, MetaInfo};
 use crate::api::{ApiError, Endpoint, read_job};
-use crate::http::RequestId;
+use crate::http::{RequestId, tagged};
 
-pub(super) async fn generate(
-    w: State<Arc<Worker>>,
-    id: Extension<RequestId>,
-    body: Bytes,
-) -> Response {
-    answer(w.0, Endpoint::Generate, id.0, body).await
+pub(super) async fn generate(w: State<Arc<Worker>>, id: RequestId, body: Bytes) -> Response {
+    answer(w.0, Endpoint::Generate, id, body).await
 }
 
-pub(super) async fn completions(
-    w: State<Arc<Worker>>,
-    id: Extension<RequestId>,
-    body: Bytes,
-) -> Response {
-    answer(w.0, Endpoint::Completions, id.0, body).await
+pub(super) async fn completions(w: State<Arc<Worker>>, id: RequestId, body: Bytes) -> Response {
+    answer(w.0, Endpoint::Completions, id, body).await
 }
 
-pub(super) async fn chat(w: State<Arc<Worker>>, id: Extension<RequestId>, body: Bytes) -> Response {
-    answer(w.0, Endpoint::Chat, id.0, body).await
+pub(super) async fn chat(w: State<Arc<Worker>>, id: RequestId, body: Bytes) -> Response {
+    answer(w.0, Endpoint::Chat, id, body).await
 }
 
 /// Sets its flag when dropped: a handler future dropped before it finished means that its
@@ -51,6 +43,11 @@ impl Drop for CancelOnDrop {
 }
 
 async fn answer(w: Arc<Worker>, endpoint: Endpoint, rid: RequestId, body: Bytes) -> Response {
+    let resp = respond(w, endpoint, &rid, body).await;
+    tagged(resp, &rid)
+}
+
+async fn respond(w: Arc<Worker>, endpoint: Endpoint, rid: &RequestId, body: Bytes) -> Response {
     let admitted = match read_job(endpoint, &body) {
         Ok(job) => w.admit(job).await,
         Err(e) => Err(e),
@@ -62,7 +59,7 @@ async fn answer(w: Arc<Worker>, endpoint: Endpoint, rid: RequestId, body: Bytes)
             return e.into_response();
         }
     };
-    let id = admitted.job.rid.clone().unwrap_or(rid.0);
+    let id = admitted.job.rid.clone().unwrap_or_else(|| rid.0.clone());
     if admitted.job.stream {
         return stream::respond(w, admitted, id);
     }

@@ -139,7 +139,6 @@ impl Worker {
             .merge(upload)
             .fallback(crate::http::not_found)
             .method_not_allowed_fallback(crate::http::method_not_allowed)
-            .layer(axum::middleware::from_fn(crate::http::request_id))
             .with_state(self.clone())
     }
 
