@@ -43,9 +43,9 @@ for bin in "${BINS[@]}"; do
   pid=$!
   for _ in $(seq 600); do curl -sf http://127.0.0.1:18000/health >/dev/null && break; sleep 0.2; done
   wrk -t1 -c4 -d3s -s "$W/post.lua" http://127.0.0.1:18000/generate >/dev/null
-  callgrind_control -z $pid >/dev/null
+  callgrind_control -z $pid >/dev/null 2>&1
   n=$(wrk -t1 -c4 -d"${DUR}s" -s "$W/post.lua" http://127.0.0.1:18000/generate | awk '/requests in/ {print $1}')
-  callgrind_control -d $pid >/dev/null
+  callgrind_control -d $pid >/dev/null 2>&1
   sleep 1
   kill $pid; wait $pid 2>/dev/null || true
   ir=$(grep -hE "^(summary|totals):" "$W"/cg.$pid.* | head -1 | awk '{print $2}')

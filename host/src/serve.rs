@@ -141,10 +141,16 @@ async fn buffer_body(State(limits): State<ServeLimits>, req: Request, next: Next
         );
     }
     let (parts, body) = req.into_parts();
-    // `declared` is at most `max` here.
-    // Grown as bytes arrive, not reserved on the client's word.
+    // `declared` is at most `max` here; the buffer grows as bytes arrive rather than being
+    // reserved on the client's word.
     let capacity = declared.map_or(0, |len| (len as usize).min(64 << 10));
-    match tokio::time::timeout(limits.body_read_timeout, read_body(body, max, capacity)).await {
+    // Most bodies arrive with their head: read them without arming a timer.
+    let mut read = std::pin::pin!(read_body(body, max, capacity));
+    let read = match futures_util::FutureExt::now_or_never(&mut read) {
+        Some(done) => Ok(done),
+        None => tokio::time::timeout(limits.body_read_timeout, read).await,
+    };
+    match read {
         Ok(Ok(bytes)) => next.run(Request::from_parts(parts, Body::from(bytes))).await,
         Ok(Err(BodyError::TooLarge)) => closing(
             StatusCode::PAYLOAD_TOO_LARGE,
