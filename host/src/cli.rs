@@ -26,7 +26,8 @@ pub enum Command {
     /// Start a local cluster: N workers and a router, in one process, with the offline
     /// synthetic distilgpt2 by default (no download).
     Run(RunArgs),
-    /// Serve one model over HTTP (/generate, /v1/completions, /health, /metrics, ...).
+    /// Serve one model over HTTP: SGLang's /generate, OpenAI's /v1/completions and
+    /// /v1/chat/completions, /health, /metrics, ...
     Worker(WorkerArgs),
     /// Route requests to workers with a routing policy component.
     Router(RouterArgs),
@@ -44,9 +45,15 @@ pub enum Command {
 /// The admin token, shared by every command that serves or calls an admin API.
 #[derive(Args, Clone, Default)]
 pub struct AdminTokenArg {
-    /// Bearer token of the admin APIs (routers and workers). A server without one
-    /// disables its state-changing admin endpoints.
-    #[arg(long = "admin-token", env = "LOCUS_ADMIN_TOKEN", hide_env_values = true)]
+    /// Bearer token of the admin APIs. A router without one disables its admin API; a
+    /// worker without one disables cache-policy swaps (flush and info stay open, as
+    /// SGLang's are). With one, every admin endpoint needs it.
+    #[arg(
+        long = "admin-token",
+        env = "LOCUS_ADMIN_TOKEN",
+        hide_env_values = true,
+        value_parser = clap::builder::NonEmptyStringValueParser::new()
+    )]
     pub token: Option<String>,
 }
 
@@ -206,8 +213,6 @@ impl RoutingArgs {
 
 #[derive(Args)]
 pub struct RunArgs {
-    #[command(flatten)]
-    pub serve: ServeArgs,
     /// Number of workers.
     #[arg(long, default_value_t = 3)]
     pub workers: usize,
@@ -228,12 +233,12 @@ pub struct RunArgs {
     pub routing: RoutingArgs,
     #[command(flatten)]
     pub cache: CacheArgs,
+    #[command(flatten)]
+    pub serve: ServeArgs,
 }
 
 #[derive(Args)]
 pub struct WorkerArgs {
-    #[command(flatten)]
-    pub serve: ServeArgs,
     /// Port to listen on.
     #[arg(long, default_value_t = 8001)]
     pub port: u16,
@@ -249,12 +254,12 @@ pub struct WorkerArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub cache: CacheArgs,
+    #[command(flatten)]
+    pub serve: ServeArgs,
 }
 
 #[derive(Args)]
 pub struct RouterArgs {
-    #[command(flatten)]
-    pub serve: ServeArgs,
     /// Port to listen on.
     #[arg(long, default_value_t = 8000)]
     pub port: u16,
@@ -271,6 +276,8 @@ pub struct RouterArgs {
     pub admin_token: AdminTokenArg,
     #[command(flatten)]
     pub routing: RoutingArgs,
+    #[command(flatten)]
+    pub serve: ServeArgs,
 }
 
 #[derive(Args)]
