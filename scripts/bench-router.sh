@@ -20,34 +20,8 @@ for tool in nginx wrk "$LOCUS"; do
   command -v "$tool" >/dev/null || [ -x "$tool" ] || { echo "missing $tool (see the header of $0)" >&2; exit 1; }
 done
 
-cat > "$WORK/nginx.conf" <<NGINX
-worker_processes 1;
-pid $WORK/nginx.pid;
-error_log $WORK/error.log;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  client_body_temp_path $WORK;
-  proxy_temp_path $WORK;
-  fastcgi_temp_path $WORK;
-  uwsgi_temp_path $WORK;
-  scgi_temp_path $WORK;
-  server {
-    listen 127.0.0.1:$BACKEND_PORT;
-    location / {
-      default_type application/json;
-      return 200 '{"text":"ok","meta_info":{"prompt_tokens":8,"completion_tokens":1,"cached_tokens":0,"cache_hit":false,"worker_id":"static","e2e_latency":0.0}}';
-    }
-  }
-}
-NGINX
-nginx -c "$WORK/nginx.conf"
-
-cat > "$WORK/post.lua" <<'LUA'
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.body = '{"text": "You are a helpful assistant. What is cache-aware routing?", "sampling_params": {"max_new_tokens": 16}}'
-LUA
+source scripts/static-backend.sh
+static_backend "$WORK" $BACKEND_PORT
 
 # rps URL CONNECTIONS -> requests/s
 rps() { wrk -t2 -c"$2" -d"${DUR}s" -s "$WORK/post.lua" "$1" | awk '/Requests\/sec/ {print $2}'; }

@@ -12,29 +12,8 @@ DUR=${1:-10}; shift || true
 BINS=("$@"); [ ${#BINS[@]} -eq 0 ] && BINS=(target/release/locus)
 W=$(mktemp -d)
 trap '[ -f $W/nginx.pid ] && kill $(cat $W/nginx.pid) 2>/dev/null || true; rm -rf $W' EXIT
-cat > "$W/nginx.conf" <<NGINX
-worker_processes 1;
-pid $W/nginx.pid;
-error_log $W/error.log;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  client_body_temp_path $W; proxy_temp_path $W; fastcgi_temp_path $W; uwsgi_temp_path $W; scgi_temp_path $W;
-  server {
-    listen 127.0.0.1:18080;
-    location / {
-      default_type application/json;
-      return 200 '{"text":"ok","meta_info":{"prompt_tokens":8,"completion_tokens":1,"cached_tokens":0,"cache_hit":false,"worker_id":"static","e2e_latency":0.0}}';
-    }
-  }
-}
-NGINX
-nginx -c "$W/nginx.conf"
-cat > "$W/post.lua" <<'LUA'
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.body = '{"text": "You are a helpful assistant. What is cache-aware routing?", "sampling_params": {"max_new_tokens": 16}}'
-LUA
+source scripts/static-backend.sh
+static_backend "$W" 18080
 echo "| binary | requests | instructions per request |"
 echo "|---|---:|---:|"
 for bin in "${BINS[@]}"; do

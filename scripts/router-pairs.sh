@@ -11,29 +11,8 @@ set -euo pipefail
 BASE=$1; CAND=$2; PAIRS=${3:-12}; DUR=${4:-5}
 W=$(mktemp -d)
 trap '[ -f $W/nginx.pid ] && kill $(cat $W/nginx.pid) 2>/dev/null || true; rm -rf $W' EXIT
-cat > "$W/nginx.conf" <<NGINX
-worker_processes 1;
-pid $W/nginx.pid;
-error_log $W/error.log;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  client_body_temp_path $W; proxy_temp_path $W; fastcgi_temp_path $W; uwsgi_temp_path $W; scgi_temp_path $W;
-  server {
-    listen 127.0.0.1:18080;
-    location / {
-      default_type application/json;
-      return 200 '{"text":"ok","meta_info":{"prompt_tokens":8,"completion_tokens":1,"cached_tokens":0,"cache_hit":false,"worker_id":"static","e2e_latency":0.0}}';
-    }
-  }
-}
-NGINX
-nginx -c "$W/nginx.conf"
-cat > "$W/post.lua" <<'LUA'
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.body = '{"text": "You are a helpful assistant. What is cache-aware routing?", "sampling_params": {"max_new_tokens": 16}}'
-LUA
+source "$(dirname "${BASH_SOURCE[0]}")/static-backend.sh"
+static_backend "$W" 18080
 # run BIN -> "req/s cpu-us-per-request"
 run() {
   "$1" router --port 18000 --admin-addr 127.0.0.1:18100 --workers http://127.0.0.1:18080 \

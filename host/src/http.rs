@@ -177,9 +177,21 @@ pub fn uploaded_policy(
     }
 }
 
-/// 400 for a component that failed to load; the serving policy is unchanged.
-pub fn rejected_policy(e: &LoadError) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, e.to_string()).with_code("policy_rejected")
+/// Runs a policy swap off the async threads (compiling takes tens of milliseconds) and
+/// answers it: `{"swapped": true, "policy": ...}`, or 400 `policy_rejected` with the
+/// serving policy unchanged.
+pub async fn swap_policy<T: serde::Serialize + Send + 'static>(
+    swap: impl FnOnce() -> Result<T, LoadError> + Send + 'static,
+) -> Response {
+    match tokio::task::spawn_blocking(swap).await {
+        Ok(Ok(info)) => {
+            axum::Json(serde_json::json!({"swapped": true, "policy": info})).into_response()
+        }
+        Ok(Err(e)) => ApiError::new(StatusCode::BAD_REQUEST, e.to_string())
+            .with_code("policy_rejected")
+            .into_response(),
+        Err(e) => ApiError::internal(e.to_string()).into_response(),
+    }
 }
 
 /// A registry holding `collectors` (metric names are fixed at build time, so a clash is a

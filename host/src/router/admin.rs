@@ -16,7 +16,8 @@ use serde_json::json;
 
 use super::{BackendInfo, Gateway};
 use crate::http::{
-    Access, AdminAuth, ApiError, parse_json, rejected_policy, require_admin, uploaded_policy,
+    Access, AdminAuth, ApiError, parse_json, require_admin, swap_policy as run_swap,
+    uploaded_policy,
 };
 use crate::policy::LoadOptions;
 use crate::serve::limit_bodies;
@@ -55,14 +56,7 @@ async fn swap_policy(
         Err(e) => return e.into_response(),
     };
     let opts = LoadOptions::with_settings(q.into_iter().collect());
-    let gw2 = gw.clone();
-    // Compiling takes tens of milliseconds: keep it off the async threads.
-    let result = tokio::task::spawn_blocking(move || gw2.policy.swap(&source, &opts)).await;
-    match result {
-        Ok(Ok(info)) => Json(json!({"swapped": true, "policy": info})).into_response(),
-        Ok(Err(e)) => rejected_policy(&e).into_response(),
-        Err(e) => ApiError::internal(e.to_string()).into_response(),
-    }
+    run_swap(move || gw.policy.swap(&source, &opts)).await
 }
 
 async fn rollback(State(gw): State<Arc<Gateway>>) -> Response {

@@ -13,7 +13,6 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::Worker;
-use crate::api::ApiError;
 use crate::http::uploaded_policy;
 
 pub(super) async fn flush_cache(State(w): State<Arc<Worker>>) -> Response {
@@ -37,12 +36,5 @@ pub(super) async fn swap_cache_policy(
         Err(e) => return e.into_response(),
     };
     let settings: Vec<(String, String)> = q.into_iter().collect();
-    let worker = w.clone();
-    // Compiling takes tens of milliseconds: keep it off the async threads.
-    let result = tokio::task::spawn_blocking(move || worker.caches.swap(&source, &settings)).await;
-    match result {
-        Ok(Ok(info)) => Json(json!({"swapped": true, "policy": info})).into_response(),
-        Ok(Err(e)) => crate::http::rejected_policy(&e).into_response(),
-        Err(e) => ApiError::internal(e.to_string()).into_response(),
-    }
+    crate::http::swap_policy(move || w.caches.swap(&source, &settings)).await
 }
