@@ -209,6 +209,16 @@ async fn what_peer_routers_and_clients_add_is_accepted_and_request_ids_travel() 
     assert_eq!(a.meta_info.completion_tokens, 3);
     let f = a.meta_info.finish_reason.unwrap();
     assert_eq!((f.kind.as_str(), f.length), ("length", Some(3)));
+    // The router passes the id on: the worker answers with it.
+    let r = http
+        .post(&url)
+        .header("x-request-id", "abc-456")
+        .json(&json!({"text": "hello", "sampling_params": {"max_new_tokens": 1}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "abc-456");
+    assert_eq!(r.json::<GenerateResponse>().await.unwrap().meta_info.id, "abc-456");
     // Without an id, one is made and returned, and it is the completion's id.
     let r = http
         .post(format!("http://{}/v1/completions", c.router_addr))
