@@ -1,5 +1,6 @@
 //! Stop sequences over streamed text: pieces are passed on as soon as they cannot be the
-//! start of a stop sequence, and the text ends before the first one that matches.
+//! start of a stop sequence, and the text ends before the first one to be complete (as a
+//! check after every character would find it, however the text was cut into pieces).
 
 /// Watches generated text for stop sequences.
 #[derive(Debug, Default)]
@@ -33,11 +34,7 @@ impl StopMatcher {
         while !self.text.is_char_boundary(from) {
             from -= 1;
         }
-        let first = self
-            .stops
-            .iter()
-            .filter_map(|s| self.text[from..].find(s.as_str()).map(|at| (from + at, s)))
-            .min_by_key(|(at, s)| (*at, std::cmp::Reverse(s.len())));
+        let first = first_completed(&self.text, from, &self.stops);
         if let Some((at, s)) = first {
             let end = if self.include { at + s.len() } else { at };
             self.matched = Some(s.clone());
@@ -79,6 +76,20 @@ impl StopMatcher {
     }
 }
 
+/// The stop sequence that is complete first in `text[from..]` (the smallest end; the
+/// longest of those ending there), as a generation that checks after every character
+/// would see it: the answer does not depend on how the text was cut into pieces.
+fn first_completed<'a>(
+    text: &str,
+    from: usize,
+    stops: &'a [String],
+) -> Option<(usize, &'a String)> {
+    stops
+        .iter()
+        .filter_map(|s| text[from..].find(s.as_str()).map(|at| (from + at, s)))
+        .min_by_key(|(at, s)| (at + s.len(), std::cmp::Reverse(s.len())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,6 +125,65 @@ mod tests {
             (out.concat(), text.as_str(), matched),
             ("no match z".into(), "no match z", None)
         );
+    }
+
+    /// What the whole text comes to, checked one character at a time: cut before (or
+    /// after, with `include`) the first stop to be complete.
+    fn reference(text: &str, stops: &[String], include: bool) -> (String, Option<String>) {
+        let mut first = None;
+        for end in text.char_indices().map(|(i, c)| i + c.len_utf8()) {
+            let done =
+                stops.iter().filter(|s| text[..end].ends_with(s.as_str())).max_by_key(|s| s.len());
+            if let Some(s) = done {
+                first = Some((end - s.len(), s));
+                break;
+            }
+        }
+        match first {
+            Some((at, s)) => {
+                let end = if include { at + s.len() } else { at };
+                (text[..end].to_string(), Some(s.clone()))
+            }
+            None => (text.to_string(), None),
+        }
+    }
+
+    #[test]
+    fn random_texts_split_anywhere_match_the_whole_text_answer() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let alphabet = ['a', 'b', ' ', '\n', 'é', '日'];
+        let word = |rng: &mut rand::rngs::StdRng, max: usize| -> String {
+            let n = rng.random_range(0..=max);
+            (0..n).map(|_| alphabet[rng.random_range(0..alphabet.len())]).collect()
+        };
+        for _ in 0..3000 {
+            let text = word(&mut rng, 40);
+            // Empty stops never reach the matcher (the API drops them).
+            let n = rng.random_range(0..4);
+            let stops: Vec<String> =
+                (0..n).map(|_| word(&mut rng, 3)).filter(|s| !s.is_empty()).collect();
+            let include = rng.random_bool(0.5);
+            // Split the text at random character boundaries, as the engine's pieces are.
+            let chars: Vec<char> = text.chars().collect();
+            let mut pieces = Vec::new();
+            let mut i = 0;
+            while i < chars.len() {
+                let n = rng.random_range(1..=4).min(chars.len() - i);
+                pieces.push(chars[i..i + n].iter().collect::<String>());
+                i += n;
+            }
+            let mut m = StopMatcher::new(stops.clone(), include);
+            let mut out: String = pieces.iter().map(|p| m.push(p)).collect();
+            out.push_str(&m.finish());
+            let (want, matched) = reference(&text, &stops, include);
+            assert_eq!(
+                out, want,
+                "text {text:?} stops {stops:?} include {include} pieces {pieces:?}"
+            );
+            assert_eq!(m.text(), want);
+            assert_eq!(m.matched().map(str::to_string), matched, "text {text:?} stops {stops:?}");
+        }
     }
 
     #[test]
