@@ -153,7 +153,7 @@ pub fn render_metrics(registry: &prometheus::Registry) -> Response {
 
 /// The policy of an admin swap request: the body is a component, or the body is empty
 /// and `?name=` names a built-in. `name` is taken out of `query`; the rest are settings.
-pub fn uploaded_policy(
+fn uploaded_policy(
     body: &[u8],
     query: &mut BTreeMap<String, String>,
 ) -> Result<PolicySource, ApiError> {
@@ -177,13 +177,21 @@ pub fn uploaded_policy(
     }
 }
 
-/// Runs a policy swap off the async threads (compiling takes tens of milliseconds) and
-/// answers it: `{"swapped": true, "policy": ...}`, or 400 `policy_rejected` with the
-/// serving policy unchanged.
-pub async fn swap_policy<T: serde::Serialize + Send + 'static>(
-    swap: impl FnOnce() -> Result<T, LoadError> + Send + 'static,
+/// Answers an admin swap request: reads the policy from the upload (see
+/// [`uploaded_policy`]), runs `swap(source, settings)` off the async threads (compiling
+/// takes tens of milliseconds) and answers `{"swapped": true, "policy": ...}`, or 400
+/// `policy_rejected` with the serving policy unchanged.
+pub async fn swap_uploaded<T: serde::Serialize + Send + 'static>(
+    body: &[u8],
+    mut query: BTreeMap<String, String>,
+    swap: impl FnOnce(PolicySource, Vec<(String, String)>) -> Result<T, LoadError> + Send + 'static,
 ) -> Response {
-    match tokio::task::spawn_blocking(swap).await {
+    let source = match uploaded_policy(body, &mut query) {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    let settings = query.into_iter().collect();
+    match tokio::task::spawn_blocking(move || swap(source, settings)).await {
         Ok(Ok(info)) => {
             axum::Json(serde_json::json!({"swapped": true, "policy": info})).into_response()
         }

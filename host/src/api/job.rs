@@ -47,6 +47,16 @@ pub enum Prompt {
     Ids(Vec<u32>),
 }
 
+impl Prompt {
+    /// Whether it has nothing to complete.
+    pub fn is_empty(&self) -> bool {
+        match self {
+            Self::Text(t) => t.is_empty(),
+            Self::Ids(ids) => ids.is_empty(),
+        }
+    }
+}
+
 /// Most stop sequences one request may give.
 pub const MAX_STOPS: usize = 16;
 /// Longest stop sequence, in bytes.
@@ -107,6 +117,34 @@ impl Job {
             include_usage: false,
             rid: None,
         }
+    }
+
+    /// [`Job::new`] for a prompt that must not be empty (refused naming the endpoint's
+    /// prompt field).
+    pub(crate) fn with_prompt(endpoint: Endpoint, prompt: Prompt) -> Result<Self, ApiError> {
+        let job = Self::new(endpoint, prompt);
+        if job.prompt.is_empty() {
+            return Err(ApiError::invalid(job.param("prompt"), "the prompt is empty"));
+        }
+        Ok(job)
+    }
+
+    /// Sets the sampling choices every API shares; unset ones keep the defaults, and
+    /// `greedy` (a `top_k` of 1) means temperature 0.
+    pub(crate) fn set_sampling(
+        &mut self,
+        max_new_tokens: Option<u32>,
+        temperature: Option<f64>,
+        top_p: Option<f64>,
+        seed: Option<u64>,
+        greedy: bool,
+    ) {
+        if let Some(n) = max_new_tokens {
+            self.max_new_tokens = n;
+        }
+        self.temperature = if greedy { 0.0 } else { temperature.unwrap_or(0.0) };
+        self.top_p = top_p.unwrap_or(1.0);
+        self.seed = seed;
     }
 
     /// The wire name of an engine-level field (`temperature`, `top_p`, `prompt`,

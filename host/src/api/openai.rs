@@ -102,18 +102,14 @@ impl CompletionRequest {
                 Prompt::Ids(OneOrMany::Many(v).single().ok_or_else(batch)?)
             }
         };
-        if matches!(&prompt, Prompt::Text(t) if t.is_empty())
-            || matches!(&prompt, Prompt::Ids(i) if i.is_empty())
-        {
-            return Err(ApiError::invalid("prompt", "the prompt is empty"));
-        }
-        let mut job = Job::new(Endpoint::Completions, prompt);
-        if let Some(n) = self.max_tokens {
-            job.max_new_tokens = n;
-        }
-        job.temperature = if unsupported.greedy() { 0.0 } else { self.temperature.unwrap_or(0.0) };
-        job.top_p = self.top_p.unwrap_or(1.0);
-        job.seed = self.seed;
+        let mut job = Job::with_prompt(Endpoint::Completions, prompt)?;
+        job.set_sampling(
+            self.max_tokens,
+            self.temperature,
+            self.top_p,
+            self.seed,
+            unsupported.greedy(),
+        );
         job.stop = stops(self.stop, "stop")?;
         job.ignore_eos = self.ignore_eos;
         job.stream = self.stream;
@@ -185,12 +181,13 @@ impl ChatCompletionRequest {
             self.messages.ok_or_else(|| ApiError::invalid("messages", "`messages` is required"))?;
         let prompt = chat::render(&messages)?;
         let mut job = Job::new(Endpoint::Chat, Prompt::Text(prompt));
-        if let Some(n) = self.max_completion_tokens.or(self.max_tokens) {
-            job.max_new_tokens = n;
-        }
-        job.temperature = if unsupported.greedy() { 0.0 } else { self.temperature.unwrap_or(0.0) };
-        job.top_p = self.top_p.unwrap_or(1.0);
-        job.seed = self.seed;
+        job.set_sampling(
+            self.max_completion_tokens.or(self.max_tokens),
+            self.temperature,
+            self.top_p,
+            self.seed,
+            unsupported.greedy(),
+        );
         job.stop = stops(self.stop, "stop")?;
         job.stop.extend(chat::STOPS.iter().map(|s| s.to_string()));
         job.ignore_eos = self.ignore_eos;

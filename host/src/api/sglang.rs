@@ -117,25 +117,17 @@ impl GenerateRequest {
                 return Err(ApiError::invalid("text", "`text` (or `input_ids`) is required"));
             }
         };
-        let empty = match &prompt {
-            Prompt::Text(t) => t.is_empty(),
-            Prompt::Ids(ids) => ids.is_empty(),
-        };
-        let mut job = Job::new(Endpoint::Generate, prompt);
-        if empty {
-            return Err(ApiError::invalid(job.param("prompt"), "the prompt is empty"));
-        }
+        let mut job = Job::with_prompt(Endpoint::Generate, prompt)?;
         let sp = self.sampling_params.unwrap_or_default();
-        sp.unsupported().check("sampling_params.")?;
-        if let Some(n) = sp.max_new_tokens {
-            job.max_new_tokens = n;
-        }
-        job.temperature = sp.temperature.unwrap_or(0.0);
-        if sp.unsupported().greedy() {
-            job.temperature = 0.0;
-        }
-        job.top_p = sp.top_p.unwrap_or(1.0);
-        job.seed = sp.sampling_seed.or(sp.seed);
+        let unsupported = sp.unsupported();
+        unsupported.check("sampling_params.")?;
+        job.set_sampling(
+            sp.max_new_tokens,
+            sp.temperature,
+            sp.top_p,
+            sp.sampling_seed.or(sp.seed),
+            unsupported.greedy(),
+        );
         job.stop = stops(sp.stop, "sampling_params.stop")?;
         job.include_stop = sp.no_stop_trim;
         job.ignore_eos = sp.ignore_eos;

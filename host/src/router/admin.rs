@@ -15,10 +15,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{BackendInfo, Gateway};
-use crate::http::{
-    Access, AdminAuth, ApiError, parse_json, require_admin, swap_policy as run_swap,
-    uploaded_policy,
-};
+use crate::http::{Access, AdminAuth, ApiError, parse_json, require_admin, swap_uploaded};
 use crate::policy::LoadOptions;
 use crate::serve::limit_bodies;
 
@@ -48,15 +45,13 @@ async fn policy_info(State(gw): State<Arc<Gateway>>) -> Response {
 /// other query parameter is a setting for `configure`.
 async fn swap_policy(
     State(gw): State<Arc<Gateway>>,
-    Query(mut q): Query<BTreeMap<String, String>>,
+    Query(q): Query<BTreeMap<String, String>>,
     body: Bytes,
 ) -> Response {
-    let source = match uploaded_policy(&body, &mut q) {
-        Ok(s) => s,
-        Err(e) => return e.into_response(),
-    };
-    let opts = LoadOptions::with_settings(q.into_iter().collect());
-    run_swap(move || gw.policy.swap(&source, &opts)).await
+    swap_uploaded(&body, q, move |source, settings| {
+        gw.policy.swap(&source, &LoadOptions::with_settings(settings))
+    })
+    .await
 }
 
 async fn rollback(State(gw): State<Arc<Gateway>>) -> Response {

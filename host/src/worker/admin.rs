@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::Worker;
-use crate::http::uploaded_policy;
+use crate::http::swap_uploaded;
 
 pub(super) async fn flush_cache(State(w): State<Arc<Worker>>) -> Response {
     w.caches.flush();
@@ -28,13 +28,8 @@ pub(super) async fn cache_policy_info(State(w): State<Arc<Worker>>) -> Response 
 /// every other query parameter is a setting. Both cache levels change, or neither.
 pub(super) async fn swap_cache_policy(
     State(w): State<Arc<Worker>>,
-    Query(mut q): Query<BTreeMap<String, String>>,
+    Query(q): Query<BTreeMap<String, String>>,
     body: Bytes,
 ) -> Response {
-    let source = match uploaded_policy(&body, &mut q) {
-        Ok(s) => s,
-        Err(e) => return e.into_response(),
-    };
-    let settings: Vec<(String, String)> = q.into_iter().collect();
-    crate::http::swap_policy(move || w.caches.swap(&source, &settings)).await
+    swap_uploaded(&body, q, move |source, settings| w.caches.swap(&source, &settings)).await
 }
