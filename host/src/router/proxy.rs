@@ -108,17 +108,27 @@ impl Gateway {
         }
         builder = builder.header("x-locus-worker", guard.0.url.as_str());
         if is_stream {
-            let done = StreamDone { guard, gw: self.clone(), endpoint, req_id: req.id, started };
-            let url = done.guard.0.url.clone();
+            let url = guard.0.url.clone();
+            let done = StreamDone {
+                guard,
+                gw: self.clone(),
+                endpoint,
+                req_id: req.id,
+                started,
+                counts: FinalCounts::default(),
+                failed: false,
+            };
             // A worker lost mid-stream: the client still gets an error event and `[DONE]`,
             // not a cut connection.
-            let stream = r.bytes_stream().scan(false, move |failed, chunk| {
-                let _keep = &done;
+            let stream = r.bytes_stream().scan(done, move |done, chunk| {
                 let item = match chunk {
-                    _ if *failed => return futures_util::future::ready(None),
-                    Ok(bytes) => bytes,
+                    _ if done.failed => return futures_util::future::ready(None),
+                    Ok(bytes) => {
+                        done.counts.watch(&bytes);
+                        bytes
+                    }
                     Err(e) => {
-                        *failed = true;
+                        done.failed = true;
                         tracing::warn!(worker = %url, error = %e, "stream from worker broke");
                         let err = ApiError::new(StatusCode::BAD_GATEWAY, format!("{url}: {e}"));
                         let json = serde_json::to_string(&err.body()).unwrap_or_default();
@@ -143,7 +153,7 @@ impl Gateway {
                     .into_response();
             }
         };
-        let (prompt_tokens, cached_tokens) = token_counts(&bytes);
+        let (prompt_tokens, cached_tokens) = token_counts(&bytes).unwrap_or((0, 0));
         self.policy.observe(&Completion {
             request_id: req.id,
             worker_id: backend.id,
@@ -158,13 +168,41 @@ impl Gateway {
     }
 }
 
-/// Ends a streamed request's accounting when its body is dropped (finished or cut).
+/// Ends a streamed request's accounting when its body is dropped (finished or cut),
+/// with the counts its final event carried.
 struct StreamDone {
     guard: InFlightGuard,
     gw: Arc<Gateway>,
     endpoint: Endpoint,
     req_id: u64,
     started: Instant,
+    /// What the final event said.
+    counts: FinalCounts,
+    /// The worker's stream broke.
+    failed: bool,
+}
+
+/// Follows an event stream event by event, keeping the counts of the final one.
+#[derive(Default)]
+struct FinalCounts {
+    /// The bytes of the event not yet complete.
+    event: Vec<u8>,
+    /// Prompt and cached tokens from the final event, once it has passed.
+    counts: Option<(u32, u32)>,
+}
+
+impl FinalCounts {
+    fn watch(&mut self, bytes: &[u8]) {
+        self.event.extend_from_slice(bytes);
+        while let Some(end) = self.event.windows(2).position(|w| w == b"\n\n") {
+            let event: Vec<u8> = self.event.drain(..end + 2).collect();
+            // Only a finished answer's `meta_info` (or `usage`) has `cached_tokens`.
+            let Some(data) = event.strip_prefix(b"data: ") else { continue };
+            if data.windows(15).any(|w| w == b"\"cached_tokens\"") {
+                self.counts = token_counts(data).or(self.counts);
+            }
+        }
+    }
 }
 
 impl Drop for StreamDone {
@@ -175,22 +213,24 @@ impl Drop for StreamDone {
             .latency
             .with_label_values(&[self.endpoint.name()])
             .observe(latency.as_secs_f64());
-        // The counts of a streamed answer are in its last event, which is not parsed here
-        // yet; they are reported as 0 (see the signals issue).
+        // A stream that ended without its final counts (broken, cut by the client, or an
+        // error event) did not succeed; the contract has no "unknown", so its counts are 0.
+        let counts = self.counts.counts;
+        let (prompt_tokens, cached_tokens) = counts.unwrap_or((0, 0));
         self.gw.policy.observe(&Completion {
             request_id: self.req_id,
             worker_id: self.guard.0.id,
-            ok: true,
+            ok: counts.is_some() && !self.failed,
             latency_us: latency.as_micros() as u64,
-            prompt_tokens: 0,
-            cached_tokens: 0,
+            prompt_tokens,
+            cached_tokens,
         });
     }
 }
 
-/// Prompt and cached token counts of a whole answer: `meta_info` (every locus answer has
-/// it), else OpenAI's `usage`.
-fn token_counts(body: &[u8]) -> (u32, u32) {
+/// Prompt and cached token counts of an answer or a final event: `meta_info` (every locus
+/// answer has it), else OpenAI's `usage`; `None` when neither is there.
+fn token_counts(body: &[u8]) -> Option<(u32, u32)> {
     #[derive(serde::Deserialize, Default)]
     struct Counts {
         meta_info: Option<Meta>,
@@ -201,13 +241,46 @@ fn token_counts(body: &[u8]) -> (u32, u32) {
         prompt_tokens: usize,
         cached_tokens: usize,
     }
-    let c: Counts = serde_json::from_slice(body).unwrap_or_default();
+    let c: Counts = serde_json::from_slice(body).ok()?;
     let (p, cached) = match (c.meta_info, c.usage) {
         (Some(m), _) => (m.prompt_tokens, m.cached_tokens),
         (None, Some(u)) => {
             (u.prompt_tokens, u.prompt_tokens_details.map_or(0, |d| d.cached_tokens))
         }
-        (None, None) => (0, 0),
+        (None, None) => return None,
     };
-    (p.min(u32::MAX as usize) as u32, cached.min(u32::MAX as usize) as u32)
+    Some((p.min(u32::MAX as usize) as u32, cached.min(u32::MAX as usize) as u32))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FinalCounts;
+
+    #[test]
+    fn the_final_events_counts_are_read_however_the_stream_is_cut() {
+        let stream = concat!(
+            "data: {\"text\":\" a\",\"meta_info\":{\"id\":\"x\",\"finish_reason\":null,",
+            "\"prompt_tokens\":7,\"completion_tokens\":1}}\n\n",
+            "data: {\"text\":\" a b\",\"meta_info\":{\"id\":\"x\",\"finish_reason\":",
+            "{\"type\":\"length\",\"length\":2},\"prompt_tokens\":7,\"completion_tokens\":2,",
+            "\"cached_tokens\":4,\"cache_hit\":false,\"worker_id\":\"w\",\"e2e_latency\":0.1}}\n\n",
+            "data: [DONE]\n\n"
+        )
+        .as_bytes();
+        for cut in [1, 3, 17, 64, stream.len()] {
+            let mut f = FinalCounts::default();
+            for chunk in stream.chunks(cut) {
+                f.watch(chunk);
+            }
+            assert_eq!(f.counts, Some((7, 4)), "chunks of {cut}");
+        }
+        // A stream that ends before its final event has no counts.
+        let mut f = FinalCounts::default();
+        f.watch(&stream[..stream.len() / 2]);
+        assert_eq!(f.counts, None);
+        // OpenAI's usage chunk counts too.
+        let mut f = FinalCounts::default();
+        f.watch(b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2,\"total_tokens\":7,\"prompt_tokens_details\":{\"cached_tokens\":0}}}\n\n");
+        assert_eq!(f.counts, Some((5, 0)));
+    }
 }
