@@ -23,8 +23,14 @@ fn main() -> candle_core::Result<()> {
         .map(|&(i, o)| Tensor::randn(0f32, 0.02, (i, o), &dev))
         .collect::<candle_core::Result<_>>()?;
     let head = Tensor::randn(0f32, 0.02, (d, 50_257), &dev)?;
-    println!("| rows (B) | ms per step (best of {reps}) | rows/s | vs B=1 |");
-    println!("|---:|---:|---:|---:|");
+    // The same matrices laid out [out, in], as the model holds them for the skinny kernel.
+    let weights_t: Vec<Tensor> =
+        weights.iter().map(|w| w.t()?.contiguous()).collect::<candle_core::Result<_>>()?;
+    let head_t = head.t()?.contiguous()?;
+    println!(
+        "| rows (B) | candle ms per step (best of {reps}) | candle rows/s | vs B=1 | skinny ms per step | skinny rows/s | skinny vs candle B=1 |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
     let mut base = 0.0;
     for b in [1usize, 2, 4, 8, 16, 32, 64] {
         let x = Tensor::randn(0f32, 1.0, (b, d), &dev)?;
@@ -41,11 +47,32 @@ fn main() -> candle_core::Result<()> {
             x.matmul(&head)?;
             best = best.min(t.elapsed().as_secs_f64());
         }
+        let mut best_skinny = f64::INFINITY;
+        if b <= locus_engine::skinny::MAX_ROWS {
+            for _ in 0..reps {
+                let t = Instant::now();
+                for _ in 0..layers {
+                    for (w, &(i, _)) in weights_t.iter().zip(&shapes) {
+                        let input = if i == d { &x } else { &x4 };
+                        locus_engine::skinny::matmul_t(input, w)?;
+                    }
+                }
+                locus_engine::skinny::matmul_t(&x, &head_t)?;
+                best_skinny = best_skinny.min(t.elapsed().as_secs_f64());
+            }
+        }
         let rows = b as f64 / best;
         if b == 1 {
             base = rows;
         }
-        println!("| {b} | {:.2} | {rows:.0} | {:.1}x |", best * 1e3, rows / base);
+        let skinny_rows = b as f64 / best_skinny;
+        println!(
+            "| {b} | {:.2} | {rows:.0} | {:.1}x | {:.2} | {skinny_rows:.0} | {:.1}x |",
+            best * 1e3,
+            rows / base,
+            best_skinny * 1e3,
+            skinny_rows / base
+        );
     }
     Ok(())
 }

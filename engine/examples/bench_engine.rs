@@ -56,7 +56,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 fn run(model: &ModelSource, reps: usize) -> Result<(), Box<dyn std::error::Error>> {
     let t = Instant::now();
-    let engine = Engine::load(model, EngineOptions { prefix_cache_bytes: 1 << 30 })?;
+    let engine =
+        Engine::load(model, EngineOptions { prefix_cache_bytes: 1 << 30, ..Default::default() })?;
     let load_s = t.elapsed().as_secs_f64();
     let prompt = ids(PROMPT, 0);
 

@@ -4,9 +4,9 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::ops::ControlFlow;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, mpsc};
+use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -14,8 +14,9 @@ use candle_transformers::generation::LogitsProcessor;
 
 use crate::gpt2::{Config, Gpt2, KvCache};
 use crate::prefix::{BLOCK_TOKENS, CacheEntry, CachePolicy, CacheStats, LruPolicy, PrefixStore};
+use crate::scheduler::{self, Counters, Event, Handle, Limits, SchedulerStats, Submission};
 use crate::source::{self, ModelSource, Weights};
-use crate::tokenizer::{Tokenizer, Utf8Stream};
+use crate::tokenizer::Tokenizer;
 use crate::{EngineError, Result};
 
 /// Options of [`Engine::load`].
@@ -23,12 +24,15 @@ use crate::{EngineError, Result};
 pub struct EngineOptions {
     /// Hard budget of the prefix KV store in bytes; 0 disables prefix reuse.
     pub prefix_cache_bytes: u64,
+    /// How the batch shares the machine: batch size, prefill chunk, running KV budget,
+    /// queue deadline.
+    pub limits: Limits,
 }
 
 impl Default for EngineOptions {
-    /// 256 MiB: about 7,000 tokens of distilgpt2 K/V (36 KiB per token).
+    /// Prefix store 256 MiB: about 7,000 tokens of distilgpt2 K/V (36 KiB per token).
     fn default() -> Self {
-        Self { prefix_cache_bytes: 256 << 20 }
+        Self { prefix_cache_bytes: 256 << 20, limits: Limits::default() }
     }
 }
 
@@ -52,6 +56,8 @@ pub struct GenerateRequest {
     pub truncate_left: bool,
     /// Go on past end-of-text (benchmarks use it to get exactly `max_new_tokens`).
     pub ignore_eos: bool,
+    /// Tokens that end the generation like end-of-text (not part of the output).
+    pub stop_token_ids: Vec<u32>,
 }
 
 impl Default for GenerateRequest {
@@ -64,6 +70,7 @@ impl Default for GenerateRequest {
             seed: None,
             truncate_left: false,
             ignore_eos: false,
+            stop_token_ids: Vec::new(),
         }
     }
 }
@@ -96,7 +103,10 @@ pub struct Generation {
     pub truncated_tokens: usize,
     /// Why it ended.
     pub finish_reason: FinishReason,
-    /// Milliseconds to the first token's logits (prefix lookup + prefill).
+    /// Milliseconds waiting for admission to the batch.
+    pub queue_ms: f64,
+    /// Milliseconds from admission to the first token's logits (prefix lookup + prefill,
+    /// interleaved with the batch's decode steps).
     pub prefill_ms: f64,
     /// Milliseconds of the decode steps after that.
     pub decode_ms: f64,
@@ -117,14 +127,26 @@ pub struct ModelInfo {
     pub kv_bytes_per_token: u64,
 }
 
-/// Model, tokenizer and prefix store. `Send + Sync`: generations are serialised by an internal
-/// queue (a mutex), since two concurrent forwards would only split the same cores.
-pub struct Engine {
-    model: Gpt2,
-    tokenizer: Tokenizer,
-    info: ModelInfo,
+/// What the scheduler loop and callers share: the model, the tokenizer, the prefix store.
+pub(crate) struct Shared {
+    pub(crate) model: Gpt2,
+    pub(crate) tokenizer: Tokenizer,
+    pub(crate) info: ModelInfo,
     store: Mutex<PrefixStore>,
-    compute: Mutex<()>,
+}
+
+impl Shared {
+    pub(crate) fn store(&self) -> MutexGuard<'_, PrefixStore> {
+        lock(&self.store)
+    }
+}
+
+/// Model, tokenizer, prefix store and the scheduler that batches generations. `Send + Sync`:
+/// any number of threads may generate at once; one loop owns the model and runs their
+/// sequences together (see [`Limits`]).
+pub struct Engine {
+    shared: Arc<Shared>,
+    scheduler: Handle,
     seeds: AtomicU64,
 }
 
@@ -133,27 +155,28 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// How often a waiting caller of [`Engine::generate_until`] is asked whether to go on when no
+/// text arrives (while queued or prefilling).
+const PROBE: Duration = Duration::from_millis(20);
+
 impl Engine {
     /// Resolves `source` (see [`ModelSource`]) and loads it on the CPU in f32.
     pub fn load(source: &ModelSource, options: EngineOptions) -> Result<Self> {
         let started = Instant::now();
         let device = Device::Cpu;
         let (weights, description) = source::resolve(source, &device)?;
-        let mut engine = match weights {
-            Weights::Tensors { config, tensors } => {
-                Self::from_tensors(&config, tensors, description, options)?
-            }
+        let (config, tensors) = match weights {
+            Weights::Tensors { config, tensors } => (config, tensors),
             Weights::Files { config, safetensors } => {
-                let tensors = candle_core::safetensors::load(&safetensors, &device)?;
-                Self::from_tensors(&config, tensors, description, options)?
+                (config, candle_core::safetensors::load(&safetensors, &device)?)
             }
         };
-        engine.info.name = source.served_name();
+        let engine = Self::build(&config, tensors, description, source.served_name(), options)?;
         tracing::info!(
-            model = %engine.info.source,
-            layers = engine.info.config.n_layer,
-            width = engine.info.config.n_embd,
-            parameters = engine.info.parameters,
+            model = %engine.shared.info.source,
+            layers = engine.shared.info.config.n_layer,
+            width = engine.shared.info.config.n_embd,
+            parameters = engine.shared.info.parameters,
             load_ms = started.elapsed().as_millis() as u64,
             "model loaded"
         );
@@ -167,18 +190,35 @@ impl Engine {
         description: String,
         options: EngineOptions,
     ) -> Result<Self> {
+        Self::build(config, tensors, description, "gpt2".into(), options)
+    }
+
+    fn build(
+        config: &Config,
+        tensors: HashMap<String, Tensor>,
+        description: String,
+        name: String,
+        options: EngineOptions,
+    ) -> Result<Self> {
         config.validate().map_err(EngineError::ModelUnavailable)?;
+        let limits = options.limits;
+        if limits.max_batch == 0 || limits.prefill_chunk == 0 {
+            return Err(EngineError::InvalidParam {
+                field: "limits",
+                reason: "max_batch and prefill_chunk must be at least 1".into(),
+            });
+        }
         let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
         let model = Gpt2::load(config, vb)?;
         let info = ModelInfo {
-            name: "gpt2".into(),
+            name,
             source: description,
             config: config.clone(),
             parameters: model.num_parameters(),
             kv_bytes_per_token: crate::prefix::block_bytes(config.n_layer, config.n_embd)
                 / BLOCK_TOKENS as u64,
         };
-        Ok(Self {
+        let shared = Arc::new(Shared {
             model,
             tokenizer: Tokenizer::new(),
             info,
@@ -186,55 +226,76 @@ impl Engine {
                 options.prefix_cache_bytes,
                 Arc::new(LruPolicy::new()),
             )),
-            compute: Mutex::new(()),
+        });
+        let (tx, rx) = mpsc::channel();
+        let counters = Arc::new(Counters::default());
+        let (loop_shared, loop_counters, loop_limits) =
+            (shared.clone(), counters.clone(), limits.clone());
+        std::thread::Builder::new()
+            .name("locus-scheduler".into())
+            .spawn(move || scheduler::run(loop_shared, rx, loop_limits, loop_counters))?;
+        Ok(Self {
+            shared,
+            scheduler: Handle { tx: Mutex::new(tx), counters, limits },
             seeds: AtomicU64::new(RandomState::new().hash_one(0u8)),
         })
     }
 
+    /// The scheduler's settings.
+    pub fn limits(&self) -> &Limits {
+        &self.scheduler.limits
+    }
+
+    /// Waiting and running requests, KV reserved, tokens generated, cancellations.
+    pub fn scheduler_stats(&self) -> SchedulerStats {
+        self.scheduler.counters.snapshot(&self.scheduler.limits)
+    }
+
     /// Which model runs and its architecture.
     pub fn model_info(&self) -> &ModelInfo {
-        &self.info
+        &self.shared.info
     }
 
     /// One line saying which model runs.
     pub fn describe(&self) -> String {
-        let c = &self.info.config;
+        let info = &self.shared.info;
+        let c = &info.config;
         format!(
             "{} [{} layers, {} wide, {} heads, {} vocab, {} positions, {:.1}M parameters]",
-            self.info.source,
+            info.source,
             c.n_layer,
             c.n_embd,
             c.n_head,
             c.vocab_size,
             c.n_positions,
-            self.info.parameters as f64 / 1e6
+            info.parameters as f64 / 1e6
         )
     }
 
     /// The GPT-2 tokenizer.
     pub fn tokenizer(&self) -> &Tokenizer {
-        &self.tokenizer
+        &self.shared.tokenizer
     }
 
     /// Replaces the prefix store's policy; resident blocks stay. Hand the new policy
     /// [`Self::cache_entries`] first if it should know them.
     pub fn set_cache_policy(&self, policy: Arc<dyn CachePolicy>) {
-        lock(&self.store).set_policy(policy);
+        self.shared.store().set_policy(policy);
     }
 
     /// Prefix store occupancy and counters.
     pub fn cache_stats(&self) -> CacheStats {
-        lock(&self.store).stats()
+        self.shared.store().stats()
     }
 
     /// Resident prefix blocks, least recently used first.
     pub fn cache_entries(&self) -> Vec<CacheEntry> {
-        lock(&self.store).entries()
+        self.shared.store().entries()
     }
 
     /// Empties the prefix store (the policy is told of each block).
     pub fn flush_cache(&self) {
-        lock(&self.store).flush();
+        self.shared.store().flush();
     }
 
     /// Generates a completion of `req.prompt`.
@@ -249,7 +310,7 @@ impl Engine {
         req: &GenerateRequest,
         on_text: impl FnMut(&str),
     ) -> Result<Generation> {
-        let ids = self.tokenizer.encode(&req.prompt);
+        let ids = self.prepare(req)?;
         self.generate_from_ids(&ids, req, on_text)
     }
 
@@ -273,11 +334,21 @@ impl Engine {
     /// server can refuse a request before it queues it or starts answering.
     pub fn prepare(&self, req: &GenerateRequest) -> Result<Vec<u32>> {
         validate(req)?;
-        let max = self.info.config.n_positions - usize::from(req.max_new_tokens > 0);
-        if !req.truncate_left && req.prompt.len() > max * self.tokenizer.max_token_bytes() {
+        let tokenizer = &self.shared.tokenizer;
+        let max = self.shared.info.config.n_positions - usize::from(req.max_new_tokens > 0);
+        let limit = max * tokenizer.max_token_bytes();
+        let ids = if req.prompt.len() <= limit {
+            tokenizer.encode(&req.prompt)
+        } else if req.truncate_left {
+            // Only the tail can survive truncation: no need to tokenize the rest.
+            let mut cut = req.prompt.len() - limit;
+            while !req.prompt.is_char_boundary(cut) {
+                cut += 1;
+            }
+            tokenizer.encode(&req.prompt[cut..])
+        } else {
             return Err(EngineError::PromptTooLarge { bytes: req.prompt.len(), max });
-        }
-        let ids = self.tokenizer.encode(&req.prompt);
+        };
         self.check_ids(&ids, req)?;
         Ok(ids)
     }
@@ -285,14 +356,27 @@ impl Engine {
     /// [`Self::prepare`] for a request given as token ids.
     pub fn check_ids(&self, ids: &[u32], req: &GenerateRequest) -> Result<()> {
         validate(req)?;
-        self.fit(ids, req.max_new_tokens, req.truncate_left).map(|_| ())
+        let (ids, _, max_new) = self.fit(ids, req.max_new_tokens, req.truncate_left)?;
+        self.check_kv(ids.len() + max_new)
+    }
+
+    fn check_kv(&self, positions: usize) -> Result<()> {
+        let per_token = self.shared.info.kv_bytes_per_token.max(1);
+        let max = (self.scheduler.limits.kv_bytes / per_token) as usize;
+        if positions > max {
+            return Err(EngineError::ExceedsKvBudget { tokens: positions, max });
+        }
+        Ok(())
     }
 
     /// Like [`Self::generate_from_ids`], but `on_text(piece, tokens_so_far)` decides after
     /// each piece whether to go on: `Break` ends the generation at once with
-    /// [`FinishReason::Aborted`], freeing the model for the next request. It is first called
-    /// with an empty piece once the model is free and before the prompt runs, so that a
-    /// request whose client left while it waited costs nothing.
+    /// [`FinishReason::Aborted`] and frees its place in the batch at the next step. While no
+    /// text arrives (queued, prefilling) it is called with an empty piece every 20 ms, so that
+    /// a request whose client left is dropped before it costs more.
+    ///
+    /// Runs in the calling thread's time only as a waiter: the scheduler batches it with
+    /// every other generation in flight.
     pub fn generate_until(
         &self,
         prompt_ids: &[u32],
@@ -302,94 +386,92 @@ impl Engine {
         validate(req)?;
         let (ids, truncated, max_new) =
             self.fit(prompt_ids, req.max_new_tokens, req.truncate_left)?;
+        self.check_kv(ids.len() + max_new)?;
         let greedy = req.temperature == 0.0;
         let seed = req
             .seed
             .unwrap_or_else(|| self.seeds.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed));
-        let mut sampler = LogitsProcessor::new(
+        let sampler = LogitsProcessor::new(
             seed,
             (!greedy).then_some(req.temperature),
             (!greedy && req.top_p < 1.0).then_some(req.top_p),
         );
-        let eos = self.info.config.eos_token_id;
+        let (events, rx) = mpsc::channel();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let sub = Submission {
+            ids: ids.to_vec(),
+            truncated,
+            max_new,
+            sampler,
+            ignore_eos: req.ignore_eos,
+            stop_token_ids: req.stop_token_ids.clone(),
+            use_cache: true,
+            events,
+            cancel: cancel.clone(),
+        };
+        let submitted = Instant::now();
+        lock(&self.scheduler.tx)
+            .send((sub, submitted))
+            .map_err(|_| EngineError::Internal("the scheduler loop has stopped".into()))?;
 
-        let _queue = lock(&self.compute);
-        let started = Instant::now();
-        if on_text("", 0).is_break() {
-            return Ok(Generation {
-                text: String::new(),
+        let (mut text, mut tokens, mut cached) = (String::new(), 0, 0);
+        let mut first_text = None;
+        let aborted = |text: String, tokens: usize, cached: usize, first: Option<Instant>| {
+            cancel.store(true, Ordering::Relaxed);
+            let ms = |a: Instant, b: Instant| b.duration_since(a).as_secs_f64() * 1e3;
+            Ok(Generation {
+                text,
                 token_ids: Vec::new(),
                 prompt_tokens: ids.len(),
-                completion_tokens: 0,
-                cached_tokens: 0,
+                completion_tokens: tokens,
+                cached_tokens: cached,
                 truncated_tokens: truncated,
                 finish_reason: FinishReason::Aborted,
-                prefill_ms: 0.0,
-                decode_ms: 0.0,
-            });
-        }
-        let (mut cache, cached) = self.prefill(ids, true, ids.len() + max_new)?;
-        let mut logits = cache.1;
-        let prefill_ms = ms(started);
-
-        let decode_started = Instant::now();
-        let mut out = Vec::with_capacity(max_new);
-        let mut text = String::new();
-        let mut utf8 = Utf8Stream::default();
-        let mut finish = FinishReason::Length;
-        while out.len() < max_new {
-            let next = sampler.sample(&logits)?;
-            if !req.ignore_eos && Some(next) == eos {
-                finish = FinishReason::Stop;
-                break;
-            }
-            out.push(next);
-            if let Some(bytes) = self.tokenizer.token_bytes(next) {
-                let piece = utf8.push(&bytes);
-                if !piece.is_empty() {
+                queue_ms: 0.0,
+                prefill_ms: first.map_or(0.0, |f| ms(submitted, f)),
+                decode_ms: first.map_or(0.0, |f| ms(f, Instant::now())),
+            })
+        };
+        loop {
+            match rx.recv_timeout(PROBE) {
+                Ok(Event::Started { cached_tokens }) => cached = cached_tokens,
+                Ok(Event::Text { piece, tokens: n }) => {
+                    first_text.get_or_insert_with(Instant::now);
                     text.push_str(&piece);
-                    if on_text(&piece, out.len()).is_break() {
-                        finish = FinishReason::Aborted;
-                        break;
+                    tokens = n;
+                    if on_text(&piece, n).is_break() {
+                        return aborted(text, tokens, cached, first_text);
                     }
                 }
-            }
-            if out.len() < max_new {
-                logits = self.model.forward(&[next], &mut cache.0)?;
+                Ok(Event::Done(done)) => {
+                    let g = done?;
+                    tracing::debug!(
+                        prompt_tokens = g.prompt_tokens,
+                        cached_tokens = g.cached_tokens,
+                        completion_tokens = g.completion_tokens,
+                        queue_ms = g.queue_ms,
+                        prefill_ms = g.prefill_ms,
+                        decode_ms = g.decode_ms,
+                        "generated"
+                    );
+                    return Ok(g);
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if on_text("", tokens).is_break() {
+                        return aborted(text, tokens, cached, first_text);
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(EngineError::Internal("the scheduler loop has stopped".into()));
+                }
             }
         }
-        let tail = if finish == FinishReason::Aborted { String::new() } else { utf8.finish() };
-        if !tail.is_empty() {
-            text.push_str(&tail);
-            let _ = on_text(&tail, out.len());
-        }
-        let generation = Generation {
-            text,
-            completion_tokens: out.len(),
-            token_ids: out,
-            prompt_tokens: ids.len(),
-            cached_tokens: cached,
-            truncated_tokens: truncated,
-            finish_reason: finish,
-            prefill_ms,
-            decode_ms: ms(decode_started),
-        };
-        tracing::debug!(
-            prompt_tokens = generation.prompt_tokens,
-            cached_tokens = generation.cached_tokens,
-            completion_tokens = generation.completion_tokens,
-            prefill_ms = generation.prefill_ms,
-            decode_ms = generation.decode_ms,
-            "generated"
-        );
-        Ok(generation)
     }
 
     /// Last-position logits of `prompt_ids` and how many prompt tokens came from the prefix
     /// store (`use_cache` false bypasses the store entirely: no lookup, no insertion).
     pub fn last_logits(&self, prompt_ids: &[u32], use_cache: bool) -> Result<(Vec<f32>, usize)> {
         let (ids, _, _) = self.fit(prompt_ids, 0, false)?;
-        let _queue = lock(&self.compute);
         let ((_, logits), cached) = self.prefill(ids, use_cache, ids.len())?;
         Ok((logits.to_vec1::<f32>()?, cached))
     }
@@ -405,7 +487,7 @@ impl Engine {
         if ids.is_empty() {
             return Err(EngineError::EmptyPrompt);
         }
-        let cfg = &self.info.config;
+        let cfg = &self.shared.info.config;
         if let Some(&bad) = ids.iter().find(|&&id| id as usize >= cfg.vocab_size) {
             return Err(EngineError::InvalidParam {
                 field: "prompt",
@@ -440,8 +522,9 @@ impl Engine {
         use_cache: bool,
         positions: usize,
     ) -> Result<((KvCache, Tensor), usize)> {
-        let n_layer = self.info.config.n_layer;
-        let hit = if use_cache { Some(lock(&self.store).lookup(ids, ids.len() - 1)) } else { None };
+        let n_layer = self.shared.info.config.n_layer;
+        let hit =
+            if use_cache { Some(self.shared.store().lookup(ids, ids.len() - 1)) } else { None };
         let (mut cache, cached) = match hit {
             // Concatenated outside the store's lock: the block tensors are shared handles.
             Some(hit) if hit.tokens > 0 => {
@@ -449,9 +532,9 @@ impl Engine {
             }
             _ => (KvCache::with_capacity(n_layer, positions), 0),
         };
-        let logits = self.model.forward(&ids[cached..], &mut cache)?;
+        let logits = self.shared.model.forward(&ids[cached..], &mut cache)?;
         if use_cache {
-            lock(&self.store).insert(ids, &cache, cached / BLOCK_TOKENS)?;
+            self.shared.store().insert(ids, &cache, cached / BLOCK_TOKENS)?;
         }
         Ok(((cache, logits), cached))
     }
@@ -471,10 +554,6 @@ fn validate(req: &GenerateRequest) -> Result<()> {
         });
     }
     Ok(())
-}
-
-fn ms(since: Instant) -> f64 {
-    since.elapsed().as_secs_f64() * 1e3
 }
 
 #[allow(dead_code)]

@@ -32,6 +32,25 @@ pub enum EngineError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The request needs more KV memory than the whole running budget.
+    #[error(
+        "prompt + max_new_tokens need {tokens} tokens of KV memory; this worker holds at most {max} for running sequences"
+    )]
+    ExceedsKvBudget {
+        /// Positions the request would reserve.
+        tokens: usize,
+        /// Most positions the budget holds.
+        max: usize,
+    },
+    /// The request waited longer than the queue deadline for room in the batch.
+    #[error("waited {waited_ms} ms for room in the running batch (queue deadline)")]
+    QueueTimeout {
+        /// How long it waited.
+        waited_ms: u64,
+    },
+    /// Computing this sequence failed (the others of its batch went on).
+    #[error("generation failed: {0}")]
+    StepFailed(String),
     /// The model could not be found or read; the message names the fix.
     #[error("model unavailable: {0}")]
     ModelUnavailable(String),
@@ -55,6 +74,7 @@ impl EngineError {
                 | Self::PromptTooLarge { .. }
                 | Self::EmptyPrompt
                 | Self::InvalidParam { .. }
+                | Self::ExceedsKvBudget { .. }
         )
     }
 }

@@ -7,7 +7,9 @@
 //! faster here than over a contiguous `[in, out]` one, and decode is bound by those reads.
 
 use candle_core::{D, DType, Device, Module, Result, Tensor};
-use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
+use candle_nn::{Embedding, LayerNorm, VarBuilder};
+
+use crate::skinny;
 use serde::{Deserialize, Serialize};
 
 /// The architecture numbers of a GPT-2-family checkpoint, read from its `config.json`.
@@ -184,6 +186,14 @@ impl KvCache {
         }
     }
 
+    /// Forgets every token from position `len` on (the buffers stay): undoes a step that
+    /// failed part-way through its layers.
+    pub fn truncate(&mut self, len: usize) {
+        for l in self.layers.iter_mut().flatten() {
+            l.len = l.len.min(len);
+        }
+    }
+
     /// Keys and values of layer `i` (views of the held tokens), if any token was processed.
     pub fn layer(&self, i: usize) -> Option<(Tensor, Tensor)> {
         let l = self.layers.get(i)?.as_ref()?;
@@ -241,11 +251,36 @@ impl KvCache {
     }
 }
 
-/// A Conv1D layer stored `[in, out]`, loaded as a Linear over `[out, in]`.
-fn conv1d(n_in: usize, n_out: usize, vb: VarBuilder) -> Result<Linear> {
+/// A projection `x @ w^T + b` over rows `x [rows, in]`, `w [out, in]` contiguous.
+///
+/// A few rows (a decode step's batch) go through the [`skinny`] kernel, many (a prompt)
+/// through candle's tiled matmul. Each output row of the kernel depends on its own input row
+/// only, whatever the others, so a sequence decodes to the same bits alone or in a batch.
+struct Proj {
+    w: Tensor,
+    b: Option<Tensor>,
+}
+
+impl Proj {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let rows = x.dim(0)?;
+        let y = if rows <= skinny::MAX_ROWS {
+            skinny::matmul_t(x, &self.w)?
+        } else {
+            x.matmul(&self.w.t()?)?
+        };
+        match &self.b {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+/// A Conv1D layer stored `[in, out]`, loaded as a projection over `[out, in]`.
+fn conv1d(n_in: usize, n_out: usize, vb: VarBuilder) -> Result<Proj> {
     let w = vb.get((n_in, n_out), "weight")?.t()?.contiguous()?;
     let b = vb.get(n_out, "bias")?;
-    Ok(Linear::new(w, Some(b)))
+    Ok(Proj { w, b: Some(b) })
 }
 
 fn layer_norm(n: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
@@ -253,8 +288,8 @@ fn layer_norm(n: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
 }
 
 struct Attention {
-    c_attn: Linear,
-    c_proj: Linear,
+    c_attn: Proj,
+    c_proj: Proj,
     n_head: usize,
     head_dim: usize,
     max_len: usize,
@@ -271,39 +306,44 @@ impl Attention {
         })
     }
 
-    fn forward(
-        &self,
-        x: &Tensor,
-        mask: Option<&Tensor>,
-        cache: &mut KvCache,
-        layer: usize,
-    ) -> Result<Tensor> {
-        let (b, t, c) = x.dims3()?;
+    /// `x [rows, c]` packs the new tokens of every sequence of the step, `seqs[i].tokens`
+    /// rows each: the projections run once over all rows, attention per sequence over its
+    /// own cache (no padding, no mask for a single decoded token).
+    fn forward(&self, x: &Tensor, seqs: &mut [StepSeq<'_>], layer: usize) -> Result<Tensor> {
+        let c = x.dim(1)?;
         let qkv = self.c_attn.forward(x)?;
-        // The fused projection is laid out q | k | v along the last axis.
-        let head = |i: usize| -> Result<Tensor> {
-            qkv.narrow(2, i * c, c)?
-                .reshape((b, t, self.n_head, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
-        // Scaling q (t rows) is cheaper than scaling the scores (t x seq).
-        let q = head(0)?.affine(1.0 / (self.head_dim as f64).sqrt(), 0.0)?;
-        let (k, v) = cache.append(layer, head(1)?, head(2)?, self.max_len)?;
-        let scores = q.matmul(&k.t()?)?;
-        let scores = match mask {
-            Some(m) => scores.broadcast_add(m)?,
-            None => scores,
-        };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let y = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, c))?;
+        let mut ys = Vec::with_capacity(seqs.len());
+        let mut row = 0;
+        for s in seqs.iter_mut() {
+            let t = s.tokens.len();
+            let part = qkv.narrow(0, row, t)?;
+            row += t;
+            // The fused projection is laid out q | k | v along the last axis.
+            let head = |i: usize| -> Result<Tensor> {
+                part.narrow(1, i * c, c)?
+                    .reshape((1, t, self.n_head, self.head_dim))?
+                    .transpose(1, 2)?
+                    .contiguous()
+            };
+            // Scaling q (t rows) is cheaper than scaling the scores (t x seq).
+            let q = head(0)?.affine(1.0 / (self.head_dim as f64).sqrt(), 0.0)?;
+            let (k, v) = s.cache.append(layer, head(1)?, head(2)?, self.max_len)?;
+            let scores = q.matmul(&k.t()?)?;
+            let scores = match &s.mask {
+                Some(m) => scores.broadcast_add(m)?,
+                None => scores,
+            };
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            ys.push(probs.matmul(&v)?.transpose(1, 2)?.reshape((t, c))?);
+        }
+        let y = if ys.len() == 1 { ys.pop().expect("one") } else { Tensor::cat(&ys, 0)? };
         self.c_proj.forward(&y)
     }
 }
 
 struct Mlp {
-    c_fc: Linear,
-    c_proj: Linear,
+    c_fc: Proj,
+    c_proj: Proj,
     act: Activation,
 }
 
@@ -360,14 +400,8 @@ impl Block {
         })
     }
 
-    fn forward(
-        &self,
-        x: &Tensor,
-        mask: Option<&Tensor>,
-        cache: &mut KvCache,
-        layer: usize,
-    ) -> Result<Tensor> {
-        let x = (x + self.attn.forward(&self.ln_1.forward(x)?, mask, cache, layer)?)?;
+    fn forward(&self, x: &Tensor, seqs: &mut [StepSeq<'_>], layer: usize) -> Result<Tensor> {
+        let x = (x + self.attn.forward(&self.ln_1.forward(x)?, seqs, layer)?)?;
         &x + self.mlp.forward(&self.ln_2.forward(&x)?)?
     }
 }
@@ -378,7 +412,7 @@ pub struct Gpt2 {
     wpe: Embedding,
     blocks: Vec<Block>,
     ln_f: LayerNorm,
-    lm_head: Linear,
+    lm_head: Proj,
     cfg: Config,
     device: Device,
 }
@@ -396,7 +430,7 @@ impl Gpt2 {
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             // wte is already [vocab, n_embd] = [out, in]: the tied head needs no copy.
-            lm_head: Linear::new(wte_w.clone(), None),
+            lm_head: Proj { w: wte_w.clone(), b: None },
             wte: Embedding::new(wte_w, cfg.n_embd),
             wpe: Embedding::new(wpe_w, cfg.n_embd),
             blocks,
@@ -425,45 +459,101 @@ impl Gpt2 {
     /// returns the logits of the last position only (`[vocab]`): the head is the single largest
     /// matrix, so running it on every prompt position would dominate short prefills.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
-        let hidden = self.forward_hidden(tokens, cache)?;
-        let t = hidden.dim(1)?;
-        let last = self.ln_f.forward(&hidden.narrow(1, t - 1, 1)?)?;
-        self.lm_head.forward(&last)?.flatten_all()
+        let mut step = [Step { tokens, cache, logits: true }];
+        let mut out = self.forward_batch(&mut step)?;
+        out.pop().flatten().ok_or_else(|| candle_core::Error::Msg("no logits".into()))
     }
 
-    fn forward_hidden(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
-        let t = tokens.len();
-        let past = cache.seq_len();
-        if t == 0 {
-            candle_core::bail!("forward needs at least one token");
+    /// One step of several sequences at once: each runs its `tokens` after what its own cache
+    /// holds (positions differ per sequence), and those with `logits` set get their last
+    /// position's logits (`[vocab]`). The dense layers run once over all the new tokens;
+    /// attention runs per sequence. Nothing is appended to any cache when an input is invalid;
+    /// after an error part-way, [`KvCache::truncate`] restores the caches.
+    pub fn forward_batch(&self, steps: &mut [Step<'_, '_>]) -> Result<Vec<Option<Tensor>>> {
+        let mut ids = Vec::new();
+        let mut pos = Vec::new();
+        let mut seqs = Vec::with_capacity(steps.len());
+        for s in steps.iter_mut() {
+            let t = s.tokens.len();
+            let past = s.cache.seq_len();
+            if t == 0 {
+                candle_core::bail!("forward needs at least one token");
+            }
+            if past + t > self.cfg.n_positions {
+                candle_core::bail!(
+                    "positions {} exceed n_positions {}",
+                    past + t,
+                    self.cfg.n_positions
+                );
+            }
+            if s.cache.layers.len() != self.cfg.n_layer {
+                candle_core::bail!(
+                    "cache has {} layers, model {}",
+                    s.cache.layers.len(),
+                    self.cfg.n_layer
+                );
+            }
+            if let Some(&bad) = s.tokens.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
+                candle_core::bail!("token id {bad} outside vocabulary of {}", self.cfg.vocab_size);
+            }
+            ids.extend_from_slice(s.tokens);
+            pos.extend(past as u32..(past + t) as u32);
+            let mask = if t > 1 { Some(causal_mask(t, past, &self.device)?) } else { None };
+            seqs.push(StepSeq { tokens: s.tokens, cache: &mut *s.cache, mask });
         }
-        if past + t > self.cfg.n_positions {
-            candle_core::bail!(
-                "positions {} exceed n_positions {}",
-                past + t,
-                self.cfg.n_positions
-            );
+        if seqs.is_empty() {
+            return Ok(Vec::new());
         }
-        if cache.layers.len() != self.cfg.n_layer {
-            candle_core::bail!(
-                "cache has {} layers, model {}",
-                cache.layers.len(),
-                self.cfg.n_layer
-            );
-        }
-        if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
-            candle_core::bail!("token id {bad} outside vocabulary of {}", self.cfg.vocab_size);
-        }
-        let ids = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
-        let pos: Vec<u32> = (past as u32..(past + t) as u32).collect();
-        let pos = Tensor::new(pos.as_slice(), &self.device)?.unsqueeze(0)?;
+        let ids = Tensor::new(ids.as_slice(), &self.device)?;
+        let pos = Tensor::new(pos.as_slice(), &self.device)?;
         let mut x = (self.wte.forward(&ids)? + self.wpe.forward(&pos)?)?;
-        let mask = if t > 1 { Some(causal_mask(t, past, &self.device)?) } else { None };
         for (i, block) in self.blocks.iter().enumerate() {
-            x = block.forward(&x, mask.as_ref(), cache, i)?;
+            x = block.forward(&x, &mut seqs, i)?;
         }
-        Ok(x)
+        // The head only on the rows that need logits: each wanted sequence's last row.
+        let mut last = Vec::new();
+        let mut row = 0;
+        for s in steps.iter() {
+            row += s.tokens.len();
+            if s.logits {
+                last.push(row as u32 - 1);
+            }
+        }
+        let mut out = Vec::with_capacity(steps.len());
+        if last.is_empty() {
+            out.resize(steps.len(), None);
+            return Ok(out);
+        }
+        let rows = x.index_select(&Tensor::new(last.as_slice(), &self.device)?, 0)?;
+        let logits = self.lm_head.forward(&self.ln_f.forward(&rows)?)?;
+        let mut next = 0;
+        for s in steps.iter() {
+            if s.logits {
+                out.push(Some(logits.get(next)?));
+                next += 1;
+            } else {
+                out.push(None);
+            }
+        }
+        Ok(out)
     }
+}
+
+/// One sequence's part of a [`Gpt2::forward_batch`] step.
+pub struct Step<'t, 'c> {
+    /// New tokens, run after what `cache` holds.
+    pub tokens: &'t [u32],
+    /// The sequence's keys and values; the new tokens' are appended.
+    pub cache: &'c mut KvCache,
+    /// Whether to compute the last position's logits (not for a prompt chunk that has more
+    /// to come).
+    pub logits: bool,
+}
+
+struct StepSeq<'a> {
+    tokens: &'a [u32],
+    cache: &'a mut KvCache,
+    mask: Option<Tensor>,
 }
 
 /// Additive mask `[t, past + t]`: query `i` (absolute position `past + i`) sees keys `0..=past + i`.

@@ -14,12 +14,15 @@ mod engine;
 mod error;
 pub mod gpt2;
 pub mod prefix;
+mod scheduler;
+pub mod skinny;
 pub mod source;
 pub mod tokenizer;
 
 pub use engine::{Engine, EngineOptions, FinishReason, GenerateRequest, Generation, ModelInfo};
 pub use error::EngineError;
 pub use prefix::{BLOCK_TOKENS, CacheEntry, CachePolicy, CacheStats, LruPolicy};
+pub use scheduler::{Limits, SchedulerStats};
 pub use source::ModelSource;
 pub use tokenizer::Tokenizer;
 

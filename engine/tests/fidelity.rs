@@ -35,8 +35,11 @@ fn reference() -> Reference {
 }
 
 fn load(cache_bytes: u64) -> Engine {
-    Engine::load(&ModelSource::Dir(fixture()), EngineOptions { prefix_cache_bytes: cache_bytes })
-        .unwrap()
+    Engine::load(
+        &ModelSource::Dir(fixture()),
+        EngineOptions { prefix_cache_bytes: cache_bytes, ..Default::default() },
+    )
+    .unwrap()
 }
 
 fn greedy(n: usize) -> GenerateRequest {
@@ -85,9 +88,11 @@ fn names_without_the_transformer_prefix_load_the_same_model() {
             .unwrap();
     let dir = std::env::temp_dir().join(format!("locus-unprefixed-{}", std::process::id()));
     locus_engine::source::export(&dir, &config, &bare).unwrap();
-    let engine =
-        Engine::load(&ModelSource::Dir(dir.clone()), EngineOptions { prefix_cache_bytes: 0 })
-            .unwrap();
+    let engine = Engine::load(
+        &ModelSource::Dir(dir.clone()),
+        EngineOptions { prefix_cache_bytes: 0, ..Default::default() },
+    )
+    .unwrap();
     let prefixed = load(0);
     for case in &reference().cases {
         let (a, _) = engine.last_logits(&case.prompt, false).unwrap();

@@ -10,7 +10,10 @@ use locus_engine::{
 #[test]
 fn synthetic_default_is_offline_deterministic_and_accounts_bytes() {
     let source: ModelSource = "synthetic-distilgpt2".parse().unwrap();
-    let load = || Engine::load(&source, EngineOptions { prefix_cache_bytes: 64 << 20 }).unwrap();
+    let load = || {
+        Engine::load(&source, EngineOptions { prefix_cache_bytes: 64 << 20, ..Default::default() })
+            .unwrap()
+    };
     let engine = load();
     let info = engine.model_info();
     assert_eq!(info.config, Config::distilgpt2());
@@ -26,20 +29,21 @@ fn synthetic_default_is_offline_deterministic_and_accounts_bytes() {
     assert_eq!(first.prompt_tokens, 4);
     assert!(first.completion_tokens > 0);
 
-    // A caller that stops after the first piece ends the generation there.
+    // A caller that stops after the first piece ends the generation there (empty pieces are
+    // the scheduler asking whether to go on while nothing is produced).
     let mut pieces = 0;
     let long_req = GenerateRequest { max_new_tokens: 64, ..req.clone() };
     let cut = engine
         .generate_until(&engine.prepare(&long_req).unwrap(), &long_req, |piece, _| {
-            pieces += 1;
             if piece.is_empty() {
                 std::ops::ControlFlow::Continue(())
             } else {
+                pieces += 1;
                 std::ops::ControlFlow::Break(())
             }
         })
         .unwrap();
-    assert_eq!(pieces, 2, "the call before the prompt runs, then the first piece");
+    assert_eq!(pieces, 1, "nothing after the Break");
     assert_eq!(cut.finish_reason, FinishReason::Aborted);
     assert!(cut.completion_tokens < 64, "stopped after {} tokens", cut.completion_tokens);
     let too_long = GenerateRequest { prompt: "a ".repeat(2000), ..req.clone() };

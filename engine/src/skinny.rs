@@ -1,0 +1,250 @@
+//! Matrix products of a few rows by a large weight matrix (`x [rows, k] @ w[n, k]^T`): the
+//! decode step of a batch, where every weight is read once for `rows` tokens.
+//!
+//! candle 0.11's CPU matmul runs one row as a fast matrix-vector product but tiles 2-16 rows
+//! poorly (gemm 0.19's kernels are built for large `m`): 2 rows took nearly twice one, so a
+//! batch gained little over running its sequences one after another (`batch_scaling`
+//! example, BENCHMARKS.md). This kernel streams each weight row once from memory and keeps
+//! it in L1 while it meets every input row, with AVX2 FMA over 4 weight rows x 2 input rows
+//! at a time, split across threads by weight rows. Without AVX2 and FMA it falls back to
+//! candle's matmul.
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Most rows the kernel is used for; above it candle's tiled matmul is efficient.
+pub const MAX_ROWS: usize = 32;
+
+/// Weight rows per parallel task: 64 rows of 3072 floats is 768 KiB, enough work to be
+/// worth a task and small enough to balance two threads on the 768-row matrices.
+const ROWS_PER_TASK: usize = 64;
+
+/// `x @ w^T` for `x [rows, k]` and `w [n, k]`, both contiguous f32, as a `[rows, n]` tensor.
+pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if available() { x.apply_op2_no_bwd(w, &SkinnyMatmul) } else { x.matmul(&w.t()?) }
+}
+
+/// Whether this CPU runs the kernel (else [`matmul_t`] is candle's matmul).
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+struct SkinnyMatmul;
+
+impl CustomOp2 for SkinnyMatmul {
+    fn name(&self) -> &'static str {
+        "skinny-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (rows, k) = l1.shape().dims2()?;
+        let (n, k2) = l2.shape().dims2()?;
+        if k != k2 {
+            candle_core::bail!("skinny matmul: x has {k} columns, w {k2}");
+        }
+        let (CpuStorage::F32(x), CpuStorage::F32(w)) = (s1, s2) else {
+            candle_core::bail!("skinny matmul: f32 only");
+        };
+        let (Some((xs, xe)), Some((ws, we))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            candle_core::bail!("skinny matmul: inputs must be contiguous");
+        };
+        let (x, w) = (&x[xs..xe], &w[ws..we]);
+        let mut out = vec![0f32; rows * n];
+        let ptr = OutPtr(out.as_mut_ptr());
+        (0..n.div_ceil(ROWS_PER_TASK)).into_par_iter().for_each(|task| {
+            let start = task * ROWS_PER_TASK;
+            let end = (start + ROWS_PER_TASK).min(n);
+            // SAFETY: tasks write disjoint columns `start..end` of `out`, which outlives them.
+            unsafe { kernel(x, rows, w, k, n, start, end, ptr) };
+        });
+        Ok((CpuStorage::F32(out), Shape::from((rows, n))))
+    }
+}
+
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: the pointer is only written at disjoint indices by the tasks of one call.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// Columns `start..end` of `out [rows, n] = x [rows, k] @ w [n, k]^T`.
+///
+/// # Safety
+/// `out` must point to `rows * n` floats that no one else writes in those columns.
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel(
+    x: &[f32],
+    rows: usize,
+    w: &[f32],
+    k: usize,
+    n: usize,
+    start: usize,
+    end: usize,
+    out: OutPtr,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: only called when `available()` said the CPU has AVX2 and FMA.
+        unsafe { avx2::kernel(x, rows, w, k, n, start, end, out.0) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        for j in start..end {
+            let wr = &w[j * k..(j + 1) * k];
+            for r in 0..rows {
+                let xr = &x[r * k..(r + 1) * k];
+                let dot: f32 = wr.iter().zip(xr).map(|(a, b)| a * b).sum();
+                // SAFETY: see the function's contract.
+                unsafe { *out.0.add(r * n + j) = dot };
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// Horizontal sum of 8 lanes.
+    #[inline(always)]
+    unsafe fn hsum(v: __m256) -> f32 {
+        unsafe {
+            let lo = _mm256_castps256_ps128(v);
+            let hi = _mm256_extractf128_ps(v, 1);
+            let s = _mm_add_ps(lo, hi);
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+            _mm_cvtss_f32(s)
+        }
+    }
+
+    /// Dot products of `W` weight rows starting at `wj` with `R` input rows starting at `xr`.
+    /// Indexed loops: the register tile reads better as `acc[a][b]` than as iterators.
+    #[inline(always)]
+    #[allow(clippy::needless_range_loop)]
+    unsafe fn tile<const W: usize, const R: usize>(
+        x: &[f32],
+        w: &[f32],
+        k: usize,
+        wj: usize,
+        xr: usize,
+    ) -> [[f32; R]; W] {
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); R]; W];
+            let body = k - k % 8;
+            let wp = w.as_ptr().add(wj * k);
+            let xp = x.as_ptr().add(xr * k);
+            let mut i = 0;
+            while i < body {
+                let mut wv = [_mm256_setzero_ps(); W];
+                for (a, v) in wv.iter_mut().enumerate() {
+                    *v = _mm256_loadu_ps(wp.add(a * k + i));
+                }
+                for b in 0..R {
+                    let xv = _mm256_loadu_ps(xp.add(b * k + i));
+                    for a in 0..W {
+                        acc[a][b] = _mm256_fmadd_ps(wv[a], xv, acc[a][b]);
+                    }
+                }
+                i += 8;
+            }
+            let mut sums = [[0f32; R]; W];
+            for a in 0..W {
+                for b in 0..R {
+                    let mut s = hsum(acc[a][b]);
+                    for t in body..k {
+                        s += *wp.add(a * k + t) * *xp.add(b * k + t);
+                    }
+                    sums[a][b] = s;
+                }
+            }
+            sums
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn store<const W: usize, const R: usize>(
+        out: *mut f32,
+        n: usize,
+        wj: usize,
+        xr: usize,
+        sums: [[f32; R]; W],
+    ) {
+        for (a, col) in sums.iter().enumerate() {
+            for (b, &s) in col.iter().enumerate() {
+                // SAFETY: the caller's columns, inside `rows * n`.
+                unsafe { *out.add((xr + b) * n + wj + a) = s };
+            }
+        }
+    }
+
+    /// Four weight rows (from L1 after their first pass) against two input rows at a time:
+    /// 8 accumulators + 4 weight vectors + 1 input vector fit AVX2's 16 registers.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn kernel(
+        x: &[f32],
+        rows: usize,
+        w: &[f32],
+        k: usize,
+        n: usize,
+        start: usize,
+        end: usize,
+        out: *mut f32,
+    ) {
+        unsafe {
+            let mut j = start;
+            while j + 4 <= end {
+                let mut r = 0;
+                while r + 2 <= rows {
+                    store::<4, 2>(out, n, j, r, tile::<4, 2>(x, w, k, j, r));
+                    r += 2;
+                }
+                if r < rows {
+                    store::<4, 1>(out, n, j, r, tile::<4, 1>(x, w, k, j, r));
+                }
+                j += 4;
+            }
+            while j < end {
+                for r in 0..rows {
+                    store::<1, 1>(out, n, j, r, tile::<1, 1>(x, w, k, j, r));
+                }
+                j += 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn matches_candle_matmul() -> Result<()> {
+        let dev = Device::Cpu;
+        for (rows, k, n) in [(1, 8, 4), (2, 768, 2304), (3, 13, 7), (5, 100, 67), (16, 64, 130)] {
+            let x = Tensor::randn(0f32, 1.0, (rows, k), &dev)?;
+            let w = Tensor::randn(0f32, 1.0, (n, k), &dev)?;
+            let want = x.matmul(&w.t()?)?;
+            let got = matmul_t(&x, &w)?;
+            let diff = (want - got)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(diff < 1e-3 * (k as f32).sqrt(), "{rows}x{k}x{n}: max diff {diff}");
+        }
+        Ok(())
+    }
+}
