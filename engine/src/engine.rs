@@ -103,6 +103,9 @@ pub struct Generation {
     pub truncated_tokens: usize,
     /// Why it ended.
     pub finish_reason: FinishReason,
+    /// The token that ended it, with [`FinishReason::Stop`]: end-of-text or one of the
+    /// request's `stop_token_ids` (not part of `token_ids`).
+    pub stop_token: Option<u32>,
     /// Milliseconds waiting for admission to the batch.
     pub queue_ms: f64,
     /// Milliseconds from admission to the first token's logits (prefix lookup + prefill,
@@ -239,6 +242,12 @@ impl Engine {
             scheduler: Handle { tx: Mutex::new(tx), counters, limits },
             seeds: AtomicU64::new(RandomState::new().hash_one(0u8)),
         })
+    }
+
+    /// The model itself, for measurements that drive its forward passes directly (a
+    /// forward pass run beside the scheduler shares the cores with it).
+    pub fn model(&self) -> &Gpt2 {
+        &self.shared.model
     }
 
     /// The scheduler's settings.
@@ -427,6 +436,7 @@ impl Engine {
                 cached_tokens: cached,
                 truncated_tokens: truncated,
                 finish_reason: FinishReason::Aborted,
+                stop_token: None,
                 queue_ms: 0.0,
                 prefill_ms: first.map_or(0.0, |f| ms(submitted, f)),
                 decode_ms: first.map_or(0.0, |f| ms(f, Instant::now())),

@@ -9,6 +9,7 @@
 use candle_core::{D, DType, Device, Module, Result, Tensor};
 use candle_nn::{Embedding, LayerNorm, VarBuilder};
 
+use crate::decode_attention::{self, Query};
 use crate::skinny;
 use serde::{Deserialize, Serialize};
 
@@ -312,6 +313,9 @@ impl Attention {
     fn forward(&self, x: &Tensor, seqs: &mut [StepSeq<'_>], layer: usize) -> Result<Tensor> {
         let c = x.dim(1)?;
         let qkv = self.c_attn.forward(x)?;
+        if seqs.iter().all(|s| s.tokens.len() == 1) {
+            return self.decode(&qkv, seqs, layer);
+        }
         let mut ys = Vec::with_capacity(seqs.len());
         let mut row = 0;
         for s in seqs.iter_mut() {
@@ -337,6 +341,24 @@ impl Attention {
             ys.push(probs.matmul(&v)?.transpose(1, 2)?.reshape((t, c))?);
         }
         let y = if ys.len() == 1 { ys.pop().expect("one") } else { Tensor::cat(&ys, 0)? };
+        self.c_proj.forward(&y)
+    }
+
+    /// One new token per sequence: append each one's key and value, then attend for all of
+    /// them in one parallel pass over their caches (see [`decode_attention`]).
+    fn decode(&self, qkv: &Tensor, seqs: &mut [StepSeq<'_>], layer: usize) -> Result<Tensor> {
+        let c = qkv.dim(1)? / 3;
+        let mut kvs = Vec::with_capacity(seqs.len());
+        for (i, s) in seqs.iter_mut().enumerate() {
+            let row = qkv.narrow(0, i, 1)?;
+            // One row of heads side by side is already `[1, n_head, 1, head_dim]` in memory.
+            let head = |j: usize| -> Result<Tensor> {
+                row.narrow(1, j * c, c)?.reshape((1, self.n_head, 1, self.head_dim))
+            };
+            kvs.push(s.cache.append(layer, head(1)?, head(2)?, self.max_len)?);
+        }
+        let queries: Vec<Query> = kvs.iter().map(|(k, v)| Query { k, v }).collect();
+        let y = decode_attention::attend(&qkv.narrow(1, 0, c)?, &queries, self.n_head)?;
         self.c_proj.forward(&y)
     }
 }

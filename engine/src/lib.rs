@@ -10,6 +10,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod decode_attention;
 mod engine;
 mod error;
 pub mod gpt2;

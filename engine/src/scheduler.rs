@@ -6,8 +6,8 @@
 //! arrival order while the batch has room and the KV budget covers the newcomer's whole
 //! reservation (prompt + `max_new_tokens`, as TGI reserves: a running sequence is never
 //! preempted); (3) one decode pass over all sequences that have a next token to feed;
-//! (4) one prompt chunk of at most `prefill_chunk` tokens of the oldest sequence still
-//! prefilling. Decode and prefill are separate passes so that a sequence's numbers never depend
+//! (4) one prompt chunk of at most `prefill_chunk` tokens, the prefilling sequences taking
+//! turns. Decode and prefill are separate passes so that a sequence's numbers never depend
 //! on what else runs (the decode rows go through a kernel whose rows are independent; a prompt
 //! chunk is computed alone): greedy output is the same alone or in a batch. The price is one
 //! more read of the weights per prefill step, small beside the chunk's compute.
@@ -137,7 +137,11 @@ struct Seq {
     cached: usize,
     /// The token to feed at the next decode pass.
     next: Option<u32>,
+    /// When its last prompt chunk ran (the scheduler's chunk count; 0: never).
+    last_chunk: u64,
     out: Vec<u32>,
+    /// The token that ended it (end-of-text or a stop token id).
+    stop_token: Option<u32>,
     text: String,
     utf8: Utf8Stream,
     reserved: u64,
@@ -157,6 +161,7 @@ pub(crate) fn run(
         waiting: VecDeque::new(),
         running: Vec::new(),
         reserved: 0,
+        chunks: 0,
     };
     loop {
         if s.waiting.is_empty() && s.running.is_empty() {
@@ -190,6 +195,8 @@ struct Scheduler {
     waiting: VecDeque<Seq>,
     running: Vec<Seq>,
     reserved: u64,
+    /// Prompt chunks run so far.
+    chunks: u64,
 }
 
 impl Scheduler {
@@ -203,7 +210,9 @@ impl Scheduler {
             prefilled: 0,
             cached: 0,
             next: None,
+            last_chunk: 0,
             out: Vec::new(),
+            stop_token: None,
             text: String::new(),
             utf8: Utf8Stream::default(),
             reserved: 0,
@@ -338,10 +347,17 @@ impl Scheduler {
         }
     }
 
-    /// One chunk of the oldest admitted prompt that is not fully run yet.
+    /// One chunk of a prompt that is not fully run yet.
     fn prefill(&mut self) {
-        let oldest = self.running.iter().enumerate().filter(|(_, s)| s.next.is_none());
-        let Some((i, _)) = oldest.min_by_key(|(_, s)| s.admitted) else { return };
+        // The prefilling sequence served least recently (the oldest first): prompts take turns
+        // chunk by chunk, so a short one that arrives during a long one's prefill is not
+        // stuck behind all of it.
+        let prefilling = self.running.iter().enumerate().filter(|(_, s)| s.next.is_none());
+        let Some((i, _)) = prefilling.min_by_key(|(_, s)| (s.last_chunk, s.admitted)) else {
+            return;
+        };
+        self.chunks += 1;
+        self.running[i].last_chunk = self.chunks;
         self.counters.steps.fetch_add(1, Ordering::Relaxed);
         let seq = &mut self.running[i];
         let total = seq.sub.ids.len();
@@ -399,6 +415,7 @@ impl Scheduler {
         self.counters.generated.fetch_add(1, Ordering::Relaxed);
         let eos = self.shared.info.config.eos_token_id;
         if (!seq.sub.ignore_eos && Some(next) == eos) || seq.sub.stop_token_ids.contains(&next) {
+            seq.stop_token = Some(next);
             return self.finish(seq, Ok(FinishReason::Stop));
         }
         seq.out.push(next);
@@ -457,6 +474,7 @@ impl Scheduler {
                     cached_tokens: seq.cached,
                     truncated_tokens: seq.sub.truncated,
                     finish_reason: reason,
+                    stop_token: seq.stop_token,
                     queue_ms: ms(Some(seq.submitted), seq.admitted.or(now)),
                     prefill_ms: ms(seq.admitted, seq.first_logits),
                     decode_ms: ms(seq.first_logits, now),
@@ -464,6 +482,8 @@ impl Scheduler {
             }
             Err(e) => Err(e),
         };
+        // Published before the caller hears of the end, so that it never sees itself counted.
+        self.publish();
         let _ = seq.sub.events.send(Event::Done(done));
     }
 }

@@ -10,7 +10,7 @@ use locus::policy::{self, FaultPolicy, PolicySource};
 use locus::router::RouterOptions;
 use locus::serve::ServeLimits;
 use locus::worker::WorkerOptions;
-use locus_engine::ModelSource;
+use locus_engine::{EngineOptions, Limits, ModelSource};
 
 /// locus: a cache-aware LLM inference router whose routing and cache policies are
 /// WebAssembly components, swapped at run time.
@@ -97,12 +97,44 @@ pub struct ModelArgs {
     /// A local model directory (same as `--model DIR`).
     #[arg(long, conflicts_with = "model")]
     pub model_dir: Option<PathBuf>,
-    /// Byte budget of each worker's prefix KV store.
+    /// Byte budget of each worker's prefix KV store (finished prompts' blocks, for reuse).
     #[arg(long, default_value_t = 256 << 20)]
     pub prefix_cache_bytes: u64,
+    /// Most sequences a worker decodes together (continuous batching); 1 runs one
+    /// generation at a time.
+    #[arg(long, default_value_t = Limits::default().max_batch, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
+    pub max_batch: usize,
+    /// Most prompt tokens a worker runs in one step: longer prompts are prefilled in chunks
+    /// so that running streams keep producing tokens meanwhile.
+    #[arg(long, default_value_t = Limits::default().prefill_chunk, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    pub prefill_chunk: usize,
+    /// Byte budget of the running sequences' KV memory per worker, apart from the prefix
+    /// store: each request reserves prompt + max tokens at admission and waits while it
+    /// does not fit.
+    #[arg(long, default_value_t = Limits::default().kv_bytes)]
+    pub kv_cache_bytes: u64,
+    /// Seconds a request may wait for admission to the batch before it fails with 503.
+    #[arg(long, default_value_t = Limits::default().queue_timeout.as_secs_f64())]
+    pub queue_timeout: f64,
 }
 
 impl ModelArgs {
+    /// The engine settings these flags describe.
+    pub fn engine_options(&self) -> anyhow::Result<EngineOptions> {
+        let queue_timeout = Duration::try_from_secs_f64(self.queue_timeout).map_err(|_| {
+            anyhow::anyhow!("--queue-timeout must be a non-negative number of seconds")
+        })?;
+        Ok(EngineOptions {
+            prefix_cache_bytes: self.prefix_cache_bytes,
+            limits: Limits {
+                max_batch: self.max_batch,
+                prefill_chunk: self.prefill_chunk,
+                kv_bytes: self.kv_cache_bytes,
+                queue_timeout,
+            },
+        })
+    }
+
     pub fn source(&self) -> anyhow::Result<ModelSource> {
         match &self.model_dir {
             Some(d) => Ok(ModelSource::Dir(d.clone())),

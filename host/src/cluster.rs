@@ -24,8 +24,8 @@ pub struct ClusterOptions {
     pub workers: usize,
     /// Model every worker loads.
     pub model: ModelSource,
-    /// Prefix KV budget per worker.
-    pub prefix_cache_bytes: u64,
+    /// Each worker's engine: prefix KV budget and batching limits.
+    pub engine: EngineOptions,
     /// Worker options (cache policy, budgets, token); `worker_id` is set per worker.
     pub worker: WorkerOptions,
     /// Router options; `workers` is filled in.
@@ -52,13 +52,11 @@ pub struct Cluster {
 pub async fn load_engines(
     model: &ModelSource,
     n: usize,
-    prefix_cache_bytes: u64,
+    options: EngineOptions,
 ) -> anyhow::Result<Vec<Arc<Engine>>> {
     let loads = (0..n).map(|_| {
-        let model = model.clone();
-        tokio::task::spawn_blocking(move || {
-            Engine::load(&model, EngineOptions { prefix_cache_bytes }).map(Arc::new)
-        })
+        let (model, options) = (model.clone(), options.clone());
+        tokio::task::spawn_blocking(move || Engine::load(&model, options).map(Arc::new))
     });
     let mut engines = Vec::with_capacity(n);
     for l in futures_util::future::join_all(loads).await {
@@ -69,7 +67,7 @@ pub async fn load_engines(
 
 /// Starts the workers, then the router in front of them.
 pub async fn start(opts: ClusterOptions) -> anyhow::Result<Cluster> {
-    let engines = load_engines(&opts.model, opts.workers, opts.prefix_cache_bytes).await?;
+    let engines = load_engines(&opts.model, opts.workers, opts.engine.clone()).await?;
     if let Some(e) = engines.first() {
         tracing::info!(model = %e.describe(), workers = opts.workers, "model loaded");
     }
@@ -100,7 +98,7 @@ impl ClusterOptions {
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 8100)),
             workers: 3,
             model: ModelSource::Synthetic,
-            prefix_cache_bytes: 256 << 20,
+            engine: EngineOptions::default(),
             worker: WorkerOptions::default(),
             router: RouterOptions { policy: PolicySource::Builtin("hash"), ..Default::default() },
         }

@@ -74,7 +74,7 @@ async fn serve(cmd: Command) -> anyhow::Result<()> {
             opts.admin_addr = a.admin_addr;
             opts.workers = a.workers.max(1);
             opts.model = a.model.source()?;
-            opts.prefix_cache_bytes = a.model.prefix_cache_bytes;
+            opts.engine = a.model.engine_options()?;
             opts.worker = a.cache.options(Some(token.clone()), &a.serve)?;
             opts.router = a.routing.options(Some(token.clone()), &a.serve)?;
             let c = cluster::start(opts).await?;
@@ -104,7 +104,7 @@ async fn serve(cmd: Command) -> anyhow::Result<()> {
         }
         Command::Worker(a) => {
             let source = a.model.source()?;
-            let engines = cluster::load_engines(&source, 1, a.model.prefix_cache_bytes).await?;
+            let engines = cluster::load_engines(&source, 1, a.model.engine_options()?).await?;
             let engine = engines.into_iter().next().expect("one engine");
             tracing::info!(model = %engine.describe(), "model loaded");
             let mut wo = a.cache.options(a.admin_token.token.clone(), &a.serve)?;
@@ -171,7 +171,7 @@ async fn bench(a: BenchArgs) -> anyhow::Result<()> {
             (o.port, o.worker_port, o.admin_addr) = (0, 0, any);
             o.workers = a.spawn.unwrap_or(3).max(1);
             o.model = a.model.source()?;
-            o.prefix_cache_bytes = a.model.prefix_cache_bytes;
+            o.engine = a.model.engine_options()?;
             o.worker.admin_token = Some(token.clone());
             o.router.admin_token = Some(token.clone());
             let c = cluster::start(o).await?;

@@ -23,7 +23,7 @@ async fn start(limits: ServeLimits) -> Cluster {
     o.worker_port = 0;
     o.admin_addr = SocketAddr::from(([127, 0, 0, 1], 0));
     o.workers = 1;
-    o.prefix_cache_bytes = 64 << 20;
+    o.engine.prefix_cache_bytes = 64 << 20;
     o.worker.admin_token = Some(TOKEN.into());
     o.worker.limits = limits.clone();
     o.router.admin_token = Some(TOKEN.into());
@@ -492,8 +492,13 @@ async fn slow_clients_are_dropped_and_do_not_hold_the_worker() {
         body_read_timeout: Duration::from_millis(400),
         ..ServeLimits::default()
     };
-    let engines =
-        cluster::load_engines(&locus_engine::ModelSource::Synthetic, 1, 16 << 20).await.unwrap();
+    let engines = cluster::load_engines(
+        &locus_engine::ModelSource::Synthetic,
+        1,
+        locus_engine::EngineOptions { prefix_cache_bytes: 16 << 20, ..Default::default() },
+    )
+    .await
+    .unwrap();
     let opts = WorkerOptions { limits, max_queue: 1, ..WorkerOptions::default() };
     let w = worker::spawn(engines[0].clone(), opts, SocketAddr::from(([127, 0, 0, 1], 0)))
         .await

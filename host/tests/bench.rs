@@ -138,7 +138,7 @@ async fn an_end_to_end_bench_writes_its_report_and_its_totals_match_the_records(
     let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     (o.port, o.worker_port, o.admin_addr) = (0, 0, any);
     o.workers = 2;
-    o.prefix_cache_bytes = 32 << 20;
+    o.engine.prefix_cache_bytes = 32 << 20;
     o.worker.admin_token = Some("t".into());
     o.router.admin_token = Some("t".into());
     let c = cluster::start(o).await.unwrap();

@@ -19,7 +19,7 @@ async fn start(workers: usize, policy: &str) -> Cluster {
     o.worker_port = 0;
     o.admin_addr = SocketAddr::from(([127, 0, 0, 1], 0));
     o.workers = workers;
-    o.prefix_cache_bytes = 64 << 20;
+    o.engine.prefix_cache_bytes = 64 << 20;
     o.worker.admin_token = Some(TOKEN.into());
     o.router.admin_token = Some(TOKEN.into());
     o.router.policy = locus::policy::PolicySource::parse(policy).unwrap();
@@ -272,8 +272,13 @@ async fn swaps_under_load_fail_no_request_and_keep_cached_entries() {
 }
 
 async fn one_worker(max_queue: usize) -> worker::WorkerHandle {
-    let engines =
-        cluster::load_engines(&locus_engine::ModelSource::Synthetic, 1, 16 << 20).await.unwrap();
+    let engines = cluster::load_engines(
+        &locus_engine::ModelSource::Synthetic,
+        1,
+        locus_engine::EngineOptions { prefix_cache_bytes: 16 << 20, ..Default::default() },
+    )
+    .await
+    .unwrap();
     let opts = WorkerOptions { max_queue, ..WorkerOptions::default() };
     worker::spawn(engines[0].clone(), opts, SocketAddr::from(([127, 0, 0, 1], 0))).await.unwrap()
 }
@@ -360,8 +365,13 @@ async fn watch_swaps_the_policy_when_its_file_changes_and_ignores_a_bad_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cache_policy_swaps_under_load_lose_no_entry_and_fail_no_request() {
-    let engines =
-        cluster::load_engines(&locus_engine::ModelSource::Synthetic, 1, 16 << 20).await.unwrap();
+    let engines = cluster::load_engines(
+        &locus_engine::ModelSource::Synthetic,
+        1,
+        locus_engine::EngineOptions { prefix_cache_bytes: 16 << 20, ..Default::default() },
+    )
+    .await
+    .unwrap();
     let opts = WorkerOptions { admin_token: Some(TOKEN.into()), ..WorkerOptions::default() };
     let w = worker::spawn(engines[0].clone(), opts, SocketAddr::from(([127, 0, 0, 1], 0)))
         .await

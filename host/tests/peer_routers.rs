@@ -163,8 +163,13 @@ impl Drop for PeerRouter {
 }
 
 async fn start_workers(n: usize) -> Vec<WorkerHandle> {
-    let engines =
-        cluster::load_engines(&locus_engine::ModelSource::Synthetic, n, 16 << 20).await.unwrap();
+    let engines = cluster::load_engines(
+        &locus_engine::ModelSource::Synthetic,
+        n,
+        locus_engine::EngineOptions { prefix_cache_bytes: 16 << 20, ..Default::default() },
+    )
+    .await
+    .unwrap();
     let mut workers = Vec::new();
     for (i, engine) in engines.into_iter().enumerate() {
         let opts = WorkerOptions { worker_id: format!("worker-{}", i + 1), ..Default::default() };

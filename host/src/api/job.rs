@@ -59,6 +59,8 @@ impl Prompt {
 
 /// Most stop sequences one request may give.
 pub const MAX_STOPS: usize = 16;
+/// Most stop token ids one request may give.
+pub const MAX_STOP_TOKEN_IDS: usize = 64;
 /// Longest stop sequence, in bytes.
 pub const MAX_STOP_BYTES: usize = 256;
 
@@ -85,6 +87,8 @@ pub struct Job {
     pub include_stop: bool,
     /// Go on past end-of-text.
     pub ignore_eos: bool,
+    /// Token ids that end the generation like end-of-text (SGLang's `stop_token_ids`).
+    pub stop_token_ids: Vec<u32>,
     /// Answer as Server-Sent Events.
     pub stream: bool,
     /// Streams end with a chunk carrying `usage` (OpenAI's `stream_options.include_usage`).
@@ -113,6 +117,7 @@ impl Job {
             stop: Vec::new(),
             include_stop: false,
             ignore_eos: false,
+            stop_token_ids: Vec::new(),
             stream: false,
             include_usage: false,
             rid: None,
@@ -361,8 +366,11 @@ impl Unsupported {
         if self.min_new_tokens.is_some_and(|n| n > 0) {
             return refuse("min_new_tokens", "a minimum length is not implemented");
         }
-        if self.stop_token_ids.as_ref().is_some_and(|v| !v.is_empty()) {
-            return refuse("stop_token_ids", "stop on token ids is not implemented; use stop");
+        if self.stop_token_ids.as_ref().is_some_and(|v| v.len() > MAX_STOP_TOKEN_IDS) {
+            return Err(ApiError::invalid(
+                format!("{prefix}stop_token_ids"),
+                format!("at most {MAX_STOP_TOKEN_IDS} stop token ids"),
+            ));
         }
         if self.logit_bias.as_ref().is_some_and(|m| !m.is_empty()) {
             return refuse("logit_bias", "logit bias is not implemented");

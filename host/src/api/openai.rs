@@ -76,6 +76,7 @@ impl CompletionRequest {
     pub fn into_job(self) -> Result<Job, ApiError> {
         let unsupported = self.unsupported();
         unsupported.check("")?;
+        let stop_token_ids = unsupported.stop_token_ids.clone().unwrap_or_default();
         if self.logprobs.as_ref().is_some_and(|v| !v.is_null()) {
             return Err(ApiError::unsupported("logprobs", "log probabilities are not implemented"));
         }
@@ -112,6 +113,7 @@ impl CompletionRequest {
         );
         job.stop = stops(self.stop, "stop")?;
         job.ignore_eos = self.ignore_eos;
+        job.stop_token_ids = stop_token_ids;
         job.stream = self.stream;
         job.include_usage = self.stream_options.is_some_and(|o| o.include_usage);
         Ok(job)
@@ -163,6 +165,7 @@ impl ChatCompletionRequest {
     pub fn into_job(self) -> Result<Job, ApiError> {
         let unsupported = self.unsupported();
         unsupported.check("")?;
+        let stop_token_ids = unsupported.stop_token_ids.clone().unwrap_or_default();
         if self.logprobs {
             return Err(ApiError::unsupported("logprobs", "log probabilities are not implemented"));
         }
@@ -191,6 +194,7 @@ impl ChatCompletionRequest {
         job.stop = stops(self.stop, "stop")?;
         job.stop.extend(chat::STOPS.iter().map(|s| s.to_string()));
         job.ignore_eos = self.ignore_eos;
+        job.stop_token_ids = stop_token_ids;
         job.stream = self.stream;
         job.include_usage = self.stream_options.is_some_and(|o| o.include_usage);
         Ok(job)

@@ -131,6 +131,7 @@ impl GenerateRequest {
         job.stop = stops(sp.stop, "sampling_params.stop")?;
         job.include_stop = sp.no_stop_trim;
         job.ignore_eos = sp.ignore_eos;
+        job.stop_token_ids = unsupported.stop_token_ids.clone().unwrap_or_default();
         job.stream = self.stream;
         job.rid = match self.rid {
             None => None,

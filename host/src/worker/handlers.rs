@@ -104,7 +104,7 @@ impl Answer<'_> {
     pub fn finish_reason(&self) -> String {
         match self.outcome.finish {
             Finish::Length => "length",
-            Finish::Eos | Finish::Stop(_) => "stop",
+            Finish::StopToken(_) | Finish::Stop(_) => "stop",
             Finish::Cancelled => "abort",
         }
         .into()
@@ -119,11 +119,9 @@ impl Answer<'_> {
                 length: Some(o.completion_tokens),
                 matched: None,
             },
-            Finish::Eos => FinishReason {
-                kind: "stop".into(),
-                length: None,
-                matched: self.w.engine.model_info().config.eos_token_id.map(Value::from),
-            },
+            Finish::StopToken(id) => {
+                FinishReason { kind: "stop".into(), length: None, matched: Some(Value::from(*id)) }
+            }
             Finish::Stop(s) => {
                 FinishReason { kind: "stop".into(), length: None, matched: Some(s.clone().into()) }
             }

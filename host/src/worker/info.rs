@@ -32,6 +32,8 @@ pub(super) async fn models(State(w): State<Arc<Worker>>) -> Json<ModelList> {
 pub(super) async fn server_info(State(w): State<Arc<Worker>>) -> Json<Value> {
     let (entries, bytes, capacity) = w.caches.response_stats();
     let prefix = w.engine.cache_stats();
+    let sched = w.engine.scheduler_stats();
+    let limits = w.engine.limits();
     Json(json!({
         "worker_id": w.options.worker_id,
         "version": env!("CARGO_PKG_VERSION"),
@@ -42,6 +44,12 @@ pub(super) async fn server_info(State(w): State<Arc<Worker>>) -> Json<Value> {
         "response_cache": {"entries": entries, "bytes": bytes, "capacity_bytes": capacity},
         "prefix_cache": {"entries": prefix.entries, "bytes": prefix.bytes,
                           "capacity_bytes": prefix.capacity_bytes, "hit_tokens": prefix.hit_tokens},
+        "scheduler": {"max_batch": limits.max_batch, "prefill_chunk": limits.prefill_chunk,
+                      "queue_timeout_s": limits.queue_timeout.as_secs_f64(),
+                      "running": sched.running, "waiting": sched.waiting,
+                      "kv_reserved_bytes": sched.kv_reserved_bytes,
+                      "kv_capacity_bytes": sched.kv_capacity_bytes,
+                      "generated_tokens": sched.generated_tokens},
     }))
 }
 
@@ -62,5 +70,6 @@ pub(super) async fn metrics(State(w): State<Arc<Worker>>) -> Response {
     w.metrics.cache_bytes.with_label_values(&["response"]).set(bytes as i64);
     w.metrics.cache_bytes.with_label_values(&["prefix"]).set(w.engine.cache_stats().bytes as i64);
     w.metrics.policy_faults.set(w.caches.faults() as i64);
+    w.metrics.scheduler(&w.engine.scheduler_stats());
     render_metrics(&w.metrics.registry)
 }

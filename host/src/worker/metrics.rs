@@ -1,7 +1,8 @@
 //! The worker's Prometheus metrics.
 
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 use super::run::{Finish, Outcome};
@@ -17,6 +18,12 @@ pub(super) struct Metrics {
     pub cache_bytes: IntGaugeVec,
     pub policy_faults: IntGauge,
     pub cancelled: IntCounter,
+    pub running: IntGauge,
+    pub waiting: IntGauge,
+    pub kv_bytes: IntGaugeVec,
+    pub generated: IntCounter,
+    pub ttft: Histogram,
+    pub tpot: Histogram,
 }
 
 impl Metrics {
@@ -56,6 +63,42 @@ impl Metrics {
             "Generations stopped early because their client went away",
         )
         .unwrap();
+        let running = IntGauge::new(
+            "locus_worker_num_requests_running",
+            "Sequences in the running batch (prefilling or decoding)",
+        )
+        .unwrap();
+        let waiting = IntGauge::new(
+            "locus_worker_num_requests_waiting",
+            "Requests waiting for admission to the batch",
+        )
+        .unwrap();
+        let kv_bytes = IntGaugeVec::new(
+            Opts::new(
+                "locus_worker_kv_bytes",
+                "Running sequences' KV memory: reserved, and the budget (capacity)",
+            ),
+            &["state"],
+        )
+        .unwrap();
+        let generated =
+            IntCounter::new("locus_worker_generation_tokens_total", "Tokens generated").unwrap();
+        let ttft = Histogram::with_opts(
+            HistogramOpts::new(
+                "locus_worker_time_to_first_token_seconds",
+                "From a request's arrival to its first generated token",
+            )
+            .buckets(prometheus::exponential_buckets(0.005, 2.0, 14).unwrap()),
+        )
+        .unwrap();
+        let tpot = Histogram::with_opts(
+            HistogramOpts::new(
+                "locus_worker_time_per_output_token_seconds",
+                "Mean time between a request's generated tokens after the first",
+            )
+            .buckets(prometheus::exponential_buckets(0.002, 1.6, 14).unwrap()),
+        )
+        .unwrap();
         let registry = crate::http::registry(vec![
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
@@ -65,6 +108,12 @@ impl Metrics {
             Box::new(cache_bytes.clone()),
             Box::new(policy_faults.clone()),
             Box::new(cancelled.clone()),
+            Box::new(running.clone()),
+            Box::new(waiting.clone()),
+            Box::new(kv_bytes.clone()),
+            Box::new(generated.clone()),
+            Box::new(ttft.clone()),
+            Box::new(tpot.clone()),
         ]);
         Self {
             registry,
@@ -76,7 +125,23 @@ impl Metrics {
             cache_bytes,
             policy_faults,
             cancelled,
+            running,
+            waiting,
+            kv_bytes,
+            generated,
+            ttft,
+            tpot,
         }
+    }
+
+    /// Copies the scheduler's state into the gauges (at scrape time: it changes every step).
+    pub fn scheduler(&self, s: &locus_engine::SchedulerStats) {
+        self.running.set(s.running as i64);
+        self.waiting.set(s.waiting as i64);
+        self.kv_bytes.with_label_values(&["reserved"]).set(s.kv_reserved_bytes as i64);
+        self.kv_bytes.with_label_values(&["capacity"]).set(s.kv_capacity_bytes as i64);
+        // The engine's count only grows; the counter follows it.
+        self.generated.inc_by(s.generated_tokens.saturating_sub(self.generated.get()));
     }
 
     /// Counts a request by its endpoint and status, and times a successful one.

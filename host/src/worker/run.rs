@@ -21,8 +21,8 @@ use crate::api::{ApiError, Job, Prompt};
 pub enum Finish {
     /// `max_new_tokens` or the context was reached.
     Length,
-    /// The model produced end-of-text.
-    Eos,
+    /// The model produced end-of-text or one of the request's stop token ids.
+    StopToken(u32),
     /// A stop sequence matched.
     Stop(String),
     /// The client went away; nobody reads this answer.
@@ -87,7 +87,7 @@ fn cache_key(job: &Job) -> Option<u64> {
     // Greedy decoding ignores the seed and top_p: equal greedy requests share an entry.
     let (top_p, seed) = if job.temperature == 0.0 { (1.0, None) } else { (job.top_p, job.seed) };
     (job.max_new_tokens, job.temperature.to_bits(), top_p.to_bits(), seed).hash(&mut h);
-    (&job.stop, job.include_stop, job.ignore_eos).hash(&mut h);
+    (&job.stop, job.include_stop, job.ignore_eos, &job.stop_token_ids).hash(&mut h);
     Some(h.finish())
 }
 
@@ -96,6 +96,14 @@ fn engine_error(job: &Job, e: EngineError) -> ApiError {
         EngineError::PromptTooLong { .. } | EngineError::PromptTooLarge { .. } => {
             ApiError::invalid(job.param("prompt"), e.to_string())
                 .with_code("context_length_exceeded")
+        }
+        EngineError::ExceedsKvBudget { .. } => {
+            ApiError::invalid(job.param("max_new_tokens"), e.to_string())
+                .with_code("context_length_exceeded")
+        }
+        EngineError::QueueTimeout { .. } => {
+            ApiError::overloaded(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), 1)
+                .with_code("queue_timeout")
         }
         EngineError::EmptyPrompt => ApiError::invalid(job.param("prompt"), e.to_string()),
         EngineError::InvalidParam { field, .. } => {
@@ -139,6 +147,7 @@ impl Worker {
             seed: job.seed,
             truncate_left: false,
             ignore_eos: job.ignore_eos,
+            stop_token_ids: job.stop_token_ids.clone(),
         };
         let engine = self.engine.clone();
         let ids = match &job.prompt {
@@ -195,6 +204,7 @@ impl Worker {
             let _permit = _permit;
             let mut matcher = StopMatcher::new(stops, include);
             let mut gone = false;
+            let mut first_token = None;
             let send = |text: String, tokens: usize, gone: &mut bool| {
                 let closed = pieces.as_ref().is_some_and(|tx| {
                     if text.is_empty() {
@@ -206,6 +216,9 @@ impl Worker {
                 *gone |= closed;
             };
             let g = engine.generate_until(&ids, &req, |piece, tokens| {
+                if tokens > 0 && first_token.is_none() {
+                    first_token = Some(Instant::now());
+                }
                 let out = matcher.push(piece);
                 send(out, tokens, &mut gone);
                 gone |= cancel.load(Ordering::Relaxed);
@@ -218,21 +231,33 @@ impl Worker {
             let tail = matcher.finish();
             let tokens = g.as_ref().map_or(0, |g| g.completion_tokens);
             send(tail, tokens, &mut gone);
-            g.map(|g| (g, matcher, gone))
+            g.map(|g| (g, matcher, gone, first_token, Instant::now()))
         })
         .await
         .map_err(|e| ApiError::internal(format!("generation failed: {e}")))?;
-        let (g, matcher, gone) = ran.map_err(|e| engine_error(&job, e))?;
+        let (g, matcher, gone, first_token, ended) = ran.map_err(|e| engine_error(&job, e))?;
+        let eos = self.engine.model_info().config.eos_token_id;
         let finish = match (matcher.matched(), gone, g.finish_reason) {
             (Some(s), _, _) => Finish::Stop(s.to_string()),
             (None, true, _) => Finish::Cancelled,
-            (None, false, FinishReason::Stop) => Finish::Eos,
+            (None, false, FinishReason::Stop) => {
+                Finish::StopToken(g.stop_token.or(eos).unwrap_or_default())
+            }
             (None, false, _) => Finish::Length,
         };
         let computed = g.prompt_tokens - g.cached_tokens;
         self.metrics.prefix_tokens.with_label_values(&["cached"]).inc_by(g.cached_tokens as u64);
         self.metrics.prefix_tokens.with_label_values(&["computed"]).inc_by(computed as u64);
         let text = matcher.text().to_string();
+        if finish != Finish::Cancelled
+            && let Some(first) = first_token
+        {
+            self.metrics.ttft.observe(first.duration_since(started).as_secs_f64());
+            if g.completion_tokens > 1 {
+                let per_token = ended.duration_since(first).as_secs_f64();
+                self.metrics.tpot.observe(per_token / (g.completion_tokens - 1) as f64);
+            }
+        }
         if finish == Finish::Cancelled {
             self.metrics.cancelled.inc();
         } else if let Some(key) = key {
