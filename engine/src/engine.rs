@@ -45,7 +45,8 @@ pub struct GenerateRequest {
     /// (the generation then ends with [`FinishReason::Length`]). 0 only runs the prompt, which
     /// fills the prefix store.
     pub max_new_tokens: usize,
-    /// 0 is greedy (argmax); otherwise softmax temperature, finite and at most 100.
+    /// 0 (anything below 1e-5) is greedy (argmax); otherwise softmax temperature, finite and
+    /// at most 100.
     pub temperature: f64,
     /// Nucleus sampling mass in (0, 1]; 1 disables it. Ignored when greedy.
     pub top_p: f64,
@@ -396,7 +397,8 @@ impl Engine {
         let (ids, truncated, max_new) =
             self.fit(prompt_ids, req.max_new_tokens, req.truncate_left)?;
         self.check_kv(ids.len() + max_new)?;
-        let greedy = req.temperature == 0.0;
+        // As vLLM: below 1e-5 the logits divided by it overflow; that is greedy anyway.
+        let greedy = req.temperature < 1e-5;
         let seed = req
             .seed
             .unwrap_or_else(|| self.seeds.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed));
