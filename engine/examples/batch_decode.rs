@@ -30,6 +30,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn load(limits: Limits) -> Arc<Engine> {
+    // No deadline: with one place, 32 streams queue for minutes by design.
+    let limits = Limits { queue_timeout: Duration::from_secs(3600), ..limits };
     let opts = EngineOptions { prefix_cache_bytes: 0, limits };
     Arc::new(Engine::load(&ModelSource::Synthetic, opts).expect("synthetic model"))
 }

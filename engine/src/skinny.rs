@@ -250,28 +250,42 @@ mod avx2 {
 mod avx512 {
     use std::arch::x86_64::*;
 
+    use super::MAX_ROWS;
+
     /// Floats ahead of the current position to prefetch weights from (a prefetch past the
     /// end of a row only touches the next row or nothing: it never faults).
     const PREFETCH: usize = 256;
+    /// Columns per block: four weight rows of a block (8 KiB) stay in L1 while every input
+    /// row meets them, however long the rows are (3072 floats for the MLP's down projection).
+    const BLOCK: usize = 512;
 
-    /// Dot products of `W` weight rows starting at `wj` with `R` input rows starting at `xr`,
-    /// 16 lanes at a time.
+    type Acc = [[__m512; MAX_ROWS]; 4];
+
+    /// Adds columns `from..to` of `W` weight rows at `wj` times `R` input rows at `xr` into
+    /// the accumulators, 16 lanes at a time.
     #[inline(always)]
-    #[allow(clippy::needless_range_loop)]
-    unsafe fn tile<const W: usize, const R: usize>(
+    #[allow(clippy::needless_range_loop, clippy::too_many_arguments)]
+    unsafe fn block<const W: usize, const R: usize>(
+        acc: &mut Acc,
         x: &[f32],
         w: &[f32],
         k: usize,
         wj: usize,
         xr: usize,
-    ) -> [[f32; R]; W] {
+        from: usize,
+        to: usize,
+    ) {
         unsafe {
-            let mut acc = [[_mm512_setzero_ps(); R]; W];
-            let body = k - k % 16;
+            let mut regs = [[_mm512_setzero_ps(); R]; W];
+            for a in 0..W {
+                for b in 0..R {
+                    regs[a][b] = acc[a][xr + b];
+                }
+            }
             let wp = w.as_ptr().add(wj * k);
             let xp = x.as_ptr().add(xr * k);
-            let mut i = 0;
-            while i < body {
+            let mut i = from;
+            while i < to {
                 let mut wv = [_mm512_setzero_ps(); W];
                 for (a, v) in wv.iter_mut().enumerate() {
                     // The weights stream from memory once: ask for them early enough that
@@ -282,43 +296,65 @@ mod avx512 {
                 for b in 0..R {
                     let xv = _mm512_loadu_ps(xp.add(b * k + i));
                     for a in 0..W {
-                        acc[a][b] = _mm512_fmadd_ps(wv[a], xv, acc[a][b]);
+                        regs[a][b] = _mm512_fmadd_ps(wv[a], xv, regs[a][b]);
                     }
                 }
                 i += 16;
             }
-            let mut sums = [[0f32; R]; W];
             for a in 0..W {
                 for b in 0..R {
-                    let mut s = _mm512_reduce_add_ps(acc[a][b]);
+                    acc[a][xr + b] = regs[a][b];
+                }
+            }
+        }
+    }
+
+    /// `W` weight rows at `wj` against every input row, blocked along `k`; writes the dots.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn rows_tile<const W: usize>(
+        x: &[f32],
+        rows: usize,
+        w: &[f32],
+        k: usize,
+        n: usize,
+        wj: usize,
+        out: *mut f32,
+    ) {
+        unsafe {
+            let mut acc: Acc = [[_mm512_setzero_ps(); MAX_ROWS]; 4];
+            let body = k - k % 16;
+            let mut from = 0;
+            while from < body {
+                let to = (from + BLOCK).min(body);
+                let mut r = 0;
+                while r + 4 <= rows {
+                    block::<W, 4>(&mut acc, x, w, k, wj, r, from, to);
+                    r += 4;
+                }
+                match rows - r {
+                    3 => block::<W, 3>(&mut acc, x, w, k, wj, r, from, to),
+                    2 => block::<W, 2>(&mut acc, x, w, k, wj, r, from, to),
+                    1 => block::<W, 1>(&mut acc, x, w, k, wj, r, from, to),
+                    _ => {}
+                }
+                from = to;
+            }
+            let (wp, xp) = (w.as_ptr().add(wj * k), x.as_ptr());
+            for (a, row_acc) in acc.iter().enumerate().take(W) {
+                for (b, v) in row_acc.iter().enumerate().take(rows) {
+                    let mut s = _mm512_reduce_add_ps(*v);
                     for t in body..k {
                         s += *wp.add(a * k + t) * *xp.add(b * k + t);
                     }
-                    sums[a][b] = s;
+                    *out.add(b * n + wj + a) = s;
                 }
             }
-            sums
         }
     }
 
-    #[inline(always)]
-    unsafe fn store<const W: usize, const R: usize>(
-        out: *mut f32,
-        n: usize,
-        wj: usize,
-        xr: usize,
-        sums: [[f32; R]; W],
-    ) {
-        for (a, col) in sums.iter().enumerate() {
-            for (b, &s) in col.iter().enumerate() {
-                // SAFETY: the caller's columns, inside `rows * n`.
-                unsafe { *out.add((xr + b) * n + wj + a) = s };
-            }
-        }
-    }
-
-    /// Four weight rows against four input rows at a time: 16 accumulators + 4 weight
-    /// vectors + 1 input vector of AVX-512's 32 registers.
+    /// Four weight rows at a time against every input row, in column blocks: up to 16
+    /// accumulators + 4 weight vectors + 1 input vector of AVX-512's 32 registers.
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn kernel(
@@ -331,26 +367,15 @@ mod avx512 {
         end: usize,
         out: *mut f32,
     ) {
+        debug_assert!(rows <= MAX_ROWS);
         unsafe {
             let mut j = start;
             while j + 4 <= end {
-                let mut r = 0;
-                while r + 4 <= rows {
-                    store::<4, 4>(out, n, j, r, tile::<4, 4>(x, w, k, j, r));
-                    r += 4;
-                }
-                match rows - r {
-                    3 => store::<4, 3>(out, n, j, r, tile::<4, 3>(x, w, k, j, r)),
-                    2 => store::<4, 2>(out, n, j, r, tile::<4, 2>(x, w, k, j, r)),
-                    1 => store::<4, 1>(out, n, j, r, tile::<4, 1>(x, w, k, j, r)),
-                    _ => {}
-                }
+                rows_tile::<4>(x, rows, w, k, n, j, out);
                 j += 4;
             }
             while j < end {
-                for r in 0..rows {
-                    store::<1, 1>(out, n, j, r, tile::<1, 1>(x, w, k, j, r));
-                }
+                rows_tile::<1>(x, rows, w, k, n, j, out);
                 j += 1;
             }
         }
