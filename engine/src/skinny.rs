@@ -21,7 +21,11 @@ const ROWS_PER_TASK: usize = 64;
 
 /// `x @ w^T` for `x [rows, k]` and `w [n, k]`, both contiguous f32, as a `[rows, n]` tensor.
 pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    if available() { x.apply_op2_no_bwd(w, &SkinnyMatmul) } else { x.matmul(&w.t()?) }
+    if available() {
+        x.apply_op2_no_bwd(w, &SkinnyMatmul { avx512: avx512() })
+    } else {
+        x.matmul(&w.t()?)
+    }
 }
 
 /// Whether this CPU runs the kernel (else [`matmul_t`] is candle's matmul).
@@ -36,7 +40,10 @@ pub fn available() -> bool {
     }
 }
 
-struct SkinnyMatmul;
+struct SkinnyMatmul {
+    /// Run the AVX-512 kernel (else the AVX2 one).
+    avx512: bool,
+}
 
 impl CustomOp2 for SkinnyMatmul {
     fn name(&self) -> &'static str {
@@ -69,20 +76,27 @@ impl CustomOp2 for SkinnyMatmul {
             let start = task * ROWS_PER_TASK;
             let end = (start + ROWS_PER_TASK).min(n);
             // SAFETY: tasks write disjoint columns `start..end` of `out`, which outlives them.
-            unsafe { kernel(x, rows, w, k, n, start, end, ptr) };
+            unsafe { kernel(x, rows, w, k, n, start, end, ptr, self.avx512) };
         });
         Ok((CpuStorage::F32(out), Shape::from((rows, n))))
     }
 }
 
-/// Whether the AVX-512 kernel runs (twice the lanes and registers of AVX2). Cached: the
-/// check runs once per task otherwise.
-#[cfg(target_arch = "x86_64")]
+/// Whether the AVX-512 kernel runs (twice the lanes and registers of AVX2);
+/// `LOCUS_NO_AVX512` set makes the path of AVX2-only machines measurable on one that has it.
 fn avx512() -> bool {
-    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *HAS.get_or_init(|| {
-        std::env::var_os("LOCUS_NO_AVX512").is_none() && std::is_x86_feature_detected!("avx512f")
-    })
+    #[cfg(target_arch = "x86_64")]
+    {
+        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *HAS.get_or_init(|| {
+            std::env::var_os("LOCUS_NO_AVX512").is_none()
+                && std::is_x86_feature_detected!("avx512f")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -105,10 +119,11 @@ unsafe fn kernel(
     start: usize,
     end: usize,
     out: OutPtr,
+    avx512: bool,
 ) {
     #[cfg(target_arch = "x86_64")]
     {
-        if avx512() {
+        if avx512 {
             // SAFETY: the CPU has AVX-512F (checked just above).
             unsafe { avx512::kernel(x, rows, w, k, n, start, end, out.0) }
         } else {
@@ -118,6 +133,7 @@ unsafe fn kernel(
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
+        let _ = avx512;
         for j in start..end {
             let wr = &w[j * k..(j + 1) * k];
             for r in 0..rows {
@@ -388,15 +404,36 @@ mod tests {
     use candle_core::Device;
 
     #[test]
-    fn matches_candle_matmul() -> Result<()> {
+    fn both_kernels_match_candle_matmul() -> Result<()> {
+        if !available() {
+            return Ok(());
+        }
         let dev = Device::Cpu;
-        for (rows, k, n) in [(1, 8, 4), (2, 768, 2304), (3, 13, 7), (5, 100, 67), (16, 64, 130)] {
+        let shapes = [(1, 8, 4), (2, 768, 2304), (3, 13, 7), (5, 100, 67), (16, 1100, 130)];
+        for (rows, k, n) in shapes.into_iter().chain([(32, 3072, 9)]) {
             let x = Tensor::randn(0f32, 1.0, (rows, k), &dev)?;
             let w = Tensor::randn(0f32, 1.0, (n, k), &dev)?;
             let want = x.matmul(&w.t()?)?;
-            let got = matmul_t(&x, &w)?;
-            let diff = (want - got)?.abs()?.max_all()?.to_scalar::<f32>()?;
-            assert!(diff < 1e-3 * (k as f32).sqrt(), "{rows}x{k}x{n}: max diff {diff}");
+            let kernels = if avx512() { vec![false, true] } else { vec![false] };
+            for avx512 in kernels {
+                let got = x.apply_op2_no_bwd(&w, &SkinnyMatmul { avx512 })?;
+                let diff = (&want - got)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                let what = if avx512 { "avx512" } else { "avx2" };
+                assert!(diff < 1e-3 * (k as f32).sqrt(), "{what} {rows}x{k}x{n}: diff {diff}");
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_row_gets_the_same_bits_whatever_rows_are_beside_it() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (70, 768), &dev)?;
+        let x = Tensor::randn(0f32, 1.0, (7, 768), &dev)?;
+        let together = matmul_t(&x, &w)?.to_vec2::<f32>()?;
+        for (i, row) in together.iter().enumerate() {
+            let alone = matmul_t(&x.narrow(0, i, 1)?, &w)?.to_vec2::<f32>()?;
+            assert_eq!(&alone[0], row, "row {i}");
         }
         Ok(())
     }
