@@ -474,14 +474,17 @@ impl Engine {
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    return Err(EngineError::Internal("the scheduler loop has stopped".into()));
+                    let why = "the scheduler dropped this generation (see the worker's log)";
+                    return Err(EngineError::Internal(why.into()));
                 }
             }
         }
     }
 
     /// Last-position logits of `prompt_ids` and how many prompt tokens came from the prefix
-    /// store (`use_cache` false bypasses the store entirely: no lookup, no insertion).
+    /// store (`use_cache` false bypasses the store entirely: no lookup, no insertion). Runs
+    /// on the calling thread, beside the scheduler rather than in its batch: for tests and
+    /// measurements.
     pub fn last_logits(&self, prompt_ids: &[u32], use_cache: bool) -> Result<(Vec<f32>, usize)> {
         let (ids, _, _) = self.fit(prompt_ids, 0, false)?;
         let ((_, logits), cached) = self.prefill(ids, use_cache, ids.len())?;

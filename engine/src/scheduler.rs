@@ -173,10 +173,18 @@ pub(crate) fn run(
         while let Ok(sub) = rx.try_recv() {
             s.enqueue(sub);
         }
-        s.drop_gone();
-        s.admit();
-        s.decode();
-        s.prefill();
+        // Each sequence's own failures are caught where it is stepped; this is the net
+        // under the scheduler's own code, so that no bug ends the loop for every caller.
+        let step = catch_unwind(AssertUnwindSafe(|| {
+            s.drop_gone();
+            s.admit();
+            s.decode();
+            s.prefill();
+        }));
+        if let Err(p) = step {
+            s.counters.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %panic_message(&*p), "scheduler step panicked; going on");
+        }
         s.publish();
         if s.running.is_empty() && !s.waiting.is_empty() {
             // Waiting for nothing but a deadline or a cancellation: nothing runs that could
