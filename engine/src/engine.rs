@@ -222,6 +222,14 @@ impl Engine {
             kv_bytes_per_token: crate::prefix::block_bytes(config.n_layer, config.n_embd)
                 / BLOCK_TOKENS as u64,
         };
+        let full_context = info.kv_bytes_per_token * config.n_positions as u64;
+        if limits.kv_bytes < full_context {
+            tracing::warn!(
+                kv_bytes = limits.kv_bytes,
+                full_context_bytes = full_context,
+                "the running KV budget holds less than one full context: longer requests are refused"
+            );
+        }
         let shared = Arc::new(Shared {
             model,
             tokenizer: Tokenizer::new(),
