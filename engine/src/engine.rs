@@ -143,6 +143,36 @@ impl Shared {
     pub(crate) fn store(&self) -> MutexGuard<'_, PrefixStore> {
         lock(&self.store)
     }
+
+    /// A cache for `ids` with room for `positions` tokens, starting from the longest prefix
+    /// the store holds (at most all but the last token, whose logits must be computed), and
+    /// that prefix's length. `use_cache` false skips the store.
+    pub(crate) fn cache_for(
+        &self,
+        ids: &[u32],
+        positions: usize,
+        use_cache: bool,
+    ) -> candle_core::Result<(KvCache, usize)> {
+        let hit = use_cache.then(|| self.store().lookup(ids, ids.len() - 1));
+        match hit {
+            // Copied outside the store's lock: the block tensors are shared handles.
+            Some(hit) if hit.tokens > 0 => {
+                Ok((KvCache::from_blocks(&hit.layers, positions)?, hit.tokens))
+            }
+            _ => Ok((KvCache::with_capacity(self.info.config.n_layer, positions), 0)),
+        }
+    }
+
+    /// Offers the full blocks of `ids` that `cache` holds beyond the `cached` prefix to the
+    /// store.
+    pub(crate) fn keep_prefix(
+        &self,
+        ids: &[u32],
+        cache: &KvCache,
+        cached: usize,
+    ) -> candle_core::Result<()> {
+        self.store().insert(ids, cache, cached / BLOCK_TOKENS)
+    }
 }
 
 /// Model, tokenizer, prefix store and the scheduler that batches generations. `Send + Sync`:
@@ -373,18 +403,25 @@ impl Engine {
 
     /// [`Self::prepare`] for a request given as token ids.
     pub fn check_ids(&self, ids: &[u32], req: &GenerateRequest) -> Result<()> {
-        validate(req)?;
-        let (ids, _, max_new) = self.fit(ids, req.max_new_tokens, req.truncate_left)?;
-        self.check_kv(ids.len() + max_new)
+        self.checked(ids, req).map(|_| ())
     }
 
-    fn check_kv(&self, positions: usize) -> Result<()> {
+    /// Everything that refuses a request before it runs: its parameters, [`Self::fit`], and
+    /// the running KV budget. Returns what `fit` returns.
+    fn checked<'a>(
+        &self,
+        ids: &'a [u32],
+        req: &GenerateRequest,
+    ) -> Result<(&'a [u32], usize, usize)> {
+        validate(req)?;
+        let (ids, truncated, max_new) = self.fit(ids, req.max_new_tokens, req.truncate_left)?;
+        let positions = ids.len() + max_new;
         let per_token = self.shared.info.kv_bytes_per_token.max(1);
         let max = (self.scheduler.limits.kv_bytes / per_token) as usize;
         if positions > max {
             return Err(EngineError::ExceedsKvBudget { tokens: positions, max });
         }
-        Ok(())
+        Ok((ids, truncated, max_new))
     }
 
     /// Like [`Self::generate_from_ids`], but `on_text(piece, tokens_so_far)` decides after
@@ -401,10 +438,7 @@ impl Engine {
         req: &GenerateRequest,
         mut on_text: impl FnMut(&str, usize) -> ControlFlow<()>,
     ) -> Result<Generation> {
-        validate(req)?;
-        let (ids, truncated, max_new) =
-            self.fit(prompt_ids, req.max_new_tokens, req.truncate_left)?;
-        self.check_kv(ids.len() + max_new)?;
+        let (ids, truncated, max_new) = self.checked(prompt_ids, req)?;
         // As vLLM: below 1e-5 the logits divided by it overflow; that is greedy anyway.
         let greedy = req.temperature < 1e-5;
         let seed = req
@@ -419,12 +453,10 @@ impl Engine {
         let cancel = Arc::new(AtomicBool::new(false));
         let sub = Submission {
             ids: ids.to_vec(),
-            truncated,
             max_new,
             sampler,
             ignore_eos: req.ignore_eos,
             stop_token_ids: req.stop_token_ids.clone(),
-            use_cache: true,
             events,
             cancel: cancel.clone(),
         };
@@ -433,38 +465,31 @@ impl Engine {
             .send((sub, submitted))
             .map_err(|_| EngineError::Internal("the scheduler loop has stopped".into()))?;
 
-        let (mut text, mut tokens, mut cached) = (String::new(), 0, 0);
-        let mut first_text = None;
-        let aborted = |text: String, tokens: usize, cached: usize, first: Option<Instant>| {
-            cancel.store(true, Ordering::Relaxed);
-            let ms = |a: Instant, b: Instant| b.duration_since(a).as_secs_f64() * 1e3;
-            Ok(Generation {
-                text,
-                token_ids: Vec::new(),
-                prompt_tokens: ids.len(),
-                completion_tokens: tokens,
-                cached_tokens: cached,
-                truncated_tokens: truncated,
-                finish_reason: FinishReason::Aborted,
-                stop_token: None,
-                queue_ms: 0.0,
-                prefill_ms: first.map_or(0.0, |f| ms(submitted, f)),
-                decode_ms: first.map_or(0.0, |f| ms(f, Instant::now())),
-            })
+        let mut heard = Heard::default();
+        let generation = |heard: Heard, end: FinishReason, stop_token: Option<u32>| {
+            let total_ms = submitted.elapsed().as_secs_f64() * 1e3;
+            heard.into_generation(ids.len(), truncated, end, stop_token, total_ms)
         };
         loop {
             match rx.recv_timeout(PROBE) {
-                Ok(Event::Started { cached_tokens }) => cached = cached_tokens,
-                Ok(Event::Text { piece, tokens: n }) => {
-                    first_text.get_or_insert_with(Instant::now);
-                    text.push_str(&piece);
-                    tokens = n;
-                    if on_text(&piece, n).is_break() {
-                        return aborted(text, tokens, cached, first_text);
+                Ok(Event::Admitted { queue_ms }) => heard.queue_ms = Some(queue_ms),
+                Ok(Event::Started { cached_tokens, prefill_ms }) => {
+                    heard.cached_tokens = cached_tokens;
+                    heard.prefill_ms = Some(prefill_ms);
+                }
+                Ok(Event::Text { piece, ids }) => {
+                    heard.token_ids.extend(ids);
+                    if piece.is_empty() {
+                        continue;
+                    }
+                    heard.text.push_str(&piece);
+                    if on_text(&piece, heard.token_ids.len()).is_break() {
+                        cancel.store(true, Ordering::Relaxed);
+                        return Ok(generation(heard, FinishReason::Aborted, None));
                     }
                 }
-                Ok(Event::Done(done)) => {
-                    let g = done?;
+                Ok(Event::Done { end, stop_token }) => {
+                    let g = generation(heard, end?, stop_token);
                     tracing::debug!(
                         prompt_tokens = g.prompt_tokens,
                         cached_tokens = g.cached_tokens,
@@ -477,8 +502,9 @@ impl Engine {
                     return Ok(g);
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if on_text("", tokens).is_break() {
-                        return aborted(text, tokens, cached, first_text);
+                    if on_text("", heard.token_ids.len()).is_break() {
+                        cancel.store(true, Ordering::Relaxed);
+                        return Ok(generation(heard, FinishReason::Aborted, None));
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -545,21 +571,52 @@ impl Engine {
         use_cache: bool,
         positions: usize,
     ) -> Result<((KvCache, Tensor), usize)> {
-        let n_layer = self.shared.info.config.n_layer;
-        let hit =
-            if use_cache { Some(self.shared.store().lookup(ids, ids.len() - 1)) } else { None };
-        let (mut cache, cached) = match hit {
-            // Concatenated outside the store's lock: the block tensors are shared handles.
-            Some(hit) if hit.tokens > 0 => {
-                (KvCache::from_blocks(&hit.layers, positions)?, hit.tokens)
-            }
-            _ => (KvCache::with_capacity(n_layer, positions), 0),
-        };
+        let (mut cache, cached) = self.shared.cache_for(ids, positions, use_cache)?;
         let logits = self.shared.model.forward(&ids[cached..], &mut cache)?;
         if use_cache {
-            self.shared.store().insert(ids, &cache, cached / BLOCK_TOKENS)?;
+            self.shared.keep_prefix(ids, &cache, cached)?;
         }
         Ok(((cache, logits), cached))
+    }
+}
+
+/// What a caller of the scheduler has heard of its generation so far.
+#[derive(Default)]
+struct Heard {
+    text: String,
+    token_ids: Vec<u32>,
+    cached_tokens: usize,
+    queue_ms: Option<f64>,
+    prefill_ms: Option<f64>,
+}
+
+impl Heard {
+    /// The generation as heard, ended by `end` `total_ms` after it was submitted. Time not
+    /// spent queued or on the prompt was spent decoding; not admitted yet, all of it was
+    /// queued; admitted but the prompt not done, the rest was prefill.
+    fn into_generation(
+        self,
+        prompt_tokens: usize,
+        truncated_tokens: usize,
+        end: FinishReason,
+        stop_token: Option<u32>,
+        total_ms: f64,
+    ) -> Generation {
+        let queue_ms = self.queue_ms.unwrap_or(total_ms);
+        let prefill_ms = self.prefill_ms.unwrap_or(total_ms - queue_ms);
+        Generation {
+            text: self.text,
+            completion_tokens: self.token_ids.len(),
+            token_ids: self.token_ids,
+            prompt_tokens,
+            cached_tokens: self.cached_tokens,
+            truncated_tokens,
+            finish_reason: end,
+            stop_token,
+            queue_ms,
+            prefill_ms,
+            decode_ms: (total_ms - queue_ms - prefill_ms).max(0.0),
+        }
     }
 }
 

@@ -21,9 +21,8 @@ use std::time::{Duration, Instant};
 use candle_core::Tensor;
 use candle_transformers::generation::LogitsProcessor;
 
-use crate::engine::{FinishReason, Generation, Shared};
+use crate::engine::{FinishReason, Shared};
 use crate::gpt2::{KvCache, Step};
-use crate::prefix::BLOCK_TOKENS;
 use crate::tokenizer::Utf8Stream;
 use crate::{EngineError, Result};
 
@@ -106,31 +105,34 @@ impl Counters {
 /// A request handed to the loop (already checked against the context).
 pub(crate) struct Submission {
     pub ids: Vec<u32>,
-    pub truncated: usize,
     pub max_new: usize,
     pub sampler: LogitsProcessor,
     pub ignore_eos: bool,
     pub stop_token_ids: Vec<u32>,
-    pub use_cache: bool,
     pub events: mpsc::Sender<Event>,
     pub cancel: Arc<AtomicBool>,
 }
 
-/// What the loop tells a request's caller.
+/// What the loop tells a request's caller; the caller assembles the `Generation` from
+/// these, so that a caller that stops early has the same figures as one that waits.
 pub(crate) enum Event {
-    /// The prompt ran; this many of its tokens came from the prefix store.
-    Started { cached_tokens: usize },
-    /// New text and the number of tokens generated so far.
-    Text { piece: String, tokens: usize },
-    /// The end: the whole generation, or why it failed.
-    Done(Result<Generation>),
+    /// Admitted to the batch after waiting this long.
+    Admitted { queue_ms: f64 },
+    /// The prompt ran, this long after admission; this many of its tokens came from the
+    /// prefix store.
+    Started { cached_tokens: usize, prefill_ms: f64 },
+    /// New text and the tokens it came from (a token can end mid-character, so its id may
+    /// come with the next one's text).
+    Text { piece: String, ids: Vec<u32> },
+    /// The end: why, and the token that ended it ([`FinishReason::Stop`]); or why it failed.
+    /// Not sent to a caller that left.
+    Done { end: Result<FinishReason>, stop_token: Option<u32> },
 }
 
 struct Seq {
     sub: Submission,
     submitted: Instant,
     admitted: Option<Instant>,
-    first_logits: Option<Instant>,
     cache: Option<KvCache>,
     /// Prompt tokens whose keys and values the cache holds.
     prefilled: usize,
@@ -140,10 +142,12 @@ struct Seq {
     /// When its last prompt chunk ran (the scheduler's chunk count; 0: never).
     last_chunk: u64,
     out: Vec<u32>,
+    /// Tokens of `out` already sent to the caller.
+    sent: usize,
     /// The token that ended it (end-of-text or a stop token id).
     stop_token: Option<u32>,
-    text: String,
     utf8: Utf8Stream,
+    /// Bytes of KV reserved while it runs.
     reserved: u64,
 }
 
@@ -160,7 +164,6 @@ pub(crate) fn run(
         counters,
         waiting: VecDeque::new(),
         running: Vec::new(),
-        reserved: 0,
         chunks: 0,
     };
     loop {
@@ -202,7 +205,6 @@ struct Scheduler {
     counters: Arc<Counters>,
     waiting: VecDeque<Seq>,
     running: Vec<Seq>,
-    reserved: u64,
     /// Prompt chunks run so far.
     chunks: u64,
 }
@@ -213,24 +215,29 @@ impl Scheduler {
             sub,
             submitted,
             admitted: None,
-            first_logits: None,
             cache: None,
             prefilled: 0,
             cached: 0,
             next: None,
             last_chunk: 0,
             out: Vec::new(),
+            sent: 0,
             stop_token: None,
-            text: String::new(),
             utf8: Utf8Stream::default(),
             reserved: 0,
         });
     }
 
+    /// KV reserved by the running sequences: derived, so that a sequence lost to a panic
+    /// cannot leak its reservation.
+    fn reserved(&self) -> u64 {
+        self.running.iter().map(|s| s.reserved).sum()
+    }
+
     fn publish(&self) {
         self.counters.waiting.store(self.waiting.len(), Ordering::Relaxed);
         self.counters.running.store(self.running.len(), Ordering::Relaxed);
-        self.counters.kv_reserved.store(self.reserved, Ordering::Relaxed);
+        self.counters.kv_reserved.store(self.reserved(), Ordering::Relaxed);
     }
 
     /// Ends the requests whose caller left, and those that waited past the deadline.
@@ -266,55 +273,52 @@ impl Scheduler {
     /// smaller ones behind it.
     fn admit(&mut self) {
         let per_token = self.shared.info.kv_bytes_per_token;
-        while self.running.len() < self.limits.max_batch.max(1) {
+        let mut reserved = self.reserved();
+        while self.running.len() < self.limits.max_batch {
             let Some(front) = self.waiting.front() else { break };
             let positions = front.sub.ids.len() + front.sub.max_new;
             let need = positions as u64 * per_token;
-            if self.reserved + need > self.limits.kv_bytes {
+            if reserved + need > self.limits.kv_bytes {
                 break;
             }
             let mut seq = self.waiting.pop_front().expect("front exists");
-            seq.admitted = Some(Instant::now());
-            seq.reserved = need;
-            self.reserved += need;
-            let ids = &seq.sub.ids;
-            let n_layer = self.shared.info.config.n_layer;
-            let hit = seq.sub.use_cache.then(|| self.shared.store().lookup(ids, ids.len() - 1));
-            let cache = match hit {
-                // Copied outside the store's lock: the block tensors are shared handles.
-                Some(hit) if hit.tokens > 0 => {
-                    KvCache::from_blocks(&hit.layers, positions).map(|c| (c, hit.tokens))
-                }
-                _ => Ok((KvCache::with_capacity(n_layer, positions), 0)),
-            };
-            match cache {
+            let now = Instant::now();
+            seq.admitted = Some(now);
+            let queue_ms = ms(seq.submitted, now);
+            let _ = seq.sub.events.send(Event::Admitted { queue_ms });
+            match self.shared.cache_for(&seq.sub.ids, positions, true) {
                 Ok((cache, cached)) => {
                     seq.cache = Some(cache);
                     seq.prefilled = cached;
                     seq.cached = cached;
+                    seq.reserved = need;
+                    reserved += need;
                     self.running.push(seq);
                 }
-                Err(e) => self.fail(seq, e.to_string()),
+                Err(e) => self.finish(seq, Err(EngineError::StepFailed(e.to_string()))),
             }
         }
     }
 
     /// One token for every sequence that has one to feed, all in one pass.
     fn decode(&mut self) {
-        let (mut ready, rest): (Vec<Seq>, Vec<Seq>) =
-            std::mem::take(&mut self.running).into_iter().partition(|s| s.next.is_some());
-        self.running = rest;
+        let ready: Vec<usize> =
+            (0..self.running.len()).filter(|&i| self.running[i].next.is_some()).collect();
         if ready.is_empty() {
             return;
         }
         self.counters.steps.fetch_add(1, Ordering::Relaxed);
-        let tokens: Vec<[u32; 1]> = ready.iter().map(|s| [s.next.expect("ready")]).collect();
-        let lens: Vec<usize> =
-            ready.iter().map(|s| s.cache.as_ref().map_or(0, KvCache::seq_len)).collect();
-        let model = &self.shared.model;
+        let tokens: Vec<[u32; 1]> =
+            ready.iter().map(|&i| [self.running[i].next.expect("ready")]).collect();
+        let lens: Vec<usize> = ready
+            .iter()
+            .map(|&i| self.running[i].cache.as_ref().map_or(0, KvCache::seq_len))
+            .collect();
+        let (running, model) = (&mut self.running, &self.shared.model);
         let batched = catch_unwind(AssertUnwindSafe(|| {
-            let mut steps: Vec<Step> = ready
+            let mut steps: Vec<Step> = running
                 .iter_mut()
+                .filter(|s| s.next.is_some())
                 .zip(&tokens)
                 .map(|(s, t)| Step {
                     tokens: t,
@@ -332,25 +336,26 @@ impl Scheduler {
                 // Something in the batch failed: undo the pass and run each sequence alone, so
                 // only the one at fault ends.
                 ready
-                    .iter_mut()
+                    .iter()
                     .zip(&tokens)
                     .zip(&lens)
-                    .map(|((s, t), &len)| {
-                        let cache = s.cache.as_mut().expect("admitted");
+                    .map(|((&i, t), &len)| {
+                        let cache = running[i].cache.as_mut().expect("admitted");
                         cache.truncate(len);
-                        match catch_unwind(AssertUnwindSafe(|| model.forward(t, cache))) {
-                            Ok(Ok(l)) => Ok(l),
-                            Ok(Err(e)) => Err(e.to_string()),
-                            Err(p) => Err(panic_message(&*p)),
-                        }
+                        caught(catch_unwind(AssertUnwindSafe(|| model.forward(t, cache))))
                     })
                     .collect()
             }
         };
-        for (seq, logits) in ready.into_iter().zip(logits) {
-            match logits {
-                Ok(l) => self.sample(seq, &l),
-                Err(e) => self.fail(seq, e),
+        // From the last: removing a finished sequence moves one already handled.
+        for (&i, logits) in ready.iter().zip(logits).rev() {
+            let end = match logits {
+                Ok(l) => self.sample(i, &l),
+                Err(e) => Some(Err(EngineError::StepFailed(e))),
+            };
+            if let Some(end) = end {
+                let seq = self.running.swap_remove(i);
+                self.finish(seq, end);
             }
         }
     }
@@ -365,11 +370,11 @@ impl Scheduler {
             return;
         };
         self.chunks += 1;
-        self.running[i].last_chunk = self.chunks;
         self.counters.steps.fetch_add(1, Ordering::Relaxed);
         let seq = &mut self.running[i];
+        seq.last_chunk = self.chunks;
         let total = seq.sub.ids.len();
-        let end = (seq.prefilled + self.limits.prefill_chunk.max(1)).min(total);
+        let end = (seq.prefilled + self.limits.prefill_chunk).min(total);
         let last = end == total;
         let want_logits = last && seq.sub.max_new > 0;
         let model = &self.shared.model;
@@ -379,121 +384,111 @@ impl Scheduler {
             let mut step = [Step { tokens: chunk, cache, logits: want_logits }];
             model.forward_batch(&mut step).map(|mut l| l.pop().flatten())
         }));
-        let logits = match ran {
-            Ok(Ok(l)) => l,
-            Ok(Err(e)) => {
+        let logits = match caught(ran) {
+            Ok(l) => l,
+            Err(e) => {
                 let seq = self.running.swap_remove(i);
-                return self.fail(seq, e.to_string());
-            }
-            Err(p) => {
-                let seq = self.running.swap_remove(i);
-                return self.fail(seq, panic_message(&*p));
+                return self.finish(seq, Err(EngineError::StepFailed(e)));
             }
         };
         seq.prefilled = end;
         if !last {
             return;
         }
-        seq.first_logits = Some(Instant::now());
-        if seq.sub.use_cache {
-            let cache = seq.cache.as_ref().expect("admitted");
-            let from = seq.cached / BLOCK_TOKENS;
-            if let Err(e) = self.shared.store().insert(&seq.sub.ids, cache, from) {
-                tracing::warn!(error = %e, "prefix store insert failed");
-            }
+        let cache = seq.cache.as_ref().expect("admitted");
+        if let Err(e) = self.shared.keep_prefix(&seq.sub.ids, cache, seq.cached) {
+            tracing::warn!(error = %e, "prefix store insert failed");
         }
-        let _ = seq.sub.events.send(Event::Started { cached_tokens: seq.cached });
-        // A stable position: the sequence is sampled and put back (or finished) below.
-        let seq = self.running.swap_remove(i);
-        match logits {
-            Some(l) => self.sample(seq, &l),
-            None => self.finish(seq, Ok(FinishReason::Length)),
+        let prefill_ms = ms(seq.admitted.expect("admitted"), Instant::now());
+        let _ = seq.sub.events.send(Event::Started { cached_tokens: seq.cached, prefill_ms });
+        let end = match logits {
+            Some(l) => self.sample(i, &l),
+            None => Some(Ok(FinishReason::Length)),
+        };
+        if let Some(end) = end {
+            let seq = self.running.swap_remove(i);
+            self.finish(seq, end);
         }
     }
 
-    /// Samples the next token from `logits`, emits its text, and puts the sequence back in
-    /// the batch or ends it.
-    fn sample(&mut self, mut seq: Seq, logits: &Tensor) {
-        let sampled = catch_unwind(AssertUnwindSafe(|| seq.sub.sampler.sample(logits)));
-        let next = match sampled {
-            Ok(Ok(t)) => t,
-            Ok(Err(e)) => return self.fail(seq, e.to_string()),
-            Err(p) => return self.fail(seq, panic_message(&*p)),
+    /// Samples running sequence `i`'s next token from `logits` and sends its text; returns
+    /// how the sequence ends, if it does.
+    fn sample(&mut self, i: usize, logits: &Tensor) -> Option<Result<FinishReason>> {
+        let seq = &mut self.running[i];
+        let next = match caught(catch_unwind(AssertUnwindSafe(|| seq.sub.sampler.sample(logits)))) {
+            Ok(t) => t,
+            Err(e) => return Some(Err(EngineError::StepFailed(e))),
         };
         self.counters.generated.fetch_add(1, Ordering::Relaxed);
         let eos = self.shared.info.config.eos_token_id;
         if (!seq.sub.ignore_eos && Some(next) == eos) || seq.sub.stop_token_ids.contains(&next) {
             seq.stop_token = Some(next);
-            return self.finish(seq, Ok(FinishReason::Stop));
+            return Some(Ok(FinishReason::Stop));
         }
         seq.out.push(next);
         if let Some(bytes) = self.shared.tokenizer.token_bytes(next) {
             let piece = seq.utf8.push(&bytes);
-            if !piece.is_empty() {
-                seq.text.push_str(&piece);
-                let event = Event::Text { piece, tokens: seq.out.len() };
-                if seq.sub.events.send(event).is_err() {
-                    // The caller is gone: nobody reads this sequence.
-                    return self.finish(seq, Ok(FinishReason::Aborted));
-                }
+            if !piece.is_empty() && !seq.send_text(piece) {
+                // The caller is gone: nobody reads this sequence.
+                return Some(Ok(FinishReason::Aborted));
             }
         }
         let room = seq.sub.ids.len() + seq.out.len() < self.shared.info.config.n_positions;
         if seq.out.len() >= seq.sub.max_new || !room {
-            return self.finish(seq, Ok(FinishReason::Length));
+            return Some(Ok(FinishReason::Length));
         }
         seq.next = Some(next);
-        self.running.push(seq);
+        None
     }
 
-    fn fail(&mut self, seq: Seq, message: String) {
-        self.counters.failed.fetch_add(1, Ordering::Relaxed);
-        tracing::error!(error = %message, "a sequence failed; the batch goes on");
-        self.finish(seq, Err(EngineError::StepFailed(message)));
-    }
-
-    /// Ends a sequence (already out of `running` and `waiting`): frees its reservation and
-    /// tells its caller.
+    /// Ends a sequence (already out of `running` and `waiting`), which frees its
+    /// reservation, and tells its caller unless it left.
     fn finish(&mut self, mut seq: Seq, end: Result<FinishReason>) {
-        self.reserved -= seq.reserved;
         seq.cache = None;
-        let done = match end {
-            Ok(reason) => {
-                if reason == FinishReason::Aborted {
-                    self.counters.cancelled.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    let tail = seq.utf8.finish();
-                    if !tail.is_empty() {
-                        seq.text.push_str(&tail);
-                        let piece = Event::Text { piece: tail, tokens: seq.out.len() };
-                        let _ = seq.sub.events.send(piece);
-                    }
-                }
-                let ms = |a: Option<Instant>, b: Option<Instant>| match (a, b) {
-                    (Some(a), Some(b)) => b.duration_since(a).as_secs_f64() * 1e3,
-                    _ => 0.0,
-                };
-                let now = Some(Instant::now());
-                Ok(Generation {
-                    completion_tokens: seq.out.len(),
-                    text: std::mem::take(&mut seq.text),
-                    token_ids: std::mem::take(&mut seq.out),
-                    prompt_tokens: seq.sub.ids.len(),
-                    cached_tokens: seq.cached,
-                    truncated_tokens: seq.sub.truncated,
-                    finish_reason: reason,
-                    stop_token: seq.stop_token,
-                    queue_ms: ms(Some(seq.submitted), seq.admitted.or(now)),
-                    prefill_ms: ms(seq.admitted, seq.first_logits),
-                    decode_ms: ms(seq.first_logits, now),
-                })
+        match &end {
+            Ok(FinishReason::Aborted) => {
+                self.counters.cancelled.fetch_add(1, Ordering::Relaxed);
+                return self.publish();
             }
-            Err(e) => Err(e),
-        };
+            Ok(_) => {
+                // Bytes of an unfinished character, or ids not sent yet, go with the end.
+                let tail = seq.utf8.finish();
+                if !tail.is_empty() || seq.sent < seq.out.len() {
+                    seq.send_text(tail);
+                }
+            }
+            Err(EngineError::StepFailed(message)) => {
+                self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %message, "a sequence failed; the batch goes on");
+            }
+            Err(_) => {}
+        }
         // Published before the caller hears of the end, so that it never sees itself counted.
         self.publish();
-        let _ = seq.sub.events.send(Event::Done(done));
+        let _ = seq.sub.events.send(Event::Done { end, stop_token: seq.stop_token });
     }
+}
+
+impl Seq {
+    /// Sends `piece` with the tokens not sent yet; false when the caller is gone.
+    fn send_text(&mut self, piece: String) -> bool {
+        let ids = self.out[self.sent..].to_vec();
+        self.sent = self.out.len();
+        self.sub.events.send(Event::Text { piece, ids }).is_ok()
+    }
+}
+
+/// A step's outcome with its error or panic as a message.
+fn caught<T, E: std::fmt::Display>(r: std::thread::Result<Result<T, E>>) -> Result<T, String> {
+    match r {
+        Ok(Ok(t)) => Ok(t),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(p) => Err(panic_message(&*p)),
+    }
+}
+
+fn ms(from: Instant, to: Instant) -> f64 {
+    to.duration_since(from).as_secs_f64() * 1e3
 }
 
 fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
