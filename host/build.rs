@@ -20,6 +20,7 @@ const GUESTS: &[(&str, &str, bool)] = &[
     ("faulty", "locus-test-guest-faulty", false),
     ("wrong-world", "locus-test-guest-wrong-world", false),
     ("faulty-cache", "locus-test-guest-faulty-cache", false),
+    ("probe", "locus-test-guest-probe", false),
 ];
 
 const TARGET: &str = "wasm32-wasip2";

@@ -41,10 +41,9 @@ fn main() {
     )
     .unwrap();
     let prompts: Vec<Request> = (0..1024)
-        .map(|i| Request {
-            id: i,
-            prompt: format!("You are a helpful assistant, conversation {i}: what is the answer?"),
-            max_new_tokens: 64,
+        .map(|i| {
+            let prompt = format!("You are a helpful assistant, conversation {i}: what is the answer?");
+            Request::new(i, prompt, 64)
         })
         .collect();
 

@@ -208,6 +208,26 @@ pub struct RoutingArgs {
     /// The window faults are counted in, in seconds.
     #[arg(long, default_value_t = 60)]
     pub fault_window_s: u64,
+    /// Leading prompt tokens the router tokenizes (GPT-2's tokenizer, as the workers) to
+    /// give a 0.2.0 policy the prompt's KV block hashes; 0 turns tokenizing off. Prompts
+    /// longer than about 8 bytes per token are cut at a word's end first.
+    #[arg(long, default_value_t = locus::router::DEFAULT_ROUTE_TOKENS)]
+    pub route_tokens: usize,
+    /// Milliseconds between polls of each worker's load (`GET /load`: queue, running
+    /// batch, KV blocks, tokens per second), which a 0.2.0 policy is given with its age.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(10..))]
+    pub load_interval_ms: u64,
+    /// Do not follow the workers' KV events (`GET /kv_events`); policies then learn
+    /// nothing of which prefix blocks each worker holds.
+    #[arg(long)]
+    pub no_kv_events: bool,
+    /// Bearer token for the workers' `/kv_events` when they have an admin token
+    /// (default: this router's own --admin-token).
+    #[arg(long, env = "LOCUS_WORKER_TOKEN", hide_env_values = true)]
+    pub worker_token: Option<String>,
+    /// Request header whose value is given to the policy as the session key.
+    #[arg(long, default_value = "x-session-id")]
+    pub session_header: String,
 }
 
 impl RoutingArgs {
@@ -226,7 +246,7 @@ impl RoutingArgs {
             workers: Vec::new(),
             policy,
             settings: self.policy_settings.clone(),
-            admin_token: token,
+            admin_token: token.clone(),
             health_interval: Duration::from_millis(self.health_interval_ms.max(10)),
             fail_threshold: self.fail_threshold.max(1),
             success_threshold: self.success_threshold.max(1),
@@ -239,6 +259,11 @@ impl RoutingArgs {
             watch,
             limits: serve.limits(),
             max_upload_bytes: serve.max_upload_bytes,
+            route_tokens: self.route_tokens,
+            load_interval: Duration::from_millis(self.load_interval_ms),
+            kv_events: !self.no_kv_events,
+            worker_token: self.worker_token.clone().or_else(|| token.clone()),
+            session_header: self.session_header.to_ascii_lowercase(),
         })
     }
 }

@@ -82,6 +82,10 @@ pub async fn start(opts: ClusterOptions) -> anyhow::Result<Cluster> {
     }
     let mut ro = opts.router.clone();
     ro.workers = worker_addrs.iter().map(|a| format!("http://{a}")).collect();
+    // The router reads the workers' KV events with their admin token.
+    if ro.worker_token.is_none() {
+        ro.worker_token = opts.worker.admin_token.clone();
+    }
     let (router_addr, admin_addr, gateway) =
         router::spawn(ro, SocketAddr::new(opts.host, opts.port), opts.admin_addr).await?;
     Ok(Cluster { router_addr, admin_addr, worker_addrs, gateway, workers, engines })

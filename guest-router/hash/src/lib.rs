@@ -12,7 +12,7 @@ use std::hash::{Hash, Hasher};
 
 use rendezvous_hash::NodeHasher;
 
-wit_bindgen::generate!({ world: "router", path: "../../wit" });
+wit_bindgen::generate!({ world: "router", path: "../../wit/0.1.0" });
 
 /// Prompt characters hashed when no `prefix-chars` setting is given (the seed's choice).
 pub const DEFAULT_PREFIX_CHARS: usize = 20;

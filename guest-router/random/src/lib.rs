@@ -13,7 +13,7 @@ use std::cell::RefCell;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-wit_bindgen::generate!({ world: "router", path: "../../wit" });
+wit_bindgen::generate!({ world: "router", path: "../../wit/0.1.0" });
 
 thread_local! {
     static RNG: RefCell<SmallRng> = RefCell::new(SmallRng::seed_from_u64(0));

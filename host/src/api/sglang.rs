@@ -172,6 +172,10 @@ pub struct MetaInfo {
     pub worker_id: String,
     /// Seconds from arrival to answer, at the worker.
     pub e2e_latency: f64,
+    /// Seconds from arrival to the first token, at the worker (a locus extension, absent
+    /// when no token was generated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttft: Option<f64>,
 }
 
 /// SGLang's finish reason: `{"type": "length", "length": 16}` or

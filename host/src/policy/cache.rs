@@ -9,7 +9,7 @@ use wasmtime::Store;
 use wasmtime::component::InstancePre;
 
 use super::sandbox::State;
-use super::slot::{FaultPolicy, Slot, Version, World, lock};
+use super::slot::{FaultPolicy, Feed, Slot, Version, World, lock};
 use super::{Fault, LoadError, LoadOptions, PolicyInfo, PolicySource};
 
 #[allow(missing_docs)]
@@ -51,6 +51,30 @@ impl World for CacheWorld {
         b.call_removed(store, 1)?;
         Ok(Ok(()))
     }
+
+    fn version(_: &Self::Pre) -> &'static str {
+        // The cache world did not change in 0.2.0: components built for 0.1.0 type-check.
+        "0.2.0"
+    }
+}
+
+/// Tells a fresh instance the resident entries, least recently used first, so that the
+/// policy's own recency order matches.
+struct Residents(Arc<Mutex<LruCache<u64, Entry>>>);
+
+impl Feed<CacheWorld> for Residents {
+    fn replay(&self, b: &bindings::Cache, store: &mut Store<State>) -> wasmtime::Result<u64> {
+        let entries: Vec<Entry> = lock(&self.0).iter().rev().map(|(_, e)| *e).collect();
+        for e in entries {
+            b.call_admit(&mut *store, e)?;
+        }
+        Ok(0)
+    }
+
+    fn catch_up(&self, _: &bindings::Cache, _: &mut Store<State>, c: u64) -> wasmtime::Result<u64> {
+        // One instance sees every call, so there is nothing it missed.
+        Ok(c)
+    }
 }
 
 /// A cache policy that passed loading and is ready to [`CachePolicy::install`].
@@ -77,15 +101,7 @@ impl CachePolicy {
     ) -> Result<Self, LoadError> {
         let slot = Slot::new(load(source, opts)?, faults);
         let residents = Arc::new(Mutex::new(LruCache::unbounded()));
-        let known = residents.clone();
-        slot.set_init(Box::new(move |b, store| {
-            // Least recent first, so that the policy's own recency order matches.
-            let entries: Vec<Entry> = lock(&known).iter().rev().map(|(_, e)| *e).collect();
-            for e in entries {
-                b.call_admit(&mut *store, e)?;
-            }
-            Ok(())
-        }));
+        slot.set_feed(Box::new(Residents(residents.clone())));
         Ok(Self { slot, residents })
     }
 

@@ -25,6 +25,8 @@ pub struct Inspection {
     pub exports: Vec<String>,
     /// Its imports.
     pub imports: Vec<String>,
+    /// The version of `locus:policy` it implements, once it type-checked.
+    pub version: Option<String>,
     /// The outcome of loading it (with default settings) and its smoke call.
     pub outcome: Result<(), String>,
 }
@@ -45,6 +47,7 @@ pub fn inspect(source: &PolicySource, opts: &LoadOptions) -> Inspection {
         world: None,
         exports: Vec::new(),
         imports: Vec::new(),
+        version: None,
         outcome: Ok(()),
     };
     let bytes = match source.bytes() {
@@ -72,11 +75,14 @@ pub fn inspect(source: &PolicySource, opts: &LoadOptions) -> Inspection {
     } else {
         None
     };
-    report.outcome = match report.world {
-        Some("cache") => Version::<CacheWorld>::load(source, opts).map(drop),
-        _ => Version::<RouterWorld>::load(source, opts).map(drop),
+    let loaded = match report.world {
+        Some("cache") => Version::<CacheWorld>::load(source, opts).map(|v| v.info.version),
+        _ => Version::<RouterWorld>::load(source, opts).map(|v| v.info.version),
+    };
+    match loaded {
+        Ok(v) => report.version = Some(v),
+        Err(e) => report.outcome = Err(e.to_string()),
     }
-    .map_err(|e| e.to_string());
     report
 }
 
@@ -85,9 +91,11 @@ impl fmt::Display for Inspection {
         writeln!(f, "policy:  {}", self.name)?;
         writeln!(f, "size:    {} bytes", self.size)?;
         writeln!(f, "sha256:  {}", self.sha256)?;
-        let world = self.world.map_or("none (exports neither `route` nor `admit`)".into(), |w| {
-            format!("locus:policy/{w}@0.1.0")
-        });
+        let world = match (self.world, &self.version) {
+            (None, _) => "none (exports neither `route` nor `admit`)".into(),
+            (Some(w), Some(v)) => format!("locus:policy/{w}@{v}"),
+            (Some(w), None) => format!("locus:policy/{w} (version unknown: it did not load)"),
+        };
         writeln!(f, "world:   {world}")?;
         writeln!(f, "exports: {}", self.exports.join(", "))?;
         writeln!(f, "imports: {}", self.imports.join(", "))?;

@@ -12,6 +12,7 @@
 mod cache;
 mod fallback;
 mod inspect;
+mod kv_feed;
 mod router;
 mod sandbox;
 mod slot;
@@ -23,7 +24,8 @@ use std::time::{Duration, SystemTime};
 pub use cache::{CachePolicy, Entry, EntryKind, PreparedCache};
 pub use fallback::rendezvous;
 pub use inspect::{Inspection, inspect};
-pub use router::{Completion, Decision, Request, RouterPolicy, Workers, workers};
+pub use kv_feed::{KvBatch, KvFeed, LOG_BATCHES};
+pub use router::{Completion, Decision, Outcome, Request, RouterPolicy, Workers, workers};
 pub use sandbox::{Limits, TICK};
 pub use slot::FaultPolicy;
 
@@ -248,6 +250,8 @@ pub struct PolicyInfo {
     pub world: String,
     /// Hex sha256 of the component (empty for native).
     pub sha256: String,
+    /// The version of `locus:policy` it implements (empty for native).
+    pub version: String,
     /// Component size in bytes.
     pub size: usize,
     /// When it was loaded (serialized as Unix seconds).

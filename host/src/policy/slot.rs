@@ -36,11 +36,24 @@ pub(crate) trait World: Send + Sync + Sized + 'static {
     ) -> wasmtime::Result<Result<(), String>>;
     /// Calls every export on synthetic input.
     fn smoke(b: &Self::Bindings, store: &mut Store<State>) -> wasmtime::Result<Result<(), Fault>>;
+    /// The version of the contract the component implements (`0.2.0`).
+    fn version(pre: &Self::Pre) -> &'static str;
 }
 
-/// Runs on every fresh serving instance after `configure` (the cache replays its entries).
-pub(crate) type InitFn<W> =
-    dyn Fn(&<W as World>::Bindings, &mut Store<State>) -> wasmtime::Result<()> + Send + Sync;
+/// What the host tells every serving instance beside the calls it answers: the cache's
+/// resident entries, the router's KV events. Instances are pooled, so each keeps a cursor
+/// into the feed and is brought up to date right before its next call.
+pub(crate) trait Feed<W: World>: Send + Sync {
+    /// Tells a fresh instance the whole current state; returns its cursor.
+    fn replay(&self, b: &W::Bindings, store: &mut Store<State>) -> wasmtime::Result<u64>;
+    /// Tells an instance at `cursor` what happened since; returns its new cursor.
+    fn catch_up(
+        &self,
+        b: &W::Bindings,
+        store: &mut Store<State>,
+        cursor: u64,
+    ) -> wasmtime::Result<u64>;
+}
 
 /// When repeated faults make the slot give up on a version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +77,8 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct Instance<W: World> {
     store: Store<State>,
     bindings: W::Bindings,
+    /// How far into the slot's [`Feed`] this instance has been told.
+    cursor: u64,
 }
 
 /// A loaded, validated component with its instances.
@@ -80,7 +95,7 @@ pub(crate) struct Wasm<W: World> {
 }
 
 impl<W: World> Wasm<W> {
-    fn instantiate(&self, init: Option<&InitFn<W>>) -> Result<Instance<W>, Fault> {
+    fn instantiate(&self, feed: Option<&dyn Feed<W>>) -> Result<Instance<W>, Fault> {
         let mut store = Runtime::get().store(&self.limits);
         let k = self.next_instance.fetch_add(1, Ordering::Relaxed);
         let bindings = W::instantiate(&self.pre, &mut store)
@@ -94,26 +109,35 @@ impl<W: World> Wasm<W> {
                 return Err(Fault::Configure(classify(e, &store, &self.limits).to_string()));
             }
         }
-        if let Some(init) = init {
+        let mut cursor = 0;
+        if let Some(feed) = feed {
             State::arm(&mut store, &self.limits);
-            init(&bindings, &mut store).map_err(|e| classify(e, &store, &self.limits))?;
+            cursor =
+                feed.replay(&bindings, &mut store).map_err(|e| classify(e, &store, &self.limits))?;
         }
-        Ok(Instance { store, bindings })
+        Ok(Instance { store, bindings, cursor })
     }
 
     /// Runs `f` on an instance under the sandbox's deadline. A trap poisons the instance,
     /// so it is dropped and the next call makes a fresh one from the `InstancePre`.
     fn call<R>(
         &self,
-        init: Option<&InitFn<W>>,
+        feed: Option<&dyn Feed<W>>,
         f: impl FnOnce(&W::Bindings, &mut Store<State>) -> wasmtime::Result<Result<R, Fault>>,
     ) -> Result<R, Fault> {
         let _serial = self.exclusive.then(|| lock(&self.serial));
         let popped = lock(&self.idle).pop();
         let mut inst = match popped {
             Some(i) => i,
-            None => self.instantiate(init)?,
+            None => self.instantiate(feed)?,
         };
+        if let Some(feed) = feed {
+            State::arm(&mut inst.store, &self.limits);
+            match feed.catch_up(&inst.bindings, &mut inst.store, inst.cursor) {
+                Ok(c) => inst.cursor = c,
+                Err(e) => return Err(classify(e, &inst.store, &self.limits)),
+            }
+        }
         State::arm(&mut inst.store, &self.limits);
         match f(&inst.bindings, &mut inst.store) {
             Ok(r) => {
@@ -156,6 +180,7 @@ impl<W: World> Version<W> {
                 name: "native".into(),
                 world: W::NAME.into(),
                 sha256: String::new(),
+                version: String::new(),
                 size: 0,
                 loaded_at: SystemTime::now(),
                 settings: Vec::new(),
@@ -231,6 +256,7 @@ impl<W: World> Version<W> {
             name,
             world: W::NAME.into(),
             sha256: hex::encode(sha256),
+            version: W::version(&wasm.pre).into(),
             size: bytes.len(),
             loaded_at: SystemTime::now(),
             settings,
@@ -279,7 +305,7 @@ pub(crate) struct Slot<W: World> {
     history: Mutex<Vec<Arc<Version<W>>>>,
     swapping: Mutex<()>,
     faults: FaultPolicy,
-    init: ArcSwapOption<Box<InitFn<W>>>,
+    feed: ArcSwapOption<Box<dyn Feed<W>>>,
     total_faults: AtomicU64,
     rollbacks: AtomicU64,
 }
@@ -294,14 +320,14 @@ impl<W: World> Slot<W> {
             history: Mutex::new(Vec::new()),
             swapping: Mutex::new(()),
             faults,
-            init: ArcSwapOption::empty(),
+            feed: ArcSwapOption::empty(),
             total_faults: AtomicU64::new(0),
             rollbacks: AtomicU64::new(0),
         }
     }
 
-    pub(crate) fn set_init(&self, init: Box<InitFn<W>>) {
-        self.init.store(Some(Arc::new(init)));
+    pub(crate) fn set_feed(&self, feed: Box<dyn Feed<W>>) {
+        self.feed.store(Some(Arc::new(feed)));
     }
 
     /// Makes `next` serve. Calls that start after this returns use it.
@@ -337,6 +363,11 @@ impl<W: World> Slot<W> {
         self.current.load().info()
     }
 
+    /// Whether the serving version implements contract version `v` (no copy of its info).
+    pub(crate) fn serves_version(&self, v: &str) -> bool {
+        self.current.load().info.version == v
+    }
+
     pub(crate) fn total_faults(&self) -> u64 {
         self.total_faults.load(Ordering::Relaxed)
     }
@@ -356,8 +387,8 @@ impl<W: World> Slot<W> {
         let Some(wasm) = &version.wasm else {
             return (fallback(), None);
         };
-        let init = self.init.load();
-        match wasm.call(init.as_deref().map(|b| &**b), f) {
+        let feed = self.feed.load();
+        match wasm.call(feed.as_deref().map(|b| &**b), f) {
             Ok(r) => (r, None),
             Err(fault) => {
                 let version = arc_swap::Guard::into_inner(version);

@@ -25,7 +25,8 @@ pub fn admin_router(gw: Arc<Gateway>) -> Router {
     let rest = Router::new()
         .route("/admin/policy", get(policy_info))
         .route("/admin/policy/rollback", post(rollback))
-        .route("/admin/workers", get(list_workers).post(add_worker).delete(remove_worker));
+        .route("/admin/workers", get(list_workers).post(add_worker).delete(remove_worker))
+        .route("/admin/feedback", get(feedback));
     let upload = Router::new().route("/admin/policy", put(swap_policy));
     let auth = AdminAuth { token: gw.options.admin_token.clone(), access: Access::TokenRequired };
     // The token is checked before a body is read: an upload may be tens of MB.
@@ -59,8 +60,23 @@ async fn rollback(State(gw): State<Arc<Gateway>>) -> Response {
 }
 
 async fn list_workers(State(gw): State<Arc<Gateway>>) -> Response {
-    let list: Vec<BackendInfo> = gw.registry.all().iter().map(|b| b.info()).collect();
+    let kv = gw.policy.kv();
+    let list: Vec<BackendInfo> = gw
+        .registry
+        .all()
+        .iter()
+        .map(|b| {
+            let mut info: BackendInfo = b.info();
+            info.kv_blocks = Some(kv.blocks(b.id));
+            info
+        })
+        .collect();
     Json(json!({"workers": list})).into_response()
+}
+
+/// The last completions told to the routing policy, oldest first.
+async fn feedback(State(gw): State<Arc<Gateway>>) -> Response {
+    Json(json!({"completions": gw.feedback.recent()})).into_response()
 }
 
 #[derive(Deserialize)]

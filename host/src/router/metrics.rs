@@ -1,7 +1,7 @@
 //! The router's Prometheus metrics.
 
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 pub(super) struct Metrics {
@@ -13,6 +13,10 @@ pub(super) struct Metrics {
     pub latency: HistogramVec,
     pub policy_faults: IntGauge,
     pub policy_info: IntGaugeVec,
+    pub kv_events: IntCounterVec,
+    pub kv_event_lag: Histogram,
+    pub kv_blocks: IntGauge,
+    pub outcomes: IntCounterVec,
 }
 
 impl Metrics {
@@ -48,6 +52,30 @@ impl Metrics {
             &["name", "sha256"],
         )
         .unwrap();
+        let kv_events = IntCounterVec::new(
+            Opts::new("locus_router_kv_events_total", "KV events received from workers, by type"),
+            &["type"],
+        )
+        .unwrap();
+        let kv_event_lag = Histogram::with_opts(
+            HistogramOpts::new(
+                "locus_router_kv_event_lag_seconds",
+                "From a worker's store reporting a KV event to the router applying it (wall clocks)",
+            )
+            .buckets(prometheus::exponential_buckets(0.0001, 2.0, 16).unwrap()),
+        )
+        .unwrap();
+        let kv_blocks =
+            IntGauge::new("locus_router_kv_blocks", "Prefix blocks the router knows workers hold")
+                .unwrap();
+        let outcomes = IntCounterVec::new(
+            Opts::new(
+                "locus_router_attempt_outcomes_total",
+                "Routed attempts by outcome, as told to the policy's observe",
+            ),
+            &["outcome"],
+        )
+        .unwrap();
         let registry = crate::http::registry(vec![
             Box::new(decisions.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(fallbacks.clone()),
@@ -56,6 +84,10 @@ impl Metrics {
             Box::new(latency.clone()),
             Box::new(policy_faults.clone()),
             Box::new(policy_info.clone()),
+            Box::new(kv_events.clone()),
+            Box::new(kv_event_lag.clone()),
+            Box::new(kv_blocks.clone()),
+            Box::new(outcomes.clone()),
         ]);
         Self {
             registry,
@@ -66,6 +98,10 @@ impl Metrics {
             latency,
             policy_faults,
             policy_info,
+            kv_events,
+            kv_event_lag,
+            kv_blocks,
+            outcomes,
         }
     }
 }

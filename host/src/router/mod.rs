@@ -2,19 +2,22 @@
 //! policy component and relays the answer; serves an admin API on its own listener.
 //!
 //! Files: `routes` reads the public requests, `proxy` routes, retries and relays them,
-//! `registry` keeps the workers and their health, `admin` is the admin API, `watch`
-//! swaps the policy when its file changes, `metrics` counts.
+//! `registry` keeps the workers and their health, `signals` follows the workers' load and
+//! KV events, `admin` is the admin API, `watch` swaps the policy when its file changes,
+//! `metrics` counts.
 
 mod admin;
 mod metrics;
 mod proxy;
 mod registry;
 mod routes;
+mod signals;
 mod watch;
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
@@ -23,11 +26,11 @@ use axum::routing::{get, post};
 use tokio::net::TcpListener;
 
 pub use admin::admin_router;
-pub use proxy::ROUTING_PROMPT_BYTES;
-pub use registry::{Backend, BackendInfo, Registry, worker_id};
+pub use proxy::{ROUTING_PROMPT_BYTES, prompt_blocks};
+pub use registry::{Backend, BackendInfo, Load, Registry, Reported, worker_id};
 
 use crate::api::Endpoint;
-use crate::policy::{FaultPolicy, LoadOptions, PolicySource, RouterPolicy};
+use crate::policy::{Completion, FaultPolicy, LoadOptions, PolicySource, RouterPolicy};
 use crate::serve::{ServeLimits, limit_bodies, serve};
 use metrics::Metrics;
 
@@ -60,6 +63,16 @@ pub struct RouterOptions {
     pub limits: ServeLimits,
     /// Largest component accepted by `PUT /admin/policy`.
     pub max_upload_bytes: usize,
+    /// Leading prompt tokens whose block hashes a 0.2.0 policy is given (0: none).
+    pub route_tokens: usize,
+    /// Time between polls of each worker's `/load`.
+    pub load_interval: Duration,
+    /// Follow each worker's `/kv_events` so that policies learn which blocks it holds.
+    pub kv_events: bool,
+    /// Bearer token presented to the workers' `/kv_events` (their admin token).
+    pub worker_token: Option<String>,
+    /// Request header whose value is passed to the policy as the session key.
+    pub session_header: String,
 }
 
 impl Default for RouterOptions {
@@ -78,7 +91,38 @@ impl Default for RouterOptions {
             watch: None,
             limits: ServeLimits::default(),
             max_upload_bytes: crate::http::MAX_UPLOAD_BYTES,
+            route_tokens: DEFAULT_ROUTE_TOKENS,
+            load_interval: Duration::from_millis(200),
+            kv_events: true,
+            worker_token: None,
+            session_header: "x-session-id".into(),
         }
+    }
+}
+
+/// Default of [`RouterOptions::route_tokens`]: distilgpt2's whole context, 64 blocks.
+pub const DEFAULT_ROUTE_TOKENS: usize = 1024;
+
+/// The last completions told to the policy, for `GET /admin/feedback`: what the policy
+/// saw, readable by an operator (and by tests).
+#[derive(Default)]
+pub struct Feedback(Mutex<VecDeque<Completion>>);
+
+/// Completions kept by [`Feedback`].
+pub const FEEDBACK_KEPT: usize = 256;
+
+impl Feedback {
+    fn record(&self, done: &Completion) {
+        let mut q = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if q.len() == FEEDBACK_KEPT {
+            q.pop_front();
+        }
+        q.push_back(*done);
+    }
+
+    /// The kept completions, oldest first.
+    pub fn recent(&self) -> Vec<Completion> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter().copied().collect()
     }
 }
 
@@ -90,6 +134,7 @@ pub struct Gateway {
     metrics: Metrics,
     next_id: AtomicU64,
     options: RouterOptions,
+    feedback: Feedback,
 }
 
 impl Gateway {
@@ -116,6 +161,7 @@ impl Gateway {
             metrics: Metrics::new(),
             next_id: AtomicU64::new(1),
             options,
+            feedback: Feedback::default(),
         }))
     }
 
@@ -127,6 +173,11 @@ impl Gateway {
     /// The workers.
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// The last completions told to the policy.
+    pub fn feedback(&self) -> &Feedback {
+        &self.feedback
     }
 
     /// The public HTTP routes.
@@ -162,6 +213,8 @@ pub async fn spawn(
     tokio::spawn(serve(admin, admin_router(gw.clone()), limits, std::future::pending()));
     let interval = gw.options.health_interval.max(Duration::from_millis(10));
     tokio::spawn(gw.registry.clone().health_loop(gw.client.clone(), interval));
+    let load_interval = gw.options.load_interval.max(Duration::from_millis(10));
+    tokio::spawn(signals::run(Arc::downgrade(&gw), load_interval));
     if let Some(path) = gw.options.watch.clone() {
         watch::watch(gw.clone(), path);
     }

@@ -10,34 +10,120 @@ use axum::body::{Body, Bytes};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
+use locus_engine::prefix::{BLOCK_TOKENS, block_hashes};
 
 use super::Gateway;
 use super::registry::{Backend, InFlightGuard};
-use crate::api::{ApiError, Endpoint, Job, REQUEST_ID};
-use crate::policy::{Completion, Request, workers};
+use crate::api::{ApiError, Endpoint, Job, Prompt, REQUEST_ID};
+use crate::policy::{Completion, Outcome, Request, Workers};
 
 /// Prompts longer than this are shown to the policy by their leading part only.
 pub const ROUTING_PROMPT_BYTES: usize = 8192;
 
+/// Text bytes tokenized per routed token at most: GPT-2 averages about 4 bytes per token
+/// on English, so a prompt within this budget is almost always tokenized whole.
+const BYTES_PER_ROUTED_TOKEN: usize = 8;
+
+/// The block hashes of the leading `max_tokens` tokens of `job`'s prompt (the same chain the
+/// workers publish), and the whole prompt's token count when it was all tokenized.
+///
+/// A long text is cut at a word's end before tokenizing, where GPT-2's pre-tokenizer always
+/// splits, so the tokens before the cut are exactly the worker's.
+pub fn prompt_blocks(job: &Job, max_tokens: usize) -> (Vec<u64>, Option<u32>) {
+    let count = |n: usize| Some(n.min(u32::MAX as usize) as u32);
+    let usable = |ids: &[u32]| {
+        let n = ids.len().min(max_tokens) / BLOCK_TOKENS * BLOCK_TOKENS;
+        block_hashes(&ids[..n])
+    };
+    match &job.prompt {
+        Prompt::Ids(ids) => (usable(ids), count(ids.len())),
+        Prompt::Text(_) if max_tokens == 0 => (Vec::new(), None),
+        Prompt::Text(t) => {
+            let budget = max_tokens.saturating_mul(BYTES_PER_ROUTED_TOKEN);
+            let tok = locus_engine::Tokenizer::new();
+            if t.len() <= budget {
+                let ids = tok.encode(t);
+                return (usable(&ids), count(ids.len()));
+            }
+            let cut = word_end_before(t, budget);
+            (usable(&tok.encode(&t[..cut])), None)
+        }
+    }
+}
+
+/// The largest `i <= max` where `t[..i]` ends a word: the next character is whitespace
+/// and the one before is not (0 if there is none).
+fn word_end_before(t: &str, max: usize) -> usize {
+    if max >= t.len() {
+        return t.len();
+    }
+    let mut end = max;
+    while !t.is_char_boundary(end) {
+        end -= 1;
+    }
+    let head = &t[..end];
+    let mut next_is_space = t[end..].chars().next().is_some_and(char::is_whitespace);
+    for (i, c) in head.char_indices().rev() {
+        let space = c.is_whitespace();
+        if next_is_space && !space {
+            return i + c.len_utf8();
+        }
+        next_is_space = space;
+    }
+    0
+}
+
 impl Gateway {
+    /// What the policy is told about `candidates`: live in-flight counts and each one's
+    /// last load report.
+    fn view(candidates: &[Arc<Backend>]) -> Workers {
+        let mut w = Workers::with_capacity(candidates.len());
+        for b in candidates {
+            w.ids.push(b.id);
+            w.in_flight.push(b.in_flight());
+            let load = b.load();
+            let l = load.map(|r| r.load);
+            w.load_known.push(load.is_some());
+            w.load_age_ms.push(load.map_or(0, |r| r.at.elapsed().as_millis().min(u32::MAX as u128) as u32));
+            w.waiting.push(l.map_or(0, |l| l.waiting));
+            w.running.push(l.map_or(0, |l| l.running));
+            w.kv_used_blocks.push(l.map_or(0, |l| l.kv_blocks_used.min(u32::MAX as u64) as u32));
+            w.kv_total_blocks.push(l.map_or(0, |l| l.kv_blocks_total.min(u32::MAX as u64) as u32));
+            w.tokens_per_second.push(l.map_or(0.0, |l| l.tokens_per_second as f32));
+        }
+        w
+    }
+
+    /// Tells the policy how an attempt ended, and counts it.
+    pub(super) fn observe(&self, done: &Completion) {
+        self.metrics.outcomes.with_label_values(&[outcome_name(done.outcome)]).inc();
+        self.feedback.record(done);
+        self.policy.observe(done);
+    }
+
     /// Routes `job` (read from `body`) and relays the chosen worker's answer.
     pub(super) async fn forward(
         self: &Arc<Self>,
         job: &Job,
         request_id: &str,
+        session: Option<String>,
         body: Bytes,
     ) -> Response {
         let started = Instant::now();
         let endpoint = job.endpoint;
-        let req = Request {
-            id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            prompt: job.routing_prompt(ROUTING_PROMPT_BYTES),
-            max_new_tokens: job.max_new_tokens,
-        };
+        let mut req = Request::new(
+            self.next_id.fetch_add(1, Ordering::Relaxed),
+            job.routing_prompt(ROUTING_PROMPT_BYTES),
+            job.max_new_tokens,
+        );
+        req.session = session;
+        if self.policy.wants_blocks() {
+            (req.block_hashes, req.prompt_tokens) = prompt_blocks(job, self.options.route_tokens);
+        }
         let mut candidates = self.registry.healthy();
         let mut last_error = None;
         for attempt in 0..=self.options.max_retries {
-            let ws = workers(candidates.iter().map(|b| (b.id, b.in_flight())));
+            let ws = Self::view(&candidates);
             let Some(decision) = self.policy.route(&req, &ws) else { break };
             if decision.fault.is_some() {
                 self.metrics.fallbacks.inc();
@@ -56,23 +142,33 @@ impl Gateway {
                 .body(body.clone())
                 .send()
                 .await;
+            let attempt = attempt as u32;
+            let mut done = Completion::new(req.id, backend.id, Outcome::Failed);
+            done.attempt = attempt;
             match sent {
                 Ok(r) if !r.status().is_server_error() => {
-                    return self.relay(endpoint, &req, guard, r, started).await;
+                    return self.relay(endpoint, done, guard, r, started).await;
                 }
                 Ok(r) => {
                     last_error = Some(format!("{} answered {}", backend.url, r.status()));
-                    if r.status() != StatusCode::SERVICE_UNAVAILABLE {
+                    let busy = r.status() == StatusCode::SERVICE_UNAVAILABLE;
+                    if !busy {
                         backend.failed(self.registry.fail_threshold, "5xx answer");
                     }
+                    done.outcome = if busy { Outcome::Overloaded } else { Outcome::Failed };
+                    done.status = r.status().as_u16();
                 }
                 Err(e) => {
                     // A refused connection is certain: mark it down now, not after N checks.
                     let threshold = if e.is_connect() { 1 } else { self.registry.fail_threshold };
                     backend.failed(threshold, &e.to_string());
                     last_error = Some(format!("{}: {e}", backend.url));
+                    done.outcome = if e.is_timeout() { Outcome::Timeout } else { Outcome::Unreachable };
                 }
             }
+            drop(guard);
+            done.latency_us = started.elapsed().as_micros() as u64;
+            self.observe(&done);
         }
         self.metrics.requests.with_label_values(&[endpoint.name(), "503"]).inc();
         let msg = match last_error {
@@ -82,17 +178,18 @@ impl Gateway {
         ApiError::overloaded(StatusCode::SERVICE_UNAVAILABLE, msg, 1).into_response()
     }
 
-    /// Passes a worker's answer back: JSON is read whole (to learn its token counts for
+    /// Passes a worker's answer back: JSON is read whole (to learn its counts for
     /// `observe`), an event stream is relayed chunk by chunk as it arrives.
     async fn relay(
         self: &Arc<Self>,
         endpoint: Endpoint,
-        req: &Request,
+        mut done: Completion,
         guard: InFlightGuard,
         r: reqwest::Response,
         started: Instant,
     ) -> Response {
         let status = r.status();
+        done.status = status.as_u16();
         let content_type = r.headers().get(header::CONTENT_TYPE).cloned();
         let is_stream = content_type
             .as_ref()
@@ -109,26 +206,32 @@ impl Gateway {
         builder = builder.header("x-locus-worker", guard.0.url.as_str());
         if is_stream {
             let url = guard.0.url.clone();
-            let done = StreamDone {
-                guard,
+            let stream_done = StreamDone {
+                _guard: guard,
                 gw: self.clone(),
                 endpoint,
-                req_id: req.id,
+                done,
                 started,
                 counts: FinalCounts::default(),
                 failed: false,
+                ended: false,
             };
             // A worker lost mid-stream: the client still gets an error event and `[DONE]`,
             // not a cut connection.
-            let stream = r.bytes_stream().scan(done, move |done, chunk| {
+            let chunks = r.bytes_stream().map(Some).chain(futures_util::stream::once(async { None }));
+            let stream = chunks.scan(stream_done, move |sd, chunk| {
                 let item = match chunk {
-                    _ if done.failed => return futures_util::future::ready(None),
-                    Ok(bytes) => {
-                        done.counts.watch(&bytes);
+                    _ if sd.failed => return futures_util::future::ready(None),
+                    None => {
+                        sd.ended = true;
+                        return futures_util::future::ready(None);
+                    }
+                    Some(Ok(bytes)) => {
+                        sd.counts.watch(&bytes, sd.started);
                         bytes
                     }
-                    Err(e) => {
-                        done.failed = true;
+                    Some(Err(e)) => {
+                        sd.failed = true;
                         tracing::warn!(worker = %url, error = %e, "stream from worker broke");
                         let err = ApiError::new(StatusCode::BAD_GATEWAY, format!("{url}: {e}"));
                         let json = serde_json::to_string(&err.body()).unwrap_or_default();
@@ -146,60 +249,101 @@ impl Gateway {
         drop(guard);
         let latency = started.elapsed();
         self.metrics.latency.with_label_values(&[endpoint.name()]).observe(latency.as_secs_f64());
+        done.latency_us = latency.as_micros() as u64;
         let bytes = match bytes {
             Ok(b) => b,
             Err(e) => {
+                done.outcome = if e.is_timeout() { Outcome::Timeout } else { Outcome::Broken };
+                self.observe(&done);
                 return ApiError::new(StatusCode::BAD_GATEWAY, format!("{}: {e}", backend.url))
                     .into_response();
             }
         };
-        let (prompt_tokens, cached_tokens) = token_counts(&bytes).unwrap_or((0, 0));
-        self.policy.observe(&Completion {
-            request_id: req.id,
-            worker_id: backend.id,
-            ok: status.is_success(),
-            latency_us: latency.as_micros() as u64,
-            prompt_tokens,
-            cached_tokens,
-        });
+        done.outcome = match status {
+            s if s.is_success() => Outcome::Ok,
+            StatusCode::TOO_MANY_REQUESTS => Outcome::Overloaded,
+            _ => Outcome::Rejected,
+        };
+        if let Some(c) = Counts::of(&bytes) {
+            c.fill(&mut done);
+            // The worker's own time from arrival to first token, placed on the router's
+            // clock: what came before the worker started on it, plus that time.
+            if let Some(ttft) = c.ttft {
+                let after_first = (c.e2e - ttft).max(0.0);
+                done.ttft_us = Some(done.latency_us.saturating_sub((after_first * 1e6) as u64));
+            }
+        }
+        self.observe(&done);
         builder
             .body(Body::from(bytes))
             .unwrap_or_else(|e| ApiError::internal(e.to_string()).into_response())
     }
 }
 
+fn outcome_name(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Ok => "ok",
+        Outcome::Rejected => "rejected",
+        Outcome::Overloaded => "overloaded",
+        Outcome::Failed => "failed",
+        Outcome::Unreachable => "unreachable",
+        Outcome::Timeout => "timeout",
+        Outcome::Broken => "broken",
+        Outcome::Cancelled => "cancelled",
+    }
+}
+
 /// Ends a streamed request's accounting when its body is dropped (finished or cut),
 /// with the counts its final event carried.
 struct StreamDone {
-    guard: InFlightGuard,
+    /// Counts the request as in flight until the stream ends.
+    _guard: InFlightGuard,
     gw: Arc<Gateway>,
     endpoint: Endpoint,
-    req_id: u64,
+    done: Completion,
     started: Instant,
-    /// What the final event said.
+    /// What the events said.
     counts: FinalCounts,
     /// The worker's stream broke.
     failed: bool,
+    /// The worker's stream ended (with or without its final event).
+    ended: bool,
 }
 
-/// Follows an event stream event by event, keeping the counts of the final one.
+/// Follows an event stream event by event: when the first text arrived, and the counts
+/// of the final event.
 #[derive(Default)]
 struct FinalCounts {
     /// The bytes of the event not yet complete.
     event: Vec<u8>,
-    /// Prompt and cached tokens from the final event, once it has passed.
-    counts: Option<(u32, u32)>,
+    /// Time to the first event carrying generated text.
+    first_text: Option<std::time::Duration>,
+    /// Counts from the final event, once it has passed.
+    counts: Option<Counts>,
+}
+
+/// Whether an event carries generated text: a non-empty `text` (SGLang, OpenAI
+/// completions) or `content` (OpenAI chat; its opening event's content is empty).
+fn has_text(data: &[u8]) -> bool {
+    [&b"\"text\":\""[..], &b"\"content\":\""[..]].iter().any(|key| {
+        data.windows(key.len())
+            .position(|w| w == *key)
+            .is_some_and(|i| data.get(i + key.len()).is_some_and(|&c| c != b'"'))
+    })
 }
 
 impl FinalCounts {
-    fn watch(&mut self, bytes: &[u8]) {
+    fn watch(&mut self, bytes: &[u8], started: Instant) {
         self.event.extend_from_slice(bytes);
         while let Some(end) = self.event.windows(2).position(|w| w == b"\n\n") {
             let event: Vec<u8> = self.event.drain(..end + 2).collect();
-            // Only a finished answer's `meta_info` (or `usage`) has `cached_tokens`.
             let Some(data) = event.strip_prefix(b"data: ") else { continue };
+            if self.first_text.is_none() && has_text(data) {
+                self.first_text = Some(started.elapsed());
+            }
+            // Only a finished answer's `meta_info` (or `usage`) has `cached_tokens`.
             if data.windows(15).any(|w| w == b"\"cached_tokens\"") {
-                self.counts = token_counts(data).or(self.counts);
+                self.counts = Counts::of(data).or(self.counts);
             }
         }
     }
@@ -213,48 +357,100 @@ impl Drop for StreamDone {
             .latency
             .with_label_values(&[self.endpoint.name()])
             .observe(latency.as_secs_f64());
-        // A stream that ended without its final counts (broken, cut by the client, or an
-        // error event) did not succeed; the contract has no "unknown", so its counts are 0.
-        let counts = self.counts.counts;
-        let (prompt_tokens, cached_tokens) = counts.unwrap_or((0, 0));
-        self.gw.policy.observe(&Completion {
-            request_id: self.req_id,
-            worker_id: self.guard.0.id,
-            ok: counts.is_some() && !self.failed,
-            latency_us: latency.as_micros() as u64,
-            prompt_tokens,
-            cached_tokens,
-        });
+        let mut done = self.done;
+        done.latency_us = latency.as_micros() as u64;
+        done.ttft_us = self.counts.first_text.map(|d| d.as_micros() as u64);
+        let status = self.done.status;
+        done.outcome = if self.failed {
+            Outcome::Broken
+        } else if status == 429 {
+            Outcome::Overloaded
+        } else if status >= 300 {
+            // A refusal sent as an event stream: unusual, but the status says it.
+            Outcome::Rejected
+        } else if self.counts.counts.is_some() {
+            Outcome::Ok
+        } else if self.ended {
+            // The worker closed the stream without its final event.
+            Outcome::Broken
+        } else {
+            // The client went away before the end.
+            Outcome::Cancelled
+        };
+        if let Some(c) = &self.counts.counts {
+            c.fill(&mut done);
+        }
+        self.gw.observe(&done);
     }
 }
 
-/// Prompt and cached token counts of an answer or a final event: `meta_info` (every locus
-/// answer has it), else OpenAI's `usage`; `None` when neither is there.
-fn token_counts(body: &[u8]) -> Option<(u32, u32)> {
-    #[derive(serde::Deserialize, Default)]
-    struct Counts {
-        meta_info: Option<Meta>,
-        usage: Option<crate::api::openai::Usage>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Meta {
-        prompt_tokens: usize,
-        cached_tokens: usize,
-    }
-    let c: Counts = serde_json::from_slice(body).ok()?;
-    let (p, cached) = match (c.meta_info, c.usage) {
-        (Some(m), _) => (m.prompt_tokens, m.cached_tokens),
-        (None, Some(u)) => {
-            (u.prompt_tokens, u.prompt_tokens_details.map_or(0, |d| d.cached_tokens))
+/// What an answer or a final event says about its request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Counts {
+    prompt: u32,
+    cached: u32,
+    generated: Option<u32>,
+    cache_hit: Option<bool>,
+    /// The worker's seconds from arrival to the end, and to the first token.
+    e2e: f64,
+    ttft: Option<f64>,
+}
+
+impl Counts {
+    /// `meta_info` (every locus answer has it), else OpenAI's `usage`; `None` when
+    /// neither is there.
+    fn of(body: &[u8]) -> Option<Self> {
+        #[derive(serde::Deserialize, Default)]
+        struct Body {
+            meta_info: Option<Meta>,
+            usage: Option<crate::api::openai::Usage>,
         }
-        (None, None) => return None,
-    };
-    Some((p.min(u32::MAX as usize) as u32, cached.min(u32::MAX as usize) as u32))
+        #[derive(serde::Deserialize)]
+        struct Meta {
+            prompt_tokens: usize,
+            cached_tokens: usize,
+            completion_tokens: Option<usize>,
+            cache_hit: Option<bool>,
+            #[serde(default)]
+            e2e_latency: f64,
+            ttft: Option<f64>,
+        }
+        let n = |x: usize| x.min(u32::MAX as usize) as u32;
+        let b: Body = serde_json::from_slice(body).ok()?;
+        Some(match (b.meta_info, b.usage) {
+            (Some(m), _) => Self {
+                prompt: n(m.prompt_tokens),
+                cached: n(m.cached_tokens),
+                generated: m.completion_tokens.map(n),
+                cache_hit: m.cache_hit,
+                e2e: m.e2e_latency,
+                ttft: m.ttft,
+            },
+            (None, Some(u)) => Self {
+                prompt: n(u.prompt_tokens),
+                cached: n(u.prompt_tokens_details.map_or(0, |d| d.cached_tokens)),
+                generated: Some(n(u.completion_tokens)),
+                cache_hit: None,
+                e2e: 0.0,
+                ttft: None,
+            },
+            (None, None) => return None,
+        })
+    }
+
+    fn fill(&self, done: &mut Completion) {
+        done.prompt_tokens = Some(self.prompt);
+        done.cached_tokens = Some(self.cached);
+        done.generated_tokens = self.generated;
+        done.response_cache_hit = self.cache_hit;
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::FinalCounts;
+    use std::time::Instant;
+
+    use super::{Counts, FinalCounts, word_end_before};
 
     #[test]
     fn the_final_events_counts_are_read_however_the_stream_is_cut() {
@@ -270,17 +466,38 @@ mod tests {
         for cut in [1, 3, 17, 64, stream.len()] {
             let mut f = FinalCounts::default();
             for chunk in stream.chunks(cut) {
-                f.watch(chunk);
+                f.watch(chunk, Instant::now());
             }
-            assert_eq!(f.counts, Some((7, 4)), "chunks of {cut}");
+            let c = f.counts.expect("final counts");
+            assert_eq!((c.prompt, c.cached, c.generated, c.cache_hit), (7, 4, Some(2), Some(false)));
+            assert!(f.first_text.is_some(), "chunks of {cut}");
         }
         // A stream that ends before its final event has no counts.
         let mut f = FinalCounts::default();
-        f.watch(&stream[..stream.len() / 2]);
+        f.watch(&stream[..stream.len() / 2], Instant::now());
         assert_eq!(f.counts, None);
         // OpenAI's usage chunk counts too.
         let mut f = FinalCounts::default();
-        f.watch(b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2,\"total_tokens\":7,\"prompt_tokens_details\":{\"cached_tokens\":0}}}\n\n");
-        assert_eq!(f.counts, Some((5, 0)));
+        f.watch(b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2,\"total_tokens\":7,\"prompt_tokens_details\":{\"cached_tokens\":0}}}\n\n", Instant::now());
+        let c: Counts = f.counts.expect("usage counts");
+        assert_eq!((c.prompt, c.cached, c.generated), (5, 0, Some(2)));
+        assert!(f.first_text.is_none(), "no text arrived");
+        // Chat's opening event announces the role with empty content: not a token.
+        let mut f = FinalCounts::default();
+        f.watch(b"data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n", Instant::now());
+        assert!(f.first_text.is_none());
+        f.watch(b"data: {\"choices\":[{\"delta\":{\"content\":\" hi\"}}]}\n\n", Instant::now());
+        assert!(f.first_text.is_some());
+    }
+
+    #[test]
+    fn long_prompts_are_cut_where_a_word_ends() {
+        let t = "alpha beta  gamma";
+        assert_eq!(word_end_before(t, 100), t.len());
+        assert_eq!(&t[..word_end_before(t, 8)], "alpha");
+        assert_eq!(&t[..word_end_before(t, 10)], "alpha beta");
+        assert_eq!(&t[..word_end_before(t, 11)], "alpha beta");
+        assert_eq!(word_end_before("nowhitespace", 5), 0);
+        assert_eq!(word_end_before("é é", 3), 2, "never inside a character");
     }
 }

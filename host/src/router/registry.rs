@@ -4,10 +4,10 @@
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
-use serde::Serialize;
+use arc_swap::{ArcSwap, ArcSwapOption};
+use serde::{Deserialize, Serialize};
 
 /// A worker as the router sees it.
 #[derive(Debug)]
@@ -20,6 +20,33 @@ pub struct Backend {
     in_flight: AtomicU32,
     fails: AtomicU32,
     passes: AtomicU32,
+    load: ArcSwapOption<Reported>,
+}
+
+/// A worker's load as its `GET /load` reported it (the fields the router uses).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+pub struct Load {
+    /// Requests not started yet.
+    pub waiting: u32,
+    /// Sequences in the running batch.
+    pub running: u32,
+    /// 16-token KV blocks the running batch reserves.
+    pub kv_blocks_used: u64,
+    /// 16-token KV blocks of the running budget.
+    pub kv_blocks_total: u64,
+    /// Blocks in the prefix store.
+    pub prefix_blocks: u64,
+    /// Tokens generated per second over the worker's last ~2 s.
+    pub tokens_per_second: f64,
+}
+
+/// A load report and when it arrived.
+#[derive(Debug, Clone, Copy)]
+pub struct Reported {
+    /// What the worker said.
+    pub load: Load,
+    /// When the router received it.
+    pub at: Instant,
 }
 
 /// Stable 64-bit id of a worker URL (FNV-1a: the same on every router and run).
@@ -39,7 +66,17 @@ impl Backend {
             in_flight: AtomicU32::new(0),
             fails: AtomicU32::new(0),
             passes: AtomicU32::new(0),
+            load: ArcSwapOption::empty(),
         })
+    }
+
+    /// Its last load report; `None` until one has arrived.
+    pub fn load(&self) -> Option<Reported> {
+        self.load.load().as_deref().copied()
+    }
+
+    pub(super) fn set_load(&self, load: Option<Load>) {
+        self.load.store(load.map(|load| Arc::new(Reported { load, at: Instant::now() })));
     }
 
     /// Whether health checks currently pass.
@@ -82,6 +119,9 @@ impl Backend {
             id: format!("{:016x}", self.id),
             healthy: self.healthy(),
             in_flight: self.in_flight(),
+            load: self.load().map(|r| r.load),
+            load_age_ms: self.load().map(|r| r.at.elapsed().as_millis() as u64),
+            kv_blocks: None,
         }
     }
 }
@@ -102,6 +142,15 @@ pub struct BackendInfo {
     id: String,
     healthy: bool,
     in_flight: u32,
+    /// Its last load report, absent until one has arrived.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    load: Option<Load>,
+    /// Milliseconds since that report arrived.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    load_age_ms: Option<u64>,
+    /// Prefix blocks the router knows it holds, from its KV events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kv_blocks: Option<usize>,
 }
 
 /// The worker set, swapped whole on every change so that readers never lock.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
@@ -14,9 +14,20 @@ use super::Gateway;
 use crate::api::{ApiError, Endpoint, read_job};
 use crate::http::{RequestId, render_metrics, tagged};
 
-async fn route(gw: Arc<Gateway>, endpoint: Endpoint, id: RequestId, body: Bytes) -> Response {
+async fn route(
+    gw: Arc<Gateway>,
+    endpoint: Endpoint,
+    id: RequestId,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let session = headers
+        .get(gw.options.session_header.as_str())
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .map(str::to_string);
     let resp = match read_job(endpoint, &body) {
-        Ok(job) => gw.forward(&job, &id.0, body).await,
+        Ok(job) => gw.forward(&job, &id.0, session, body).await,
         Err(e) => {
             gw.metrics.requests.with_label_values(&[endpoint.name(), e.status.as_str()]).inc();
             e.into_response()
@@ -25,16 +36,31 @@ async fn route(gw: Arc<Gateway>, endpoint: Endpoint, id: RequestId, body: Bytes)
     tagged(resp, &id)
 }
 
-pub(super) async fn generate(gw: State<Arc<Gateway>>, id: RequestId, body: Bytes) -> Response {
-    route(gw.0, Endpoint::Generate, id, body).await
+pub(super) async fn generate(
+    gw: State<Arc<Gateway>>,
+    id: RequestId,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    route(gw.0, Endpoint::Generate, id, headers, body).await
 }
 
-pub(super) async fn completions(gw: State<Arc<Gateway>>, id: RequestId, body: Bytes) -> Response {
-    route(gw.0, Endpoint::Completions, id, body).await
+pub(super) async fn completions(
+    gw: State<Arc<Gateway>>,
+    id: RequestId,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    route(gw.0, Endpoint::Completions, id, headers, body).await
 }
 
-pub(super) async fn chat(gw: State<Arc<Gateway>>, id: RequestId, body: Bytes) -> Response {
-    route(gw.0, Endpoint::Chat, id, body).await
+pub(super) async fn chat(
+    gw: State<Arc<Gateway>>,
+    id: RequestId,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    route(gw.0, Endpoint::Chat, id, headers, body).await
 }
 
 /// The first healthy worker's model list.
@@ -63,5 +89,6 @@ pub(super) async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
     gw.metrics.policy_info.reset();
     gw.metrics.policy_info.with_label_values(&[&info.name, &info.sha256]).set(1);
     gw.metrics.policy_faults.set(gw.policy.total_faults() as i64);
+    gw.metrics.kv_blocks.set(gw.policy.kv().total_blocks() as i64);
     render_metrics(&gw.metrics.registry)
 }

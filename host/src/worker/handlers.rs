@@ -136,6 +136,7 @@ impl Answer<'_> {
             cache_hit: o.cache_hit,
             worker_id: self.w.options.worker_id.clone(),
             e2e_latency: o.latency,
+            ttft: o.ttft,
         }
     }
 

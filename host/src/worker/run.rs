@@ -47,6 +47,8 @@ pub struct Outcome {
     pub finish: Finish,
     /// Seconds since the request arrived.
     pub latency: f64,
+    /// Seconds from arrival to the first token; `None` when none was generated.
+    pub ttft: Option<f64>,
 }
 
 /// A checked request holding its place in the queue.
@@ -194,6 +196,8 @@ impl Worker {
                     cache_hit: true,
                     finish: hit.finish,
                     latency: started.elapsed().as_secs_f64(),
+                    // The whole answer is there at once.
+                    ttft: (hit.completion_tokens > 0).then(|| started.elapsed().as_secs_f64()),
                 });
             }
             Work::Run { ids, req } => (ids, req),
@@ -277,6 +281,7 @@ impl Worker {
             cache_hit: false,
             finish,
             latency: started.elapsed().as_secs_f64(),
+            ttft: first_token.map(|t| t.duration_since(started).as_secs_f64()),
         })
     }
 }

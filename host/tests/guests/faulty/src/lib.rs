@@ -12,7 +12,7 @@
 
 use std::cell::RefCell;
 
-wit_bindgen::generate!({ world: "router", path: "../../../../wit" });
+wit_bindgen::generate!({ world: "router", path: "../../../../wit/0.1.0" });
 
 #[derive(Default)]
 struct Config {

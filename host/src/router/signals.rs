@@ -1,0 +1,153 @@
+//! What the workers tell the router beside their answers: their load (polled from
+//! `GET /load`) and their prefix KV events (followed on `GET /kv_events`), kept per worker
+//! for the routing policy. Workers may come and go: a worker added to the registry is
+//! followed within one poll interval, one removed is forgotten, and a lost event stream
+//! clears the worker's blocks until a reconnect brings its snapshot.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::StreamExt;
+use serde::Deserialize;
+use tokio::task::JoinHandle;
+
+use super::Gateway;
+use super::registry::{Backend, Load};
+
+/// Polls every worker's load each `interval` and keeps one KV event follower per worker,
+/// for as long as the gateway lives.
+pub(super) async fn run(gw: std::sync::Weak<Gateway>, interval: Duration) {
+    let mut followers: HashMap<u64, JoinHandle<()>> = HashMap::new();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(gw) = gw.upgrade() else { break };
+        let all = gw.registry.all();
+        if gw.options.kv_events {
+            followers.retain(|id, task| {
+                let keep = all.iter().any(|b| b.id == *id);
+                if !keep {
+                    task.abort();
+                    gw.policy.kv().clear(*id);
+                }
+                keep
+            });
+            for b in all.iter() {
+                followers
+                    .entry(b.id)
+                    .or_insert_with(|| tokio::spawn(follow(Arc::downgrade(&gw), b.clone())));
+            }
+        }
+        let polls = all.iter().map(|b| poll_load(&gw, b, interval));
+        futures_util::future::join_all(polls).await;
+    }
+    for task in followers.values() {
+        task.abort();
+    }
+}
+
+async fn poll_load(gw: &Gateway, b: &Backend, interval: Duration) {
+    // A slow answer is stale by the next poll; a worker that cannot say keeps its last
+    // report, whose age the policy sees growing.
+    let timeout = interval.max(Duration::from_millis(200));
+    let r = gw.client.get(format!("{}/load", b.url)).timeout(timeout).send().await;
+    match r {
+        Ok(r) if r.status().is_success() => match r.json::<Load>().await {
+            Ok(load) => b.set_load(Some(load)),
+            Err(e) => tracing::debug!(worker = %b.url, error = %e, "unreadable load report"),
+        },
+        Ok(r) => tracing::debug!(worker = %b.url, status = %r.status(), "no load report"),
+        Err(e) => tracing::debug!(worker = %b.url, error = %e, "load poll failed"),
+    }
+}
+
+/// One event of a worker's `/kv_events` stream.
+#[derive(Deserialize)]
+struct Event {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    hashes: Vec<u64>,
+    #[serde(default)]
+    ts_us: u64,
+    #[serde(default)]
+    snapshot: bool,
+}
+
+/// Follows `b`'s KV events until the gateway or the worker's entry is gone, reconnecting
+/// with backoff. While no stream is open the router knows none of its blocks.
+async fn follow(gw: std::sync::Weak<Gateway>, b: Arc<Backend>) {
+    let mut backoff = Duration::from_millis(100);
+    let mut warned = false;
+    loop {
+        let Some(g) = gw.upgrade() else { return };
+        let mut req = g.client.get(format!("{}/kv_events", b.url));
+        if let Some(t) = &g.options.worker_token {
+            req = req.bearer_auth(t);
+        }
+        drop(g);
+        match req.send().await {
+            Ok(r) if r.status().is_success() => {
+                backoff = Duration::from_millis(100);
+                warned = false;
+                read_events(&gw, &b, r).await;
+            }
+            Ok(r) => {
+                if !warned {
+                    tracing::warn!(worker = %b.url, status = %r.status(), "worker gives no KV events; routing without its blocks");
+                    warned = true;
+                }
+                // Not a locus worker, or a token mismatch: nothing will change soon.
+                backoff = Duration::from_secs(5);
+            }
+            Err(e) => tracing::debug!(worker = %b.url, error = %e, "KV event stream unreachable"),
+        }
+        if let Some(g) = gw.upgrade() {
+            g.policy.kv().clear(b.id);
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+async fn read_events(gw: &std::sync::Weak<Gateway>, b: &Backend, r: reqwest::Response) {
+    let mut stream = r.bytes_stream();
+    let mut buf = Vec::new();
+    // A snapshot's `cleared` is held until its `stored`, so that policies see the worker's
+    // set replaced in one step rather than empty for a moment.
+    let mut pending_clear = false;
+    while let Some(chunk) = stream.next().await {
+        let Ok(chunk) = chunk else { return };
+        buf.extend_from_slice(&chunk);
+        while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+            let block: Vec<u8> = buf.drain(..end + 2).collect();
+            let Some(gw) = gw.upgrade() else { return };
+            for line in block.split(|&c| c == b'\n') {
+                let Some(data) = line.strip_prefix(b"data:") else { continue };
+                let Ok(ev) = serde_json::from_slice::<Event>(data.trim_ascii()) else {
+                    tracing::warn!(worker = %b.url, "unreadable KV event");
+                    continue;
+                };
+                apply(&gw, b, ev, &mut pending_clear);
+            }
+        }
+    }
+}
+
+fn apply(gw: &Gateway, b: &Backend, ev: Event, pending_clear: &mut bool) {
+    let feed = gw.policy.kv();
+    gw.metrics.kv_events.with_label_values(&[&ev.kind]).inc();
+    if !ev.snapshot && ev.ts_us > 0 {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
+        gw.metrics.kv_event_lag.observe(now.saturating_sub(ev.ts_us) as f64 / 1e6);
+    }
+    match ev.kind.as_str() {
+        "cleared" if ev.snapshot => *pending_clear = true,
+        "cleared" => feed.clear(b.id),
+        "stored" => feed.apply(b.id, std::mem::take(pending_clear), Vec::new(), ev.hashes),
+        "removed" => feed.apply(b.id, std::mem::take(pending_clear), ev.hashes, Vec::new()),
+        other => tracing::debug!(worker = %b.url, kind = other, "unknown KV event type"),
+    }
+}
