@@ -13,7 +13,9 @@ use candle_nn::VarBuilder;
 use candle_transformers::generation::LogitsProcessor;
 
 use crate::gpt2::{Config, Gpt2, KvCache};
-use crate::prefix::{BLOCK_TOKENS, CacheEntry, CachePolicy, CacheStats, LruPolicy, PrefixStore};
+use crate::prefix::{
+    BLOCK_TOKENS, CacheEntry, CachePolicy, CacheStats, KvListener, LruPolicy, PrefixStore,
+};
 use crate::scheduler::{self, Counters, Event, Handle, Limits, SchedulerStats, Submission};
 use crate::source::{self, ModelSource, Weights};
 use crate::tokenizer::Tokenizer;
@@ -341,9 +343,25 @@ impl Engine {
         self.shared.store().entries()
     }
 
-    /// Empties the prefix store (the policy is told of each block).
+    /// Empties the prefix store (the policy is told of each block, the KV listener once).
     pub fn flush_cache(&self) {
         self.shared.store().flush();
+    }
+
+    /// Installs (or with `None` removes) the listener told of every prefix block stored and
+    /// dropped; see [`KvListener`]. Replaces any listener installed before.
+    pub fn set_kv_listener(&self, listener: Option<Arc<dyn KvListener>>) {
+        self.shared.store().set_listener(listener);
+    }
+
+    /// Runs `f` with the hashes of the resident prefix blocks (parents before children)
+    /// while holding the store's lock: no block is stored or dropped, and so no listener call
+    /// is made, until `f` returns. A caller that starts listening inside `f` thus gets a
+    /// snapshot and the events after it with nothing missed or counted twice. Keep `f` short:
+    /// generations wait on the same lock.
+    pub fn with_resident_blocks<R>(&self, f: impl FnOnce(&[u64]) -> R) -> R {
+        let store = self.shared.store();
+        f(&store.keys())
     }
 
     /// Generates a completion of `req.prompt`.

@@ -22,7 +22,7 @@ pub mod tokenizer;
 
 pub use engine::{Engine, EngineOptions, FinishReason, GenerateRequest, Generation, ModelInfo};
 pub use error::EngineError;
-pub use prefix::{BLOCK_TOKENS, CacheEntry, CachePolicy, CacheStats, LruPolicy};
+pub use prefix::{BLOCK_TOKENS, CacheEntry, CachePolicy, CacheStats, KvListener, LruPolicy};
 pub use scheduler::{Limits, SchedulerStats};
 pub use source::ModelSource;
 pub use tokenizer::Tokenizer;

@@ -4,14 +4,33 @@
 //! ancestors, so a prompt reuses the longest chain of resident blocks from its start.
 //!
 //! The store keeps the bytes; a [`CachePolicy`] decides what is admitted and what is evicted.
-//! Sizes are exact: a block's size is the bytes of the K and V tensors it holds.
+//! Sizes are exact: a block's size is the bytes of the K and V tensors it holds. A
+//! [`KvListener`] hears of every block stored and dropped, so that a router can track which
+//! worker holds which prefix.
+//!
+//! # Block hashes (a wire format)
+//!
+//! The keys are shared with routers, which compute them from token ids to predict where a
+//! prompt's prefix is resident, so the scheme is fixed and portable (no per-process or
+//! per-build hasher state):
+//!
+//! - a prompt's token ids are cut into blocks of [`BLOCK_TOKENS`] (16) tokens from its start;
+//!   a partial last block has no hash (it is never stored);
+//! - block `i`'s hash is [`block_hash`]`(parent, tokens)`: XXH3-64 with seed
+//!   [`BLOCK_HASH_SEED`] over the bytes `parent` as 8 bytes little-endian, then each of the
+//!   block's 16 token ids as 4 bytes little-endian (72 bytes in all);
+//! - `parent` is block `i-1`'s hash, and 0 for the first block, so a block's hash depends on
+//!   every token before it.
+//!
+//! [`block_hashes`] computes the whole chain. Changing any of this changes every key a
+//! router has learned: the pinned vector in this module's tests guards it.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
 use candle_core::Tensor;
 use lru::LruCache;
+use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use crate::gpt2::KvCache;
 
@@ -130,6 +149,8 @@ pub struct CacheStats {
 
 struct Block {
     parent: Option<u64>,
+    /// Blocks before this one in its chain (0 for a prompt's first block).
+    depth: usize,
     tokens: [u32; BLOCK_TOKENS],
     /// Per layer: K and V, each `[1, n_head, BLOCK_TOKENS, head_dim]`, owning their storage.
     kv: Vec<(Tensor, Tensor)>,
@@ -138,21 +159,55 @@ struct Block {
     children: Vec<u64>,
 }
 
-/// Chained keys of the full blocks of `tokens`.
-pub fn block_keys(tokens: &[u32]) -> Vec<u64> {
-    let mut parent = 0x9e37_79b9_7f4a_7c15u64;
+/// Seed of [`block_hash`]: the bytes of `"locus_kv"`.
+pub const BLOCK_HASH_SEED: u64 = 0x6c6f_6375_735f_6b76;
+
+/// The hash of a block of `tokens` whose preceding block hashes to `parent` (0 for a
+/// prompt's first block): XXH3-64, seeded with [`BLOCK_HASH_SEED`], of `parent` (8 bytes,
+/// little-endian) followed by each token id (4 bytes each, little-endian). See the module
+/// documentation; any number of tokens is accepted, the store only hashes full blocks.
+pub fn block_hash(parent: u64, tokens: &[u32]) -> u64 {
+    // A full block fits on the stack; the heap is only for callers hashing longer runs.
+    let mut stack = [0u8; 8 + 4 * BLOCK_TOKENS];
+    let mut heap = Vec::new();
+    let bytes: &mut [u8] = if tokens.len() <= BLOCK_TOKENS {
+        &mut stack[..8 + 4 * tokens.len()]
+    } else {
+        heap.resize(8 + 4 * tokens.len(), 0);
+        &mut heap
+    };
+    bytes[..8].copy_from_slice(&parent.to_le_bytes());
+    for (dst, t) in bytes[8..].chunks_exact_mut(4).zip(tokens) {
+        dst.copy_from_slice(&t.to_le_bytes());
+    }
+    xxh3_64_with_seed(bytes, BLOCK_HASH_SEED)
+}
+
+/// Chained hashes of the full [`BLOCK_TOKENS`]-token blocks of `tokens`, first block first;
+/// a partial last block is ignored. These are the store's keys.
+pub fn block_hashes(tokens: &[u32]) -> Vec<u64> {
+    let mut parent = 0;
     tokens
         .chunks_exact(BLOCK_TOKENS)
         .map(|chunk| {
-            // DefaultHasher::new() has fixed keys: stable within a build, which is all a
-            // process-local store needs.
-            let mut h = std::hash::DefaultHasher::new();
-            parent.hash(&mut h);
-            chunk.hash(&mut h);
-            parent = h.finish();
+            parent = block_hash(parent, chunk);
             parent
         })
         .collect()
+}
+
+/// Hears of every change to the store's resident blocks, in the store's order: each call is
+/// made under the store's lock (the engine holds the store behind a mutex), so it must be
+/// quick and must not call back into the engine's cache methods.
+pub trait KvListener: Send + Sync {
+    /// Blocks now resident, parents before children: those one insertion kept (only blocks
+    /// that were not resident before).
+    fn stored(&self, hashes: &[u64]);
+    /// Blocks dropped by one operation: the policy's eviction victims and their descendants,
+    /// or a block dropped with its descendants.
+    fn removed(&self, hashes: &[u64]);
+    /// Every block was dropped (a flush).
+    fn cleared(&self);
 }
 
 /// The store. Not synchronised itself: the engine holds it behind a mutex.
@@ -163,6 +218,7 @@ pub struct PrefixStore {
     used: u64,
     clock: u64,
     stats: CacheStats,
+    listener: Option<Arc<dyn KvListener>>,
 }
 
 /// Reused prefix: its length in tokens, keys, and per-layer block tensors to concatenate.
@@ -181,7 +237,22 @@ impl PrefixStore {
             used: 0,
             clock: 0,
             stats: CacheStats { capacity_bytes: capacity, ..Default::default() },
+            listener: None,
         }
+    }
+
+    /// Installs (or with `None` removes) the listener told of every block stored and
+    /// dropped from now on.
+    pub fn set_listener(&mut self, listener: Option<Arc<dyn KvListener>>) {
+        self.listener = listener;
+    }
+
+    /// Hashes of the resident blocks, every parent before its children (by depth in the
+    /// chain, then by hash), so that replaying them as one `stored` event is valid.
+    pub fn keys(&self) -> Vec<u64> {
+        let mut v: Vec<(usize, u64)> = self.blocks.iter().map(|(&k, b)| (b.depth, k)).collect();
+        v.sort_unstable();
+        v.into_iter().map(|(_, k)| k).collect()
     }
 
     /// Replaces the policy. Resident blocks stay; give the new policy [`Self::entries`] first if
@@ -206,7 +277,7 @@ impl PrefixStore {
         v
     }
 
-    /// Drops every block, telling the policy of each.
+    /// Drops every block, telling the policy of each and the listener once (`cleared`).
     pub fn flush(&mut self) {
         for key in self.blocks.keys() {
             self.policy.removed(*key);
@@ -214,12 +285,15 @@ impl PrefixStore {
         self.stats.dropped += self.blocks.len() as u64;
         self.blocks.clear();
         self.used = 0;
+        if let Some(l) = &self.listener {
+            l.cleared();
+        }
     }
 
     /// The longest resident chain covering at most `max_tokens` of `tokens`; reports hits.
     pub(crate) fn lookup(&mut self, tokens: &[u32], max_tokens: usize) -> PrefixHit {
         let usable = max_tokens.min(tokens.len()) / BLOCK_TOKENS;
-        let keys = block_keys(&tokens[..usable * BLOCK_TOKENS]);
+        let keys = block_hashes(&tokens[..usable * BLOCK_TOKENS]);
         let mut matched = Vec::new();
         let mut parent = None;
         for (i, key) in keys.iter().enumerate() {
@@ -255,17 +329,41 @@ impl PrefixStore {
     }
 
     /// Offers the full blocks of `tokens` (whose K/V `cache` holds) from block `from` on.
+    /// The listener hears of the blocks kept in one `stored` call, after the `removed` call
+    /// of any eviction they caused; an eviction in the middle of the chain first reports the
+    /// blocks kept before it, so the listener's order is always the store's.
     pub(crate) fn insert(
         &mut self,
         tokens: &[u32],
         cache: &KvCache,
         from: usize,
     ) -> candle_core::Result<()> {
+        let mut kept = Vec::new();
+        let result = self.insert_blocks(tokens, cache, from, &mut kept);
+        self.report_stored(&mut kept);
+        result
+    }
+
+    /// Tells the listener of the blocks in `kept` (if any) and empties it.
+    fn report_stored(&self, kept: &mut Vec<u64>) {
+        if let (Some(l), false) = (&self.listener, kept.is_empty()) {
+            l.stored(kept);
+        }
+        kept.clear();
+    }
+
+    fn insert_blocks(
+        &mut self,
+        tokens: &[u32],
+        cache: &KvCache,
+        from: usize,
+        kept: &mut Vec<u64>,
+    ) -> candle_core::Result<()> {
         if self.capacity == 0 {
             return Ok(());
         }
         let n_full = tokens.len().min(cache.seq_len()) / BLOCK_TOKENS;
-        let keys = block_keys(&tokens[..n_full * BLOCK_TOKENS]);
+        let keys = block_hashes(&tokens[..n_full * BLOCK_TOKENS]);
         for i in from..n_full {
             let key = keys[i];
             let parent = if i == 0 { None } else { Some(keys[i - 1]) };
@@ -285,8 +383,17 @@ impl PrefixStore {
             if size > free {
                 let victims = self.policy.evict(size - free);
                 let evicted_self = victims.contains(&key);
+                let mut dropped = Vec::new();
                 for victim in victims {
-                    self.drop_chain(victim, false);
+                    self.drop_chain(victim, false, &mut dropped);
+                }
+                if dropped.iter().any(|k| kept.contains(k)) {
+                    // Blocks this insertion kept are gone again: the listener must hear of
+                    // them being stored before it hears of them being removed.
+                    self.report_stored(kept);
+                }
+                if let (Some(l), false) = (&self.listener, dropped.is_empty()) {
+                    l.removed(&dropped);
                 }
                 if evicted_self {
                     // The policy already considers the new block gone: keeping it would leave
@@ -311,6 +418,7 @@ impl PrefixStore {
                 key,
                 Block {
                     parent,
+                    depth: i,
                     tokens: block_tokens,
                     kv,
                     size,
@@ -320,12 +428,14 @@ impl PrefixStore {
             );
             self.used += size;
             self.stats.inserted += 1;
+            kept.push(key);
         }
         Ok(())
     }
 
-    /// Removes `key` and its descendants; the policy is told of every removal it did not choose.
-    fn drop_chain(&mut self, key: u64, notify_root: bool) {
+    /// Removes `key` and its descendants, appending each removed key to `dropped` (parents
+    /// first); the policy is told of every removal it did not choose.
+    fn drop_chain(&mut self, key: u64, notify_root: bool, dropped: &mut Vec<u64>) {
         let Some(root) = self.blocks.get(&key) else {
             return;
         };
@@ -337,6 +447,7 @@ impl PrefixStore {
             if let Some(b) = self.blocks.remove(&k) {
                 self.used -= b.size;
                 self.stats.dropped += 1;
+                dropped.push(k);
                 if notify {
                     self.policy.removed(k);
                 }
@@ -447,9 +558,174 @@ mod tests {
         let mut s = PrefixStore::new(100 * BLOCK, Arc::new(LruPolicy::new()));
         let a = toks(48, 0);
         s.insert(&a, &cache_of(48), 0).unwrap();
-        let first = block_keys(&a)[0];
-        s.drop_chain(first, false);
+        let first = block_hashes(&a)[0];
+        let mut dropped = Vec::new();
+        s.drop_chain(first, false, &mut dropped);
+        assert_eq!(dropped, block_hashes(&a), "parents first");
         assert_eq!(s.stats().entries, 0);
         assert_eq!(s.stats().bytes, 0);
+    }
+
+    #[test]
+    fn block_hashes_are_pinned() {
+        // Routers compute these keys on their own: a change here breaks them (see the module
+        // documentation before changing the scheme, and then this vector).
+        let tokens: Vec<u32> = (0..40).collect();
+        assert_eq!(block_hashes(&tokens), [PINNED_0, PINNED_1]);
+        assert_eq!(block_hash(0, &tokens[..16]), PINNED_0);
+        assert_eq!(block_hash(PINNED_0, &tokens[16..32]), PINNED_1);
+        assert_eq!(block_hash(0, &[]), PINNED_EMPTY);
+    }
+
+    // Computed once, and checked against the reference C library (libxxhash 0.8.1,
+    // `XXH3_64bits_withSeed` over the same bytes), so another language's XXH3 agrees.
+    const PINNED_0: u64 = 11_393_794_923_344_230_228;
+    const PINNED_1: u64 = 13_291_586_481_257_411_987;
+    const PINNED_EMPTY: u64 = 5_507_205_016_225_083_414;
+
+    #[test]
+    fn block_hash_is_xxh3_of_the_little_endian_bytes() {
+        // Both the stack path (a block) and the heap path (a longer run).
+        for n in [1usize, 16, 17, 40] {
+            let tokens = toks(n, 0x0102_0304);
+            let mut bytes = 0xdead_beef_u64.to_le_bytes().to_vec();
+            for t in &tokens {
+                bytes.extend_from_slice(&t.to_le_bytes());
+            }
+            assert_eq!(
+                block_hash(0xdead_beef, &tokens),
+                xxh3_64_with_seed(&bytes, BLOCK_HASH_SEED)
+            );
+        }
+        assert_eq!(&BLOCK_HASH_SEED.to_be_bytes(), b"locus_kv");
+    }
+
+    #[test]
+    fn each_block_hash_depends_on_every_token_before_it() {
+        let a = toks(48, 0);
+        let ha = block_hashes(&a);
+        assert_eq!(ha.len(), 3);
+        assert_eq!(ha[2], block_hash(ha[1], &a[32..48]));
+        for i in 0..48 {
+            let mut b = a.clone();
+            b[i] += 1;
+            let hb = block_hashes(&b);
+            let changed_from = i / BLOCK_TOKENS;
+            for j in 0..3 {
+                assert_eq!(ha[j] == hb[j], j < changed_from, "token {i}, block {j}");
+            }
+        }
+        // The same tokens in another position of the chain hash differently.
+        assert_ne!(block_hash(0, &a[16..32]), ha[1]);
+    }
+
+    #[test]
+    fn a_partial_last_block_has_no_hash() {
+        let a = toks(47, 3);
+        assert_eq!(block_hashes(&a), block_hashes(&a[..32]));
+        assert!(block_hashes(&a[..15]).is_empty());
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Heard {
+        Stored(Vec<u64>),
+        Removed(Vec<u64>),
+        Cleared,
+    }
+
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<Heard>>);
+
+    impl Recorder {
+        fn take(&self) -> Vec<Heard> {
+            std::mem::take(&mut *self.0.lock().unwrap())
+        }
+    }
+
+    impl KvListener for Recorder {
+        fn stored(&self, hashes: &[u64]) {
+            self.0.lock().unwrap().push(Heard::Stored(hashes.to_vec()));
+        }
+        fn removed(&self, hashes: &[u64]) {
+            self.0.lock().unwrap().push(Heard::Removed(hashes.to_vec()));
+        }
+        fn cleared(&self) {
+            self.0.lock().unwrap().push(Heard::Cleared);
+        }
+    }
+
+    fn listened(capacity: u64) -> (PrefixStore, Arc<Recorder>) {
+        let mut s = PrefixStore::new(capacity, Arc::new(LruPolicy::new()));
+        let rec = Arc::new(Recorder::default());
+        s.set_listener(Some(rec.clone()));
+        (s, rec)
+    }
+
+    #[test]
+    fn the_listener_hears_only_the_blocks_an_insertion_keeps() {
+        let (mut s, rec) = listened(100 * BLOCK);
+        let a = toks(56, 0);
+        let h = block_hashes(&a);
+        s.insert(&a[..40], &cache_of(40), 0).unwrap();
+        assert_eq!(rec.take(), [Heard::Stored(h[..2].to_vec())]);
+        // The same prompt, longer: only its new block.
+        s.insert(&a, &cache_of(56), 0).unwrap();
+        assert_eq!(rec.take(), [Heard::Stored(vec![h[2]])]);
+        s.insert(&a, &cache_of(56), 0).unwrap();
+        assert_eq!(rec.take(), []);
+        // A branch off the first block: its parent comes first in the listing.
+        let mut b = a.clone();
+        b[20] = 9999;
+        let hb = block_hashes(&b);
+        s.insert(&b[..32], &cache_of(32), 0).unwrap();
+        assert_eq!(rec.take(), [Heard::Stored(vec![hb[1]])]);
+        let keys = s.keys();
+        assert_eq!(keys.len(), 4);
+        assert_eq!(keys[0], h[0]);
+        assert_eq!(keys[3], h[2]);
+        // A refused block is never reported.
+        s.set_policy(Arc::new(Refuse));
+        s.insert(&toks(16, 5), &cache_of(16), 0).unwrap();
+        assert_eq!(rec.take(), []);
+    }
+
+    #[test]
+    fn the_listener_hears_evictions_with_their_cascades() {
+        let (mut s, rec) = listened(3 * BLOCK);
+        let a = toks(48, 0);
+        let ha = block_hashes(&a);
+        s.insert(&a, &cache_of(48), 0).unwrap();
+        assert_eq!(rec.take(), [Heard::Stored(ha.clone())]);
+        // LRU picks a's first block; its descendants go with it, in the same event.
+        let b = toks(16, 1);
+        s.insert(&b, &cache_of(16), 0).unwrap();
+        assert_eq!(rec.take(), [Heard::Removed(ha), Heard::Stored(block_hashes(&b))]);
+        assert_eq!(s.keys(), block_hashes(&b));
+    }
+
+    #[test]
+    fn blocks_an_insertion_evicts_again_are_reported_stored_first() {
+        let (mut s, rec) = listened(2 * BLOCK);
+        let a = toks(48, 0);
+        let ha = block_hashes(&a);
+        s.insert(&a, &cache_of(48), 0).unwrap();
+        // The third block evicts the oldest, a's first, which takes the second with it; the
+        // third then has no parent and is refused, never reported.
+        assert_eq!(rec.take(), [Heard::Stored(ha[..2].to_vec()), Heard::Removed(ha[..2].to_vec())]);
+        assert!(s.keys().is_empty());
+        assert_eq!(s.stats().rejected, 1);
+    }
+
+    #[test]
+    fn a_flush_is_one_cleared_call() {
+        let (mut s, rec) = listened(100 * BLOCK);
+        s.insert(&toks(48, 0), &cache_of(48), 0).unwrap();
+        rec.take();
+        s.flush();
+        assert_eq!(rec.take(), [Heard::Cleared]);
+        assert!(s.keys().is_empty());
+        s.set_listener(None);
+        s.insert(&toks(48, 0), &cache_of(48), 0).unwrap();
+        assert_eq!(rec.take(), []);
     }
 }

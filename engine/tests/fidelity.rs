@@ -187,7 +187,7 @@ fn the_policy_sees_admissions_hits_and_shortfalls() {
     engine.last_logits(&prompt, true).unwrap();
     engine.last_logits(&prompt, true).unwrap();
     let calls = policy.calls.lock().unwrap().clone();
-    let keys = locus_engine::prefix::block_keys(&prompt);
+    let keys = locus_engine::prefix::block_hashes(&prompt);
     assert_eq!(
         calls,
         vec![

@@ -1,6 +1,7 @@
 //! Policy runtime benchmark: `route` latency through the wasm `hash` policy against the
-//! same algorithm compiled natively, side by side in one run, and the time to load,
-//! validate and swap in `hash.wasm`.
+//! same algorithm compiled natively, side by side in one run; `route` through a 0.1.0
+//! component against a 0.2.0 one given block hashes, load lists and KV events; and the
+//! time to load, validate and swap in `hash.wasm`.
 //!
 //! Run: `cargo bench -p locus --bench policy` (add `-- --quick` for a short run).
 
@@ -42,7 +43,8 @@ fn main() {
     .unwrap();
     let prompts: Vec<Request> = (0..1024)
         .map(|i| {
-            let prompt = format!("You are a helpful assistant, conversation {i}: what is the answer?");
+            let prompt =
+                format!("You are a helpful assistant, conversation {i}: what is the answer?");
             Request::new(i, prompt, 64)
         })
         .collect();
@@ -83,6 +85,7 @@ fn main() {
         );
     }
     assert_eq!(policy.total_faults(), 0);
+    contract_versions(rounds, per_round);
 
     // Load + validate + swap. Cold: a never-seen component (a custom section appended
     // changes its hash, so nothing is cached) is compiled; warm: the same bytes again.
@@ -123,4 +126,96 @@ fn main() {
         ms(warm[warm.len() / 2]),
         ms(*warm.last().unwrap())
     );
+}
+
+/// `route` through a 0.1.0 component (`hash`) and a 0.2.0 one (the `probe` test guest:
+/// the longest run of the request's 64 block hashes that a worker holds, from its own
+/// index fed by KV events), with every load list filled, interleaved in one run.
+fn contract_versions(rounds: usize, per_round: usize) {
+    let load = |src: PolicySource| {
+        RouterPolicy::load(&src, &LoadOptions::default(), FaultPolicy::default()).unwrap()
+    };
+    let v1 = load(PolicySource::Builtin("hash"));
+    let v2 = load(PolicySource::File(locus::guests::PROBE_PATH.into()));
+    let prompts: Vec<Request> = (0..1024u64)
+        .map(|i| {
+            let mut r = Request::new(i, format!("conversation {i}: a prompt of 64 blocks"), 64);
+            // 16 tenants; each prompt is its tenant's 48 shared blocks and 16 of its own.
+            let tenant = i % 16;
+            r.block_hashes =
+                (0..64).map(|b| if b < 48 { tenant << 32 | b } else { i << 32 | b }).collect();
+            r.prompt_tokens = Some(64 * 16);
+            r
+        })
+        .collect();
+    println!();
+    println!(
+        "route latency by contract version, ns per call, 64-block prompts ({rounds} interleaved rounds x {per_round} calls)"
+    );
+    println!(
+        "| workers | 0.1.0 hash p50 | p99 | 0.2.0 probe p50 | p99 | 0.2.0 with KV events flowing p50 | p99 | blocks indexed |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for n in [3usize, 16, 128] {
+        let mut ws = workers((0..n as u64).map(|i| (0x9E37_79B9 ^ (i * 7919), i as u32 % 4)));
+        for i in 0..n {
+            ws.load_known[i] = true;
+            ws.load_age_ms[i] = 40;
+            ws.waiting[i] = (i % 3) as u32;
+            ws.running[i] = (i % 16) as u32;
+            ws.kv_used_blocks[i] = 100 + i as u32;
+            ws.kv_total_blocks[i] = 1820;
+            ws.tokens_per_second[i] = 80.0;
+        }
+        // Each tenant's shared blocks on one worker, and 100k blocks in all.
+        let kv = v2.kv();
+        for (w, id) in ws.ids.iter().enumerate() {
+            let shared: Vec<u64> = (0..16u64)
+                .filter(|t| *t as usize % n == w)
+                .flat_map(|t| (0..48).map(move |b| t << 32 | b))
+                .collect();
+            let filler: Vec<u64> =
+                (0..100_000 / n as u64).map(|k| (1 << 63) | (*id << 20) | k).collect();
+            kv.apply(*id, true, Vec::new(), shared.into_iter().chain(filler).collect());
+        }
+        let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            a.extend(sample(per_round, |i| {
+                v1.route(&prompts[i % prompts.len()], &ws).unwrap();
+            }));
+            b.extend(sample(per_round, |i| {
+                v2.route(&prompts[i % prompts.len()], &ws).unwrap();
+            }));
+            // One worker stores a prompt's 4 blocks and drops 4 between routes.
+            c.extend(sample(per_round, |i| {
+                let id = ws.ids[i % n];
+                let k = (1 << 62) | (i as u64) << 2;
+                kv.apply(
+                    id,
+                    false,
+                    (0..4).map(|j| k - 4 + j).collect(),
+                    (0..4).map(|j| k + j).collect(),
+                );
+                v2.route(&prompts[i % prompts.len()], &ws).unwrap();
+            }));
+        }
+        for v in [&mut a, &mut b, &mut c] {
+            v.sort_unstable();
+        }
+        println!(
+            "| {n} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} |",
+            percentile(&a, 0.5),
+            percentile(&a, 0.99),
+            percentile(&b, 0.5),
+            percentile(&b, 0.99),
+            percentile(&c, 0.5),
+            percentile(&c, 0.99),
+            kv.total_blocks(),
+        );
+        // Fresh index for the next size.
+        for id in &ws.ids {
+            kv.clear(*id);
+        }
+    }
+    assert_eq!(v1.total_faults() + v2.total_faults(), 0, "no call faulted");
 }

@@ -207,7 +207,7 @@ async fn kv_events_reach_the_policy_and_survive_a_worker_restart() {
         post(&c, "/generate", "pin:2", json!({"text": prompt, "sampling_params": sp})).await;
     assert_eq!(s, 200);
     assert_eq!(worker, format!("http://{}", c.worker_addrs[2]));
-    let expected = block_hashes(&tokens[..tokens.len() - 1]);
+    let expected = block_hashes(&tokens);
     let kv = c.gateway.policy().kv().clone();
     until("the router knows worker 2's blocks", || kv.blocks(ids[2]) == expected.len()).await;
     assert!(expected.iter().all(|h| kv.holds(ids[2], *h)), "the router's hashes are the worker's");
@@ -285,14 +285,15 @@ async fn the_policy_sees_each_workers_reported_load() {
     }
     // A third worker with twice the running KV budget: the policy sees the difference.
     let mut opts = locus_engine::EngineOptions::default();
-    opts.limits.kv_bytes = 2 * opts.limits.kv_bytes;
+    opts.limits.kv_bytes *= 2;
     let engine = cluster::load_engines(&locus_engine::ModelSource::Synthetic, 1, opts)
         .await
         .unwrap()
         .remove(0);
-    let big = worker::spawn(engine, WorkerOptions::default(), SocketAddr::from(([127, 0, 0, 1], 0)))
-        .await
-        .unwrap();
+    let big =
+        worker::spawn(engine, WorkerOptions::default(), SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .unwrap();
     let url = format!("http://{}", big.addr);
     assert!(c.gateway.registry().add(&url));
     until("the new worker's load", || {

@@ -7,8 +7,8 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::slot::lock;
 
@@ -168,7 +168,9 @@ mod tests {
         f.apply(7, false, vec![], vec![1]);
         f.apply(7, false, vec![], vec![2]);
         match f.since(1) {
-            Some(Missed::Batches(b)) => assert_eq!(b.iter().map(|b| b.seq).collect::<Vec<_>>(), [2]),
+            Some(Missed::Batches(b)) => {
+                assert_eq!(b.iter().map(|b| b.seq).collect::<Vec<_>>(), [2])
+            }
             _ => panic!("expected one batch"),
         }
         for i in 0..LOG_BATCHES as u64 {

@@ -285,7 +285,12 @@ impl Feed<RouterWorld> for KvEvents {
         Ok(head)
     }
 
-    fn catch_up(&self, b: &Bindings, store: &mut Store<State>, cursor: u64) -> wasmtime::Result<u64> {
+    fn catch_up(
+        &self,
+        b: &Bindings,
+        store: &mut Store<State>,
+        cursor: u64,
+    ) -> wasmtime::Result<u64> {
         if let Bindings::V1(_) = b {
             return Ok(cursor);
         }
@@ -294,7 +299,13 @@ impl Feed<RouterWorld> for KvEvents {
             Some(Missed::Batches(batches)) => {
                 let mut at = cursor;
                 for batch in batches {
-                    b.kv_events(&mut *store, batch.worker, batch.cleared, &batch.removed, &batch.stored)?;
+                    b.kv_events(
+                        &mut *store,
+                        batch.worker,
+                        batch.cleared,
+                        &batch.removed,
+                        &batch.stored,
+                    )?;
                     at = batch.seq;
                 }
                 Ok(at)

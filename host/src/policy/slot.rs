@@ -112,8 +112,9 @@ impl<W: World> Wasm<W> {
         let mut cursor = 0;
         if let Some(feed) = feed {
             State::arm(&mut store, &self.limits);
-            cursor =
-                feed.replay(&bindings, &mut store).map_err(|e| classify(e, &store, &self.limits))?;
+            cursor = feed
+                .replay(&bindings, &mut store)
+                .map_err(|e| classify(e, &store, &self.limits))?;
         }
         Ok(Instance { store, bindings, cursor })
     }

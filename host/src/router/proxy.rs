@@ -84,7 +84,8 @@ impl Gateway {
             let load = b.load();
             let l = load.map(|r| r.load);
             w.load_known.push(load.is_some());
-            w.load_age_ms.push(load.map_or(0, |r| r.at.elapsed().as_millis().min(u32::MAX as u128) as u32));
+            w.load_age_ms
+                .push(load.map_or(0, |r| r.at.elapsed().as_millis().min(u32::MAX as u128) as u32));
             w.waiting.push(l.map_or(0, |l| l.waiting));
             w.running.push(l.map_or(0, |l| l.running));
             w.kv_used_blocks.push(l.map_or(0, |l| l.kv_blocks_used.min(u32::MAX as u64) as u32));
@@ -163,7 +164,8 @@ impl Gateway {
                     let threshold = if e.is_connect() { 1 } else { self.registry.fail_threshold };
                     backend.failed(threshold, &e.to_string());
                     last_error = Some(format!("{}: {e}", backend.url));
-                    done.outcome = if e.is_timeout() { Outcome::Timeout } else { Outcome::Unreachable };
+                    done.outcome =
+                        if e.is_timeout() { Outcome::Timeout } else { Outcome::Unreachable };
                 }
             }
             drop(guard);
@@ -218,7 +220,8 @@ impl Gateway {
             };
             // A worker lost mid-stream: the client still gets an error event and `[DONE]`,
             // not a cut connection.
-            let chunks = r.bytes_stream().map(Some).chain(futures_util::stream::once(async { None }));
+            let chunks =
+                r.bytes_stream().map(Some).chain(futures_util::stream::once(async { None }));
             let stream = chunks.scan(stream_done, move |sd, chunk| {
                 let item = match chunk {
                     _ if sd.failed => return futures_util::future::ready(None),
@@ -469,7 +472,10 @@ mod tests {
                 f.watch(chunk, Instant::now());
             }
             let c = f.counts.expect("final counts");
-            assert_eq!((c.prompt, c.cached, c.generated, c.cache_hit), (7, 4, Some(2), Some(false)));
+            assert_eq!(
+                (c.prompt, c.cached, c.generated, c.cache_hit),
+                (7, 4, Some(2), Some(false))
+            );
             assert!(f.first_text.is_some(), "chunks of {cut}");
         }
         // A stream that ends before its final event has no counts.
@@ -484,7 +490,10 @@ mod tests {
         assert!(f.first_text.is_none(), "no text arrived");
         // Chat's opening event announces the role with empty content: not a token.
         let mut f = FinalCounts::default();
-        f.watch(b"data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n", Instant::now());
+        f.watch(
+            b"data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n",
+            Instant::now(),
+        );
         assert!(f.first_text.is_none());
         f.watch(b"data: {\"choices\":[{\"delta\":{\"content\":\" hi\"}}]}\n\n", Instant::now());
         assert!(f.first_text.is_some());

@@ -71,5 +71,6 @@ pub(super) async fn metrics(State(w): State<Arc<Worker>>) -> Response {
     w.metrics.cache_bytes.with_label_values(&["prefix"]).set(w.engine.cache_stats().bytes as i64);
     w.metrics.policy_faults.set(w.caches.faults() as i64);
     w.metrics.scheduler(&w.engine.scheduler_stats());
+    w.metrics.load(&w.load_report(), w.kv_events.subscribers());
     render_metrics(&w.metrics.registry)
 }

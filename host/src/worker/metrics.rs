@@ -1,8 +1,8 @@
 //! The worker's Prometheus metrics.
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 
 use super::run::{Finish, Outcome};
@@ -24,6 +24,10 @@ pub(super) struct Metrics {
     pub generated: IntCounter,
     pub ttft: Histogram,
     pub tpot: Histogram,
+    pub kv_events: IntCounterVec,
+    pub kv_event_subscribers: IntGauge,
+    pub tokens_per_second: Gauge,
+    pub kv_blocks: IntGaugeVec,
 }
 
 impl Metrics {
@@ -99,6 +103,30 @@ impl Metrics {
             .buckets(prometheus::exponential_buckets(0.002, 1.6, 14).unwrap()),
         )
         .unwrap();
+        let kv_events = IntCounterVec::new(
+            Opts::new(
+                "locus_worker_kv_events_total",
+                "Prefix store operations published on /kv_events, by type",
+            ),
+            &["type"],
+        )
+        .unwrap();
+        let kv_event_subscribers =
+            IntGauge::new("locus_worker_kv_event_subscribers", "Streams connected to /kv_events")
+                .unwrap();
+        let tokens_per_second = Gauge::new(
+            "locus_worker_tokens_per_second",
+            "Tokens generated per second over about the last 2 s",
+        )
+        .unwrap();
+        let kv_blocks = IntGaugeVec::new(
+            Opts::new(
+                "locus_worker_kv_blocks",
+                "Running KV budget in 16-token blocks: reserved (used), and the budget (total)",
+            ),
+            &["state"],
+        )
+        .unwrap();
         let registry = crate::http::registry(vec![
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
@@ -114,6 +142,10 @@ impl Metrics {
             Box::new(generated.clone()),
             Box::new(ttft.clone()),
             Box::new(tpot.clone()),
+            Box::new(kv_events.clone()),
+            Box::new(kv_event_subscribers.clone()),
+            Box::new(tokens_per_second.clone()),
+            Box::new(kv_blocks.clone()),
         ]);
         Self {
             registry,
@@ -131,7 +163,19 @@ impl Metrics {
             generated,
             ttft,
             tpot,
+            kv_events,
+            kv_event_subscribers,
+            tokens_per_second,
+            kv_blocks,
         }
+    }
+
+    /// Copies a load report into the gauges (at scrape time).
+    pub fn load(&self, l: &super::LoadReport, subscribers: usize) {
+        self.tokens_per_second.set(l.tokens_per_second);
+        self.kv_blocks.with_label_values(&["used"]).set(l.kv_blocks_used as i64);
+        self.kv_blocks.with_label_values(&["total"]).set(l.kv_blocks_total as i64);
+        self.kv_event_subscribers.set(subscribers as i64);
     }
 
     /// Copies the scheduler's state into the gauges (at scrape time: it changes every step).

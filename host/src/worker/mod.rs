@@ -4,12 +4,15 @@
 //! Files: `handlers` reads a request and answers it whole, `stream` answers it as
 //! Server-Sent Events, `run` queues and runs it (response cache, then engine), `stop`
 //! cuts text at stop sequences, `caches` holds both cache levels, `admin` swaps the cache
-//! policy and flushes, `info` and `metrics` report.
+//! policy and flushes, `info` and `metrics` report, `load` (`GET /load`) and `kv_events`
+//! (`GET /kv_events`) tell a router how busy the worker is and which prefix blocks it holds.
 
 mod admin;
 mod caches;
 mod handlers;
 mod info;
+mod kv_events;
+mod load;
 mod metrics;
 mod responses;
 mod run;
@@ -28,6 +31,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 pub use caches::{Caches, LevelInfo};
+pub use kv_events::{KvEvent, KvEventKind};
+pub use load::LoadReport;
 pub use responses::{Cached, ResponseCache};
 pub use run::Finish;
 pub use stop::StopMatcher;
@@ -83,10 +88,16 @@ pub struct Worker {
     options: WorkerOptions,
     metrics: Metrics,
     started: SystemTime,
+    kv_events: Arc<kv_events::KvEvents>,
+    throughput: load::Throughput,
+    /// Set when the worker stops, to end the streams that never end by themselves
+    /// (`/kv_events`), which a graceful shutdown would otherwise wait for.
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl Worker {
-    /// A worker serving `engine`.
+    /// A worker serving `engine`. It becomes the engine's KV listener (replacing any worker
+    /// built on it before) and, inside a Tokio runtime, starts sampling its token rate.
     pub fn new(engine: Arc<Engine>, options: WorkerOptions) -> anyhow::Result<Arc<Self>> {
         let caches = Caches::new(
             engine.clone(),
@@ -94,14 +105,27 @@ impl Worker {
             &options.cache_settings,
             options.response_cache_bytes,
         )?;
-        Ok(Arc::new(Self {
+        let metrics = Metrics::new();
+        let kv_events = Arc::new(kv_events::KvEvents::new(&metrics.kv_events));
+        engine.set_kv_listener(Some(kv_events.clone()));
+        let worker = Arc::new(Self {
             caches,
             queue: Arc::new(Semaphore::new(options.max_queue.max(1))),
+            throughput: load::Throughput::new(engine.scheduler_stats().generated_tokens),
             engine,
             options,
-            metrics: Metrics::new(),
+            metrics,
             started: SystemTime::now(),
-        }))
+            kv_events,
+            closing: tokio::sync::watch::channel(false).0,
+        });
+        load::spawn_sampler(&worker);
+        Ok(worker)
+    }
+
+    /// Ends the streams that only end with the worker (`/kv_events`).
+    fn close_streams(&self) {
+        self.closing.send_replace(true);
     }
 
     /// Both cache levels.
@@ -123,9 +147,11 @@ impl Worker {
             .route("/get_server_info", get(info::server_info))
             .route("/model_info", get(info::model_info))
             .route("/get_model_info", get(info::model_info))
-            .route("/metrics", get(info::metrics));
+            .route("/metrics", get(info::metrics))
+            .route("/load", get(load::load));
         let open_admin = Router::new()
             .route("/flush_cache", post(admin::flush_cache))
+            .route("/kv_events", get(kv_events::kv_events))
             .route("/admin/cache-policy", get(admin::cache_policy_info))
             .layer(from_fn_with_state(auth(Access::OpenWithoutToken), require_admin));
         // The token is checked before the body is read: an upload may be tens of MB.
@@ -188,8 +214,10 @@ pub async fn spawn(
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let closing = worker.clone();
     let task = tokio::spawn(serve(listener, worker.router(), limits, async move {
         let _ = stopped.await;
+        closing.close_streams();
     }));
     Ok(WorkerHandle { addr: local, stop: Some(stop), task, worker })
 }

@@ -23,7 +23,6 @@ use std::collections::{BTreeMap, BTreeSet};
 
 wit_bindgen::generate!({ world: "router", path: "../../../../wit" });
 
-
 #[derive(Default)]
 struct Seen {
     blocks: BTreeMap<u64, BTreeSet<u64>>,
@@ -82,7 +81,9 @@ impl Guest for Probe {
         }
         if let Some(id) = session.strip_prefix("blocks:") {
             let id: u64 = id.parse().map_err(|_| format!("bad worker id `{id}`"))?;
-            return Err(SEEN.with(|s| s.borrow().blocks.get(&id).map_or(0, BTreeSet::len).to_string()));
+            return Err(
+                SEEN.with(|s| s.borrow().blocks.get(&id).map_or(0, BTreeSet::len).to_string())
+            );
         }
         SEEN.with(|s| {
             let s = s.borrow();

@@ -1,0 +1,245 @@
+//! `GET /kv_events`: the worker's prefix KV store as a stream of Server-Sent Events, so that a
+//! router can keep an exact picture of which block hashes (see `locus_engine::prefix`) each
+//! worker holds.
+//!
+//! Each event's `data:` line is one JSON object ([`KvEvent`]):
+//!
+//! ```text
+//! {"seq":N,"type":"stored","hashes":[u64,...],"ts_us":T}    blocks now resident, parents first
+//! {"seq":N,"type":"removed","hashes":[u64,...],"ts_us":T}   blocks dropped (evictions and their descendants)
+//! {"seq":N,"type":"cleared","hashes":[],"ts_us":T}          every block dropped (a flush)
+//! ```
+//!
+//! `seq` counts the store's operations from 1 in this worker process, without gaps; `ts_us` is
+//! when the store reported the operation (Unix microseconds, wall clock). A stream starts with
+//! a snapshot: a `cleared` event, then one `stored` event listing every resident hash (parents
+//! first; possibly empty), both with `"snapshot":true`, the worker's `"worker_id"` and its
+//! `"started_at_us"` (which changes on a restart), and `seq` equal to the last operation's
+//! before the snapshot (0 if none). Live events follow, from `seq + 1` on. A subscriber that
+//! falls more than [`CHANNEL_CAPACITY`] events behind gets a fresh snapshot instead of the
+//! events it missed; the stream never ends because of it. It ends when the worker stops.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::State;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use locus_engine::KvListener;
+use prometheus::{IntCounter, IntCounterVec};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::watch;
+
+use super::Worker;
+
+/// Events buffered for each subscriber before it counts as lagging.
+pub const CHANNEL_CAPACITY: usize = 4096;
+
+/// Comment lines sent on an idle stream, so that proxies and the client see it alive.
+const KEEP_ALIVE: Duration = Duration::from_secs(5);
+
+/// What happened in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KvEventKind {
+    /// Blocks became resident.
+    Stored,
+    /// Blocks were dropped.
+    Removed,
+    /// Every block was dropped.
+    Cleared,
+}
+
+impl KvEventKind {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Stored => "stored",
+            Self::Removed => "removed",
+            Self::Cleared => "cleared",
+        }
+    }
+}
+
+/// One event of `GET /kv_events` (see the module documentation for the protocol).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvEvent {
+    /// The store operation's number, from 1 per worker process; a snapshot carries the last
+    /// operation's number before it.
+    pub seq: u64,
+    /// What happened.
+    #[serde(rename = "type")]
+    pub kind: KvEventKind,
+    /// Block hashes, parents before children (empty for `cleared`).
+    pub hashes: Vec<u64>,
+    /// When the store reported it (or the snapshot was taken), Unix microseconds.
+    pub ts_us: u64,
+    /// Part of the snapshot a stream starts with (or restarts with after lagging).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub snapshot: bool,
+    /// Snapshot events only: the worker's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_id: Option<String>,
+    /// Snapshot events only: when the worker started, Unix microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at_us: Option<u64>,
+}
+
+/// Unix microseconds now (0 if the clock is before 1970).
+pub(super) fn unix_micros(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// The engine's KV listener: numbers the store's operations and broadcasts them.
+pub(super) struct KvEvents {
+    tx: broadcast::Sender<Arc<KvEvent>>,
+    /// The last operation's number. Written only under the store's lock (listener calls), so
+    /// a reader holding that lock (`with_resident_blocks`) sees a settled value.
+    last_seq: AtomicU64,
+    counted: [IntCounter; 3],
+}
+
+impl KvEvents {
+    pub(super) fn new(counter: &IntCounterVec) -> Self {
+        let kinds = [KvEventKind::Stored, KvEventKind::Removed, KvEventKind::Cleared];
+        Self {
+            tx: broadcast::channel(CHANNEL_CAPACITY).0,
+            last_seq: AtomicU64::new(0),
+            counted: kinds.map(|k| counter.with_label_values(&[k.name()])),
+        }
+    }
+
+    /// Streams connected now.
+    pub(super) fn subscribers(&self) -> usize {
+        self.tx.receiver_count()
+    }
+
+    fn publish(&self, kind: KvEventKind, hashes: &[u64]) {
+        let seq = self.last_seq.fetch_add(1, Ordering::Relaxed) + 1;
+        self.counted[kind as usize].inc();
+        let event = KvEvent {
+            seq,
+            kind,
+            hashes: hashes.to_vec(),
+            ts_us: unix_micros(SystemTime::now()),
+            snapshot: false,
+            worker_id: None,
+            started_at_us: None,
+        };
+        // An error only means that nobody is subscribed.
+        let _ = self.tx.send(Arc::new(event));
+    }
+}
+
+impl KvListener for KvEvents {
+    fn stored(&self, hashes: &[u64]) {
+        self.publish(KvEventKind::Stored, hashes);
+    }
+    fn removed(&self, hashes: &[u64]) {
+        self.publish(KvEventKind::Removed, hashes);
+    }
+    fn cleared(&self) {
+        self.publish(KvEventKind::Cleared, &[]);
+    }
+}
+
+/// Subscribes to the live events and takes the snapshot they continue, atomically (under
+/// the store's lock, so no operation falls between them).
+fn subscribe(w: &Worker) -> (broadcast::Receiver<Arc<KvEvent>>, [KvEvent; 2]) {
+    let (rx, seq, hashes) = w.engine.with_resident_blocks(|hashes| {
+        let rx = w.kv_events.tx.subscribe();
+        (rx, w.kv_events.last_seq.load(Ordering::Relaxed), hashes.to_vec())
+    });
+    let snapshot = |kind, hashes| KvEvent {
+        seq,
+        kind,
+        hashes,
+        ts_us: unix_micros(SystemTime::now()),
+        snapshot: true,
+        worker_id: Some(w.options.worker_id.clone()),
+        started_at_us: Some(unix_micros(w.started)),
+    };
+    (rx, [snapshot(KvEventKind::Cleared, Vec::new()), snapshot(KvEventKind::Stored, hashes)])
+}
+
+fn sse(event: &KvEvent) -> Result<Event, Infallible> {
+    // Serializing numbers, a string and an enum cannot fail.
+    Ok(Event::default().data(serde_json::to_string(event).unwrap_or_default()))
+}
+
+/// One subscriber's stream.
+struct Feed {
+    w: Arc<Worker>,
+    rx: broadcast::Receiver<Arc<KvEvent>>,
+    pending: VecDeque<KvEvent>,
+    closing: watch::Receiver<bool>,
+}
+
+/// `GET /kv_events` (behind the admin token when one is configured).
+pub(super) async fn kv_events(State(w): State<Arc<Worker>>) -> Response {
+    let (rx, snapshot) = subscribe(&w);
+    let closing = w.closing.subscribe();
+    let feed = Feed { w, rx, pending: VecDeque::from(snapshot), closing };
+    let stream = futures_util::stream::unfold(feed, |mut feed| async move {
+        loop {
+            if let Some(event) = feed.pending.pop_front() {
+                return Some((sse(&event), feed));
+            }
+            let received = tokio::select! {
+                received = feed.rx.recv() => received,
+                // The worker is stopping: end the response so the graceful shutdown can finish.
+                _ = feed.closing.wait_for(|closing| *closing) => return None,
+            };
+            match received {
+                Ok(event) => return Some((sse(&event), feed)),
+                Err(RecvError::Lagged(missed)) => {
+                    tracing::debug!(missed, "a /kv_events subscriber lagged: sending a snapshot");
+                    let (rx, snapshot) = subscribe(&feed.w);
+                    feed.rx = rx;
+                    feed.pending.extend(snapshot);
+                }
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_have_the_wire_shape() {
+        let live = KvEvent {
+            seq: 7,
+            kind: KvEventKind::Removed,
+            hashes: vec![u64::MAX, 1],
+            ts_us: 5,
+            snapshot: false,
+            worker_id: None,
+            started_at_us: None,
+        };
+        let text = serde_json::to_string(&live).unwrap();
+        assert_eq!(
+            text,
+            r#"{"seq":7,"type":"removed","hashes":[18446744073709551615,1],"ts_us":5}"#
+        );
+        assert_eq!(serde_json::from_str::<KvEvent>(&text).unwrap(), live);
+        let snap = KvEvent {
+            kind: KvEventKind::Cleared,
+            hashes: vec![],
+            snapshot: true,
+            worker_id: Some("w".into()),
+            started_at_us: Some(9),
+            ..live
+        };
+        assert_eq!(
+            serde_json::to_string(&snap).unwrap(),
+            r#"{"seq":7,"type":"cleared","hashes":[],"ts_us":5,"snapshot":true,"worker_id":"w","started_at_us":9}"#
+        );
+    }
+}
