@@ -3,7 +3,7 @@
 //!
 //! Files: `routes` reads the public requests, `proxy` routes, retries and relays them,
 //! `registry` keeps the workers and their health, `signals` follows the workers' load and
-//! KV events, `admin` is the admin API, `watch` swaps the policy when its file changes,
+//! KV events, `tokens` turns prompts into KV block hashes, `admin` is the admin API, `watch` swaps the policy when its file changes,
 //! `metrics` counts.
 
 mod admin;
@@ -12,6 +12,7 @@ mod proxy;
 mod registry;
 mod routes;
 mod signals;
+mod tokens;
 mod watch;
 
 use std::collections::VecDeque;
@@ -26,8 +27,9 @@ use axum::routing::{get, post};
 use tokio::net::TcpListener;
 
 pub use admin::admin_router;
-pub use proxy::{ROUTING_PROMPT_BYTES, prompt_blocks};
+pub use proxy::ROUTING_PROMPT_BYTES;
 pub use registry::{Backend, BackendInfo, Load, Registry, Reported, worker_id};
+pub use tokens::PromptTokens;
 
 use crate::api::Endpoint;
 use crate::policy::{Completion, FaultPolicy, LoadOptions, PolicySource, RouterPolicy};
@@ -135,6 +137,7 @@ pub struct Gateway {
     next_id: AtomicU64,
     options: RouterOptions,
     feedback: Feedback,
+    tokens: PromptTokens,
 }
 
 impl Gateway {
@@ -162,6 +165,7 @@ impl Gateway {
             next_id: AtomicU64::new(1),
             options,
             feedback: Feedback::default(),
+            tokens: PromptTokens::default(),
         }))
     }
 

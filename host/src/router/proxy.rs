@@ -10,68 +10,14 @@ use axum::body::{Body, Bytes};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
-use locus_engine::prefix::{BLOCK_TOKENS, block_hashes};
 
 use super::Gateway;
 use super::registry::{Backend, InFlightGuard};
-use crate::api::{ApiError, Endpoint, Job, Prompt, REQUEST_ID};
+use crate::api::{ApiError, Endpoint, Job, REQUEST_ID};
 use crate::policy::{Completion, Outcome, Request, Workers};
 
 /// Prompts longer than this are shown to the policy by their leading part only.
 pub const ROUTING_PROMPT_BYTES: usize = 8192;
-
-/// Text bytes tokenized per routed token at most: GPT-2 averages about 4 bytes per token
-/// on English, so a prompt within this budget is almost always tokenized whole.
-const BYTES_PER_ROUTED_TOKEN: usize = 8;
-
-/// The block hashes of the leading `max_tokens` tokens of `job`'s prompt (the same chain the
-/// workers publish), and the whole prompt's token count when it was all tokenized.
-///
-/// A long text is cut at a word's end before tokenizing, where GPT-2's pre-tokenizer always
-/// splits, so the tokens before the cut are exactly the worker's.
-pub fn prompt_blocks(job: &Job, max_tokens: usize) -> (Vec<u64>, Option<u32>) {
-    let count = |n: usize| Some(n.min(u32::MAX as usize) as u32);
-    let usable = |ids: &[u32]| {
-        let n = ids.len().min(max_tokens) / BLOCK_TOKENS * BLOCK_TOKENS;
-        block_hashes(&ids[..n])
-    };
-    match &job.prompt {
-        Prompt::Ids(ids) => (usable(ids), count(ids.len())),
-        Prompt::Text(_) if max_tokens == 0 => (Vec::new(), None),
-        Prompt::Text(t) => {
-            let budget = max_tokens.saturating_mul(BYTES_PER_ROUTED_TOKEN);
-            let tok = locus_engine::Tokenizer::new();
-            if t.len() <= budget {
-                let ids = tok.encode(t);
-                return (usable(&ids), count(ids.len()));
-            }
-            let cut = word_end_before(t, budget);
-            (usable(&tok.encode(&t[..cut])), None)
-        }
-    }
-}
-
-/// The largest `i <= max` where `t[..i]` ends a word: the next character is whitespace
-/// and the one before is not (0 if there is none).
-fn word_end_before(t: &str, max: usize) -> usize {
-    if max >= t.len() {
-        return t.len();
-    }
-    let mut end = max;
-    while !t.is_char_boundary(end) {
-        end -= 1;
-    }
-    let head = &t[..end];
-    let mut next_is_space = t[end..].chars().next().is_some_and(char::is_whitespace);
-    for (i, c) in head.char_indices().rev() {
-        let space = c.is_whitespace();
-        if next_is_space && !space {
-            return i + c.len_utf8();
-        }
-        next_is_space = space;
-    }
-    0
-}
 
 impl Gateway {
     /// What the policy is told about `candidates`: live in-flight counts and each one's
@@ -119,7 +65,8 @@ impl Gateway {
         );
         req.session = session;
         if self.policy.wants_blocks() {
-            (req.block_hashes, req.prompt_tokens) = prompt_blocks(job, self.options.route_tokens);
+            (req.block_hashes, req.prompt_tokens) =
+                self.tokens.prompt_blocks(job, self.options.route_tokens);
         }
         let mut candidates = self.registry.healthy();
         let mut last_error = None;
@@ -453,7 +400,7 @@ impl Counts {
 mod tests {
     use std::time::Instant;
 
-    use super::{Counts, FinalCounts, word_end_before};
+    use super::{Counts, FinalCounts};
 
     #[test]
     fn the_final_events_counts_are_read_however_the_stream_is_cut() {
@@ -497,16 +444,5 @@ mod tests {
         assert!(f.first_text.is_none());
         f.watch(b"data: {\"choices\":[{\"delta\":{\"content\":\" hi\"}}]}\n\n", Instant::now());
         assert!(f.first_text.is_some());
-    }
-
-    #[test]
-    fn long_prompts_are_cut_where_a_word_ends() {
-        let t = "alpha beta  gamma";
-        assert_eq!(word_end_before(t, 100), t.len());
-        assert_eq!(&t[..word_end_before(t, 8)], "alpha");
-        assert_eq!(&t[..word_end_before(t, 10)], "alpha beta");
-        assert_eq!(&t[..word_end_before(t, 11)], "alpha beta");
-        assert_eq!(word_end_before("nowhitespace", 5), 0);
-        assert_eq!(word_end_before("é é", 3), 2, "never inside a character");
     }
 }

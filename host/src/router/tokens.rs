@@ -1,0 +1,184 @@
+//! The prompt's KV block hashes, as the router computes them for a 0.2.0 policy: the
+//! leading part of the prompt tokenized with GPT-2's tokenizer (the workers' own code),
+//! then hashed into the same chain the workers publish in their KV events.
+//!
+//! Tokenizing 1 KB of text costs about 100 µs of CPU, which would halve a router's
+//! throughput; but the prompts worth routing by prefix share their beginnings. So the
+//! text is cut into chunks at word ends, where GPT-2's pre-tokenizer always splits (no
+//! pre-token holds a non-space character followed by a space), which makes a chunk's tokens
+//! the same wherever it appears, and each chunk's tokens are cached.
+
+use std::hash::{Hash, Hasher};
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+
+use locus_engine::Tokenizer;
+use locus_engine::prefix::{BLOCK_TOKENS, block_hashes};
+use lru::LruCache;
+
+use crate::api::{Job, Prompt};
+
+/// Text bytes tokenized per routed token at most: GPT-2 averages about 4 bytes per token
+/// on English, so a prompt within this budget is almost always tokenized whole.
+const BYTES_PER_ROUTED_TOKEN: usize = 8;
+
+/// Chunks end at the first word end at or after this many bytes.
+const CHUNK_BYTES: usize = 256;
+
+/// Chunks whose tokens are kept (about 1 MB at 256 bytes and ~64 tokens each).
+const CACHED_CHUNKS: usize = 4096;
+
+/// Tokenizes prompts into block hashes, caching each chunk's tokens.
+pub struct PromptTokens {
+    tokenizer: Tokenizer,
+    /// FNV hash of a chunk's text -> the text and its tokens (the text is compared on a hit,
+    /// so a hash collision can never give wrong tokens).
+    chunks: Mutex<LruCache<u64, Arc<(String, Vec<u32>)>>>,
+}
+
+impl Default for PromptTokens {
+    fn default() -> Self {
+        Self {
+            tokenizer: Tokenizer::new(),
+            chunks: Mutex::new(LruCache::new(NonZeroUsize::new(CACHED_CHUNKS).expect("non-zero"))),
+        }
+    }
+}
+
+impl PromptTokens {
+    /// The block hashes of the leading `max_tokens` tokens of `job`'s prompt, and the whole
+    /// prompt's token count when it was all tokenized. A text longer than
+    /// `max_tokens` × 8 bytes is cut at a word end before that.
+    pub fn prompt_blocks(&self, job: &Job, max_tokens: usize) -> (Vec<u64>, Option<u32>) {
+        let count = |n: usize| Some(n.min(u32::MAX as usize) as u32);
+        let usable = |ids: &[u32]| {
+            let n = ids.len().min(max_tokens) / BLOCK_TOKENS * BLOCK_TOKENS;
+            block_hashes(&ids[..n])
+        };
+        match &job.prompt {
+            Prompt::Ids(ids) => (usable(ids), count(ids.len())),
+            Prompt::Text(_) if max_tokens == 0 => (Vec::new(), None),
+            Prompt::Text(t) => {
+                let budget = max_tokens.saturating_mul(BYTES_PER_ROUTED_TOKEN);
+                let whole = t.len() <= budget;
+                let text = if whole { t.as_str() } else { &t[..word_end_before(t, budget)] };
+                let ids = self.encode(text, max_tokens);
+                // Tokenizing stops early once `max_tokens` are there; only a prompt
+                // tokenized to its end has a known length.
+                let n = (whole && ids.len() < max_tokens).then(|| ids.len());
+                (usable(&ids), n.and_then(count))
+            }
+        }
+    }
+
+    /// The tokens of `text`, chunk by chunk, stopping once `max_tokens` are there.
+    fn encode(&self, text: &str, max_tokens: usize) -> Vec<u32> {
+        let mut ids = Vec::new();
+        let mut start = 0;
+        while start < text.len() && ids.len() < max_tokens {
+            let end = word_end_after(text, start + CHUNK_BYTES);
+            ids.extend_from_slice(&self.chunk(&text[start..end]).1);
+            start = end;
+        }
+        ids
+    }
+
+    fn chunk(&self, chunk: &str) -> Arc<(String, Vec<u32>)> {
+        let mut h = fnv::FnvHasher::default();
+        chunk.hash(&mut h);
+        let key = h.finish();
+        if let Some(hit) = self.lock().get(&key).filter(|c| c.0 == chunk) {
+            return hit.clone();
+        }
+        // Tokenized outside the lock: the costly part.
+        let entry = Arc::new((chunk.to_string(), self.tokenizer.encode(chunk)));
+        self.lock().put(key, entry.clone());
+        entry
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<u64, Arc<(String, Vec<u32>)>>> {
+        self.chunks.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Whether `i` splits `t` where GPT-2's pre-tokenizer always splits: a non-space character
+/// before, a space after.
+fn is_word_end(t: &str, i: usize) -> bool {
+    t[i..].chars().next().is_some_and(char::is_whitespace)
+        && t[..i].chars().next_back().is_some_and(|c| !c.is_whitespace())
+}
+
+/// The largest `i <= max` where `t[..i]` ends a word (`t.len()` when `max` reaches the end;
+/// 0 if there is none).
+fn word_end_before(t: &str, max: usize) -> usize {
+    if max >= t.len() {
+        return t.len();
+    }
+    let mut i = max;
+    while i > 0 && !(t.is_char_boundary(i) && is_word_end(t, i)) {
+        i -= 1;
+    }
+    i
+}
+
+/// The smallest `i >= min` where `t[..i]` ends a word, or `t.len()`.
+fn word_end_after(t: &str, min: usize) -> usize {
+    let mut i = min;
+    while i < t.len() && !(t.is_char_boundary(i) && is_word_end(t, i)) {
+        i += 1;
+    }
+    i.min(t.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{Endpoint, read_job};
+
+    #[test]
+    fn long_prompts_are_cut_where_a_word_ends() {
+        let t = "alpha beta  gamma";
+        assert_eq!(word_end_before(t, 100), t.len());
+        assert_eq!(&t[..word_end_before(t, 8)], "alpha");
+        assert_eq!(&t[..word_end_before(t, 10)], "alpha beta");
+        assert_eq!(&t[..word_end_before(t, 11)], "alpha beta");
+        assert_eq!(word_end_before("nowhitespace", 5), 0);
+        assert_eq!(word_end_before("é é", 3), 2, "never inside a character");
+        assert_eq!(&t[word_end_after(t, 1)..], " beta  gamma");
+        assert_eq!(word_end_after(t, 12), t.len());
+    }
+
+    fn job(text: &str) -> Job {
+        let body = serde_json::json!({"text": text}).to_string();
+        read_job(Endpoint::Generate, body.as_bytes()).expect("a valid request")
+    }
+
+    #[test]
+    fn chunked_tokens_are_the_workers_tokens() {
+        let tok = Tokenizer::new();
+        let p = PromptTokens::default();
+        let texts = [
+            "You are a careful assistant.  Answer briefly:\n\n- one\n- two   ".repeat(40),
+            format!("{} tail", "x".repeat(1000)),
+            "naïve café — «quoted» 123,456.78 isn't it? ".repeat(30),
+            "   leading spaces and\ttabs\n\n\nnewlines ".repeat(25),
+        ];
+        for (i, text) in texts.iter().enumerate() {
+            let want = tok.encode(text);
+            // Twice: tokenized, then from the cache.
+            for _ in 0..2 {
+                let (blocks, n) = p.prompt_blocks(&job(text), 100_000);
+                assert_eq!(n, Some(want.len() as u32));
+                assert_eq!(blocks, block_hashes(&want));
+            }
+            // Only the leading part, cut at a word end: its blocks are the worker's.
+            let (blocks, n) = p.prompt_blocks(&job(text), 64);
+            assert_eq!(n, None);
+            assert_eq!(blocks[..], block_hashes(&want)[..blocks.len()]);
+            // (The second text has no word end in its first 512 bytes: nothing to route by.)
+            assert!(i == 1 || blocks.len() >= 2, "{} blocks", blocks.len());
+        }
+        let (blocks, n) = p.prompt_blocks(&job("short"), 0);
+        assert_eq!((blocks.len(), n), (0, None));
+    }
+}
