@@ -221,8 +221,8 @@ pub struct RoutingArgs {
     /// nothing of which prefix blocks each worker holds.
     #[arg(long)]
     pub no_kv_events: bool,
-    /// Bearer token for the workers' `/kv_events` when they have an admin token
-    /// (default: this router's own --admin-token).
+    /// Bearer token for the workers' `/kv_events` when they have an admin token (`locus
+    /// run` passes the workers' own; a standalone router sends none unless given one).
     #[arg(long, env = "LOCUS_WORKER_TOKEN", hide_env_values = true)]
     pub worker_token: Option<String>,
     /// Request header whose value is given to the policy as the session key.
@@ -246,7 +246,7 @@ impl RoutingArgs {
             workers: Vec::new(),
             policy,
             settings: self.policy_settings.clone(),
-            admin_token: token.clone(),
+            admin_token: token,
             health_interval: Duration::from_millis(self.health_interval_ms.max(10)),
             fail_threshold: self.fail_threshold.max(1),
             success_threshold: self.success_threshold.max(1),
@@ -262,7 +262,7 @@ impl RoutingArgs {
             route_tokens: self.route_tokens,
             load_interval: Duration::from_millis(self.load_interval_ms),
             kv_events: !self.no_kv_events,
-            worker_token: self.worker_token.clone().or_else(|| token.clone()),
+            worker_token: self.worker_token.clone(),
             session_header: self.session_header.to_ascii_lowercase(),
         })
     }

@@ -540,7 +540,7 @@ fn components_of_both_contract_versions_load_and_say_which() {
     let ws = workers(&[11, 22, 33]);
     let d = old.route(&req("still works"), &ws).unwrap();
     assert_eq!(d.fault, None);
-    old.observe(&locus::policy::Completion::new(1, 11, locus::policy::Outcome::Broken));
+    old.observe(&locus::policy::Completion::new(1, 11, locus::policy::Outcome::Broken), true);
     assert_eq!(old.total_faults(), 0);
 }
 
@@ -588,7 +588,7 @@ fn the_completion_crosses_the_boundary_intact() {
     done.cached_tokens = Some(256);
     done.response_cache_hit = Some(false);
     done.generated_tokens = Some(9);
-    p.observe(&done);
+    p.observe(&done, true);
     let seen = probe_says(&p, "observed", &workers(&[11, 22]));
     for field in [
         "request-id: 77",

@@ -188,6 +188,25 @@ async fn the_policy_is_told_the_true_outcome_of_every_path() {
     assert_eq!((tried[0].prompt_tokens, tried[0].ttft_us), (None, None));
     assert_eq!((tried[1].outcome, tried[1].attempt), (Outcome::Ok, 1));
     assert_eq!(tried[0].request_id, tried[1].request_id);
+
+    // A client that gives up on a whole answer: the attempt is reported cancelled.
+    let impatient = reqwest::Client::builder().timeout(Duration::from_millis(300)).build().unwrap();
+    let long = json!({"text": format!("{prompt} Long."),
+                      "sampling_params": {"max_new_tokens": 400, "ignore_eos": true}});
+    let r = impatient
+        .post(format!("http://{}/generate", c.router_addr))
+        .header("x-session-id", "pin:0")
+        .json(&long)
+        .send()
+        .await;
+    assert!(r.is_err(), "the client timed out");
+    let fb = c.gateway.feedback();
+    until("the cancelled attempt", || {
+        fb.recent().last().is_some_and(|d| d.outcome == Outcome::Cancelled)
+    })
+    .await;
+    let done = last_feedback(&c);
+    assert!(done.latency_us >= 300_000 && done.prompt_tokens.is_none(), "{done:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,7 @@ use lru::LruCache;
 use wasmtime::Store;
 use wasmtime::component::InstancePre;
 
-use super::sandbox::State;
+use super::sandbox::{Limits, State};
 use super::slot::{FaultPolicy, Feed, Slot, Version, World, lock};
 use super::{Fault, LoadError, LoadOptions, PolicyInfo, PolicySource};
 
@@ -53,7 +53,8 @@ impl World for CacheWorld {
     }
 
     fn version(_: &Self::Pre) -> &'static str {
-        // The cache world did not change in 0.2.0: components built for 0.1.0 type-check.
+        // The cache world is the same in 0.1.0 and 0.2.0 (a component built for either
+        // type-checks as both), so there is nothing to tell them apart by.
         "0.2.0"
     }
 }
@@ -63,17 +64,29 @@ impl World for CacheWorld {
 struct Residents(Arc<Mutex<LruCache<u64, Entry>>>);
 
 impl Feed<CacheWorld> for Residents {
-    fn replay(&self, b: &bindings::Cache, store: &mut Store<State>) -> wasmtime::Result<u64> {
+    fn replay(
+        &self,
+        b: &bindings::Cache,
+        store: &mut Store<State>,
+        limits: &Limits,
+    ) -> wasmtime::Result<u64> {
         let entries: Vec<Entry> = lock(&self.0).iter().rev().map(|(_, e)| *e).collect();
         for e in entries {
+            State::arm(store, limits);
             b.call_admit(&mut *store, e)?;
         }
         Ok(0)
     }
 
-    fn catch_up(&self, _: &bindings::Cache, _: &mut Store<State>, c: u64) -> wasmtime::Result<u64> {
+    fn catch_up(
+        &self,
+        _: &bindings::Cache,
+        _: &mut Store<State>,
+        _: &Limits,
+        cursor: u64,
+    ) -> wasmtime::Result<u64> {
         // One instance sees every call, so there is nothing it missed.
-        Ok(c)
+        Ok(cursor)
     }
 }
 

@@ -2,8 +2,9 @@
 //! it, and the log through which every routing-policy instance learns of them.
 //!
 //! The record is exact as far as the events are: it is what the workers published, applied
-//! in their order. The log keeps the last [`LOG_BATCHES`] batches; an instance that fell
-//! further behind (or a fresh one) is told every worker's whole set instead.
+//! in their order. The log keeps the last [`LOG_BATCHES`] batches (and at most
+//! [`LOG_HASHES`] hashes in all); an instance more than [`CATCH_UP_BATCHES`] behind, or
+//! fresh, is told every worker's whole set instead, parents before children.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -14,6 +15,14 @@ use super::slot::lock;
 
 /// Batches kept for instances catching up.
 pub const LOG_BATCHES: usize = 4096;
+
+/// Hashes kept in the log over all its batches (8 MB): a flapping worker's snapshots are
+/// whole block sets, and must not pile up.
+pub const LOG_HASHES: usize = 1 << 20;
+
+/// An instance further behind than this many batches is told everything at once instead:
+/// one call per worker costs less than thousands of calls, each under the call deadline.
+pub const CATCH_UP_BATCHES: u64 = 256;
 
 /// One worker's KV events, as delivered to a policy's `kv-events`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,10 +49,15 @@ pub(crate) enum Missed {
 
 #[derive(Default)]
 struct State {
-    sets: HashMap<u64, HashSet<u64>>,
+    /// Per worker: each block it holds and when it was stored (a count over all stored
+    /// hashes; a parent is stored before its children, so this order is parents first).
+    sets: HashMap<u64, HashMap<u64, u64>>,
+    stamp: u64,
     /// Every worker ever heard of, so that a replay also clears those now empty.
     seen: HashSet<u64>,
     log: VecDeque<Arc<KvBatch>>,
+    /// Hashes over the log's batches.
+    logged: usize,
 }
 
 /// Per-worker block sets and the event log, shared by the gateway (which applies what the
@@ -66,7 +80,9 @@ impl KvFeed {
             // Nothing known to forget: a policy has no blocks of this worker either.
             return;
         }
+        let seq = self.head.load(Ordering::Relaxed) + 1;
         st.seen.insert(worker);
+        let mut stamp = st.stamp;
         let set = st.sets.entry(worker).or_default();
         if cleared {
             set.clear();
@@ -74,14 +90,21 @@ impl KvFeed {
         for h in &removed {
             set.remove(h);
         }
-        set.extend(stored.iter().copied());
-        if set.is_empty() {
+        for h in &stored {
+            stamp += 1;
+            set.entry(*h).or_insert(stamp);
+        }
+        let empty = set.is_empty();
+        st.stamp = stamp;
+        if empty {
             st.sets.remove(&worker);
         }
-        let seq = self.head.load(Ordering::Relaxed) + 1;
+        st.logged += removed.len() + stored.len();
         st.log.push_back(Arc::new(KvBatch { seq, worker, cleared, removed, stored }));
-        if st.log.len() > LOG_BATCHES {
-            st.log.pop_front();
+        while st.log.len() > LOG_BATCHES || (st.logged > LOG_HASHES && st.log.len() > 1) {
+            if let Some(b) = st.log.pop_front() {
+                st.logged -= b.removed.len() + b.stored.len();
+            }
         }
         self.head.store(seq, Ordering::Release);
     }
@@ -93,17 +116,17 @@ impl KvFeed {
 
     /// Blocks the router knows `worker` holds.
     pub fn blocks(&self, worker: u64) -> usize {
-        lock(&self.state).sets.get(&worker).map_or(0, HashSet::len)
+        lock(&self.state).sets.get(&worker).map_or(0, HashMap::len)
     }
 
     /// Whether the router knows `worker` holds `block`.
     pub fn holds(&self, worker: u64, block: u64) -> bool {
-        lock(&self.state).sets.get(&worker).is_some_and(|s| s.contains(&block))
+        lock(&self.state).sets.get(&worker).is_some_and(|s| s.contains_key(&block))
     }
 
     /// Blocks known, over all workers.
     pub fn total_blocks(&self) -> usize {
-        lock(&self.state).sets.values().map(HashSet::len).sum()
+        lock(&self.state).sets.values().map(HashMap::len).sum()
     }
 
     /// The feed's position: the seq of the last batch applied.
@@ -111,15 +134,17 @@ impl KvFeed {
         self.head.load(Ordering::Acquire)
     }
 
-    /// Every worker's whole set (empty for one that holds nothing now), and the cursor it
-    /// brings an instance to.
+    /// Every worker's whole set, parents before children (empty for a worker that holds
+    /// nothing now), and the cursor it brings an instance to.
     pub(crate) fn everything(&self) -> (Vec<(u64, Vec<u64>)>, u64) {
         let st = lock(&self.state);
-        let sets = st
-            .seen
-            .iter()
-            .map(|w| (*w, st.sets.get(w).map_or_else(Vec::new, |s| s.iter().copied().collect())))
-            .collect();
+        let in_order = |set: &HashMap<u64, u64>| {
+            let mut v: Vec<(u64, u64)> = set.iter().map(|(h, stamp)| (*stamp, *h)).collect();
+            v.sort_unstable();
+            v.into_iter().map(|(_, h)| h).collect()
+        };
+        let sets =
+            st.seen.iter().map(|w| (*w, st.sets.get(w).map_or_else(Vec::new, in_order))).collect();
         (sets, self.head.load(Ordering::Relaxed))
     }
 
@@ -130,7 +155,8 @@ impl KvFeed {
         }
         let st = lock(&self.state);
         let first = st.log.front().map_or(u64::MAX, |b| b.seq);
-        if first > cursor + 1 {
+        let behind = self.head.load(Ordering::Relaxed) - cursor;
+        if first > cursor + 1 || behind > CATCH_UP_BATCHES {
             drop(st);
             let (sets, head) = self.everything();
             return Some(Missed::Everything(sets, head));
@@ -173,6 +199,10 @@ mod tests {
             }
             _ => panic!("expected one batch"),
         }
+        // A replay lists blocks in the order they were stored: parents first.
+        f.apply(7, false, vec![], vec![0, 99, 3]);
+        let (sets, _) = f.everything();
+        assert_eq!(sets.iter().find(|(w, _)| *w == 7).unwrap().1, [1, 2, 0, 99, 3]);
         for i in 0..LOG_BATCHES as u64 {
             f.apply(8, false, vec![], vec![100 + i]);
         }
@@ -181,13 +211,24 @@ mod tests {
                 assert_eq!(head, f.head());
                 let mut sizes: Vec<_> = sets.iter().map(|(w, s)| (*w, s.len())).collect();
                 sizes.sort();
-                assert_eq!(sizes, [(7, 2), (8, LOG_BATCHES)]);
+                assert_eq!(sizes, [(7, 5), (8, LOG_BATCHES)]);
                 f.clear(7);
                 let (sets, _) = f.everything();
                 assert!(sets.contains(&(7, vec![])), "a worker now empty is cleared too");
             }
             _ => panic!("expected a replay"),
         }
+        // Beyond CATCH_UP_BATCHES an instance is told everything, even if the log has it.
+        let head = f.head();
+        for i in 0..CATCH_UP_BATCHES + 1 {
+            f.apply(9, false, vec![], vec![i]);
+        }
+        assert!(matches!(f.since(head), Some(Missed::Everything(..))));
+        assert!(matches!(f.since(head + 1), Some(Missed::Batches(_))));
+        // The log holds at most LOG_HASHES hashes.
+        f.apply(9, false, vec![], (0..LOG_HASHES as u64).collect());
+        f.apply(9, false, vec![], vec![u64::MAX]);
+        assert_eq!(lock(&f.state).log.len(), 1);
         // A cleared worker nobody knew of is not logged.
         let head = f.head();
         f.clear(99);

@@ -6,7 +6,7 @@ use wasmtime::Store;
 use wasmtime::component::InstancePre;
 
 use super::kv_feed::{KvFeed, Missed};
-use super::sandbox::State;
+use super::sandbox::{Limits, State};
 use super::slot::{FaultPolicy, Feed, Slot, Version, World};
 use super::{Fault, LoadError, LoadOptions, PolicyInfo, PolicySource, fallback};
 
@@ -158,10 +158,17 @@ impl Bindings {
         }
     }
 
-    fn observe(&self, store: &mut Store<State>, done: &Completion) -> wasmtime::Result<()> {
+    fn observe(
+        &self,
+        store: &mut Store<State>,
+        done: &Completion,
+        answered: bool,
+    ) -> wasmtime::Result<()> {
         match self {
             Self::V2(b) => b.call_observe(store, *done),
-            Self::V1(b) => b.call_observe(store, to_v1_completion(done)),
+            // 0.1.0 promised one completion per request, once a worker answered it.
+            Self::V1(b) if answered => b.call_observe(store, to_v1_completion(done)),
+            Self::V1(_) => Ok(()),
         }
     }
 
@@ -241,7 +248,7 @@ impl World for RouterWorld {
         done.cached_tokens = Some(0);
         done.response_cache_hit = Some(false);
         done.generated_tokens = Some(16);
-        b.observe(&mut *store, &done)?;
+        b.observe(&mut *store, &done, true)?;
         b.kv_events(store, 2, true, &[], &[])?;
         Ok(Ok(()))
     }
@@ -266,9 +273,11 @@ impl KvEvents {
     fn tell_everything(
         b: &Bindings,
         store: &mut Store<State>,
+        limits: &Limits,
         sets: Vec<(u64, Vec<u64>)>,
     ) -> wasmtime::Result<()> {
         for (worker, blocks) in sets {
+            State::arm(store, limits);
             b.kv_events(&mut *store, worker, true, &[], &blocks)?;
         }
         Ok(())
@@ -276,12 +285,17 @@ impl KvEvents {
 }
 
 impl Feed<RouterWorld> for KvEvents {
-    fn replay(&self, b: &Bindings, store: &mut Store<State>) -> wasmtime::Result<u64> {
+    fn replay(
+        &self,
+        b: &Bindings,
+        store: &mut Store<State>,
+        limits: &Limits,
+    ) -> wasmtime::Result<u64> {
         if let Bindings::V1(_) = b {
             return Ok(self.0.head());
         }
         let (sets, head) = self.0.everything();
-        Self::tell_everything(b, store, sets)?;
+        Self::tell_everything(b, store, limits, sets)?;
         Ok(head)
     }
 
@@ -289,6 +303,7 @@ impl Feed<RouterWorld> for KvEvents {
         &self,
         b: &Bindings,
         store: &mut Store<State>,
+        limits: &Limits,
         cursor: u64,
     ) -> wasmtime::Result<u64> {
         if let Bindings::V1(_) = b {
@@ -299,6 +314,7 @@ impl Feed<RouterWorld> for KvEvents {
             Some(Missed::Batches(batches)) => {
                 let mut at = cursor;
                 for batch in batches {
+                    State::arm(store, limits);
                     b.kv_events(
                         &mut *store,
                         batch.worker,
@@ -313,7 +329,7 @@ impl Feed<RouterWorld> for KvEvents {
             Some(Missed::Everything(sets, head)) => {
                 // Every worker ever heard of comes with `cleared` and its whole set
                 // (empty for one that holds nothing now), so no stale block survives.
-                Self::tell_everything(b, store, sets)?;
+                Self::tell_everything(b, store, limits, sets)?;
                 Ok(head)
             }
         }
@@ -408,9 +424,11 @@ impl RouterPolicy {
         Some(Decision { index, fault })
     }
 
-    /// Tells the policy a routed request completed.
-    pub fn observe(&self, done: &Completion) {
-        self.slot.call(|b, store| b.observe(store, done).map(Ok), || ());
+    /// Tells the policy how a routed attempt ended. `answered` is false for an attempt
+    /// that got no answer to relay (it is retried, or the request fails): a 0.1.0 policy
+    /// hears only of answered ones, as it always did.
+    pub fn observe(&self, done: &Completion, answered: bool) {
+        self.slot.call(|b, store| b.observe(store, done, answered).map(Ok), || ());
     }
 }
 

@@ -42,15 +42,22 @@ pub(crate) trait World: Send + Sync + Sized + 'static {
 
 /// What the host tells every serving instance beside the calls it answers: the cache's
 /// resident entries, the router's KV events. Instances are pooled, so each keeps a cursor
-/// into the feed and is brought up to date right before its next call.
+/// into the feed and is brought up to date right before its next call. Each call into the
+/// guest gets its own deadline (`State::arm` with `limits`), as any other call does.
 pub(crate) trait Feed<W: World>: Send + Sync {
     /// Tells a fresh instance the whole current state; returns its cursor.
-    fn replay(&self, b: &W::Bindings, store: &mut Store<State>) -> wasmtime::Result<u64>;
+    fn replay(
+        &self,
+        b: &W::Bindings,
+        store: &mut Store<State>,
+        limits: &Limits,
+    ) -> wasmtime::Result<u64>;
     /// Tells an instance at `cursor` what happened since; returns its new cursor.
     fn catch_up(
         &self,
         b: &W::Bindings,
         store: &mut Store<State>,
+        limits: &Limits,
         cursor: u64,
     ) -> wasmtime::Result<u64>;
 }
@@ -111,9 +118,8 @@ impl<W: World> Wasm<W> {
         }
         let mut cursor = 0;
         if let Some(feed) = feed {
-            State::arm(&mut store, &self.limits);
             cursor = feed
-                .replay(&bindings, &mut store)
+                .replay(&bindings, &mut store, &self.limits)
                 .map_err(|e| classify(e, &store, &self.limits))?;
         }
         Ok(Instance { store, bindings, cursor })
@@ -133,8 +139,7 @@ impl<W: World> Wasm<W> {
             None => self.instantiate(feed)?,
         };
         if let Some(feed) = feed {
-            State::arm(&mut inst.store, &self.limits);
-            match feed.catch_up(&inst.bindings, &mut inst.store, inst.cursor) {
+            match feed.catch_up(&inst.bindings, &mut inst.store, &self.limits, inst.cursor) {
                 Ok(c) => inst.cursor = c,
                 Err(e) => return Err(classify(e, &inst.store, &self.limits)),
             }

@@ -133,6 +133,8 @@ pub struct Gateway {
     policy: RouterPolicy,
     registry: Arc<Registry>,
     client: reqwest::Client,
+    /// For `/load` and `/kv_events`: a stream silent past `signals::SILENT_STREAM` is lost.
+    signals_client: reqwest::Client,
     metrics: Metrics,
     next_id: AtomicU64,
     options: RouterOptions,
@@ -157,10 +159,15 @@ impl Gateway {
             .connect_timeout(Duration::from_secs(2))
             .pool_max_idle_per_host(64)
             .build()?;
+        let signals_client = reqwest::Client::builder()
+            .read_timeout(signals::SILENT_STREAM)
+            .connect_timeout(Duration::from_secs(2))
+            .build()?;
         Ok(Arc::new(Self {
             policy,
             registry: Arc::new(registry),
             client,
+            signals_client,
             metrics: Metrics::new(),
             next_id: AtomicU64::new(1),
             options,

@@ -41,11 +41,12 @@ impl Gateway {
         w
     }
 
-    /// Tells the policy how an attempt ended, and counts it.
-    pub(super) fn observe(&self, done: &Completion) {
+    /// Tells the policy how an attempt ended, and counts it. `answered`: a worker's answer
+    /// was relayed (see [`crate::policy::RouterPolicy::observe`]).
+    pub(super) fn observe(&self, done: &Completion, answered: bool) {
         self.metrics.outcomes.with_label_values(&[outcome_name(done.outcome)]).inc();
         self.feedback.record(done);
-        self.policy.observe(done);
+        self.policy.observe(done, answered);
     }
 
     /// Routes `job` (read from `body`) and relays the chosen worker's answer.
@@ -82,6 +83,9 @@ impl Gateway {
                 self.metrics.retries.inc();
             }
             let guard = backend.begin();
+            let mut done = Completion::new(req.id, backend.id, Outcome::Failed);
+            done.attempt = attempt as u32;
+            let mut pending = Attempt { gw: self, done, started, open: true };
             let sent = self
                 .client
                 .post(format!("{}{}", backend.url, endpoint.path()))
@@ -90,12 +94,10 @@ impl Gateway {
                 .body(body.clone())
                 .send()
                 .await;
-            let attempt = attempt as u32;
-            let mut done = Completion::new(req.id, backend.id, Outcome::Failed);
-            done.attempt = attempt;
+            let done = &mut pending.done;
             match sent {
                 Ok(r) if !r.status().is_server_error() => {
-                    return self.relay(endpoint, done, guard, r, started).await;
+                    return self.relay(endpoint, pending, guard, r).await;
                 }
                 Ok(r) => {
                     last_error = Some(format!("{} answered {}", backend.url, r.status()));
@@ -116,8 +118,7 @@ impl Gateway {
                 }
             }
             drop(guard);
-            done.latency_us = started.elapsed().as_micros() as u64;
-            self.observe(&done);
+            pending.end(false);
         }
         self.metrics.requests.with_label_values(&[endpoint.name(), "503"]).inc();
         let msg = match last_error {
@@ -132,13 +133,13 @@ impl Gateway {
     async fn relay(
         self: &Arc<Self>,
         endpoint: Endpoint,
-        mut done: Completion,
+        mut attempt: Attempt<'_>,
         guard: InFlightGuard,
         r: reqwest::Response,
-        started: Instant,
     ) -> Response {
         let status = r.status();
-        done.status = status.as_u16();
+        let started = attempt.started;
+        attempt.done.status = status.as_u16();
         let content_type = r.headers().get(header::CONTENT_TYPE).cloned();
         let is_stream = content_type
             .as_ref()
@@ -159,7 +160,8 @@ impl Gateway {
                 _guard: guard,
                 gw: self.clone(),
                 endpoint,
-                done,
+                // From here the stream's end reports the attempt.
+                done: attempt.take(),
                 started,
                 counts: FinalCounts::default(),
                 failed: false,
@@ -199,23 +201,25 @@ impl Gateway {
         drop(guard);
         let latency = started.elapsed();
         self.metrics.latency.with_label_values(&[endpoint.name()]).observe(latency.as_secs_f64());
-        done.latency_us = latency.as_micros() as u64;
         let bytes = match bytes {
             Ok(b) => b,
             Err(e) => {
-                done.outcome = if e.is_timeout() { Outcome::Timeout } else { Outcome::Broken };
-                self.observe(&done);
+                attempt.done.outcome =
+                    if e.is_timeout() { Outcome::Timeout } else { Outcome::Broken };
+                attempt.end(true);
                 return ApiError::new(StatusCode::BAD_GATEWAY, format!("{}: {e}", backend.url))
                     .into_response();
             }
         };
+        let done = &mut attempt.done;
+        done.latency_us = latency.as_micros() as u64;
         done.outcome = match status {
             s if s.is_success() => Outcome::Ok,
             StatusCode::TOO_MANY_REQUESTS => Outcome::Overloaded,
             _ => Outcome::Rejected,
         };
         if let Some(c) = Counts::of(&bytes) {
-            c.fill(&mut done);
+            c.fill(done);
             // The worker's own time from arrival to first token, placed on the router's
             // clock: what came before the worker started on it, plus that time.
             if let Some(ttft) = c.ttft {
@@ -223,10 +227,46 @@ impl Gateway {
                 done.ttft_us = Some(done.latency_us.saturating_sub((after_first * 1e6) as u64));
             }
         }
-        self.observe(&done);
+        attempt.end(true);
         builder
             .body(Body::from(bytes))
             .unwrap_or_else(|e| ApiError::internal(e.to_string()).into_response())
+    }
+}
+
+/// An attempt under way: reported as `cancelled` if it is dropped before it ends (the
+/// client went away while the router waited for the worker).
+struct Attempt<'a> {
+    gw: &'a Gateway,
+    done: Completion,
+    started: Instant,
+    open: bool,
+}
+
+impl Attempt<'_> {
+    /// Reports the attempt as it stands (latency set now, unless already set).
+    fn end(mut self, answered: bool) {
+        self.open = false;
+        if self.done.latency_us == 0 {
+            self.done.latency_us = self.started.elapsed().as_micros() as u64;
+        }
+        self.gw.observe(&self.done, answered);
+    }
+
+    /// Hands the report to someone else (a stream's end).
+    fn take(mut self) -> Completion {
+        self.open = false;
+        self.done
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            self.done.outcome = Outcome::Cancelled;
+            self.done.latency_us = self.started.elapsed().as_micros() as u64;
+            self.gw.observe(&self.done, false);
+        }
     }
 }
 
@@ -330,7 +370,7 @@ impl Drop for StreamDone {
         if let Some(c) = &self.counts.counts {
             c.fill(&mut done);
         }
-        self.gw.observe(&done);
+        self.gw.observe(&done, true);
     }
 }
 

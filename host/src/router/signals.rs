@@ -52,7 +52,7 @@ async fn poll_load(gw: &Gateway, b: &Backend, interval: Duration) {
     // A slow answer is stale by the next poll; a worker that cannot say keeps its last
     // report, whose age the policy sees growing.
     let timeout = interval.max(Duration::from_millis(200));
-    let r = gw.client.get(format!("{}/load", b.url)).timeout(timeout).send().await;
+    let r = gw.signals_client.get(format!("{}/load", b.url)).timeout(timeout).send().await;
     match r {
         Ok(r) if r.status().is_success() => match r.json::<Load>().await {
             Ok(load) => b.set_load(Some(load)),
@@ -76,14 +76,34 @@ struct Event {
     snapshot: bool,
 }
 
+/// A KV event stream silent for this long is taken as lost (workers send a keep-alive
+/// every 5 s), so a worker cut off without a reset is forgotten within it.
+pub(super) const SILENT_STREAM: Duration = Duration::from_secs(15);
+
+/// The longest event accepted (a snapshot of ~8M blocks); past it the stream is dropped.
+const MAX_EVENT_BYTES: usize = 64 << 20;
+
+/// Clears a worker's blocks when its follower ends, however it ends: an aborted task is
+/// dropped after its last poll, so this clear comes after every event it applied.
+struct ClearOnDrop(std::sync::Weak<Gateway>, u64);
+
+impl Drop for ClearOnDrop {
+    fn drop(&mut self) {
+        if let Some(gw) = self.0.upgrade() {
+            gw.policy.kv().clear(self.1);
+        }
+    }
+}
+
 /// Follows `b`'s KV events until the gateway or the worker's entry is gone, reconnecting
 /// with backoff. While no stream is open the router knows none of its blocks.
 async fn follow(gw: std::sync::Weak<Gateway>, b: Arc<Backend>) {
+    let _clear = ClearOnDrop(gw.clone(), b.id);
     let mut backoff = Duration::from_millis(100);
     let mut warned = false;
     loop {
         let Some(g) = gw.upgrade() else { return };
-        let mut req = g.client.get(format!("{}/kv_events", b.url));
+        let mut req = g.signals_client.get(format!("{}/kv_events", b.url));
         if let Some(t) = &g.options.worker_token {
             req = req.bearer_auth(t);
         }
@@ -115,23 +135,37 @@ async fn follow(gw: std::sync::Weak<Gateway>, b: Arc<Backend>) {
 async fn read_events(gw: &std::sync::Weak<Gateway>, b: &Backend, r: reqwest::Response) {
     let mut stream = r.bytes_stream();
     let mut buf = Vec::new();
+    // Where the search for the end of the current event resumes.
+    let mut scanned: usize = 0;
     // A snapshot's `cleared` is held until its `stored`, so that policies see the worker's
     // set replaced in one step rather than empty for a moment.
     let mut pending_clear = false;
     while let Some(chunk) = stream.next().await {
         let Ok(chunk) = chunk else { return };
         buf.extend_from_slice(&chunk);
-        while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+        loop {
+            let from = scanned.saturating_sub(1);
+            let Some(end) = buf[from..].windows(2).position(|w| w == b"\n\n").map(|i| from + i)
+            else {
+                scanned = buf.len();
+                break;
+            };
             let block: Vec<u8> = buf.drain(..end + 2).collect();
+            scanned = 0;
             let Some(gw) = gw.upgrade() else { return };
             for line in block.split(|&c| c == b'\n') {
                 let Some(data) = line.strip_prefix(b"data:") else { continue };
                 let Ok(ev) = serde_json::from_slice::<Event>(data.trim_ascii()) else {
-                    tracing::warn!(worker = %b.url, "unreadable KV event");
-                    continue;
+                    // An event lost would leave the index wrong: start over from a snapshot.
+                    tracing::warn!(worker = %b.url, "unreadable KV event; resubscribing");
+                    return;
                 };
                 apply(&gw, b, ev, &mut pending_clear);
             }
+        }
+        if buf.len() > MAX_EVENT_BYTES {
+            tracing::warn!(worker = %b.url, "KV event over {MAX_EVENT_BYTES} bytes; resubscribing");
+            return;
         }
     }
 }

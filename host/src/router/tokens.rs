@@ -28,12 +28,15 @@ const CHUNK_BYTES: usize = 256;
 /// Chunks whose tokens are kept (about 1 MB at 256 bytes and ~64 tokens each).
 const CACHED_CHUNKS: usize = 4096;
 
+/// A chunk's text and its tokens.
+type Chunk = Arc<(String, Vec<u32>)>;
+
 /// Tokenizes prompts into block hashes, caching each chunk's tokens.
 pub struct PromptTokens {
     tokenizer: Tokenizer,
     /// FNV hash of a chunk's text -> the text and its tokens (the text is compared on a hit,
     /// so a hash collision can never give wrong tokens).
-    chunks: Mutex<LruCache<u64, Arc<(String, Vec<u32>)>>>,
+    chunks: Mutex<LruCache<u64, Chunk>>,
 }
 
 impl Default for PromptTokens {
@@ -65,7 +68,7 @@ impl PromptTokens {
                 let ids = self.encode(text, max_tokens);
                 // Tokenizing stops early once `max_tokens` are there; only a prompt
                 // tokenized to its end has a known length.
-                let n = (whole && ids.len() < max_tokens).then(|| ids.len());
+                let n = (whole && ids.len() < max_tokens).then_some(ids.len());
                 (usable(&ids), n.and_then(count))
             }
         }
@@ -83,7 +86,7 @@ impl PromptTokens {
         ids
     }
 
-    fn chunk(&self, chunk: &str) -> Arc<(String, Vec<u32>)> {
+    fn chunk(&self, chunk: &str) -> Chunk {
         let mut h = fnv::FnvHasher::default();
         chunk.hash(&mut h);
         let key = h.finish();
@@ -96,7 +99,7 @@ impl PromptTokens {
         entry
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<u64, Arc<(String, Vec<u32>)>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<u64, Chunk>> {
         self.chunks.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }

@@ -1,5 +1,6 @@
 //! Test-only cache policy: admits everything and evicts oldest first, but traps when
-//! asked to admit the key 0xDEAD, to exercise the host's cache fallback.
+//! asked to admit the key 0xDEAD, to exercise the host's cache fallback. Built against the
+//! 0.1.0 contract, so its tests also show a 0.1.0 cache component loading and serving.
 
 // wit-bindgen's generated glue passes flattened records as many arguments.
 #![allow(clippy::too_many_arguments)]
@@ -7,7 +8,7 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 
-wit_bindgen::generate!({ world: "cache", path: "../../../../wit" });
+wit_bindgen::generate!({ world: "cache", path: "../../../../wit/0.1.0" });
 
 /// The key that makes `admit` trap.
 const POISON: u64 = 0xDEAD;
