@@ -3,7 +3,8 @@
 # static backend that answers instantly (nginx), with ~1 KB prompts, for
 #   - a 0.1.0 policy (`hash`): no tokenizing;
 #   - a 0.2.0 policy (the `probe` test guest) with tokenizing and KV events off;
-#   - the same with the prompt tokenized into block hashes (--route-tokens 1024);
+#   - the same with the prompt tokenized into block hashes (--route-tokens 1024), with one
+#     prompt (as when clients share a system prompt) and with no two prompts alike;
 #   - the same with KV events flowing from the backend at a set rate (scripts/kv-event-source.py
 #     behind nginx's /kv_events and /load), and, to tell the router's cost from the event
 #     source's own CPU on a small machine, with the source running but not followed.
@@ -38,7 +39,23 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.body = '{"text": "$PROMPT", "sampling_params": {"max_new_tokens": 16}}'
 LUA
 
-rps() { wrk -t2 -c32 -d"${DUR}s" -s "$WORK/post.lua" "$1" | awk '/Requests\/sec/ {print $2}'; }
+# The same size, but no two prompts alike anywhere (a counter every ~60 bytes), so that no
+# tokenized chunk is ever reused: the router's worst case.
+cat > "$WORK/unique.lua" <<'LUA'
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local n = 0
+request = function()
+  n = n + 1
+  local tag = tostring(math.random(1, 1e9)) .. "-" .. n
+  local parts = {}
+  for i = 1, 16 do parts[i] = "careful assistant " .. tag .. " for routing " .. i .. "." end
+  local body = '{"text": "' .. table.concat(parts, " ") .. '", "sampling_params": {"max_new_tokens": 16}}'
+  return wrk.format(nil, nil, nil, body)
+end
+LUA
+SCRIPT=post.lua
+rps() { wrk -t2 -c32 -d"${DUR}s" -s "$WORK/$SCRIPT" "$1" | awk '/Requests\/sec/ {print $2}'; }
 metric() { curl -s http://127.0.0.1:$ROUTER_PORT/metrics | awk -v m="$1" '$1 ~ "^"m {s+=$2} END {print s+0}'; }
 
 start_router() {
@@ -67,11 +84,13 @@ run() {
   local t1; t1=$(date +%s.%N)
   kill $ROUTER_PID; wait $ROUTER_PID 2>/dev/null || true
   [ "$events" = on ] && { kill $SRC; wait $SRC 2>/dev/null || true; }
-  printf "| %s | %s | %s | %.0f |\n" "$label" "$r" "$(rps $B)" "$(echo "($e1 - $e0) / ($t1 - $t0)" | bc -l)"
+  printf "| %s | %s | %s | %.0f |\n" "$label" "$r" "$(SCRIPT=post.lua rps $B)" "$(echo "($e1 - $e0) / ($t1 - $t0)" | bc -l)"
 }
 run "0.1.0 hash (no tokenizing)" off --policy hash --no-kv-events
 run "0.2.0 probe, no tokenizing, no KV events" off --policy "$PROBE" --route-tokens 0 --no-kv-events
 run "0.2.0 probe, tokenizing 1 KB prompts" off --policy "$PROBE" --no-kv-events
+SCRIPT=unique.lua run "0.2.0 probe, tokenizing 1 KB prompts, no two alike" off --policy "$PROBE" --no-kv-events
+SCRIPT=unique.lua run "0.1.0 hash, prompts no two alike" off --policy hash --no-kv-events
 run "0.2.0 probe, tokenizing, event source running but not followed" on --policy "$PROBE" --no-kv-events
 run "0.2.0 probe, tokenizing + KV events at ${RATE} stored/s" on --policy "$PROBE"
 run "0.1.0 hash (no tokenizing), again" off --policy hash --no-kv-events

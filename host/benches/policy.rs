@@ -130,7 +130,8 @@ fn main() {
 
 /// `route` through a 0.1.0 component (`hash`) and a 0.2.0 one (the `probe` test guest:
 /// the longest run of the request's 64 block hashes that a worker holds, from its own
-/// index fed by KV events), with every load list filled, interleaved in one run.
+/// index fed by KV events), with every load list filled, interleaved in one run. "Boundary
+/// only" is the probe answering from the session key at once: what crossing costs.
 fn contract_versions(rounds: usize, per_round: usize) {
     let load = |src: PolicySource| {
         RouterPolicy::load(&src, &LoadOptions::default(), FaultPolicy::default()).unwrap()
@@ -153,9 +154,9 @@ fn contract_versions(rounds: usize, per_round: usize) {
         "route latency by contract version, ns per call, 64-block prompts ({rounds} interleaved rounds x {per_round} calls)"
     );
     println!(
-        "| workers | 0.1.0 hash p50 | p99 | 0.2.0 probe p50 | p99 | 0.2.0 with KV events flowing p50 | p99 | blocks indexed |"
+        "| workers | 0.1.0 hash p50 | p99 | 0.2.0 boundary only p50 | p99 | 0.2.0 probe p50 | p99 | 0.2.0 with KV events flowing p50 | p99 | blocks indexed |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for n in [3usize, 16, 128] {
         let mut ws = workers((0..n as u64).map(|i| (0x9E37_79B9 ^ (i * 7919), i as u32 % 4)));
         for i in 0..n {
@@ -178,39 +179,56 @@ fn contract_versions(rounds: usize, per_round: usize) {
                 (0..100_000 / n as u64).map(|k| (1 << 63) | (*id << 20) | k).collect();
             kv.apply(*id, true, Vec::new(), shared.into_iter().chain(filler).collect());
         }
-        let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+        let indexed = kv.total_blocks();
+        let pinned: Vec<Request> = prompts
+            .iter()
+            .map(|r| Request { session: Some("pin:0".into()), ..r.clone() })
+            .collect();
+        let (mut a, mut b, mut c, mut d) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut i0 = 0;
         for _ in 0..rounds {
             a.extend(sample(per_round, |i| {
                 v1.route(&prompts[i % prompts.len()], &ws).unwrap();
             }));
+            d.extend(sample(per_round, |i| {
+                v2.route(&pinned[i % pinned.len()], &ws).unwrap();
+            }));
             b.extend(sample(per_round, |i| {
                 v2.route(&prompts[i % prompts.len()], &ws).unwrap();
             }));
-            // One worker stores a prompt's 4 blocks and drops 4 between routes.
-            c.extend(sample(per_round, |i| {
-                let id = ws.ids[i % n];
-                let k = (1 << 62) | (i as u64) << 2;
+            // Between routes, one worker stores 4 new blocks and drops the 4 it stored n
+            // routes ago, so the index keeps its size.
+            c.extend(sample(per_round, |j| {
+                let i = i0 + j as u64;
+                let block = |i: u64, k: u64| (1 << 62) | (i << 2) | k;
+                let removed = if i >= n as u64 {
+                    (0..4).map(|k| block(i - n as u64, k)).collect()
+                } else {
+                    Vec::new()
+                };
                 kv.apply(
-                    id,
+                    ws.ids[i as usize % n],
                     false,
-                    (0..4).map(|j| k - 4 + j).collect(),
-                    (0..4).map(|j| k + j).collect(),
+                    removed,
+                    (0..4).map(|k| block(i, k)).collect(),
                 );
-                v2.route(&prompts[i % prompts.len()], &ws).unwrap();
+                v2.route(&prompts[j % prompts.len()], &ws).unwrap();
             }));
+            i0 += per_round as u64;
         }
-        for v in [&mut a, &mut b, &mut c] {
+        for v in [&mut a, &mut b, &mut c, &mut d] {
             v.sort_unstable();
         }
         println!(
-            "| {n} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} |",
+            "| {n} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {indexed} |",
             percentile(&a, 0.5),
             percentile(&a, 0.99),
+            percentile(&d, 0.5),
+            percentile(&d, 0.99),
             percentile(&b, 0.5),
             percentile(&b, 0.99),
             percentile(&c, 0.5),
             percentile(&c, 0.99),
-            kv.total_blocks(),
         );
         // Fresh index for the next size.
         for id in &ws.ids {
