@@ -2,8 +2,8 @@
 //! leading part of the prompt tokenized with GPT-2's tokenizer (the workers' own code),
 //! then hashed into the same chain the workers publish in their KV events.
 //!
-//! Tokenizing 1 KB of text costs about 100 µs of CPU, which would halve a router's
-//! throughput; but the prompts worth routing by prefix share their beginnings. So the
+//! Tokenizing 1 KB of text costs about 50-100 µs of CPU, which would halve a router's
+//! throughput (BENCHMARKS.md); but the prompts worth routing by prefix share their beginnings. So the
 //! text is cut into chunks at word ends, where GPT-2's pre-tokenizer always splits (no
 //! pre-token holds a non-space character followed by a space), which makes a chunk's tokens
 //! the same wherever it appears, and each chunk's tokens are cached.
