@@ -47,8 +47,17 @@ async fn streams_decode_together_and_leavers_free_their_places() {
         streams.push(r);
     }
     // All four have produced text and none has finished: they are decoding side by side.
-    let metrics = http.get(format!("http://{}/metrics", w.addr)).send().await.unwrap();
-    let metrics = metrics.text().await.unwrap();
+    // (The gauges are published at the end of each step, so the step that sent the fourth
+    // its first text may not have published yet.)
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        let r = http.get(format!("http://{}/metrics", w.addr)).send().await.unwrap();
+        metrics = r.text().await.unwrap();
+        if metrics.contains("locus_worker_num_requests_running 4") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(metrics.contains("locus_worker_num_requests_running 4"), "{metrics}");
     assert!(metrics.contains("locus_worker_num_requests_waiting 0"), "{metrics}");
     let info: Value = http

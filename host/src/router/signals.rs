@@ -83,6 +83,12 @@ pub(super) const SILENT_STREAM: Duration = Duration::from_secs(15);
 /// The longest event accepted (a snapshot of ~8M blocks); past it the stream is dropped.
 const MAX_EVENT_BYTES: usize = 64 << 20;
 
+/// Longest wait between reconnects to a worker that went away.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Wait before asking again a worker that answered `/kv_events` with an error status.
+const NO_EVENTS_RETRY: Duration = Duration::from_secs(5);
+
 /// Clears a worker's blocks when its follower ends, however it ends: an aborted task is
 /// dropped after its last poll, so this clear comes after every event it applied.
 struct ClearOnDrop(std::sync::Weak<Gateway>, u64);
@@ -120,7 +126,7 @@ async fn follow(gw: std::sync::Weak<Gateway>, b: Arc<Backend>) {
                     warned = true;
                 }
                 // Not a locus worker, or a token mismatch: nothing will change soon.
-                backoff = Duration::from_secs(5);
+                backoff = NO_EVENTS_RETRY;
             }
             Err(e) => tracing::debug!(worker = %b.url, error = %e, "KV event stream unreachable"),
         }
@@ -128,7 +134,9 @@ async fn follow(gw: std::sync::Weak<Gateway>, b: Arc<Backend>) {
             g.policy.kv().clear(b.id);
         }
         tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        if backoff < MAX_BACKOFF {
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
     }
 }
 
