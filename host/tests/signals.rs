@@ -247,6 +247,12 @@ async fn kv_events_reach_the_policy_and_survive_a_worker_restart() {
     c.workers[2].take().unwrap().stop().await.unwrap();
     until("the router forgets worker 2's blocks", || kv.blocks(ids[2]) == 0).await;
     assert_eq!(ask(&c, &format!("blocks:{}", ids[2])), "0");
+    // Its last load report ages while it is away (the policy sees the age grow).
+    let backend = c.gateway.registry().all()[2].clone();
+    until("worker 2's load report to age", || {
+        backend.load().is_some_and(|r| r.at.elapsed() > Duration::from_millis(400))
+    })
+    .await;
 
     // It comes back on the same address with the same engine: the snapshot restores them.
     let engine = c.engines[2].clone();
@@ -259,6 +265,10 @@ async fn kv_events_reach_the_policy_and_survive_a_worker_restart() {
     let resident = engine.cache_entries().len();
     assert!(resident >= expected.len());
     until("the router knows worker 2's blocks again", || kv.blocks(ids[2]) == resident).await;
+    until("fresh load reports from worker 2", || {
+        backend.load().is_some_and(|r| r.at.elapsed() < Duration::from_millis(200))
+    })
+    .await;
     assert_eq!(ask(&c, &format!("blocks:{}", ids[2])), resident.to_string());
 
     // A flush clears them, as the policy hears.
