@@ -16,6 +16,9 @@ use std::process::Command;
 const GUESTS: &[(&str, &str, bool)] = &[
     ("random", "locus-guest-router-random", true),
     ("hash", "locus-guest-router-hash", true),
+    ("least-loaded", "locus-guest-router-least-loaded", true),
+    ("bounded-hash", "locus-guest-router-bounded-hash", true),
+    ("prefix-aware", "locus-guest-router-prefix-aware", true),
     ("lru", "locus-guest-cache-lru", true),
     ("faulty", "locus-test-guest-faulty", false),
     ("wrong-world", "locus-test-guest-wrong-world", false),

@@ -638,3 +638,57 @@ fn every_instance_learns_the_kv_events_and_a_fresh_one_is_told_everything() {
     assert_eq!(probe_says(&p, "blocks:22", &ws), "0");
     assert_eq!(p.kv().head(), 4 + locus::policy::LOG_BATCHES as u64 + 10 + 2);
 }
+
+// ---- the built-in 0.2.0 policies through the boundary ----
+
+#[test]
+fn prefix_aware_goes_where_the_blocks_are_until_the_queue_there_costs_more() {
+    let p = router(PolicySource::Builtin("prefix-aware"), &[("seed", "1")]);
+    let mut ws = workers(&[11, 22, 33]);
+    ws.load_known = vec![true; 3];
+    ws.kv_total_blocks = vec![1000; 3];
+    p.kv().apply(33, false, vec![], (0..32).collect());
+    let mut r = req("shared system prompt");
+    r.block_hashes = (0..33).collect();
+    for _ in 0..20 {
+        // Pooled instances: every one of them learnt the blocks.
+        assert_eq!(route_blocks(&p, &r.block_hashes, &ws), 2);
+    }
+    ws.waiting[2] = 20;
+    assert_ne!(route_blocks(&p, &r.block_hashes, &ws), 2, "20 queued cost more than 32 blocks");
+    // Settings are checked.
+    let err = load_err(PolicySource::Builtin("prefix-aware"), &[("load-weight", "-1")]);
+    assert_eq!(err.step, LoadStep::Configure);
+}
+
+#[test]
+fn bounded_hash_keeps_a_prefix_home_until_its_worker_is_over_capacity() {
+    let p = router(PolicySource::Builtin("bounded-hash"), &[]);
+    let mut ws = workers(&[11, 22, 33, 44]);
+    let mut r = req("tenant 7's system prompt");
+    r.block_hashes = vec![7, 8, 9];
+    let home = p.route(&r, &ws).unwrap().index;
+    ws.in_flight[home] = 3;
+    ws.in_flight[(home + 1) % 4] = 3;
+    // Total 6 + 1 over 4 workers at c = 1.25: capacity 3, so home is full.
+    let spilled = p.route(&r, &ws).unwrap().index;
+    assert_ne!(spilled, home);
+    // Total 4 + 1: capacity 2, and home holds 1.
+    ws.in_flight[home] = 1;
+    assert_eq!(p.route(&r, &ws).unwrap().index, home);
+    let err = load_err(PolicySource::Builtin("bounded-hash"), &[("c", "0.5")]);
+    assert_eq!(err.step, LoadStep::Configure);
+}
+
+#[test]
+fn least_loaded_with_every_worker_drawn_takes_the_least_loaded() {
+    let p = router(PolicySource::Builtin("least-loaded"), &[("choices", "4"), ("seed", "3")]);
+    let mut ws = workers(&[11, 22, 33, 44]);
+    ws.load_known = vec![true, true, true, false];
+    ws.waiting = vec![3, 0, 5, 0];
+    ws.running = vec![1, 2, 0, 0];
+    ws.in_flight = vec![0, 0, 0, 4];
+    for _ in 0..50 {
+        assert_eq!(p.route(&req("x"), &ws).unwrap().index, 1);
+    }
+}

@@ -1,0 +1,484 @@
+//! Prefix-aware routing: each request goes to the worker where it costs least, counting the
+//! prompt tokens the worker would have to compute (those past the longest run of the
+//! prompt's leading KV blocks it already holds) against the work already waiting there.
+//!
+//! This is the cost NVIDIA Dynamo's KV router minimises (uncached prefill blocks plus the
+//! worker's decode load, learned from KV events the engines publish) and the shape of
+//! llm-d's scorer mix (prefix match, queue depth, KV utilisation); SGLang's gateway keeps an
+//! approximate tree of its own routing decisions instead of events. This policy does both:
+//!
+//! - **Index.** Every block hash the workers report in `kv-events` maps to the set of workers
+//!   holding it (a 128-bit mask of worker slots), so a prompt's match on every worker is one
+//!   walk down its block hashes that stops at the first block no candidate holds. A worker
+//!   that has never sent an event (the router's `--no-kv-events`, or a worker that is not
+//!   locus) is indexed approximately instead: the blocks of the requests this policy sent
+//!   it, forgotten oldest first past `approx-blocks`.
+//! - **Cost** of worker `i`, in 16-token blocks:
+//!   `prefill-weight × uncached_blocks(i) + load-weight × pending(i) + kv-weight × kv_use(i)`,
+//!   where `pending` is the worker's reported waiting + running requests but never below
+//!   the router's live in-flight count to it (reports are up to one poll old), and `kv_use`
+//!   is its reserved share of the running KV budget (0 to 1) when reported.
+//! - **Ties** go to the lower `pending`, then at random.
+//! - **Sessions.** A request with a session key goes back to its session's last worker while
+//!   that worker's cost is within `session-slack` blocks of the cheapest, so a conversation
+//!   stays together even when a turn's prefix alone would not say where it was.
+//!
+//! Settings: `prefill-weight` (1.0), `load-weight` (4.0), `kv-weight` (16.0),
+//! `session-slack` (32.0), `approx-blocks` (200000), `sessions` (100000 remembered), `seed`.
+//! Memory: about 40 bytes per indexed block (100k blocks ≈ 4 MB, inside the default 64 MiB
+//! sandbox). At most 128 distinct workers are indexed; further ones are costed by load only.
+//!
+//! KV events reach every pooled instance (the host catches each up before its call), so the
+//! index is exact in every instance; sessions and approximate entries are per instance, so
+//! load this policy with `locus.instances=1` when those matter.
+
+// wit-bindgen's generated glue passes flattened records as many arguments.
+#![allow(clippy::too_many_arguments)]
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+wit_bindgen::generate!({ world: "router", path: "../../wit" });
+
+/// Tokens per KV block (the host's block size).
+pub const BLOCK_TOKENS: u32 = 16;
+/// Worker slots the index tracks.
+pub const MAX_SLOTS: usize = 128;
+
+/// splitmix64 folding: block hashes are already uniform, and `std`'s `RandomState` would
+/// import WASI's insecure seed, which the sandbox does not give.
+#[derive(Default)]
+pub struct Mix(u64);
+
+impl Hasher for Mix {
+    fn write(&mut self, bytes: &[u8]) {
+        for c in bytes.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..c.len()].copy_from_slice(c);
+            self.write_u64(u64::from_le_bytes(w));
+        }
+    }
+
+    fn write_u64(&mut self, x: u64) {
+        let mut z = (self.0 ^ x).wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        self.0 = z ^ (z >> 31);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type Map<K, V> = HashMap<K, V, BuildHasherDefault<Mix>>;
+
+/// Settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Weights {
+    /// Cost of one uncached block.
+    pub prefill: f64,
+    /// Cost of one request pending on the worker.
+    pub load: f64,
+    /// Cost of a full running KV budget.
+    pub kv: f64,
+    /// How much dearer than the cheapest a session's worker may be and keep it.
+    pub session_slack: f64,
+}
+
+impl Default for Weights {
+    fn default() -> Self {
+        Self { prefill: 1.0, load: 4.0, kv: 16.0, session_slack: 32.0 }
+    }
+}
+
+/// The policy's state: the block index, sessions, settings.
+pub struct State {
+    /// Weights of the cost.
+    pub weights: Weights,
+    slots: Map<u64, usize>,
+    index: Map<u64, u128>,
+    /// Slots that have sent KV events: indexed exactly.
+    exact: u128,
+    approx: VecDeque<(u64, usize)>,
+    approx_cap: usize,
+    sessions: Map<String, u64>,
+    session_order: VecDeque<String>,
+    session_cap: usize,
+    rng: SmallRng,
+}
+
+impl State {
+    /// An empty index with these settings.
+    pub fn new(weights: Weights, approx_cap: usize, session_cap: usize, rng: SmallRng) -> Self {
+        Self {
+            weights,
+            slots: Map::default(),
+            index: Map::default(),
+            exact: 0,
+            approx: VecDeque::new(),
+            approx_cap,
+            sessions: Map::default(),
+            session_order: VecDeque::new(),
+            session_cap,
+            rng,
+        }
+    }
+
+    /// Blocks indexed (over all workers).
+    pub fn indexed(&self) -> usize {
+        self.index.len()
+    }
+
+    fn slot(&mut self, worker: u64) -> Option<usize> {
+        if let Some(s) = self.slots.get(&worker) {
+            return Some(*s);
+        }
+        let s = self.slots.len();
+        (s < MAX_SLOTS).then(|| {
+            self.slots.insert(worker, s);
+            s
+        })
+    }
+
+    fn clear_bit(&mut self, block: u64, bit: u128) {
+        if let Some(m) = self.index.get_mut(&block) {
+            *m &= !bit;
+            if *m == 0 {
+                self.index.remove(&block);
+            }
+        }
+    }
+
+    /// Applies one worker's KV events.
+    pub fn kv_events(&mut self, worker: u64, cleared: bool, removed: &[u64], stored: &[u64]) {
+        let Some(s) = self.slot(worker) else { return };
+        let bit = 1u128 << s;
+        if self.exact & bit == 0 {
+            // Its approximate entries give way to what it reports.
+            self.exact |= bit;
+            self.approx.retain(|(_, slot)| *slot != s);
+            self.index.retain(|_, m| {
+                *m &= !bit;
+                *m != 0
+            });
+        }
+        if cleared {
+            self.index.retain(|_, m| {
+                *m &= !bit;
+                *m != 0
+            });
+        }
+        for h in removed {
+            self.clear_bit(*h, bit);
+        }
+        for h in stored {
+            *self.index.entry(*h).or_insert(0) |= bit;
+        }
+    }
+
+    /// For each worker, the leading blocks of `blocks` it holds.
+    pub fn matched(&self, blocks: &[u64], slots: &[Option<usize>]) -> Vec<u32> {
+        let mut matched = vec![0u32; slots.len()];
+        let mut alive: u128 = slots.iter().flatten().fold(0, |m, s| m | 1 << s);
+        let mut depth = 0u32;
+        for h in blocks {
+            if alive == 0 {
+                break;
+            }
+            let holders = self.index.get(h).copied().unwrap_or(0) & alive;
+            if holders != alive {
+                for (i, s) in slots.iter().enumerate() {
+                    if let Some(s) = s
+                        && alive & !holders & (1 << s) != 0
+                    {
+                        matched[i] = depth;
+                    }
+                }
+            }
+            alive = holders;
+            depth += 1;
+        }
+        for (i, s) in slots.iter().enumerate() {
+            if let Some(s) = s
+                && alive & (1 << s) != 0
+            {
+                matched[i] = depth;
+            }
+        }
+        matched
+    }
+
+    /// The chosen worker's index in `w`.
+    pub fn route(&mut self, req: &Request, w: &Workers) -> Option<u32> {
+        let n = w.ids.len();
+        if n == 0 {
+            return None;
+        }
+        let slots: Vec<Option<usize>> = w.ids.iter().map(|id| self.slot(*id)).collect();
+        let matched = self.matched(&req.block_hashes, &slots);
+        let routed = req.block_hashes.len() as u32 * BLOCK_TOKENS;
+        let prompt = req.prompt_tokens.unwrap_or(routed).max(routed);
+        let wt = self.weights;
+        let pending = |i: usize| {
+            let reported =
+                if w.load_known[i] { w.waiting[i].saturating_add(w.running[i]) } else { 0 };
+            reported.max(w.in_flight[i])
+        };
+        let cost = |i: usize| {
+            let uncached = f64::from(prompt - matched[i] * BLOCK_TOKENS) / f64::from(BLOCK_TOKENS);
+            let kv = if w.load_known[i] && w.kv_total_blocks[i] > 0 {
+                f64::from(w.kv_used_blocks[i]) / f64::from(w.kv_total_blocks[i])
+            } else {
+                0.0
+            };
+            wt.prefill * uncached + wt.load * f64::from(pending(i)) + wt.kv * kv.min(1.0)
+        };
+        let costs: Vec<f64> = (0..n).map(cost).collect();
+        let (mut best, mut ties) = (0usize, 0u32);
+        for i in 1..n {
+            let (c, b) = (costs[i], costs[best]);
+            if c < b || (c == b && pending(i) < pending(best)) {
+                (best, ties) = (i, 0);
+            } else if c == b && pending(i) == pending(best) {
+                ties += 1;
+                if self.rng.random_range(0..=ties) == 0 {
+                    best = i;
+                }
+            }
+        }
+        if let Some(key) = &req.session {
+            if let Some(j) =
+                self.sessions.get(key).and_then(|id| w.ids.iter().position(|x| x == id))
+                && costs[j] <= costs[best] + wt.session_slack
+            {
+                best = j;
+            }
+            self.remember_session(key, w.ids[best]);
+        }
+        self.note_approx(slots[best], &req.block_hashes);
+        Some(best as u32)
+    }
+
+    fn remember_session(&mut self, key: &str, worker: u64) {
+        if self.sessions.insert(key.to_string(), worker).is_none() {
+            self.session_order.push_back(key.to_string());
+            while self.session_order.len() > self.session_cap {
+                if let Some(old) = self.session_order.pop_front() {
+                    self.sessions.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// A worker that sends no events is assumed to hold what was sent to it.
+    fn note_approx(&mut self, slot: Option<usize>, blocks: &[u64]) {
+        let Some(s) = slot else { return };
+        let bit = 1u128 << s;
+        if self.exact & bit != 0 || self.approx_cap == 0 {
+            return;
+        }
+        for h in blocks {
+            let m = self.index.entry(*h).or_insert(0);
+            if *m & bit == 0 {
+                *m |= bit;
+                self.approx.push_back((*h, s));
+            }
+        }
+        while self.approx.len() > self.approx_cap {
+            if let Some((h, s)) = self.approx.pop_front()
+                && self.exact & (1 << s) == 0
+            {
+                self.clear_bit(h, 1 << s);
+            }
+        }
+    }
+}
+
+thread_local! {
+    static STATE: RefCell<State> =
+        RefCell::new(State::new(Weights::default(), 200_000, 100_000, SmallRng::seed_from_u64(0)));
+}
+
+fn number(k: &str, v: &str) -> Result<f64, String> {
+    v.parse::<f64>()
+        .ok()
+        .filter(|x| x.is_finite() && *x >= 0.0)
+        .ok_or_else(|| format!("{k} must be a number >= 0, got `{v}`"))
+}
+
+fn count(k: &str, v: &str) -> Result<usize, String> {
+    v.parse().map_err(|_| format!("{k} must be a non-negative integer, got `{v}`"))
+}
+
+struct PrefixAware;
+
+impl Guest for PrefixAware {
+    fn configure(settings: Vec<(String, String)>) -> Result<(), String> {
+        let mut wt = Weights::default();
+        let (mut approx, mut sessions, mut seed, mut instance) = (200_000, 100_000, None, 0u64);
+        for (k, v) in &settings {
+            match k.as_str() {
+                "prefill-weight" => wt.prefill = number(k, v)?,
+                "load-weight" => wt.load = number(k, v)?,
+                "kv-weight" => wt.kv = number(k, v)?,
+                "session-slack" => wt.session_slack = number(k, v)?,
+                "approx-blocks" => approx = count(k, v)?,
+                "sessions" => sessions = count(k, v)?,
+                "seed" => seed = Some(count(k, v)? as u64),
+                "locus.instance" => instance = v.parse().unwrap_or(0),
+                k if k.starts_with("locus.") => {}
+                _ => {
+                    return Err(format!(
+                        "unknown setting `{k}` (prefix-aware knows: prefill-weight, load-weight, \
+                         kv-weight, session-slack, approx-blocks, sessions, seed)"
+                    ));
+                }
+            }
+        }
+        let rng = match seed {
+            Some(s) => SmallRng::seed_from_u64(s ^ instance.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+            None => SmallRng::from_os_rng(),
+        };
+        STATE.set(State::new(wt, approx, sessions, rng));
+        Ok(())
+    }
+
+    fn route(req: Request, workers: Workers) -> Result<u32, String> {
+        STATE
+            .with_borrow_mut(|s| s.route(&req, &workers))
+            .ok_or_else(|| "no worker to choose from".to_string())
+    }
+
+    fn observe(_done: Completion) {}
+
+    fn kv_events(worker: u64, cleared: bool, removed: Vec<u64>, stored: Vec<u64>) {
+        STATE.with_borrow_mut(|s| s.kv_events(worker, cleared, &removed, &stored));
+    }
+}
+
+export!(PrefixAware);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> State {
+        State::new(Weights::default(), 1000, 10, SmallRng::seed_from_u64(1))
+    }
+
+    fn workers(n: usize) -> Workers {
+        Workers {
+            ids: (0..n as u64).map(|i| 100 + i).collect(),
+            in_flight: vec![0; n],
+            load_known: vec![true; n],
+            load_age_ms: vec![0; n],
+            waiting: vec![0; n],
+            running: vec![0; n],
+            kv_used_blocks: vec![0; n],
+            kv_total_blocks: vec![1000; n],
+            tokens_per_second: vec![0.0; n],
+        }
+    }
+
+    fn req(blocks: std::ops::Range<u64>, session: Option<&str>) -> Request {
+        Request {
+            id: 0,
+            prompt: String::new(),
+            max_new_tokens: 8,
+            block_hashes: blocks.collect(),
+            prompt_tokens: None,
+            session: session.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn the_match_is_the_longest_run_of_leading_blocks() {
+        let mut s = state();
+        s.kv_events(100, false, &[], &[1, 2, 3]);
+        s.kv_events(101, false, &[], &[1, 2, 3, 4, 5]);
+        s.kv_events(102, false, &[], &[2, 3, 4]);
+        let slots: Vec<_> = [100, 101, 102, 103].iter().map(|id| s.slot(*id)).collect();
+        assert_eq!(s.matched(&[1, 2, 3, 4, 5, 6], &slots), [3, 5, 0, 0]);
+        s.kv_events(101, false, &[3], &[]);
+        assert_eq!(s.matched(&[1, 2, 3, 4], &slots), [3, 2, 0, 0]);
+        s.kv_events(100, true, &[], &[9]);
+        assert_eq!(s.matched(&[1, 2, 3], &slots), [0, 2, 0, 0]);
+        assert_eq!(s.indexed(), 6, "blocks 1, 2, 4, 5 of 101, 2-4 of 102, 9 of 100");
+    }
+
+    #[test]
+    fn the_cached_worker_wins_until_its_queue_costs_more_than_the_prefill() {
+        let mut s = state();
+        let mut w = workers(3);
+        s.kv_events(101, false, &[], &(0..32).collect::<Vec<_>>());
+        let r = req(0..33, None);
+        assert_eq!(s.route(&r, &w), Some(1));
+        // 32 cached blocks are worth 32 / load-weight 4 = 8 pending requests.
+        w.waiting[1] = 7;
+        assert_eq!(s.route(&r, &w), Some(1));
+        w.waiting[1] = 9;
+        assert_ne!(s.route(&r, &w), Some(1));
+        // The live in-flight count counts when the report is older.
+        w.waiting[1] = 0;
+        w.in_flight[1] = 9;
+        assert_ne!(s.route(&r, &w), Some(1));
+    }
+
+    #[test]
+    fn misses_spread_by_load_and_ties_at_random() {
+        let mut s = state();
+        let mut w = workers(4);
+        w.running = vec![2, 1, 3, 1];
+        let mut counts = [0u32; 4];
+        for i in 0..4000u64 {
+            counts[s.route(&req(i * 100..i * 100 + 4, None), &w).unwrap() as usize] += 1;
+        }
+        assert_eq!((counts[0], counts[2]), (0, 0));
+        assert!((1700..2300).contains(&counts[1]), "{counts:?}");
+    }
+
+    #[test]
+    fn without_events_it_remembers_where_it_sent_prefixes() {
+        let mut s = state();
+        let w = workers(3);
+        let first = s.route(&req(0..8, None), &w).unwrap();
+        for _ in 0..10 {
+            assert_eq!(s.route(&req(0..9, None), &w), Some(first));
+        }
+        // Once the worker reports events, its guesses are replaced by what it holds.
+        s.kv_events(w.ids[first as usize], true, &[], &[]);
+        let slots: Vec<_> = w.ids.iter().map(|id| s.slot(*id)).collect();
+        assert_eq!(s.matched(&(0..9).collect::<Vec<_>>(), &slots), [0, 0, 0]);
+    }
+
+    #[test]
+    fn approximate_entries_are_bounded() {
+        let mut s = State::new(Weights::default(), 100, 10, SmallRng::seed_from_u64(1));
+        let w = workers(2);
+        for i in 0..100u64 {
+            s.route(&req(i * 10..i * 10 + 10, None), &w);
+        }
+        assert!(s.indexed() <= 100, "{}", s.indexed());
+    }
+
+    #[test]
+    fn a_session_stays_on_its_worker_within_the_slack() {
+        let mut s = state();
+        let mut w = workers(3);
+        let home = s.route(&req(0..4, Some("conv")), &w).unwrap() as usize;
+        // A new turn with a prefix nobody holds, and the home worker busier: it stays.
+        w.waiting[home] = 5;
+        assert_eq!(s.route(&req(50..60, Some("conv")), &w), Some(home as u32));
+        // Much busier than the slack allows: it moves, and the session follows.
+        w.waiting[home] = 50;
+        let moved = s.route(&req(70..80, Some("conv")), &w).unwrap();
+        assert_ne!(moved as usize, home);
+        w.waiting[home] = 0;
+        assert_eq!(s.route(&req(90..95, Some("conv")), &w), Some(moved));
+    }
+}
