@@ -86,6 +86,7 @@ fn main() {
     }
     assert_eq!(policy.total_faults(), 0);
     contract_versions(rounds, per_round);
+    prefix_aware(rounds, per_round);
 
     // Load + validate + swap. Cold: a never-seen component (a custom section appended
     // changes its hash, so nothing is cached) is compiled; warm: the same bytes again.
@@ -236,4 +237,63 @@ fn contract_versions(rounds: usize, per_round: usize) {
         }
     }
     assert_eq!(v1.total_faults() + v2.total_faults(), 0, "no call faulted");
+}
+
+/// `route` through the built-in `prefix-aware` with 100k blocks indexed over all workers
+/// (issue 10's target: p99 <= 20 us at 16 workers), pooled as the router runs it.
+fn prefix_aware(rounds: usize, per_round: usize) {
+    println!();
+    println!(
+        "prefix-aware route latency, ns per call, 64-block prompts, 100k blocks indexed ({rounds} rounds x {per_round} calls)"
+    );
+    println!("| workers | p50 | p99 | max |");
+    println!("|---:|---:|---:|---:|");
+    for n in [3usize, 16, 128] {
+        let p = RouterPolicy::load(
+            &PolicySource::Builtin("prefix-aware"),
+            &LoadOptions::default(),
+            FaultPolicy::default(),
+        )
+        .unwrap();
+        let mut ws = workers((0..n as u64).map(|i| (0x9E37_79B9 ^ (i * 7919), i as u32 % 4)));
+        for i in 0..n {
+            ws.load_known[i] = true;
+            ws.waiting[i] = (i % 3) as u32;
+            ws.running[i] = (i % 16) as u32;
+            ws.kv_used_blocks[i] = 100 + i as u32;
+            ws.kv_total_blocks[i] = 1820;
+        }
+        // 16 tenants' 48-block system prompts, each on one worker, and filler to 100k.
+        for (w, id) in ws.ids.iter().enumerate() {
+            let shared = (0..16u64)
+                .filter(|t| *t as usize % n == w)
+                .flat_map(|t| (0..48).map(move |b| t << 32 | b));
+            let filler = (0..100_000 / n as u64).map(|k| (1 << 63) | (*id << 20) | k);
+            p.kv().apply(*id, true, Vec::new(), shared.chain(filler).collect());
+        }
+        let prompts: Vec<Request> = (0..1024u64)
+            .map(|i| {
+                let mut r = Request::new(i, "tenant prompt", 64);
+                let t = i % 16;
+                r.block_hashes =
+                    (0..64).map(|b| if b < 48 { t << 32 | b } else { i << 32 | b }).collect();
+                r.prompt_tokens = Some(64 * 16 + 5);
+                r
+            })
+            .collect();
+        let mut v = Vec::new();
+        for _ in 0..rounds {
+            v.extend(sample(per_round, |i| {
+                p.route(&prompts[i % prompts.len()], &ws).unwrap();
+            }));
+        }
+        v.sort_unstable();
+        println!(
+            "| {n} | {:.0} | {:.0} | {:.0} |",
+            percentile(&v, 0.5),
+            percentile(&v, 0.99),
+            *v.last().unwrap() as f64
+        );
+        assert_eq!(p.total_faults(), 0);
+    }
 }
