@@ -372,7 +372,9 @@ pub struct BenchArgs {
     #[arg(long)]
     pub spawn: Option<usize>,
     /// seed, shared-prefix (8 groups x 16 prompts, system 256, question 32, output 16),
-    /// multi-turn (8 users x 4 rounds) or trace:FILE (JSONL).
+    /// multi-turn (8 users x 4 rounds), trace:FILE (JSONL), or tenants[:k=v,...] (Zipf
+    /// popularity over tenants' system prompts; keys tenants (24), system (512),
+    /// question (32), output (16), zipf (1.1; 0 uniform), requests (240)).
     #[arg(long, default_value = "seed")]
     pub workload: String,
     /// Routing policies to compare, comma-separated (built-ins or .wasm files).
@@ -387,6 +389,10 @@ pub struct BenchArgs {
     /// Open loop at this many requests/s instead of a fixed concurrency.
     #[arg(long)]
     pub rate: Option<f64>,
+    /// How open-loop requests are spaced: poisson (exponential gaps, seeded by --seed) or
+    /// even.
+    #[arg(long, value_enum, default_value_t = locus::bench::Arrivals::Poisson)]
+    pub arrivals: locus::bench::Arrivals,
     /// Workload seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,

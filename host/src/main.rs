@@ -190,6 +190,7 @@ async fn bench(a: BenchArgs) -> anyhow::Result<()> {
         requests: a.requests,
         concurrency: a.concurrency.max(1),
         rate: a.rate,
+        arrivals: a.arrivals,
         seed: a.seed,
         warm: a.warm,
         progress: true,

@@ -1,6 +1,7 @@
 //! `locus bench` workloads and oracle: deterministic, with the stated structure.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use locus::bench::workload::filler;
 use locus::bench::{BenchRequest, Workload, oracle};
@@ -115,6 +116,45 @@ fn traces_replay_on_schedule_and_bad_records_name_their_line() {
 }
 
 #[test]
+fn tenants_are_zipf_popular_and_their_shape_is_set_on_the_command_line() {
+    let w = Workload::parse("tenants").unwrap();
+    let r = w.generate(3).unwrap();
+    assert_eq!(r.len(), 240);
+    let mut per = [0usize; 24];
+    for q in &r {
+        per[q.group] += 1;
+        assert_eq!(tokens(&q.prompt).len(), 512 + 32);
+        assert_eq!(q.max_tokens, 16);
+    }
+    // Zipf 1.1 over 24: the first tenant draws ~27%, the last ~0.8%.
+    assert!(per[0] > 40 && per[0] > 4 * per[23], "{per:?}");
+    let w = Workload::parse("tenants:tenants=4,system=64,question=8,output=2,zipf=0,requests=10")
+        .unwrap();
+    let r = w.generate(3).unwrap();
+    assert_eq!(r.len(), 12, "rounded up to a multiple of the tenants");
+    assert!(r.iter().all(|q| tokens(&q.prompt).len() == 72 && q.max_tokens == 2));
+    for bad in ["tenants:tenants=0", "tenants:zipf=-1", "tenants:colour=blue", "tenants:system"] {
+        let e = Workload::parse(bad).unwrap_err().to_string();
+        assert!(e.contains("tenants[:"), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn poisson_arrivals_are_seeded_and_average_the_rate() {
+    use locus::bench::{Arrivals, arrival_times};
+    let t = arrival_times(20_000, 50.0, Arrivals::Poisson, 7);
+    assert_eq!(t, arrival_times(20_000, 50.0, Arrivals::Poisson, 7), "seeded");
+    assert_eq!(t[0], Duration::ZERO);
+    let mean = t.last().unwrap().as_secs_f64() / 19_999.0;
+    assert!((mean - 0.02).abs() < 0.0006, "mean gap {mean}");
+    // Exponential gaps: about 1/e of them are longer than the mean.
+    let long = t.windows(2).filter(|w| (w[1] - w[0]).as_secs_f64() > 0.02).count();
+    assert!((6_900..7_800).contains(&long), "{long} long gaps");
+    let even = arrival_times(3, 4.0, Arrivals::Even, 7);
+    assert_eq!(even, [0.0, 0.25, 0.5].map(Duration::from_secs_f64));
+}
+
+#[test]
 fn oracle_on_a_hand_checked_sequence() {
     let p1 = filler(1, 40);
     let p2 = format!("{}{}", Tokenizer::new().decode(&tokens(&p1)[..32]), filler(2, 8));
@@ -153,6 +193,7 @@ async fn an_end_to_end_bench_writes_its_report_and_its_totals_match_the_records(
         requests: None,
         concurrency: 1,
         rate: None,
+        arrivals: locus::bench::Arrivals::Poisson,
         seed: 1,
         warm: false,
         progress: false,

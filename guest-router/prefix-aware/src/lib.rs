@@ -15,9 +15,13 @@
 //!   it, forgotten oldest first past `approx-blocks`.
 //! - **Cost** of worker `i`, in 16-token blocks:
 //!   `prefill-weight × uncached_blocks(i) + load-weight × pending(i) + kv-weight × kv_use(i)`,
-//!   where `pending` is the worker's reported waiting + running requests but never below
-//!   the router's live in-flight count to it (reports are up to one poll old), and `kv_use`
-//!   is its reserved share of the running KV budget (0 to 1) when reported.
+//!   where `pending` is the worker's reported queue (requests not started, from every
+//!   router) but never below this router's live in-flight count to it, and `kv_use` is its
+//!   reserved share of the running KV budget (0 to 1) when reported. The reported running
+//!   batch is left out of `pending` on purpose: a report is up to one poll old, and the
+//!   worker that just served a prefix is the one whose stale report still shows it running,
+//!   so counting it would push each prefix away from its own blocks; sequences decoding
+//!   beside a new prompt slow it far less than a queue ahead of it, and they show in `kv_use`.
 //! - **Ties** go to the lower `pending`, then at random.
 //! - **Sessions.** A request with a session key goes back to its session's last worker while
 //!   that worker's cost is within `session-slack` blocks of the cheapest, so a conversation
@@ -225,9 +229,8 @@ impl State {
         let prompt = req.prompt_tokens.unwrap_or(routed).max(routed);
         let wt = self.weights;
         let pending = |i: usize| {
-            let reported =
-                if w.load_known[i] { w.waiting[i].saturating_add(w.running[i]) } else { 0 };
-            reported.max(w.in_flight[i])
+            let queued = if w.load_known[i] { w.waiting[i] } else { 0 };
+            queued.max(w.in_flight[i])
         };
         let cost = |i: usize| {
             let uncached = f64::from(prompt - matched[i] * BLOCK_TOKENS) / f64::from(BLOCK_TOKENS);
@@ -433,7 +436,7 @@ mod tests {
     fn misses_spread_by_load_and_ties_at_random() {
         let mut s = state();
         let mut w = workers(4);
-        w.running = vec![2, 1, 3, 1];
+        w.waiting = vec![2, 1, 3, 1];
         let mut counts = [0u32; 4];
         for i in 0..4000u64 {
             counts[s.route(&req(i * 100..i * 100 + 4, None), &w).unwrap() as usize] += 1;

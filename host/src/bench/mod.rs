@@ -8,5 +8,5 @@ pub mod workload;
 
 pub use oracle::{Oracle, oracle};
 pub use report::{Summary, summarize};
-pub use run::{BenchOptions, Record, Report, Target, run};
+pub use run::{Arrivals, BenchOptions, Record, Report, Target, arrival_times, run};
 pub use workload::{BenchRequest, UnknownWorkload, Workload};

@@ -39,12 +39,42 @@ pub struct BenchOptions {
     pub concurrency: usize,
     /// Open loop at this many requests/s instead (traces use their own schedule).
     pub rate: Option<f64>,
+    /// How open-loop requests are spaced.
+    pub arrivals: Arrivals,
     /// Seed of the workload.
     pub seed: u64,
     /// Send the workload once, unrecorded, before measuring.
     pub warm: bool,
     /// Show a progress bar.
     pub progress: bool,
+}
+
+/// The spacing of open-loop arrivals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Arrivals {
+    /// Exponential gaps (a Poisson process), seeded: how independent users arrive.
+    #[default]
+    Poisson,
+    /// Evenly spaced, `1 / rate` apart.
+    Even,
+}
+
+/// Send times of `n` requests at `rate` per second from the start of a pass.
+pub fn arrival_times(n: usize, rate: f64, arrivals: Arrivals, seed: u64) -> Vec<Duration> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0xA5A5_5A5A_0F0F_F0F0);
+    let mut t = 0.0f64;
+    (0..n)
+        .map(|i| match arrivals {
+            Arrivals::Even => Duration::from_secs_f64(i as f64 / rate),
+            Arrivals::Poisson => {
+                let at = Duration::from_secs_f64(t);
+                // 1 - U is in (0, 1], so the logarithm is finite.
+                t += -(1.0 - rng.random::<f64>()).ln() / rate;
+                at
+            }
+        })
+        .collect()
 }
 
 /// One measured request.
@@ -166,15 +196,18 @@ async fn send_all(
     };
     let start = Instant::now();
     let scheduled = seq.iter().any(|r| r.at_ms.is_some()) || opts.rate.is_some();
+    let times = Arc::new(match opts.rate {
+        Some(r) if r > 0.0 => arrival_times(seq.len(), r, opts.arrivals, opts.seed),
+        _ => Vec::new(),
+    });
     let one = |i: usize| {
         let (http, target, seq, policy, bar) =
             (http.clone(), target.clone(), seq.clone(), policy.to_string(), bar.clone());
-        let rate = opts.rate;
+        let times = times.clone();
         async move {
-            let at = match (seq[i].at_ms, rate) {
-                (Some(ms), _) => Some(Duration::from_millis(ms)),
-                (None, Some(r)) if r > 0.0 => Some(Duration::from_secs_f64(i as f64 / r)),
-                _ => None,
+            let at = match seq[i].at_ms {
+                Some(ms) => Some(Duration::from_millis(ms)),
+                None => times.get(i).copied(),
             };
             if let Some(at) = at {
                 tokio::time::sleep_until((start + at).into()).await;

@@ -268,10 +268,16 @@ fn rng_for(seed: u64, stream: u64) -> StdRng {
     StdRng::seed_from_u64(seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
 
-/// A `--workload` that names no workload.
+/// A `--workload` that names no workload, or sets its shape wrongly.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("unknown workload `{0}`: use seed, shared-prefix, multi-turn or trace:FILE")]
+#[error(
+    "unknown workload `{0}`: use seed, shared-prefix, multi-turn, trace:FILE or \
+     tenants[:tenants=24,system=512,question=32,output=16,zipf=1.1,requests=240]"
+)]
 pub struct UnknownWorkload(pub String);
+
+/// Requests of a `tenants` workload unless `requests=` says otherwise.
+pub const TENANT_REQUESTS: usize = 240;
 
 impl Workload {
     /// Parses the CLI form: `seed`, `shared-prefix`, `multi-turn` (with defaults; see
@@ -281,11 +287,52 @@ impl Workload {
             "seed" => Ok(Self::Seed),
             "shared-prefix" => Ok(Self::shared_prefix_default()),
             "multi-turn" => Ok(Self::MultiTurn { users: 8, rounds: 4, question: 32, output: 16 }),
-            _ => match s.strip_prefix("trace:") {
-                Some(p) if !p.is_empty() => Ok(Self::Trace(PathBuf::from(p))),
+            "tenants" => Self::tenants(""),
+            _ => match (s.strip_prefix("trace:"), s.strip_prefix("tenants:")) {
+                (Some(p), _) if !p.is_empty() => Ok(Self::Trace(PathBuf::from(p))),
+                (_, Some(shape)) => Self::tenants(shape),
                 _ => Err(UnknownWorkload(s.to_string())),
             },
         }
+    }
+
+    /// Many tenants, each with its own system prompt, whose popularity follows Zipf(alpha)
+    /// (as in llm-d's and SGLang's cache-aware routing benchmarks): `key=value` pairs over
+    /// the defaults 24 tenants, 512-token system prompts, 32-token questions, 16 output
+    /// tokens, alpha 1.1 (0: uniform), 240 requests (rounded up to a multiple of the
+    /// tenants).
+    fn tenants(shape: &str) -> Result<Self, UnknownWorkload> {
+        let bad = || UnknownWorkload(format!("tenants:{shape}"));
+        let (mut tenants, mut system, mut question, mut output) =
+            (24usize, 512usize, 32usize, 16u32);
+        let (mut zipf, mut requests) = (1.1f64, TENANT_REQUESTS);
+        for kv in shape.split(',').filter(|p| !p.is_empty()) {
+            let (k, v) = kv.split_once('=').ok_or_else(bad)?;
+            let n = || v.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(bad);
+            match k {
+                "tenants" => tenants = n()?,
+                "system" => system = n()?,
+                "question" => question = n()?,
+                "output" => output = u32::try_from(n()?).map_err(|_| bad())?,
+                "requests" => requests = n()?,
+                "zipf" => {
+                    zipf = v
+                        .parse()
+                        .ok()
+                        .filter(|a: &f64| a.is_finite() && *a >= 0.0)
+                        .ok_or_else(bad)?
+                }
+                _ => return Err(bad()),
+            }
+        }
+        Ok(Self::SharedPrefix {
+            groups: tenants,
+            per_group: requests.div_ceil(tenants),
+            system,
+            question,
+            output,
+            zipf: (zipf > 0.0).then_some(zipf),
+        })
     }
 
     /// 8 groups x 16 prompts, system prompt 256 tokens, question 32, output 16, uniform.
