@@ -28,7 +28,7 @@ use tokio::net::TcpListener;
 
 pub use admin::admin_router;
 pub use proxy::ROUTING_PROMPT_BYTES;
-pub use registry::{Backend, BackendInfo, Load, Registry, Reported, worker_id};
+pub use registry::{Backend, BackendInfo, Registry, Reported, worker_id};
 pub use tokens::PromptTokens;
 
 use crate::api::Endpoint;

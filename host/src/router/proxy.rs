@@ -27,16 +27,24 @@ impl Gateway {
         for b in candidates {
             w.ids.push(b.id);
             w.in_flight.push(b.in_flight());
-            let load = b.load();
-            let l = load.map(|r| r.load);
-            w.load_known.push(load.is_some());
-            w.load_age_ms
-                .push(load.map_or(0, |r| r.at.elapsed().as_millis().min(u32::MAX as u128) as u32));
-            w.waiting.push(l.map_or(0, |l| l.waiting));
-            w.running.push(l.map_or(0, |l| l.running));
-            w.kv_used_blocks.push(l.map_or(0, |l| l.kv_blocks_used.min(u32::MAX as u64) as u32));
-            w.kv_total_blocks.push(l.map_or(0, |l| l.kv_blocks_total.min(u32::MAX as u64) as u32));
-            w.tokens_per_second.push(l.map_or(0.0, |l| l.tokens_per_second as f32));
+            let clamp = |n: u64| n.min(u64::from(u32::MAX)) as u32;
+            // An unknown load is all zeros beside `load-known` false.
+            let (age, waiting, running, used, total, tps) = match b.load() {
+                Some(r) => {
+                    let l = &r.load;
+                    let age = r.at.elapsed().as_millis().min(u128::from(u32::MAX)) as u32;
+                    let (used, total) = (clamp(l.kv_blocks_used), clamp(l.kv_blocks_total));
+                    (Some(age), l.waiting, l.running, used, total, l.tokens_per_second as f32)
+                }
+                None => (None, 0, 0, 0, 0, 0.0),
+            };
+            w.load_known.push(age.is_some());
+            w.load_age_ms.push(age.unwrap_or(0));
+            w.waiting.push(waiting);
+            w.running.push(running);
+            w.kv_used_blocks.push(used);
+            w.kv_total_blocks.push(total);
+            w.tokens_per_second.push(tps);
         }
         w
     }

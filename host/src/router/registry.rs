@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+
+use crate::worker::LoadReport;
 
 /// A worker as the router sees it.
 #[derive(Debug)]
@@ -23,28 +25,11 @@ pub struct Backend {
     load: ArcSwapOption<Reported>,
 }
 
-/// A worker's load as its `GET /load` reported it (the fields the router uses).
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
-pub struct Load {
-    /// Requests not started yet.
-    pub waiting: u32,
-    /// Sequences in the running batch.
-    pub running: u32,
-    /// 16-token KV blocks the running batch reserves.
-    pub kv_blocks_used: u64,
-    /// 16-token KV blocks of the running budget.
-    pub kv_blocks_total: u64,
-    /// Blocks in the prefix store.
-    pub prefix_blocks: u64,
-    /// Tokens generated per second over the worker's last ~2 s.
-    pub tokens_per_second: f64,
-}
-
 /// A load report and when it arrived.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Reported {
-    /// What the worker said.
-    pub load: Load,
+    /// What the worker said (its `GET /load`).
+    pub load: LoadReport,
     /// When the router received it.
     pub at: Instant,
 }
@@ -71,11 +56,11 @@ impl Backend {
     }
 
     /// Its last load report; `None` until one has arrived.
-    pub fn load(&self) -> Option<Reported> {
-        self.load.load().as_deref().copied()
+    pub fn load(&self) -> Option<Arc<Reported>> {
+        self.load.load_full()
     }
 
-    pub(super) fn set_load(&self, load: Option<Load>) {
+    pub(super) fn set_load(&self, load: Option<LoadReport>) {
         self.load.store(load.map(|load| Arc::new(Reported { load, at: Instant::now() })));
     }
 
@@ -119,7 +104,7 @@ impl Backend {
             id: format!("{:016x}", self.id),
             healthy: self.healthy(),
             in_flight: self.in_flight(),
-            load: self.load().map(|r| r.load),
+            load: self.load().map(|r| r.load.clone()),
             load_age_ms: self.load().map(|r| r.at.elapsed().as_millis() as u64),
             kv_blocks: None,
         }
@@ -144,7 +129,7 @@ pub struct BackendInfo {
     in_flight: u32,
     /// Its last load report, absent until one has arrived.
     #[serde(skip_serializing_if = "Option::is_none")]
-    load: Option<Load>,
+    load: Option<LoadReport>,
     /// Milliseconds since that report arrived.
     #[serde(skip_serializing_if = "Option::is_none")]
     load_age_ms: Option<u64>,

@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
-use serde::Deserialize;
 use tokio::task::JoinHandle;
 
 use super::Gateway;
-use super::registry::{Backend, Load};
+use super::registry::Backend;
+use crate::worker::{KvEvent, KvEventKind, LoadReport};
 
 /// Polls every worker's load each `interval` and keeps one KV event follower per worker,
 /// for as long as the gateway lives.
@@ -54,26 +54,13 @@ async fn poll_load(gw: &Gateway, b: &Backend, interval: Duration) {
     let timeout = interval.max(Duration::from_millis(200));
     let r = gw.signals_client.get(format!("{}/load", b.url)).timeout(timeout).send().await;
     match r {
-        Ok(r) if r.status().is_success() => match r.json::<Load>().await {
+        Ok(r) if r.status().is_success() => match r.json::<LoadReport>().await {
             Ok(load) => b.set_load(Some(load)),
             Err(e) => tracing::debug!(worker = %b.url, error = %e, "unreadable load report"),
         },
         Ok(r) => tracing::debug!(worker = %b.url, status = %r.status(), "no load report"),
         Err(e) => tracing::debug!(worker = %b.url, error = %e, "load poll failed"),
     }
-}
-
-/// One event of a worker's `/kv_events` stream.
-#[derive(Deserialize)]
-struct Event {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default)]
-    hashes: Vec<u64>,
-    #[serde(default)]
-    ts_us: u64,
-    #[serde(default)]
-    snapshot: bool,
 }
 
 /// A KV event stream silent for this long is taken as lost (workers send a keep-alive
@@ -163,7 +150,7 @@ async fn read_events(gw: &std::sync::Weak<Gateway>, b: &Backend, r: reqwest::Res
             let Some(gw) = gw.upgrade() else { return };
             for line in block.split(|&c| c == b'\n') {
                 let Some(data) = line.strip_prefix(b"data:") else { continue };
-                let Ok(ev) = serde_json::from_slice::<Event>(data.trim_ascii()) else {
+                let Ok(ev) = serde_json::from_slice::<KvEvent>(data.trim_ascii()) else {
                     // An event lost would leave the index wrong: start over from a snapshot.
                     tracing::warn!(worker = %b.url, "unreadable KV event; resubscribing");
                     return;
@@ -178,18 +165,22 @@ async fn read_events(gw: &std::sync::Weak<Gateway>, b: &Backend, r: reqwest::Res
     }
 }
 
-fn apply(gw: &Gateway, b: &Backend, ev: Event, pending_clear: &mut bool) {
+fn apply(gw: &Gateway, b: &Backend, ev: KvEvent, pending_clear: &mut bool) {
     let feed = gw.policy.kv();
-    gw.metrics.kv_events.with_label_values(&[&ev.kind]).inc();
+    gw.metrics.kv_events.with_label_values(&[ev.kind.name()]).inc();
     if !ev.snapshot && ev.ts_us > 0 {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
         gw.metrics.kv_event_lag.observe(now.saturating_sub(ev.ts_us) as f64 / 1e6);
     }
-    match ev.kind.as_str() {
-        "cleared" if ev.snapshot => *pending_clear = true,
-        "cleared" => feed.clear(b.id),
-        "stored" => feed.apply(b.id, std::mem::take(pending_clear), Vec::new(), ev.hashes),
-        "removed" => feed.apply(b.id, std::mem::take(pending_clear), ev.hashes, Vec::new()),
-        other => tracing::debug!(worker = %b.url, kind = other, "unknown KV event type"),
+    match ev.kind {
+        KvEventKind::Cleared if ev.snapshot => *pending_clear = true,
+        KvEventKind::Cleared => feed.clear(b.id),
+        KvEventKind::Stored => {
+            feed.apply(b.id, std::mem::take(pending_clear), Vec::new(), ev.hashes)
+        }
+        KvEventKind::Removed => {
+            feed.apply(b.id, std::mem::take(pending_clear), ev.hashes, Vec::new())
+        }
+        KvEventKind::Unknown => tracing::debug!(worker = %b.url, "unknown KV event type"),
     }
 }

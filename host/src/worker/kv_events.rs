@@ -52,14 +52,19 @@ pub enum KvEventKind {
     Removed,
     /// Every block was dropped.
     Cleared,
+    /// A type this build does not know (from a newer worker): readers skip it. Never sent.
+    #[serde(other)]
+    Unknown,
 }
 
 impl KvEventKind {
-    fn name(self) -> &'static str {
+    /// Its name on the wire, and as a metric label.
+    pub fn name(self) -> &'static str {
         match self {
             Self::Stored => "stored",
             Self::Removed => "removed",
             Self::Cleared => "cleared",
+            Self::Unknown => "unknown",
         }
     }
 }
@@ -241,5 +246,8 @@ mod tests {
             serde_json::to_string(&snap).unwrap(),
             r#"{"seq":7,"type":"cleared","hashes":[],"ts_us":5,"snapshot":true,"worker_id":"w","started_at_us":9}"#
         );
+        // A type from a newer worker is read as unknown, to be skipped, not as an error.
+        let newer = r#"{"seq":8,"type":"moved","hashes":[1],"ts_us":6}"#;
+        assert_eq!(serde_json::from_str::<KvEvent>(newer).unwrap().kind, KvEventKind::Unknown);
     }
 }
