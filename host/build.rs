@@ -35,7 +35,7 @@ fn main() {
     let out_dir = PathBuf::from(env::var("OUT_DIR").unwrap());
     let target_dir = out_dir.join("guests");
 
-    for dir in ["wit", "guest-router", "guest-cache", "host/tests/guests"] {
+    for dir in ["wit", "policy-kit", "guest-router", "guest-cache", "host/tests/guests"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     println!("cargo:rerun-if-changed={}", root.join("Cargo.lock").display());

@@ -19,6 +19,8 @@
 
 use std::cell::Cell;
 
+use locus_policy_kit::mix;
+
 wit_bindgen::generate!({ world: "router", path: "../../wit" });
 
 /// Settings.
@@ -40,14 +42,6 @@ impl Default for Config {
 
 thread_local! {
     static CONFIG: Cell<Config> = Cell::new(Config::default());
-}
-
-/// splitmix64's finalizer: a strong 64-bit mix in a few multiplies.
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// The 64-bit key of a request.

@@ -10,6 +10,7 @@
 use std::cell::Cell;
 use std::hash::{Hash, Hasher};
 
+use locus_policy_kit::{Mix64, MixNodeHasher};
 use rendezvous_hash::NodeHasher;
 
 wit_bindgen::generate!({ world: "router", path: "../../wit/0.1.0" });
@@ -24,45 +25,6 @@ thread_local! {
 /// The leading `n` characters of `prompt` (all of it if shorter).
 pub fn prefix(prompt: &str, n: usize) -> &str {
     prompt.char_indices().nth(n).map_or(prompt, |(i, _)| &prompt[..i])
-}
-
-/// Folds 64-bit words with the splitmix64 finalizer: a few multiplies per word where
-/// SipHash (the crate's default) costs tens of nanoseconds, and mixes well enough that
-/// the highest weight is uniform over the workers.
-#[derive(Default)]
-pub struct Mix64(u64);
-
-impl Hasher for Mix64 {
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.write_u64(u64::from_le_bytes(word));
-        }
-    }
-
-    fn write_u64(&mut self, x: u64) {
-        let mut z = (self.0 ^ x).wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        self.0 = z ^ (z >> 31);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-/// The rendezvous weight of a (worker, key) pair, for `rendezvous_hash`.
-pub struct MixNodeHasher;
-
-impl<N: Hash> NodeHasher<N> for MixNodeHasher {
-    fn hash<T: Hash>(&self, node: &N, item: &T) -> u64 {
-        let mut h = Mix64::default();
-        item.hash(&mut h);
-        node.hash(&mut h);
-        h.finish()
-    }
 }
 
 /// Index of the worker (by id) with the highest rendezvous weight for `key`.

@@ -18,6 +18,7 @@
 
 use std::cell::RefCell;
 
+use locus_policy_kit::seeded_rng;
 use rand::rngs::SmallRng;
 use rand::seq::index;
 use rand::{Rng, SeedableRng};
@@ -98,11 +99,7 @@ impl Guest for LeastLoaded {
                 }
             }
         }
-        let rng = match seed {
-            Some(s) => SmallRng::seed_from_u64(s ^ instance.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
-            None => SmallRng::from_os_rng(),
-        };
-        CONFIG.set(Config { choices, rng });
+        CONFIG.set(Config { choices, rng: seeded_rng(seed, instance) });
         Ok(())
     }
 

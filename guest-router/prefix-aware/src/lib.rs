@@ -41,8 +41,9 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 
+use locus_policy_kit::{Mix64, seeded_rng};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -53,33 +54,8 @@ pub const BLOCK_TOKENS: u32 = 16;
 /// Worker slots the index tracks.
 pub const MAX_SLOTS: usize = 128;
 
-/// splitmix64 folding: block hashes are already uniform, and `std`'s `RandomState` would
-/// import WASI's insecure seed, which the sandbox does not give.
-#[derive(Default)]
-pub struct Mix(u64);
-
-impl Hasher for Mix {
-    fn write(&mut self, bytes: &[u8]) {
-        for c in bytes.chunks(8) {
-            let mut w = [0u8; 8];
-            w[..c.len()].copy_from_slice(c);
-            self.write_u64(u64::from_le_bytes(w));
-        }
-    }
-
-    fn write_u64(&mut self, x: u64) {
-        let mut z = (self.0 ^ x).wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        self.0 = z ^ (z >> 31);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-type Map<K, V> = HashMap<K, V, BuildHasherDefault<Mix>>;
+/// Block hashes are already uniform; `Mix64` needs no random seed, which the sandbox lacks.
+type Map<K, V> = HashMap<K, V, BuildHasherDefault<Mix64>>;
 
 /// Settings.
 #[derive(Debug, Clone, Copy)]
@@ -343,11 +319,7 @@ impl Guest for PrefixAware {
                 }
             }
         }
-        let rng = match seed {
-            Some(s) => SmallRng::seed_from_u64(s ^ instance.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
-            None => SmallRng::from_os_rng(),
-        };
-        STATE.set(State::new(wt, approx, sessions, rng));
+        STATE.set(State::new(wt, approx, sessions, seeded_rng(seed, instance)));
         Ok(())
     }
 

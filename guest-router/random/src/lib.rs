@@ -10,6 +10,7 @@
 
 use std::cell::RefCell;
 
+use locus_policy_kit::seeded_rng;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -38,12 +39,7 @@ impl Guest for Random {
                 _ => return Err(format!("unknown setting `{k}` (random knows: seed)")),
             }
         }
-        let rng = match seed {
-            // An odd multiplier keeps distinct instances on distinct streams.
-            Some(s) => SmallRng::seed_from_u64(s ^ instance.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
-            None => SmallRng::from_os_rng(),
-        };
-        RNG.set(rng);
+        RNG.set(seeded_rng(seed, instance));
         Ok(())
     }
 
