@@ -99,13 +99,15 @@ impl Backend {
 
     /// Its entry in `GET /admin/workers`.
     pub fn info(&self) -> BackendInfo {
+        // One read, so that the report and its age belong together.
+        let reported = self.load();
         BackendInfo {
             url: self.url.clone(),
             id: format!("{:016x}", self.id),
             healthy: self.healthy(),
             in_flight: self.in_flight(),
-            load: self.load().map(|r| r.load.clone()),
-            load_age_ms: self.load().map(|r| r.at.elapsed().as_millis() as u64),
+            load: reported.as_ref().map(|r| r.load.clone()),
+            load_age_ms: reported.map(|r| r.at.elapsed().as_millis() as u64),
             kv_blocks: None,
         }
     }
