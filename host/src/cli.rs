@@ -118,7 +118,32 @@ pub struct ModelArgs {
     pub queue_timeout: f64,
 }
 
+fn positive_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err(format!("`{s}` is not a positive number of requests per second")),
+    }
+}
+
 impl ModelArgs {
+    /// These flags as `locus worker` arguments, for workers started as processes.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut a = match &self.model_dir {
+            Some(d) => vec!["--model-dir".into(), d.display().to_string()],
+            None => vec!["--model".into(), self.model.clone()],
+        };
+        for (k, v) in [
+            ("--prefix-cache-bytes", self.prefix_cache_bytes.to_string()),
+            ("--max-batch", self.max_batch.to_string()),
+            ("--prefill-chunk", self.prefill_chunk.to_string()),
+            ("--kv-cache-bytes", self.kv_cache_bytes.to_string()),
+            ("--queue-timeout", self.queue_timeout.to_string()),
+        ] {
+            a.extend([k.to_string(), v]);
+        }
+        a
+    }
+
     /// The engine settings these flags describe.
     pub fn engine_options(&self) -> anyhow::Result<EngineOptions> {
         let queue_timeout = Duration::try_from_secs_f64(self.queue_timeout).map_err(|_| {
@@ -226,7 +251,7 @@ pub struct RoutingArgs {
     #[arg(long, env = "LOCUS_WORKER_TOKEN", hide_env_values = true)]
     pub worker_token: Option<String>,
     /// Request header whose value is given to the policy as the session key.
-    #[arg(long, default_value = "x-session-id")]
+    #[arg(long, default_value = locus::router::DEFAULT_SESSION_HEADER)]
     pub session_header: String,
 }
 
@@ -360,17 +385,33 @@ pub struct SwapArgs {
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Public URL of an existing router (with --admin); default: spawn a local cluster.
-    #[arg(long, requires = "admin", conflicts_with = "spawn")]
+    /// Public URL of a router already running: locus's (with --admin, to swap policies) or
+    /// any other in front of locus workers (sglang-router, vllm-router, ...), benched as one
+    /// policy named by --label. Default: spawn a local cluster.
+    #[arg(long, conflicts_with = "spawn")]
     pub router: Option<String>,
-    /// Admin URL of that router.
+    /// Admin URL of that router, when it is locus's.
     #[arg(long, requires = "router")]
     pub admin: Option<String>,
+    /// The workers behind --router, comma-separated: flushed before each pass and counted
+    /// (default: listed by --admin; without either, caches are not flushed).
+    #[arg(long, value_delimiter = ',', requires = "router")]
+    pub workers: Vec<String>,
+    /// Name of a non-locus router's passes in the report.
+    #[arg(long, default_value = "router", requires = "router", conflicts_with = "admin")]
+    pub label: String,
     #[command(flatten)]
     pub admin_token: AdminTokenArg,
     /// Start a local cluster of N workers for the run (the default, with 3).
     #[arg(long)]
     pub spawn: Option<usize>,
+    /// Run the spawned workers inside the bench's own process (they then share its compute
+    /// threads) instead of as `locus worker` processes.
+    #[arg(long, conflicts_with = "router")]
+    pub in_process: bool,
+    /// Compute threads of each spawned worker process (its RAYON_NUM_THREADS).
+    #[arg(long, default_value_t = 1, conflicts_with_all = ["router", "in_process"])]
+    pub compute_threads: usize,
     /// seed, shared-prefix (8 groups x 16 prompts, system 256, question 32, output 16),
     /// multi-turn (8 users x 4 rounds), trace:FILE (JSONL), or tenants[:k=v,...] (Zipf
     /// popularity over tenants' system prompts; keys tenants (24), system (512),
@@ -386,9 +427,15 @@ pub struct BenchArgs {
     /// Requests in flight at once.
     #[arg(long, default_value_t = 1)]
     pub concurrency: usize,
-    /// Open loop at this many requests/s instead of a fixed concurrency.
-    #[arg(long)]
-    pub rate: Option<f64>,
+    /// Open loop at this many requests/s instead of a fixed concurrency; several,
+    /// comma-separated, sweep the rates in turn (the report then charts TTFT p90 against
+    /// rate and names each policy's highest sustained rate).
+    #[arg(long, value_delimiter = ',', value_parser = positive_rate)]
+    pub rate: Vec<f64>,
+    /// Measured passes per policy (and rate): each round runs every policy once, in an
+    /// order rotated each round, so a shared machine's drift hits them all alike.
+    #[arg(long, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100))]
+    pub rounds: usize,
     /// How open-loop requests are spaced: poisson (exponential gaps, seeded by --seed) or
     /// even.
     #[arg(long, value_enum, default_value_t = locus::bench::Arrivals::Poisson)]

@@ -155,41 +155,68 @@ async fn swap(a: SwapArgs) -> anyhow::Result<()> {
 }
 
 async fn bench(a: BenchArgs) -> anyhow::Result<()> {
-    use locus::bench::{self, BenchOptions, Target, Workload};
+    use locus::bench::{self, BenchOptions, Target, Workload, procs::WorkerProcs};
     let workload = Workload::parse(&a.workload)?;
+    // What the run starts lives until the report is written.
     let mut _cluster = None;
-    let target = match (&a.router, &a.admin) {
-        (Some(r), Some(ad)) => Target {
+    let mut _procs = None;
+    let target = match &a.router {
+        Some(r) => Target {
             router: r.trim_end_matches('/').into(),
-            admin: ad.trim_end_matches('/').into(),
+            admin: a.admin.as_ref().map(|ad| ad.trim_end_matches('/').into()),
             token: a.admin_token.token.clone(),
+            workers: a.workers.iter().map(|w| w.trim_end_matches('/').to_string()).collect(),
         },
-        _ => {
+        None => {
             let token = a.admin_token.token.clone().unwrap_or_else(random_token);
-            let mut o = ClusterOptions::local();
+            let n = a.spawn.unwrap_or(3).max(1);
             let any = SocketAddr::from(([127, 0, 0, 1], 0));
+            let mut o = ClusterOptions::local();
             (o.port, o.worker_port, o.admin_addr) = (0, 0, any);
-            o.workers = a.spawn.unwrap_or(3).max(1);
-            o.model = a.model.source()?;
-            o.engine = a.model.engine_options()?;
             o.worker.admin_token = Some(token.clone());
             o.router.admin_token = Some(token.clone());
-            let c = cluster::start(o).await?;
-            let t = Target {
-                router: format!("http://{}", c.router_addr),
-                admin: format!("http://{}", c.admin_addr),
-                token: Some(token),
+            let (router_addr, admin_addr) = if a.in_process {
+                o.workers = n;
+                o.model = a.model.source()?;
+                o.engine = a.model.engine_options()?;
+                let c = cluster::start(o).await?;
+                let addrs = (c.router_addr, c.admin_addr);
+                _cluster = Some(c);
+                addrs
+            } else {
+                a.model.engine_options()?;
+                let exe = std::env::current_exe()?;
+                let procs =
+                    WorkerProcs::start(&exe, n, &a.model.to_args(), &token, a.compute_threads)
+                        .await?;
+                let mut ro = o.router.clone();
+                ro.workers = procs.urls.clone();
+                ro.worker_token = Some(token.clone());
+                _procs = Some(procs);
+                let (addr, admin, _gw) = router::spawn(ro, any, any).await?;
+                (addr, admin)
             };
-            _cluster = Some(c);
-            t
+            Target {
+                router: format!("http://{router_addr}"),
+                admin: Some(format!("http://{admin_addr}")),
+                token: Some(token),
+                workers: Vec::new(),
+            }
         }
     };
+    let policies = if target.admin.is_some() { a.policies.clone() } else { vec![a.label.clone()] };
+    if target.admin.is_none() && target.workers.is_empty() {
+        eprintln!(
+            "note: no --admin or --workers, so the workers' caches are not flushed between passes"
+        );
+    }
     let opts = BenchOptions {
         workload,
-        policies: a.policies.clone(),
+        policies,
         requests: a.requests,
         concurrency: a.concurrency.max(1),
-        rate: a.rate,
+        rates: a.rate.clone(),
+        rounds: a.rounds,
         arrivals: a.arrivals,
         seed: a.seed,
         warm: a.warm,
@@ -199,10 +226,11 @@ async fn bench(a: BenchArgs) -> anyhow::Result<()> {
     let summaries = bench::report::write(&report, &a.out)?;
     println!("{}", bench::report::table(&report, &summaries));
     println!(
-        "{} requests per policy, {}; report in {}/report.md, report.json, chart.svg",
+        "{} requests per pass, {}; report in {}/report.md, report.json, chart.svg{}",
         report.requests,
         if report.warm { "warm" } else { "cold caches" },
-        a.out.display()
+        a.out.display(),
+        if report.rates.len() > 1 { ", sweep.svg" } else { "" }
     );
     Ok(())
 }

@@ -82,7 +82,21 @@ fn multi_turn_conversations_grow_by_each_turn() {
             if k > 0 {
                 assert!(t.prompt.starts_with(&turns[k - 1].prompt), "history is kept");
             }
+            assert_eq!(t.session.as_deref(), Some(format!("user-{u}").as_str()));
         }
+    }
+    assert_eq!(
+        Workload::parse("multi-turn:users=3,rounds=4,question=8,output=5").unwrap(),
+        w,
+        "the shape is set on the command line"
+    );
+    assert_eq!(
+        Workload::parse("multi-turn").unwrap(),
+        Workload::MultiTurn { users: 8, rounds: 4, question: 32, output: 16 }
+    );
+    for bad in ["multi-turn:users=0", "multi-turn:turns=3", "multi-turn:users"] {
+        let e = Workload::parse(bad).unwrap_err().to_string();
+        assert!(e.contains(bad), "{e}");
     }
 }
 
@@ -160,8 +174,13 @@ fn oracle_on_a_hand_checked_sequence() {
     let p2 = format!("{}{}", Tokenizer::new().decode(&tokens(&p1)[..32]), filler(2, 8));
     let p3 = filler(3, 20);
     assert_eq!((tokens(&p1).len(), tokens(&p2).len(), tokens(&p3).len()), (40, 40, 20));
-    let req =
-        |p: &str| BenchRequest { at_ms: None, prompt: p.to_string(), max_tokens: 8, group: 0 };
+    let req = |p: &str| BenchRequest {
+        at_ms: None,
+        prompt: p.to_string(),
+        max_tokens: 8,
+        group: 0,
+        session: None,
+    };
     let seq = [req(&p1), req(&p2), req(&p1), req(&p3)];
     let o = oracle(&seq);
     // p1: nothing cached, 2 blocks stored; p2: both blocks reused (32 of its 40 tokens);
@@ -184,15 +203,17 @@ async fn an_end_to_end_bench_writes_its_report_and_its_totals_match_the_records(
     let c = cluster::start(o).await.unwrap();
     let target = Target {
         router: format!("http://{}", c.router_addr),
-        admin: format!("http://{}", c.admin_addr),
+        admin: Some(format!("http://{}", c.admin_addr)),
         token: Some("t".into()),
+        workers: Vec::new(),
     };
     let opts = BenchOptions {
         workload: Workload::Seed,
         policies: vec!["random".into(), "hash".into()],
         requests: None,
         concurrency: 1,
-        rate: None,
+        rates: Vec::new(),
+        rounds: 2,
         arrivals: locus::bench::Arrivals::Poisson,
         seed: 1,
         warm: false,
@@ -206,21 +227,103 @@ async fn an_end_to_end_bench_writes_its_report_and_its_totals_match_the_records(
         assert!(len > 100, "{f} missing or empty");
     }
     assert!(std::fs::read_to_string(dir.join("chart.svg")).unwrap().contains("<svg"));
-    assert_eq!(rep.records.len(), 12);
+    // Two rounds, the policies' order rotated in the second.
+    let order: Vec<_> = rep.passes.iter().map(|p| (p.policy.as_str(), p.round)).collect();
+    assert_eq!(order, [("random", 0), ("hash", 0), ("hash", 1), ("random", 1)]);
+    assert_eq!(rep.records.len(), 24);
+    assert_eq!(rep.workers, 2);
     assert_eq!(rep.oracle.response_hit_rate, 4.0 / 6.0);
     for s in &summaries {
         let recs: Vec<_> = rep.records.iter().filter(|r| r.policy == s.policy).collect();
-        assert_eq!(s.requests, recs.len());
+        assert_eq!((s.requests, s.passes), (recs.len(), 2));
         assert_eq!(s.errors, 0, "{recs:?}");
         let hits = recs.iter().filter(|r| r.cache_hit).count();
-        assert!((s.response_hit_rate - hits as f64 / 6.0).abs() < 1e-12);
+        assert!((s.response_hit_rate - hits as f64 / 12.0).abs() < 1e-12);
         assert!(recs.iter().all(|r| r.ttft_ms.is_some() && r.prompt_tokens > 0));
+        // Every answer's usage and the router's routing time were read.
+        assert!(recs.iter().all(|r| (1..=16).contains(&r.completion_tokens)), "{recs:?}");
+        assert!(recs.iter().all(|r| r.route_us.is_some()), "{recs:?}");
+        assert!(s.route_p50_us.is_some() && s.tpot_p50_ms.is_some());
+        assert!((s.mean_per_worker - 6.0).abs() < 1e-12, "12 answers over 2 workers");
+        assert!(s.max_over_mean() >= 1.0);
     }
-    // Cold caches for every policy, and hash sends each phrase to one worker: 4 of 6.
+    // Cold caches for every pass, and hash sends each phrase to one worker: 4 of 6 in
+    // each round.
     let hash = summaries.iter().find(|s| s.policy == "hash").unwrap();
     assert_eq!(hash.response_hit_rate, 4.0 / 6.0);
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
-    assert_eq!(json["report"]["records"].as_array().unwrap().len(), 12);
+    assert_eq!(json["report"]["records"].as_array().unwrap().len(), 24);
+
+    // The same router benched as if it were another project's: no admin API, so one
+    // label and no swaps, the workers flushed by URL. Each round starts cold: 4 of 6 hits
+    // again (6 of 6 in the second round if the flush had not happened).
+    let peer = Target {
+        admin: None,
+        workers: c.worker_addrs.iter().map(|a| format!("http://{a}")).collect(),
+        ..target.clone()
+    };
+    locus::admin_client::AdminClient::new(Some("t".into()))
+        .swap_router_policy(target.admin.as_deref().unwrap(), "hash", &[])
+        .await
+        .unwrap();
+    let opts = BenchOptions { policies: vec!["peer".into()], ..opts };
+    let rep = run(&peer, &opts).await.unwrap();
+    assert_eq!(rep.workers, 2);
+    assert!(rep.records.iter().all(|r| r.policy == "peer" && r.error.is_none()));
+    let s = &report::summarize(&rep)[0];
+    assert_eq!((s.policy.as_str(), s.passes, s.requests), ("peer", 2, 12));
+    assert_eq!(s.response_hit_rate, 4.0 / 6.0, "the serving policy is still hash");
+    let two = BenchOptions { policies: vec!["a".into(), "b".into()], ..opts };
+    let e = run(&peer, &two).await.unwrap_err().to_string();
+    assert!(e.contains("cannot swap policies"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `locus bench` as a user runs it: worker processes with one compute thread each, a
+/// rate sweep, multi-turn sessions; the report's files and figures are checked.
+#[test]
+fn the_cli_bench_sweeps_rates_over_worker_processes() {
+    let out = std::env::temp_dir().join(format!("locus-bench-cli-{}", std::process::id()));
+    let shape = "multi-turn:users=3,rounds=2,question=8,output=4";
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_locus"))
+        .args(["bench", "--spawn", "2", "--policies", "prefix-aware,random"])
+        .args(["--workload", shape])
+        .args(["--rate", "8,16", "--prefix-cache-bytes", "16777216", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&run.stderr));
+    assert!(stdout.contains("Highest sustained rate"), "{stdout}");
+    let svg = std::fs::read_to_string(out.join("sweep.svg")).unwrap();
+    assert!(svg.contains("<svg") && svg.contains("prefix-aware"), "the sweep is charted");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let (rep, summary) = (&json["report"], json["summary"].as_array().unwrap());
+    assert_eq!(rep["workers"], 2);
+    assert_eq!(summary.len(), 4, "2 rates x 2 policies");
+    let recs = rep["records"].as_array().unwrap();
+    assert_eq!(recs.len(), 4 * 6);
+    for r in recs {
+        assert_eq!(r["status"], 200, "{r}");
+        let w = r["worker"].as_str().unwrap();
+        assert!(w == "worker-1" || w == "worker-2", "named by the bench: {w}");
+        assert!(r["rate"] == 8.0 || r["rate"] == 16.0, "{r}");
+    }
+    // The bench sent each conversation's session header, and prefix-aware keeps a
+    // session on one worker.
+    let seq = Workload::parse(shape).unwrap().generate(0).unwrap();
+    for rate in [8.0, 16.0] {
+        let mut by_user = std::collections::BTreeMap::<&str, Vec<&str>>::new();
+        for r in recs.iter().filter(|r| r["policy"] == "prefix-aware" && r["rate"] == rate) {
+            let user = seq[r["index"].as_u64().unwrap() as usize].session.as_deref().unwrap();
+            by_user.entry(user).or_default().push(r["worker"].as_str().unwrap());
+        }
+        assert_eq!(by_user.len(), 3);
+        for (user, ws) in by_user {
+            assert!(ws.iter().all(|w| *w == ws[0]), "{user} at {rate}/s went to {ws:?}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&out);
 }

@@ -2,11 +2,12 @@
 //! the best any router could do on that sequence.
 
 pub mod oracle;
+pub mod procs;
 pub mod report;
 pub mod run;
 pub mod workload;
 
 pub use oracle::{Oracle, oracle};
-pub use report::{Summary, summarize};
-pub use run::{Arrivals, BenchOptions, Record, Report, Target, arrival_times, run};
+pub use report::{Summary, summarize, sustained};
+pub use run::{Arrivals, BenchOptions, Pass, Record, Report, Target, arrival_times, run};
 pub use workload::{BenchRequest, UnknownWorkload, Workload};

@@ -20,10 +20,14 @@ use crate::api::sglang::MetaInfo;
 pub struct Target {
     /// The router's public base URL.
     pub router: String,
-    /// The router's admin base URL.
-    pub admin: String,
+    /// The router's admin base URL: locus's own, so policies can be swapped. `None` for
+    /// any other router (SGLang's, vLLM's, ...): one pass per round under `label`.
+    pub admin: Option<String>,
     /// Bearer token of the admin APIs (router and workers).
     pub token: Option<String>,
+    /// The workers behind the router, to flush between passes and to count; read from
+    /// the admin API when empty.
+    pub workers: Vec<String>,
 }
 
 /// What to measure.
@@ -31,14 +35,19 @@ pub struct Target {
 pub struct BenchOptions {
     /// The workload.
     pub workload: Workload,
-    /// Policies to compare: built-in names or component paths.
+    /// Policies to compare: built-in names or component paths (with no admin API, the one
+    /// name the router's passes are reported under).
     pub policies: Vec<String>,
     /// Requests to send (default: the workload's own length; longer repeats it).
     pub requests: Option<usize>,
     /// Requests in flight at once (closed loop).
     pub concurrency: usize,
-    /// Open loop at this many requests/s instead (traces use their own schedule).
-    pub rate: Option<f64>,
+    /// Open loop at each of these rates in turn, requests/s (a sweep); empty: closed loop
+    /// (traces use their own schedule).
+    pub rates: Vec<f64>,
+    /// Passes per policy (and rate); policies take turns within a round, in an order
+    /// rotated each round, so drift on a shared machine hits them all alike.
+    pub rounds: usize,
     /// How open-loop requests are spaced.
     pub arrivals: Arrivals,
     /// Seed of the workload.
@@ -84,6 +93,10 @@ pub struct Record {
     pub index: usize,
     /// The routing policy serving.
     pub policy: String,
+    /// Offered rate of its pass, requests/s (`None`: closed loop or a trace's schedule).
+    pub rate: Option<f64>,
+    /// Round of its pass, from 0.
+    pub round: usize,
     /// HTTP status (0: no answer).
     pub status: u16,
     /// Milliseconds to the end of the answer.
@@ -98,6 +111,11 @@ pub struct Record {
     pub cached_tokens: usize,
     /// Prompt tokens.
     pub prompt_tokens: usize,
+    /// Tokens generated.
+    pub completion_tokens: usize,
+    /// Microseconds the router spent choosing the worker, where it says (locus's
+    /// `x-locus-route-us`).
+    pub route_us: Option<u64>,
     /// Why it failed, if it did.
     pub error: Option<String>,
 }
@@ -113,14 +131,31 @@ pub struct Report {
     pub warm: bool,
     /// Requests in each pass.
     pub requests: usize,
+    /// Workers behind the router.
+    pub workers: usize,
     /// The best a single unbounded cache could do on the sequence.
     pub oracle: Oracle,
-    /// Wall time of each measured pass, seconds, by policy (same order as `policies`).
-    pub pass_seconds: Vec<f64>,
-    /// Policies, in the order run.
+    /// Every measured pass, in the order run.
+    pub passes: Vec<Pass>,
+    /// Policies, in the order given.
     pub policies: Vec<String>,
+    /// Offered rates, in the order swept (empty: closed loop).
+    pub rates: Vec<f64>,
     /// Every request of every measured pass.
     pub records: Vec<Record>,
+}
+
+/// One measured pass: a policy at a rate in a round.
+#[derive(Debug, Clone, Serialize)]
+pub struct Pass {
+    /// The policy.
+    pub policy: String,
+    /// Offered rate, requests/s.
+    pub rate: Option<f64>,
+    /// Round, from 0.
+    pub round: usize,
+    /// Wall time of the pass, seconds.
+    pub seconds: f64,
 }
 
 fn sequence(opts: &BenchOptions) -> anyhow::Result<Vec<BenchRequest>> {
@@ -132,44 +167,83 @@ fn sequence(opts: &BenchOptions) -> anyhow::Result<Vec<BenchRequest>> {
     Ok(base.iter().cycle().take(n).cloned().collect())
 }
 
-/// Runs every policy over the same sequence and returns the report.
+/// Runs every policy over the same sequence (at every rate, for every round) and returns
+/// the report.
 pub async fn run(target: &Target, opts: &BenchOptions) -> anyhow::Result<Report> {
     let seq = Arc::new(sequence(opts)?);
+    if target.admin.is_none() && opts.policies.len() != 1 {
+        bail!("a router without locus's admin API cannot swap policies: give one name");
+    }
+    let workers = match (&target.admin, target.workers.is_empty()) {
+        (Some(admin), true) => AdminClient::new(target.token.clone())
+            .workers(admin)
+            .await
+            .context("listing the router's workers")?
+            .into_iter()
+            .map(|w| w.url)
+            .collect(),
+        _ => target.workers.clone(),
+    };
     let http = reqwest::Client::builder().timeout(Duration::from_secs(600)).build()?;
+    let rates: Vec<Option<f64>> = if opts.rates.is_empty() {
+        vec![None]
+    } else {
+        opts.rates.iter().map(|r| Some(*r)).collect()
+    };
     let mut records = Vec::new();
-    let mut pass_seconds = Vec::new();
-    for policy in &opts.policies {
-        swap(target, policy).await.with_context(|| format!("swapping in {policy}"))?;
-        flush(target).await.context("flushing the workers' caches")?;
-        if opts.warm {
-            send_all(&http, target, &seq, opts, policy, "warm-up").await;
+    let mut passes = Vec::new();
+    for &rate in &rates {
+        for round in 0..opts.rounds.max(1) {
+            let n = opts.policies.len();
+            for k in 0..n {
+                let policy = &opts.policies[(k + round) % n];
+                if let Some(admin) = &target.admin {
+                    AdminClient::new(target.token.clone())
+                        .swap_router_policy(admin, policy, &[])
+                        .await
+                        .with_context(|| format!("swapping in {policy}"))?;
+                }
+                flush(target, &workers).await.context("flushing the workers' caches")?;
+                let pass = PassSpec { policy, rate, round };
+                if opts.warm {
+                    send_all(&http, target, &seq, opts, &pass, "warm-up").await;
+                }
+                let t = Instant::now();
+                records.extend(send_all(&http, target, &seq, opts, &pass, "measure").await);
+                passes.push(Pass {
+                    policy: policy.clone(),
+                    rate,
+                    round,
+                    seconds: t.elapsed().as_secs_f64(),
+                });
+            }
         }
-        let t = Instant::now();
-        let pass = send_all(&http, target, &seq, opts, policy, "measure").await;
-        pass_seconds.push(t.elapsed().as_secs_f64());
-        records.extend(pass);
     }
     Ok(Report {
         workload: format!("{:?}", opts.workload),
         seed: opts.seed,
         warm: opts.warm,
         requests: seq.len(),
+        workers: workers.len(),
         oracle: oracle(&seq),
-        pass_seconds,
+        passes,
         policies: opts.policies.clone(),
+        rates: opts.rates.clone(),
         records,
     })
 }
 
-async fn swap(target: &Target, policy: &str) -> anyhow::Result<()> {
-    AdminClient::new(target.token.clone()).swap_router_policy(&target.admin, policy, &[]).await?;
-    Ok(())
+/// What a pass is: its policy, rate and round.
+struct PassSpec<'a> {
+    policy: &'a str,
+    rate: Option<f64>,
+    round: usize,
 }
 
-async fn flush(target: &Target) -> anyhow::Result<()> {
+async fn flush(target: &Target, workers: &[String]) -> anyhow::Result<()> {
     let admin = AdminClient::new(target.token.clone());
-    for w in admin.workers(&target.admin).await? {
-        admin.flush(&w.url).await?;
+    for w in workers {
+        admin.flush(w).await?;
     }
     Ok(())
 }
@@ -179,9 +253,10 @@ async fn send_all(
     target: &Target,
     seq: &Arc<Vec<BenchRequest>>,
     opts: &BenchOptions,
-    policy: &str,
+    pass: &PassSpec<'_>,
     phase: &str,
 ) -> Vec<Record> {
+    let policy = pass.policy;
     let bar = if opts.progress {
         let b = indicatif::ProgressBar::new(seq.len() as u64);
         b.set_style(
@@ -189,17 +264,23 @@ async fn send_all(
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
                 .progress_chars("=> "),
         );
-        b.set_message(format!("{policy} {phase}"));
+        b.set_message(match pass.rate {
+            Some(r) => format!("{policy} {r}/s #{} {phase}", pass.round + 1),
+            None => format!("{policy} #{} {phase}", pass.round + 1),
+        });
         b
     } else {
         indicatif::ProgressBar::hidden()
     };
     let start = Instant::now();
-    let scheduled = seq.iter().any(|r| r.at_ms.is_some()) || opts.rate.is_some();
-    let times = Arc::new(match opts.rate {
-        Some(r) if r > 0.0 => arrival_times(seq.len(), r, opts.arrivals, opts.seed),
+    let scheduled = seq.iter().any(|r| r.at_ms.is_some()) || pass.rate.is_some();
+    // Each round draws its own arrivals, the same for every policy of the round.
+    let arrival_seed = opts.seed.wrapping_add(pass.round as u64);
+    let times = Arc::new(match pass.rate {
+        Some(r) if r > 0.0 => arrival_times(seq.len(), r, opts.arrivals, arrival_seed),
         _ => Vec::new(),
     });
+    let (rate, round) = (pass.rate, pass.round);
     let one = |i: usize| {
         let (http, target, seq, policy, bar) =
             (http.clone(), target.clone(), seq.clone(), policy.to_string(), bar.clone());
@@ -212,7 +293,8 @@ async fn send_all(
             if let Some(at) = at {
                 tokio::time::sleep_until((start + at).into()).await;
             }
-            let rec = send(&http, &target, &seq[i], i, &policy).await;
+            let mut rec = send(&http, &target, &seq[i], i, &policy).await;
+            (rec.rate, rec.round) = (rate, round);
             bar.inc(1);
             rec
         }
@@ -237,6 +319,8 @@ async fn send(
     let mut rec = Record {
         index,
         policy: policy.to_string(),
+        rate: None,
+        round: 0,
         status: 0,
         latency_ms: 0.0,
         ttft_ms: None,
@@ -244,12 +328,19 @@ async fn send(
         cache_hit: false,
         cached_tokens: 0,
         prompt_tokens: 0,
+        completion_tokens: 0,
+        route_us: None,
         error: None,
     };
     let t = Instant::now();
-    let body = json!({"prompt": r.prompt, "max_tokens": r.max_tokens, "temperature": 0,
-        "stream": true, "stream_options": {"include_usage": true}});
-    let resp = http.post(format!("{}/v1/completions", target.router)).json(&body).send().await;
+    // `model` because SGLang's router refuses a completion without one (locus ignores it).
+    let body = json!({"model": "locus", "prompt": r.prompt, "max_tokens": r.max_tokens,
+        "temperature": 0, "stream": true, "stream_options": {"include_usage": true}});
+    let mut post = http.post(format!("{}/v1/completions", target.router)).json(&body);
+    if let Some(s) = &r.session {
+        post = post.header(crate::router::DEFAULT_SESSION_HEADER, s);
+    }
+    let resp = post.send().await;
     let resp = match resp {
         Ok(x) => x,
         Err(e) => {
@@ -259,6 +350,8 @@ async fn send(
         }
     };
     rec.status = resp.status().as_u16();
+    rec.route_us =
+        resp.headers().get(crate::router::ROUTE_US).and_then(|v| v.to_str().ok()?.parse().ok());
     if !resp.status().is_success() {
         rec.error = Some(resp.text().await.unwrap_or_default());
         rec.latency_ms = t.elapsed().as_secs_f64() * 1e3;
@@ -290,6 +383,9 @@ async fn send(
                 }
                 if c.meta_info.is_some() {
                     meta = c.meta_info;
+                }
+                if let Some(u) = c.usage {
+                    rec.completion_tokens = u.completion_tokens;
                 }
             }
         }

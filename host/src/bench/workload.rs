@@ -25,6 +25,8 @@ pub struct BenchRequest {
     pub max_tokens: u32,
     /// The group (shared prefix) or user (conversation) it belongs to.
     pub group: usize,
+    /// The conversation it continues, sent as the router's session header.
+    pub session: Option<String>,
 }
 
 /// A workload and its shape.
@@ -272,7 +274,8 @@ fn rng_for(seed: u64, stream: u64) -> StdRng {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error(
     "unknown workload `{0}`: use seed, shared-prefix, multi-turn, trace:FILE or \
-     tenants[:tenants=24,system=512,question=32,output=16,zipf=1.1,requests=240]"
+     tenants[:tenants=24,system=512,question=32,output=16,zipf=1.1,requests=240] or \
+     multi-turn[:users=8,rounds=4,question=32,output=16]"
 )]
 pub struct UnknownWorkload(pub String);
 
@@ -286,14 +289,34 @@ impl Workload {
         match s {
             "seed" => Ok(Self::Seed),
             "shared-prefix" => Ok(Self::shared_prefix_default()),
-            "multi-turn" => Ok(Self::MultiTurn { users: 8, rounds: 4, question: 32, output: 16 }),
+            "multi-turn" => Self::multi_turn(""),
             "tenants" => Self::tenants(""),
-            _ => match (s.strip_prefix("trace:"), s.strip_prefix("tenants:")) {
-                (Some(p), _) if !p.is_empty() => Ok(Self::Trace(PathBuf::from(p))),
-                (_, Some(shape)) => Self::tenants(shape),
+            _ => match (s.split_once(':'), s.strip_prefix("trace:")) {
+                (_, Some(p)) if !p.is_empty() => Ok(Self::Trace(PathBuf::from(p))),
+                (Some(("tenants", shape)), _) => Self::tenants(shape),
+                (Some(("multi-turn", shape)), _) => Self::multi_turn(shape),
                 _ => Err(UnknownWorkload(s.to_string())),
             },
         }
+    }
+
+    /// Conversations, each request sent with its user's session: `key=value` pairs over
+    /// the defaults 8 users, 4 rounds, 32-token questions, 16-token answers.
+    fn multi_turn(shape: &str) -> Result<Self, UnknownWorkload> {
+        let bad = || UnknownWorkload(format!("multi-turn:{shape}"));
+        let (mut users, mut rounds, mut question, mut output) = (8usize, 4usize, 32usize, 16u32);
+        for kv in shape.split(',').filter(|p| !p.is_empty()) {
+            let (k, v) = kv.split_once('=').ok_or_else(bad)?;
+            let n = v.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(bad)?;
+            match k {
+                "users" => users = n,
+                "rounds" => rounds = n,
+                "question" => question = n,
+                "output" => output = u32::try_from(n).map_err(|_| bad())?,
+                _ => return Err(bad()),
+            }
+        }
+        Ok(Self::MultiTurn { users, rounds, question, output })
     }
 
     /// Many tenants, each with its own system prompt, whose popularity follows Zipf(alpha)
@@ -358,6 +381,7 @@ impl Workload {
                         prompt: phrases[i % 2].to_string(),
                         max_tokens: 16,
                         group: i % 2,
+                        session: None,
                     })
                     .collect()
             }
@@ -393,6 +417,7 @@ impl Workload {
                         prompt: format!("{}{}", systems[g], text(&mut rng, *question)),
                         max_tokens: *output,
                         group: g,
+                        session: None,
                     })
                     .collect()
             }
@@ -410,6 +435,7 @@ impl Workload {
                             prompt: history[u].clone(),
                             max_tokens: *output,
                             group: u,
+                            session: Some(format!("user-{u}")),
                         });
                         // A stand-in for the answer, so the next turn's prompt grows by it.
                         history[u].push_str(&text(&mut rng, *output as usize));
@@ -460,6 +486,7 @@ fn read_trace(path: &Path, seed: u64) -> Result<Vec<BenchRequest>, String> {
             prompt,
             max_tokens: r.max_tokens,
             group,
+            session: None,
         });
     }
     Ok(out)

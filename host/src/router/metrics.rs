@@ -16,6 +16,8 @@ pub(super) struct Metrics {
     pub policy_info: IntGaugeVec,
     pub kv_events: IntCounterVec,
     pub kv_event_lag: Histogram,
+    /// Time to a routing decision: tokenizing, block hashes and the policy's call.
+    pub route: Histogram,
     pub kv_blocks: IntGauge,
     pub outcomes: IntCounterVec,
 }
@@ -66,6 +68,14 @@ impl Metrics {
             .buckets(prometheus::exponential_buckets(0.0001, 2.0, 16).unwrap()),
         )
         .unwrap();
+        let route = Histogram::with_opts(
+            HistogramOpts::new(
+                "locus_router_route_seconds",
+                "Time to a routing decision per attempt: tokenizing, block hashes, policy call",
+            )
+            .buckets(prometheus::exponential_buckets(0.000_001, 2.0, 20).unwrap()),
+        )
+        .unwrap();
         let kv_blocks =
             IntGauge::new("locus_router_kv_blocks", "Prefix blocks the router knows workers hold")
                 .unwrap();
@@ -87,6 +97,7 @@ impl Metrics {
             Box::new(policy_info.clone()),
             Box::new(kv_events.clone()),
             Box::new(kv_event_lag.clone()),
+            Box::new(route.clone()),
             Box::new(kv_blocks.clone()),
             Box::new(outcomes.clone()),
         ]);
@@ -101,6 +112,7 @@ impl Metrics {
             policy_info,
             kv_events,
             kv_event_lag,
+            route,
             kv_blocks,
             outcomes,
         }

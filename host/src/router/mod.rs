@@ -27,7 +27,7 @@ use axum::routing::{get, post};
 use tokio::net::TcpListener;
 
 pub use admin::admin_router;
-pub use proxy::ROUTING_PROMPT_BYTES;
+pub use proxy::{ROUTE_US, ROUTING_PROMPT_BYTES};
 pub use registry::{Backend, BackendInfo, Registry, Reported, worker_id};
 pub use tokens::PromptTokens;
 
@@ -97,13 +97,17 @@ impl Default for RouterOptions {
             load_interval: Duration::from_millis(200),
             kv_events: true,
             worker_token: None,
-            session_header: "x-session-id".into(),
+            session_header: DEFAULT_SESSION_HEADER.into(),
         }
     }
 }
 
 /// Default of [`RouterOptions::route_tokens`]: distilgpt2's whole context, 64 blocks.
 pub const DEFAULT_ROUTE_TOKENS: usize = 1024;
+
+/// The request header whose value is a policy's session key unless `--session-header`
+/// names another.
+pub const DEFAULT_SESSION_HEADER: &str = "x-session-id";
 
 /// The last completions told to the policy, for `GET /admin/feedback`: what the policy
 /// saw, readable by an operator (and by tests).

@@ -19,6 +19,11 @@ use crate::policy::{Completion, Outcome, Request, Workers};
 /// Prompts longer than this are shown to the policy by their leading part only.
 pub const ROUTING_PROMPT_BYTES: usize = 8192;
 
+/// Response header with the microseconds the router spent choosing the worker (tokenizing,
+/// block hashes and policy calls, over all attempts), so a client can tell routing cost
+/// from serving cost.
+pub const ROUTE_US: &str = "x-locus-route-us";
+
 impl Gateway {
     /// What the policy is told about `candidates`: live in-flight counts and each one's
     /// last load report.
@@ -79,9 +84,16 @@ impl Gateway {
         }
         let mut candidates = self.registry.healthy();
         let mut last_error = None;
+        // The first attempt's routing time includes tokenizing; retries add only theirs.
+        let mut route_from = started;
+        let mut route_us = 0u64;
         for attempt in 0..=self.options.max_retries {
             let ws = Self::view(&candidates);
-            let Some(decision) = self.policy.route(&req, &ws) else { break };
+            let decided = self.policy.route(&req, &ws);
+            let spent = route_from.elapsed();
+            self.metrics.route.observe(spent.as_secs_f64());
+            route_us += spent.as_micros() as u64;
+            let Some(decision) = decided else { break };
             if decision.fault.is_some() {
                 self.metrics.fallbacks.inc();
             }
@@ -93,7 +105,7 @@ impl Gateway {
             let guard = backend.begin();
             let mut done = Completion::new(req.id, backend.id, Outcome::Failed);
             done.attempt = attempt as u32;
-            let mut pending = Attempt { gw: self, done, started, open: true };
+            let mut pending = Attempt { gw: self, done, started, route_us, open: true };
             let sent = self
                 .client
                 .post(format!("{}{}", backend.url, endpoint.path()))
@@ -127,6 +139,7 @@ impl Gateway {
             }
             drop(guard);
             pending.end(false);
+            route_from = Instant::now();
         }
         self.metrics.requests.with_label_values(&[endpoint.name(), "503"]).inc();
         let msg = match last_error {
@@ -162,6 +175,7 @@ impl Gateway {
             builder = builder.header(header::RETRY_AFTER, retry);
         }
         builder = builder.header("x-locus-worker", guard.0.url.as_str());
+        builder = builder.header(ROUTE_US, attempt.route_us);
         if is_stream {
             let url = guard.0.url.clone();
             let stream_done = StreamDone {
@@ -248,6 +262,8 @@ struct Attempt<'a> {
     gw: &'a Gateway,
     done: Completion,
     started: Instant,
+    /// Microseconds this request has spent being routed so far.
+    route_us: u64,
     open: bool,
 }
 
