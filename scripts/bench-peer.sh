@@ -36,16 +36,28 @@ HTTPS_PROXY=http://127.0.0.1:9 NO_PROXY=127.0.0.1,localhost HF_HUB_OFFLINE=1 \
   "$BIN/python" -m sglang_router.launch_router --host 127.0.0.1 --port 18120 \
   --policy cache_aware --prometheus-port 18129 --worker-urls "${urls[@]}" >"$OUT.sglang.log" 2>&1 &
 
-wait_up() { for _ in $(seq 120); do curl -sf "$1" >/dev/null && return; sleep 0.5; done; echo "$1 did not come up" >&2; exit 1; }
+wait_up() { for _ in $(seq 120); do curl --noproxy '*' -sf "$1" >/dev/null && return; sleep 0.5; done; echo "$1 did not come up" >&2; exit 1; }
 for u in "${urls[@]}"; do wait_up "$u/health"; done
 wait_up http://127.0.0.1:18100/health
 wait_up http://127.0.0.1:18120/health
 
-for round in $(seq "$ROUNDS"); do
+# Both routers stay up throughout (locus polls /load and follows /kv_events, sglang-router
+# health-checks): each pass runs beside the other router's background traffic.
+bench_locus() {
   LOCUS_ADMIN_TOKEN=$TOKEN "$LOCUS" bench --router http://127.0.0.1:18100 \
     --admin http://127.0.0.1:18110 --policies prefix-aware --workload "$WORKLOAD" \
-    --rate "$RATE" --seed "$round" --out "$OUT/$round-locus" "$@"
+    --rate "$RATE" --seed "$1" --out "$OUT/$1-locus" "${@:2}"
+}
+bench_sglang() {
   LOCUS_ADMIN_TOKEN=$TOKEN "$LOCUS" bench --router http://127.0.0.1:18120 --workers "$LIST" \
-    --label sglang-cache-aware --workload "$WORKLOAD" --rate "$RATE" --seed "$round" \
-    --out "$OUT/$round-sglang" "$@"
+    --label sglang-cache-aware --workload "$WORKLOAD" --rate "$RATE" --seed "$1" \
+    --out "$OUT/$1-sglang" "${@:2}"
+}
+# The two take turns going first, so drift hits both alike.
+for round in $(seq "$ROUNDS"); do
+  if (( round % 2 )); then
+    bench_locus "$round" "$@"; bench_sglang "$round" "$@"
+  else
+    bench_sglang "$round" "$@"; bench_locus "$round" "$@"
+  fi
 done

@@ -119,9 +119,10 @@ pub struct ModelArgs {
 }
 
 fn positive_rate(s: &str) -> Result<f64, String> {
+    let min = locus::bench::run::MIN_RATE;
     match s.parse::<f64>() {
-        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
-        _ => Err(format!("`{s}` is not a positive number of requests per second")),
+        Ok(r) if r.is_finite() && r >= min => Ok(r),
+        _ => Err(format!("`{s}` is not a number of requests per second of at least {min}")),
     }
 }
 
@@ -410,7 +411,7 @@ pub struct BenchArgs {
     #[arg(long, conflicts_with = "router")]
     pub in_process: bool,
     /// Compute threads of each spawned worker process (its RAYON_NUM_THREADS).
-    #[arg(long, default_value_t = 1, conflicts_with_all = ["router", "in_process"])]
+    #[arg(long, default_value_t = 1, conflicts_with_all = ["router", "in_process"], value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
     pub compute_threads: usize,
     /// seed, shared-prefix (8 groups x 16 prompts, system 256, question 32, output 16),
     /// multi-turn (8 users x 4 rounds), trace:FILE (JSONL), or tenants[:k=v,...] (Zipf
@@ -418,10 +419,11 @@ pub struct BenchArgs {
     /// question (32), output (16), zipf (1.1; 0 uniform), requests (240)).
     #[arg(long, default_value = "seed")]
     pub workload: String,
-    /// Routing policies to compare, comma-separated (built-ins or .wasm files).
-    #[arg(long, value_delimiter = ',', default_value = "random,hash")]
+    /// Routing policies to compare, comma-separated (built-ins or .wasm files); default
+    /// random,hash. Needs a locus router (spawned, or --admin).
+    #[arg(long, value_delimiter = ',')]
     pub policies: Vec<String>,
-    /// Requests per policy (default: the workload's length).
+    /// Requests per pass (default: the workload's length).
     #[arg(long)]
     pub requests: Option<usize>,
     /// Requests in flight at once.

@@ -204,7 +204,14 @@ async fn bench(a: BenchArgs) -> anyhow::Result<()> {
             }
         }
     };
-    let policies = if target.admin.is_some() { a.policies.clone() } else { vec![a.label.clone()] };
+    let policies = match (&target.admin, a.policies.is_empty()) {
+        (None, true) => vec![a.label.clone()],
+        (None, false) => anyhow::bail!(
+            "--policies needs locus's admin API (--admin); another router is benched as it serves, under --label"
+        ),
+        (Some(_), true) => vec!["random".into(), "hash".into()],
+        (Some(_), false) => a.policies.clone(),
+    };
     if target.admin.is_none() && target.workers.is_empty() {
         eprintln!(
             "note: no --admin or --workers, so the workers' caches are not flushed between passes"

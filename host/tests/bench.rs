@@ -280,6 +280,47 @@ async fn an_end_to_end_bench_writes_its_report_and_its_totals_match_the_records(
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Options that cannot describe a run are refused before any request is sent.
+#[tokio::test]
+async fn a_bench_refuses_rates_it_cannot_keep() {
+    use locus::bench::{BenchOptions, Target, run};
+    let target = Target {
+        router: "http://127.0.0.1:9".into(),
+        admin: Some("http://127.0.0.1:9".into()),
+        token: None,
+        workers: Vec::new(),
+    };
+    let opts = |workload: Workload, rates: Vec<f64>| BenchOptions {
+        workload,
+        policies: vec!["hash".into()],
+        requests: None,
+        concurrency: 1,
+        rates,
+        rounds: 1,
+        arrivals: locus::bench::Arrivals::Poisson,
+        seed: 0,
+        warm: false,
+        progress: false,
+    };
+    let e = run(&target, &opts(Workload::Seed, vec![2.0, 2.0])).await.unwrap_err();
+    assert!(e.to_string().contains("rate 2 is given twice"), "{e}");
+    let e = run(&target, &opts(Workload::Seed, vec![1e-20])).await.unwrap_err();
+    assert!(e.to_string().contains("at least 0.001"), "{e}");
+    let trace = std::env::temp_dir().join(format!("locus-trace-{}.jsonl", std::process::id()));
+    std::fs::write(&trace, "{\"timestamp_ms\": 0, \"prompt\": \"hi\", \"max_tokens\": 1}\n")
+        .unwrap();
+    let e = run(&target, &opts(Workload::Trace(trace.clone()), vec![1.0])).await.unwrap_err();
+    assert!(e.to_string().contains("own schedule"), "{e}");
+    let _ = std::fs::remove_file(&trace);
+    // And from the command line: policies need locus's admin API.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_locus"))
+        .args(["bench", "--router", "http://127.0.0.1:9", "--policies", "hash"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--policies needs"), "{err}");
+}
+
 /// `locus bench` as a user runs it: worker processes with one compute thread each, a
 /// rate sweep, multi-turn sessions; the report's files and figures are checked.
 #[test]

@@ -37,7 +37,8 @@ pub struct Summary {
     pub ttft_p90_ms: f64,
     /// 99th percentile time to first token.
     pub ttft_p99_ms: f64,
-    /// Median time per output token after the first, ms (requests with two or more).
+    /// Median time per output token after the first, ms (generated answers of two or more
+    /// tokens; response-cache hits are left out).
     pub tpot_p50_ms: Option<f64>,
     /// Answered requests per second of the passes' wall time.
     pub throughput_rps: f64,
@@ -47,7 +48,8 @@ pub struct Summary {
     pub prefix_token_hit_rate: f64,
     /// Requests on the busiest worker.
     pub max_per_worker: usize,
-    /// Requests per worker, over all the workers behind the router.
+    /// Requests per worker, over all the workers behind the router (over those that served
+    /// any when their number is unknown).
     pub mean_per_worker: f64,
     /// Median routing time per request, µs, where the router reports it.
     pub route_p50_us: Option<f64>,
@@ -94,8 +96,9 @@ pub fn summarize(report: &Report) -> Vec<Summary> {
             let lat = sorted(ok.iter().map(|r| r.latency_ms).collect());
             let ttft = sorted(ok.iter().filter_map(|r| r.ttft_ms).collect());
             let tpot = sorted(
+                // A response-cache hit arrives whole: it has no time per token.
                 ok.iter()
-                    .filter(|r| r.completion_tokens >= 2)
+                    .filter(|r| r.completion_tokens >= 2 && !r.cache_hit)
                     .filter_map(|r| {
                         Some((r.latency_ms - r.ttft_ms?) / (r.completion_tokens - 1) as f64)
                     })
@@ -229,7 +232,7 @@ pub fn write(report: &Report, dir: &Path) -> anyhow::Result<Vec<Summary>> {
     let _ = writeln!(md, "# locus bench\n");
     let _ = writeln!(
         md,
-        "Workload `{}`, seed {}, {} workers, {} requests per pass, {} round(s) with the policies in turn, caches flushed before each pass, {}.\n",
+        "Workload `{}`, seed {}, {} workers (0: not known), {} requests per pass, {} round(s) with the policies in turn, caches flushed before each pass, {}.\n",
         report.workload,
         report.seed,
         report.workers,
@@ -254,7 +257,7 @@ fn chart(report: &Report, _summaries: &[Summary], path: &Path) -> anyhow::Result
     let (left, right) = root.split_horizontally(600);
     let max_ms = report.records.iter().map(|r| r.latency_ms).fold(1.0, f64::max);
     let mut cdf = ChartBuilder::on(&left)
-        .caption("latency CDF", ("sans-serif", 18))
+        .caption("latency CDF (all rates and rounds)", ("sans-serif", 18))
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(44)

@@ -1,5 +1,6 @@
-//! Drives a router through its admin API: for each policy, swap it in, flush the workers'
-//! caches, optionally warm up, then send the workload and record every request.
+//! Drives a router: for each rate, round and policy, swap the policy in (through locus's
+//! admin API; another router serves as it is), flush the workers' caches, optionally warm
+//! up, then send the workload and record every request.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -57,6 +58,9 @@ pub struct BenchOptions {
     /// Show a progress bar.
     pub progress: bool,
 }
+
+/// The lowest offered rate, requests/s (one request every ~17 minutes).
+pub const MIN_RATE: f64 = 0.001;
 
 /// The spacing of open-loop arrivals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -173,6 +177,17 @@ pub async fn run(target: &Target, opts: &BenchOptions) -> anyhow::Result<Report>
     let seq = Arc::new(sequence(opts)?);
     if target.admin.is_none() && opts.policies.len() != 1 {
         bail!("a router without locus's admin API cannot swap policies: give one name");
+    }
+    if !opts.rates.is_empty() && seq.iter().any(|r| r.at_ms.is_some()) {
+        bail!("a trace sends on its own schedule: drop --rate");
+    }
+    if let Some(r) = opts.rates.iter().find(|r| !(r.is_finite() && **r >= MIN_RATE)) {
+        bail!("rate {r} is not a number of requests/s of at least {MIN_RATE}");
+    }
+    for (i, r) in opts.rates.iter().enumerate() {
+        if opts.rates[..i].contains(r) {
+            bail!("rate {r} is given twice");
+        }
     }
     let workers = match (&target.admin, target.workers.is_empty()) {
         (Some(admin), true) => AdminClient::new(target.token.clone())
