@@ -445,7 +445,9 @@ pub struct BenchArgs {
     /// Workload seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Send the workload once, unrecorded, before each measured pass.
+    /// Send an unrecorded warm-up pass before each measured pass: for shared-prefix and
+    /// tenants the same system prompts with other questions (steady state: the prefixes
+    /// are cached, the answers are not); for the other workloads a repeat of the sequence.
     #[arg(long)]
     pub warm: bool,
     /// Where the report files go.

@@ -229,7 +229,14 @@ async fn bench(a: BenchArgs) -> anyhow::Result<()> {
         warm: a.warm,
         progress: true,
     };
-    let report = bench::run(&target, &opts).await?;
+    // Stopped by a signal, the run returns, so what it started (worker processes) is
+    // dropped and stopped rather than left behind.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let report = tokio::select! {
+        r = bench::run(&target, &opts) => r?,
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
+        _ = term.recv() => anyhow::bail!("terminated"),
+    };
     let summaries = bench::report::write(&report, &a.out)?;
     println!("{}", bench::report::table(&report, &summaries));
     println!(

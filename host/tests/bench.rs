@@ -154,6 +154,20 @@ fn tenants_are_zipf_popular_and_their_shape_is_set_on_the_command_line() {
 }
 
 #[test]
+fn a_tenants_warm_up_shares_the_system_prompts_but_no_prompt() {
+    let w = Workload::parse("tenants:tenants=4,system=32,question=8,requests=40").unwrap();
+    let (seq, warm) = (w.generate(3).unwrap(), w.warm_up(3).unwrap());
+    assert_eq!(seq.len(), warm.len());
+    let system = |r: &BenchRequest| tokens(&r.prompt)[..32].to_vec();
+    let systems: std::collections::BTreeSet<_> = seq.iter().map(system).collect();
+    assert_eq!(systems.len(), 4);
+    assert!(warm.iter().all(|r| systems.contains(&system(r))), "same tenants");
+    assert!(warm.iter().all(|r| !seq.iter().any(|q| q.prompt == r.prompt)), "no repeats");
+    // Workloads without shared prefixes warm up with their own sequence.
+    assert_eq!(Workload::Seed.warm_up(3).unwrap(), Workload::Seed.generate(3).unwrap());
+}
+
+#[test]
 fn poisson_arrivals_are_seeded_and_average_the_rate() {
     use locus::bench::{Arrivals, arrival_times};
     let t = arrival_times(20_000, 50.0, Arrivals::Poisson, 7);

@@ -162,8 +162,10 @@ pub struct Pass {
     pub seconds: f64,
 }
 
-fn sequence(opts: &BenchOptions) -> anyhow::Result<Vec<BenchRequest>> {
-    let base = opts.workload.generate(opts.seed).map_err(anyhow::Error::msg)?;
+fn sequence(opts: &BenchOptions, warm_up: bool) -> anyhow::Result<Vec<BenchRequest>> {
+    let base =
+        if warm_up { opts.workload.warm_up(opts.seed) } else { opts.workload.generate(opts.seed) };
+    let base = base.map_err(anyhow::Error::msg)?;
     if base.is_empty() {
         bail!("the workload has no requests");
     }
@@ -174,7 +176,8 @@ fn sequence(opts: &BenchOptions) -> anyhow::Result<Vec<BenchRequest>> {
 /// Runs every policy over the same sequence (at every rate, for every round) and returns
 /// the report.
 pub async fn run(target: &Target, opts: &BenchOptions) -> anyhow::Result<Report> {
-    let seq = Arc::new(sequence(opts)?);
+    let seq = Arc::new(sequence(opts, false)?);
+    let warm_seq = Arc::new(if opts.warm { sequence(opts, true)? } else { Vec::new() });
     if target.admin.is_none() && opts.policies.len() != 1 {
         bail!("a router without locus's admin API cannot swap policies: give one name");
     }
@@ -221,7 +224,7 @@ pub async fn run(target: &Target, opts: &BenchOptions) -> anyhow::Result<Report>
                 flush(target, &workers).await.context("flushing the workers' caches")?;
                 let pass = PassSpec { policy, rate, round };
                 if opts.warm {
-                    send_all(&http, target, &seq, opts, &pass, "warm-up").await;
+                    send_all(&http, target, &warm_seq, opts, &pass, "warm-up").await;
                 }
                 let t = Instant::now();
                 records.extend(send_all(&http, target, &seq, opts, &pass, "measure").await);

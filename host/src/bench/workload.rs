@@ -372,6 +372,20 @@ impl Workload {
 
     /// The request sequence for `seed`.
     pub fn generate(&self, seed: u64) -> Result<Vec<BenchRequest>, String> {
+        self.generate_drawn(seed, seed)
+    }
+
+    /// The requests of a warm-up pass before the sequence of `seed`: for shared prefixes
+    /// and tenants, the same system prompts with other questions and popularity draws (so
+    /// the measured pass finds the prefixes, not its own answers, cached); for the other
+    /// workloads the sequence itself (the seed table's "warm" is a repeat).
+    pub fn warm_up(&self, seed: u64) -> Result<Vec<BenchRequest>, String> {
+        self.generate_drawn(seed, seed ^ 0x5741_524D_5550_0000)
+    }
+
+    /// The sequence whose shared prefixes come from `seed` and, for shared prefixes, whose
+    /// draws (order, popularity, questions) come from `draws`.
+    fn generate_drawn(&self, seed: u64, draws: u64) -> Result<Vec<BenchRequest>, String> {
         Ok(match self {
             Self::Seed => {
                 let phrases = ["What is the capital of France?", "Explain cache-aware routing."];
@@ -388,7 +402,7 @@ impl Workload {
             Self::SharedPrefix { groups, per_group, system, question, output, zipf } => {
                 let systems: Vec<String> =
                     (0..*groups).map(|g| text(&mut rng_for(seed, g as u64), *system)).collect();
-                let mut rng = rng_for(seed, u64::MAX);
+                let mut rng = rng_for(draws, u64::MAX);
                 let mut picks: Vec<usize> = match zipf {
                     None => (0..*groups).flat_map(|g| std::iter::repeat_n(g, *per_group)).collect(),
                     Some(alpha) => {
