@@ -419,8 +419,9 @@ pub struct BenchArgs {
     /// question (32), output (16), zipf (1.1; 0 uniform), requests (240)).
     #[arg(long, default_value = "seed")]
     pub workload: String,
-    /// Routing policies to compare, comma-separated (built-ins or .wasm files); default
-    /// random,hash. Needs a locus router (spawned, or --admin).
+    /// Routing policies to compare, comma-separated (built-ins or .wasm files), each with
+    /// optional settings as `NAME:key=value:key=value` (e.g. `prefix-aware:load-weight=8`);
+    /// default random,hash. Needs a locus router (spawned, or --admin).
     #[arg(long, value_delimiter = ',')]
     pub policies: Vec<String>,
     /// Requests per pass (default: the workload's length).

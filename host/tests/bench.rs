@@ -168,6 +168,18 @@ fn a_tenants_warm_up_shares_the_system_prompts_but_no_prompt() {
 }
 
 #[test]
+fn a_policy_is_named_with_its_settings() {
+    use locus::bench::policy_with_settings;
+    let (name, settings) = policy_with_settings("prefix-aware:load-weight=8:seed=3").unwrap();
+    assert_eq!(name, "prefix-aware");
+    let want = [("load-weight", "8"), ("seed", "3")].map(|(k, v)| (k.to_string(), v.to_string()));
+    assert_eq!(settings, want);
+    assert_eq!(policy_with_settings("/tmp/a:b.wasm").unwrap(), ("/tmp/a:b.wasm", vec![]));
+    let e = policy_with_settings("prefix-aware:load-weight=8:oops").unwrap_err();
+    assert!(format!("{e:#}").contains("prefix-aware:load-weight=8:oops"), "{e:#}");
+}
+
+#[test]
 fn poisson_arrivals_are_seeded_and_average_the_rate() {
     use locus::bench::{Arrivals, arrival_times};
     let t = arrival_times(20_000, 50.0, Arrivals::Poisson, 7);

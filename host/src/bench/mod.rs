@@ -9,5 +9,7 @@ pub mod workload;
 
 pub use oracle::{Oracle, oracle};
 pub use report::{Summary, summarize, sustained};
-pub use run::{Arrivals, BenchOptions, Pass, Record, Report, Target, arrival_times, run};
+pub use run::{
+    Arrivals, BenchOptions, Pass, Record, Report, Target, arrival_times, policy_with_settings, run,
+};
 pub use workload::{BenchRequest, UnknownWorkload, Workload};

@@ -216,8 +216,9 @@ pub async fn run(target: &Target, opts: &BenchOptions) -> anyhow::Result<Report>
             for k in 0..n {
                 let policy = &opts.policies[(k + round) % n];
                 if let Some(admin) = &target.admin {
+                    let (name, settings) = policy_with_settings(policy)?;
                     AdminClient::new(target.token.clone())
-                        .swap_router_policy(admin, policy, &[])
+                        .swap_router_policy(admin, name, &settings)
                         .await
                         .with_context(|| format!("swapping in {policy}"))?;
                 }
@@ -249,6 +250,23 @@ pub async fn run(target: &Target, opts: &BenchOptions) -> anyhow::Result<Report>
         rates: opts.rates.clone(),
         records,
     })
+}
+
+/// Splits `NAME:key=value:key=value` (a policy with settings, so one run can compare a
+/// policy's settings side by side) into the policy and its settings. A name with a colon
+/// but no `=` after it (a path) is taken whole.
+pub fn policy_with_settings(spec: &str) -> anyhow::Result<(&str, Vec<(String, String)>)> {
+    match spec.split_once(':') {
+        Some((name, rest)) if rest.contains('=') => {
+            let settings = rest
+                .split(':')
+                .map(|kv| crate::policy::parse_setting(kv).map_err(anyhow::Error::from))
+                .collect::<anyhow::Result<_>>()
+                .with_context(|| format!("the settings of `{spec}`"))?;
+            Ok((name, settings))
+        }
+        _ => Ok((spec, Vec::new())),
+    }
 }
 
 /// What a pass is: its policy, rate and round.
