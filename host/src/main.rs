@@ -186,9 +186,16 @@ async fn bench(a: BenchArgs) -> anyhow::Result<()> {
             } else {
                 a.model.engine_options()?;
                 let exe = std::env::current_exe()?;
-                let procs =
-                    WorkerProcs::start(&exe, n, &a.model.to_args(), &token, a.compute_threads)
-                        .await?;
+                let logs = a.out.join("workers");
+                let procs = WorkerProcs::start(
+                    &exe,
+                    n,
+                    &a.model.to_args(),
+                    &token,
+                    a.compute_threads,
+                    &logs,
+                )
+                .await?;
                 let mut ro = o.router.clone();
                 ro.workers = procs.urls.clone();
                 ro.worker_token = Some(token.clone());

@@ -363,6 +363,8 @@ fn the_cli_bench_sweeps_rates_over_worker_processes() {
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(run.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&run.stderr));
     assert!(stdout.contains("Highest sustained rate"), "{stdout}");
+    let log = std::fs::read_to_string(out.join("workers/worker-2.log")).unwrap();
+    assert!(log.contains("model loaded"), "each worker logs to its own file: {log}");
     let svg = std::fs::read_to_string(out.join("sweep.svg")).unwrap();
     assert!(svg.contains("<svg") && svg.contains("prefix-aware"), "the sweep is charted");
     let json: serde_json::Value =

@@ -23,16 +23,22 @@ pub struct WorkerProcs {
 impl WorkerProcs {
     /// Starts `n` workers from the binary `exe` on free loopback ports, each run as
     /// `exe worker --port 0 --worker-id worker-I ARGS` with `compute_threads` rayon
-    /// threads (candle reads `RAYON_NUM_THREADS` too) and `token` as its admin token.
+    /// threads (candle reads `RAYON_NUM_THREADS` too) and `token` as its admin token; each
+    /// logs to `logs/worker-I.log`.
     pub async fn start(
         exe: &Path,
         n: usize,
         args: &[String],
         token: &str,
         compute_threads: usize,
+        logs: &Path,
     ) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(logs).with_context(|| format!("creating {}", logs.display()))?;
         let mut procs = Self { children: Vec::with_capacity(n), urls: Vec::with_capacity(n) };
         for i in 1..=n {
+            let log = logs.join(format!("worker-{i}.log"));
+            let log = std::fs::File::create(&log)
+                .with_context(|| format!("creating {}", log.display()))?;
             let child = Command::new(exe)
                 .arg("worker")
                 .args(["--host", "127.0.0.1", "--port", "0", "--worker-id"])
@@ -42,7 +48,7 @@ impl WorkerProcs {
                 .env("RAYON_NUM_THREADS", compute_threads.to_string())
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
+                .stderr(log)
                 .kill_on_drop(true)
                 .spawn()
                 .with_context(|| format!("starting {} worker", exe.display()))?;
@@ -74,7 +80,7 @@ async fn listening_url(stdout: tokio::process::ChildStdout) -> anyhow::Result<St
             return Ok(url);
         }
     }
-    bail!("exited before listening")
+    bail!("exited before listening (its log says why)")
 }
 
 impl Drop for WorkerProcs {
