@@ -67,6 +67,38 @@ pub fn seeded_rng(seed: Option<u64>, instance: u64) -> SmallRng {
     }
 }
 
+/// The settings a randomized policy reads alike: `seed` (reproducible runs) and the host's
+/// `locus.instance`. A policy's `configure` offers each `key=value` to [`Seeding::take`]
+/// before its own keys, then makes its generator with [`Seeding::rng`].
+#[derive(Debug, Clone, Default)]
+pub struct Seeding {
+    seed: Option<u64>,
+    instance: u64,
+}
+
+impl Seeding {
+    /// Reads `key=value` if the key is one of these settings (`Ok(true)`); `Ok(false)` for
+    /// any other key; an error for a seed that is not an unsigned 64-bit integer.
+    pub fn take(&mut self, key: &str, value: &str) -> Result<bool, String> {
+        match key {
+            "seed" => {
+                let seed = value
+                    .parse()
+                    .map_err(|_| format!("seed must be an unsigned integer, got `{value}`"))?;
+                self.seed = Some(seed);
+            }
+            "locus.instance" => self.instance = value.parse().unwrap_or(0),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// The generator these settings describe ([`seeded_rng`]).
+    pub fn rng(&self) -> SmallRng {
+        seeded_rng(self.seed, self.instance)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,5 +121,18 @@ mod tests {
         let draw = |seed, instance| seeded_rng(Some(seed), instance).random::<u64>();
         assert_eq!(draw(7, 0), draw(7, 0));
         assert_ne!(draw(7, 0), draw(7, 1));
+    }
+
+    #[test]
+    fn seeding_takes_its_two_settings_and_leaves_the_rest() {
+        use rand::Rng;
+        let mut s = Seeding::default();
+        assert_eq!(s.take("seed", "5000000000"), Ok(true), "a full u64 seed");
+        assert_eq!(s.take("locus.instance", "3"), Ok(true));
+        assert_eq!(s.take("choices", "2"), Ok(false));
+        assert_eq!(s.take("locus.instances", "4"), Ok(false));
+        assert_eq!(s.rng().random::<u64>(), seeded_rng(Some(5_000_000_000), 3).random::<u64>());
+        let e = s.take("seed", "-1").unwrap_err();
+        assert_eq!(e, "seed must be an unsigned integer, got `-1`");
     }
 }

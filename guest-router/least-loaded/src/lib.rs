@@ -18,7 +18,7 @@
 
 use std::cell::RefCell;
 
-use locus_policy_kit::seeded_rng;
+use locus_policy_kit::Seeding;
 use rand::rngs::SmallRng;
 use rand::seq::index;
 use rand::{Rng, SeedableRng};
@@ -74,7 +74,8 @@ struct LeastLoaded;
 
 impl Guest for LeastLoaded {
     fn configure(settings: Vec<(String, String)>) -> Result<(), String> {
-        let (mut choices, mut seed, mut instance) = (2usize, None::<u64>, 0u64);
+        let mut choices = 2usize;
+        let mut seeding = Seeding::default();
         for (k, v) in settings {
             match k.as_str() {
                 "choices" => {
@@ -84,14 +85,7 @@ impl Guest for LeastLoaded {
                         .filter(|c| *c >= 1)
                         .ok_or_else(|| format!("choices must be an integer >= 1, got `{v}`"))?
                 }
-                "seed" => {
-                    seed = Some(
-                        v.parse()
-                            .map_err(|_| format!("seed must be an unsigned integer, got `{v}`"))?,
-                    )
-                }
-                "locus.instance" => instance = v.parse().unwrap_or(0),
-                k if k.starts_with("locus.") => {}
+                k if seeding.take(k, &v)? || k.starts_with("locus.") => {}
                 _ => {
                     return Err(format!(
                         "unknown setting `{k}` (least-loaded knows: choices, seed)"
@@ -99,7 +93,7 @@ impl Guest for LeastLoaded {
                 }
             }
         }
-        CONFIG.set(Config { choices, rng: seeded_rng(seed, instance) });
+        CONFIG.set(Config { choices, rng: seeding.rng() });
         Ok(())
     }
 

@@ -43,7 +43,7 @@ use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasherDefault;
 
-use locus_policy_kit::{Mix64, seeded_rng};
+use locus_policy_kit::{Mix64, Seeding};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -299,7 +299,8 @@ struct PrefixAware;
 impl Guest for PrefixAware {
     fn configure(settings: Vec<(String, String)>) -> Result<(), String> {
         let mut wt = Weights::default();
-        let (mut approx, mut sessions, mut seed, mut instance) = (200_000, 100_000, None, 0u64);
+        let (mut approx, mut sessions) = (200_000, 100_000);
+        let mut seeding = Seeding::default();
         for (k, v) in &settings {
             match k.as_str() {
                 "prefill-weight" => wt.prefill = number(k, v)?,
@@ -308,9 +309,7 @@ impl Guest for PrefixAware {
                 "session-slack" => wt.session_slack = number(k, v)?,
                 "approx-blocks" => approx = count(k, v)?,
                 "sessions" => sessions = count(k, v)?,
-                "seed" => seed = Some(count(k, v)? as u64),
-                "locus.instance" => instance = v.parse().unwrap_or(0),
-                k if k.starts_with("locus.") => {}
+                k if seeding.take(k, v)? || k.starts_with("locus.") => {}
                 _ => {
                     return Err(format!(
                         "unknown setting `{k}` (prefix-aware knows: prefill-weight, load-weight, \
@@ -319,7 +318,7 @@ impl Guest for PrefixAware {
                 }
             }
         }
-        STATE.set(State::new(wt, approx, sessions, seeded_rng(seed, instance)));
+        STATE.set(State::new(wt, approx, sessions, seeding.rng()));
         Ok(())
     }
 

@@ -10,7 +10,7 @@
 
 use std::cell::RefCell;
 
-use locus_policy_kit::seeded_rng;
+use locus_policy_kit::Seeding;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -24,22 +24,13 @@ struct Random;
 
 impl Guest for Random {
     fn configure(settings: Vec<(String, String)>) -> Result<(), String> {
-        let mut seed: Option<u64> = None;
-        let mut instance: u64 = 0;
+        let mut seeding = Seeding::default();
         for (k, v) in settings {
-            match k.as_str() {
-                "seed" => {
-                    seed = Some(
-                        v.parse()
-                            .map_err(|_| format!("seed must be an unsigned integer, got `{v}`"))?,
-                    )
-                }
-                "locus.instance" => instance = v.parse().unwrap_or(0),
-                k if k.starts_with("locus.") => {}
-                _ => return Err(format!("unknown setting `{k}` (random knows: seed)")),
+            if !seeding.take(&k, &v)? && !k.starts_with("locus.") {
+                return Err(format!("unknown setting `{k}` (random knows: seed)"));
             }
         }
-        RNG.set(seeded_rng(seed, instance));
+        RNG.set(seeding.rng());
         Ok(())
     }
 
