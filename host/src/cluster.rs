@@ -80,15 +80,33 @@ pub async fn start(opts: ClusterOptions) -> anyhow::Result<Cluster> {
         worker_addrs.push(handle.addr);
         workers.push(Some(handle));
     }
-    let mut ro = opts.router.clone();
-    ro.workers = worker_addrs.iter().map(|a| format!("http://{a}")).collect();
-    // The router reads the workers' KV events with their admin token.
-    if ro.worker_token.is_none() {
-        ro.worker_token = opts.worker.admin_token.clone();
-    }
-    let (router_addr, admin_addr, gateway) =
-        router::spawn(ro, SocketAddr::new(opts.host, opts.port), opts.admin_addr).await?;
+    let urls: Vec<String> = worker_addrs.iter().map(|a| format!("http://{a}")).collect();
+    let (router_addr, admin_addr, gateway) = start_router(
+        opts.router.clone(),
+        urls,
+        opts.worker.admin_token.clone(),
+        SocketAddr::new(opts.host, opts.port),
+        opts.admin_addr,
+    )
+    .await?;
     Ok(Cluster { router_addr, admin_addr, worker_addrs, gateway, workers, engines })
+}
+
+/// Starts a router in front of `workers` (base URLs) whose admin token is `worker_token`:
+/// the router reads their KV events with it unless its options name another. Returns its
+/// public and admin addresses and its state.
+pub async fn start_router(
+    mut router: RouterOptions,
+    workers: Vec<String>,
+    worker_token: Option<String>,
+    addr: SocketAddr,
+    admin_addr: SocketAddr,
+) -> anyhow::Result<(SocketAddr, SocketAddr, Arc<Gateway>)> {
+    router.workers = workers;
+    if router.worker_token.is_none() {
+        router.worker_token = worker_token;
+    }
+    router::spawn(router, addr, admin_addr).await
 }
 
 impl ClusterOptions {

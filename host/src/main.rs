@@ -184,6 +184,7 @@ async fn bench(a: BenchArgs) -> anyhow::Result<()> {
                 _cluster = Some(c);
                 addrs
             } else {
+                // Refused here once, rather than by every worker process.
                 a.model.engine_options()?;
                 let exe = std::env::current_exe()?;
                 let logs = a.out.join("workers");
@@ -196,11 +197,10 @@ async fn bench(a: BenchArgs) -> anyhow::Result<()> {
                     &logs,
                 )
                 .await?;
-                let mut ro = o.router.clone();
-                ro.workers = procs.urls.clone();
-                ro.worker_token = Some(token.clone());
+                let urls = procs.urls.clone();
                 _procs = Some(procs);
-                let (addr, admin, _gw) = router::spawn(ro, any, any).await?;
+                let (addr, admin, _gw) =
+                    cluster::start_router(o.router, urls, Some(token.clone()), any, any).await?;
                 (addr, admin)
             };
             Target {

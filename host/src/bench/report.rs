@@ -82,13 +82,8 @@ fn sorted(mut v: Vec<f64>) -> Vec<f64> {
 
 /// The summaries, by rate (as swept), then policy (as given).
 pub fn summarize(report: &Report) -> Vec<Summary> {
-    let rates: Vec<Option<f64>> = if report.rates.is_empty() {
-        vec![None]
-    } else {
-        report.rates.iter().map(|r| Some(*r)).collect()
-    };
     let mut out = Vec::new();
-    for rate in rates {
+    for rate in super::run::pass_rates(&report.rates) {
         for policy in &report.policies {
             let recs: Vec<_> =
                 report.records.iter().filter(|r| &r.policy == policy && r.rate == rate).collect();

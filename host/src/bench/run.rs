@@ -192,8 +192,15 @@ pub async fn run(target: &Target, opts: &BenchOptions) -> anyhow::Result<Report>
             bail!("rate {r} is given twice");
         }
     }
+    // Settings are read before the first pass, not when a policy's turn comes.
+    let specs = opts
+        .policies
+        .iter()
+        .map(|p| policy_with_settings(p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let admin_client = AdminClient::new(target.token.clone());
     let workers = match (&target.admin, target.workers.is_empty()) {
-        (Some(admin), true) => AdminClient::new(target.token.clone())
+        (Some(admin), true) => admin_client
             .workers(admin)
             .await
             .context("listing the router's workers")?
@@ -203,26 +210,23 @@ pub async fn run(target: &Target, opts: &BenchOptions) -> anyhow::Result<Report>
         _ => target.workers.clone(),
     };
     let http = reqwest::Client::builder().timeout(Duration::from_secs(600)).build()?;
-    let rates: Vec<Option<f64>> = if opts.rates.is_empty() {
-        vec![None]
-    } else {
-        opts.rates.iter().map(|r| Some(*r)).collect()
-    };
     let mut records = Vec::new();
     let mut passes = Vec::new();
-    for &rate in &rates {
+    for rate in pass_rates(&opts.rates) {
         for round in 0..opts.rounds.max(1) {
             let n = opts.policies.len();
             for k in 0..n {
                 let policy = &opts.policies[(k + round) % n];
                 if let Some(admin) = &target.admin {
-                    let (name, settings) = policy_with_settings(policy)?;
-                    AdminClient::new(target.token.clone())
-                        .swap_router_policy(admin, name, &settings)
+                    let (name, settings) = &specs[(k + round) % n];
+                    admin_client
+                        .swap_router_policy(admin, name, settings)
                         .await
                         .with_context(|| format!("swapping in {policy}"))?;
                 }
-                flush(target, &workers).await.context("flushing the workers' caches")?;
+                for w in &workers {
+                    admin_client.flush(w).await.context("flushing the workers' caches")?;
+                }
                 let pass = PassSpec { policy, rate, round };
                 if opts.warm {
                     send_all(&http, target, &warm_seq, opts, &pass, "warm-up").await;
@@ -276,12 +280,9 @@ struct PassSpec<'a> {
     round: usize,
 }
 
-async fn flush(target: &Target, workers: &[String]) -> anyhow::Result<()> {
-    let admin = AdminClient::new(target.token.clone());
-    for w in workers {
-        admin.flush(w).await?;
-    }
-    Ok(())
+/// The rate of each sweep step: the given rates, or one closed-loop step (`None`).
+pub(super) fn pass_rates(rates: &[f64]) -> Vec<Option<f64>> {
+    if rates.is_empty() { vec![None] } else { rates.iter().copied().map(Some).collect() }
 }
 
 async fn send_all(

@@ -279,6 +279,16 @@ fn rng_for(seed: u64, stream: u64) -> StdRng {
 )]
 pub struct UnknownWorkload(pub String);
 
+/// The `key=value` pairs of a workload's shape (`None` if a part is not a pair).
+fn pairs(shape: &str) -> Option<Vec<(&str, &str)>> {
+    shape.split(',').filter(|p| !p.is_empty()).map(|kv| kv.split_once('=')).collect()
+}
+
+/// A count in a workload's shape: a positive integer.
+fn positive(v: &str) -> Option<usize> {
+    v.parse().ok().filter(|n| *n > 0)
+}
+
 /// Requests of a `tenants` workload unless `requests=` says otherwise.
 pub const TENANT_REQUESTS: usize = 240;
 
@@ -305,9 +315,8 @@ impl Workload {
     fn multi_turn(shape: &str) -> Result<Self, UnknownWorkload> {
         let bad = || UnknownWorkload(format!("multi-turn:{shape}"));
         let (mut users, mut rounds, mut question, mut output) = (8usize, 4usize, 32usize, 16u32);
-        for kv in shape.split(',').filter(|p| !p.is_empty()) {
-            let (k, v) = kv.split_once('=').ok_or_else(bad)?;
-            let n = v.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(bad)?;
+        for (k, v) in pairs(shape).ok_or_else(bad)? {
+            let n = positive(v).ok_or_else(bad)?;
             match k {
                 "users" => users = n,
                 "rounds" => rounds = n,
@@ -329,9 +338,8 @@ impl Workload {
         let (mut tenants, mut system, mut question, mut output) =
             (24usize, 512usize, 32usize, 16u32);
         let (mut zipf, mut requests) = (1.1f64, TENANT_REQUESTS);
-        for kv in shape.split(',').filter(|p| !p.is_empty()) {
-            let (k, v) = kv.split_once('=').ok_or_else(bad)?;
-            let n = || v.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(bad);
+        for (k, v) in pairs(shape).ok_or_else(bad)? {
+            let n = || positive(v).ok_or_else(bad);
             match k {
                 "tenants" => tenants = n()?,
                 "system" => system = n()?,
