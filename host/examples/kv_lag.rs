@@ -37,7 +37,7 @@ async fn main() -> anyhow::Result<()> {
     o.admin_addr = SocketAddr::from(([127, 0, 0, 1], 0));
     o.router.load_interval = Duration::from_millis(200);
     let c = cluster::start(o).await?;
-    let ids: Vec<u64> = c.gateway.registry().all().iter().map(|b| b.id).collect();
+    let ids: Vec<u64> = c.gateway.registry().all().iter().map(|b| b.id()).collect();
 
     // (worker id, block, ts_us) of every live stored event, as the workers sent them.
     let (tx, rx) = mpsc::channel::<(u64, u64, u64)>();

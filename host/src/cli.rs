@@ -40,6 +40,37 @@ pub enum Command {
     /// Work with policy components.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Check a server's health endpoint: exit 0 if it answers 2xx, 1 otherwise. For
+    /// container health checks, which then need no shell or curl.
+    Probe(ProbeArgs),
+}
+
+#[derive(Args)]
+pub struct ProbeArgs {
+    /// The URL to ask.
+    #[arg(env = "LOCUS_HEALTH_URL", default_value = "http://127.0.0.1:8000/health")]
+    pub url: String,
+    /// Seconds to wait for the answer.
+    #[arg(long, default_value_t = 2.0)]
+    pub timeout_s: f64,
+}
+
+/// How long a server drains on SIGTERM or Ctrl-C.
+#[derive(Args, Clone)]
+pub struct ShutdownArgs {
+    /// Seconds the requests in flight get to finish after SIGTERM or Ctrl-C (the server
+    /// stops accepting and fails /health at once); keep it under the orchestrator's own
+    /// grace period (Docker's stop timeout, Kubernetes' terminationGracePeriodSeconds).
+    #[arg(long, env = "LOCUS_SHUTDOWN_GRACE_S", default_value_t = 25.0)]
+    pub shutdown_grace_s: f64,
+}
+
+impl ShutdownArgs {
+    pub fn grace(&self) -> anyhow::Result<Duration> {
+        Duration::try_from_secs_f64(self.shutdown_grace_s).map_err(|_| {
+            anyhow::anyhow!("--shutdown-grace-s must be a non-negative number of seconds")
+        })
+    }
 }
 
 /// The admin token, shared by every command that serves or calls an admin API.
@@ -92,17 +123,17 @@ pub struct ModelArgs {
     /// The model: `synthetic-distilgpt2` (offline, deterministic weights), a Hugging Face
     /// id such as `distilgpt2` (from the local hf-hub cache, downloaded where a network
     /// exists), or a directory with config.json and model.safetensors.
-    #[arg(long, default_value = "synthetic-distilgpt2")]
+    #[arg(long, env = "LOCUS_MODEL", default_value = "synthetic-distilgpt2")]
     pub model: String,
     /// A local model directory (same as `--model DIR`).
-    #[arg(long, conflicts_with = "model")]
+    #[arg(long, env = "LOCUS_MODEL_DIR", conflicts_with = "model")]
     pub model_dir: Option<PathBuf>,
     /// Byte budget of each worker's prefix KV store (finished prompts' blocks, for reuse).
-    #[arg(long, default_value_t = 256 << 20)]
+    #[arg(long, env = "LOCUS_PREFIX_CACHE_BYTES", default_value_t = 256 << 20)]
     pub prefix_cache_bytes: u64,
     /// Most sequences a worker decodes together (continuous batching); 1 runs one
     /// generation at a time.
-    #[arg(long, default_value_t = Limits::default().max_batch, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
+    #[arg(long, env = "LOCUS_MAX_BATCH", default_value_t = Limits::default().max_batch, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
     pub max_batch: usize,
     /// Most prompt tokens a worker runs in one step: longer prompts are prefilled in chunks
     /// so that running streams keep producing tokens meanwhile.
@@ -111,7 +142,7 @@ pub struct ModelArgs {
     /// Byte budget of the running sequences' KV memory per worker, apart from the prefix
     /// store: each request reserves prompt + max tokens at admission and waits while it
     /// does not fit.
-    #[arg(long, default_value_t = Limits::default().kv_bytes)]
+    #[arg(long, env = "LOCUS_KV_CACHE_BYTES", default_value_t = Limits::default().kv_bytes)]
     pub kv_cache_bytes: u64,
     /// Seconds a request may wait for admission to the batch before it fails with 503.
     #[arg(long, default_value_t = Limits::default().queue_timeout.as_secs_f64())]
@@ -173,16 +204,16 @@ impl ModelArgs {
 pub struct CacheArgs {
     /// Cache policy of both cache levels: a built-in (`locus policy list`) or a .wasm
     /// component.
-    #[arg(long, default_value = "lru")]
+    #[arg(long, env = "LOCUS_CACHE_POLICY", default_value = "lru")]
     pub cache_policy: String,
     /// A `key=value` setting for the cache policy (repeatable).
     #[arg(long = "cache-setting", value_parser = policy::parse_setting)]
     pub cache_settings: Vec<(String, String)>,
     /// Byte budget of each worker's response cache.
-    #[arg(long = "cache-bytes", default_value_t = 64 << 20)]
+    #[arg(long = "cache-bytes", env = "LOCUS_CACHE_BYTES", default_value_t = 64 << 20)]
     pub response_cache_bytes: u64,
     /// Requests waiting or running per worker beyond which new ones get 429.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, env = "LOCUS_MAX_QUEUE", default_value_t = 64)]
     pub max_queue: usize,
 }
 
@@ -208,13 +239,13 @@ impl CacheArgs {
 #[derive(Args, Clone)]
 pub struct RoutingArgs {
     /// Routing policy: a built-in (`locus policy list`), `native`, or a .wasm component.
-    #[arg(long, default_value = "hash")]
+    #[arg(long, env = "LOCUS_POLICY", default_value = "hash")]
     pub policy: String,
     /// A `key=value` setting for the routing policy (repeatable), e.g. prefix-chars=20.
     #[arg(long = "policy-setting", value_parser = policy::parse_setting)]
     pub policy_settings: Vec<(String, String)>,
     /// Swap the policy whenever its file changes on disk.
-    #[arg(long)]
+    #[arg(long, env = "LOCUS_WATCH")]
     pub watch: bool,
     /// Milliseconds between health checks of each worker.
     #[arg(long, default_value_t = 500)]
@@ -270,6 +301,8 @@ impl RoutingArgs {
         };
         Ok(RouterOptions {
             workers: Vec::new(),
+            discover: Vec::new(),
+            discover_interval: RouterOptions::default().discover_interval,
             policy,
             settings: self.policy_settings.clone(),
             admin_token: token,
@@ -288,7 +321,8 @@ impl RoutingArgs {
             route_tokens: self.route_tokens,
             load_interval: Duration::from_millis(self.load_interval_ms),
             kv_events: !self.no_kv_events,
-            worker_token: self.worker_token.clone(),
+            // Empty, as Compose passes an unset variable: none.
+            worker_token: self.worker_token.clone().filter(|t| !t.is_empty()),
             session_header: self.session_header.to_ascii_lowercase(),
         })
     }
@@ -328,8 +362,11 @@ pub struct WorkerArgs {
     /// Address to bind.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: IpAddr,
-    /// Name reported in meta_info.worker_id (default: worker-PORT).
-    #[arg(long)]
+    /// The worker's identity: reported in meta_info.worker_id and /load, and what a
+    /// router hashes on, so that a worker back at a new address gets its prompts back.
+    /// Default: HOSTNAME:PORT (a pod's or container's name is stable; the port tells
+    /// apart workers sharing a host).
+    #[arg(long, env = "LOCUS_WORKER_ID", value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub worker_id: Option<String>,
     #[command(flatten)]
     pub admin_token: AdminTokenArg,
@@ -339,6 +376,8 @@ pub struct WorkerArgs {
     pub cache: CacheArgs,
     #[command(flatten)]
     pub serve: ServeArgs,
+    #[command(flatten)]
+    pub shutdown: ShutdownArgs,
 }
 
 #[derive(Args)]
@@ -350,8 +389,20 @@ pub struct RouterArgs {
     #[arg(long, default_value = "127.0.0.1")]
     pub host: IpAddr,
     /// Worker base URLs, comma-separated.
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(long, value_delimiter = ',', required_unless_present_any = ["discover", "workers_file"])]
     pub workers: Vec<String>,
+    /// Find workers by DNS: `dns:NAME:PORT` adds every address NAME resolves to (a
+    /// Compose service or network alias, a Kubernetes headless Service) once it answers,
+    /// and removes those gone from the answer. Repeatable, or comma-separated.
+    #[arg(long, env = "LOCUS_DISCOVER", value_delimiter = ',')]
+    pub discover: Vec<locus::router::Discover>,
+    /// Find workers in a file of base URLs, one per line (`#` comments), followed as it
+    /// changes.
+    #[arg(long, env = "LOCUS_WORKERS_FILE")]
+    pub workers_file: Option<PathBuf>,
+    /// Milliseconds between DNS lookups of --discover (and re-reads of --workers-file).
+    #[arg(long, env = "LOCUS_DISCOVER_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub discover_interval_ms: u64,
     /// Admin listener (keep it on loopback unless a network policy guards it).
     #[arg(long, default_value = "127.0.0.1:8100")]
     pub admin_addr: SocketAddr,
@@ -361,6 +412,8 @@ pub struct RouterArgs {
     pub routing: RoutingArgs,
     #[command(flatten)]
     pub serve: ServeArgs,
+    #[command(flatten)]
+    pub shutdown: ShutdownArgs,
 }
 
 #[derive(Args)]
@@ -472,4 +525,163 @@ pub enum PolicyCommand {
     },
     /// List the built-in policies.
     List,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+    use serde::Deserialize;
+    use serde_yaml::Value;
+
+    const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+
+    /// `args` with each `LOCUS_*` setting of `env` turned into the flag that reads it, so
+    /// that parsing checks the settings' names and values too. A setting that no flag of
+    /// the subcommand reads fails, unless another subcommand reads it (`locus probe`'s
+    /// LOCUS_HEALTH_URL in a worker's container).
+    fn with_env(args: &[String], env: &[(String, String)], place: &str) -> Vec<String> {
+        let cli = Cli::command();
+        let sub = cli
+            .find_subcommand(&args[0])
+            .unwrap_or_else(|| panic!("{place}: `{}` is no locus command", args[0]));
+        let mut out: Vec<String> =
+            ["locus".to_string()].into_iter().chain(args.iter().cloned()).collect();
+        for (key, value) in env.iter().filter(|(k, _)| k.starts_with("LOCUS_")) {
+            let reads = |a: &clap::Arg| a.get_env().is_some_and(|e| e == key.as_str());
+            match sub.get_arguments().find(|a| reads(a)) {
+                Some(arg) => {
+                    let long =
+                        arg.get_long().expect("settings read from the environment have a flag");
+                    if arg.get_action().takes_values() {
+                        out.push(format!("--{long}={value}"));
+                    } else if value == "true" {
+                        out.push(format!("--{long}"));
+                    }
+                }
+                None => assert!(
+                    cli.get_subcommands().any(|s| s.get_arguments().any(reads)),
+                    "{place}: {key} is no setting of `locus {}` (nor of any other command)",
+                    args[0]
+                ),
+            }
+        }
+        out
+    }
+
+    fn strings(v: &Value) -> Vec<String> {
+        v.as_sequence()
+            .map(|s| s.iter().map(|x| x.as_str().expect("a string").to_string()).collect())
+            .unwrap_or_default()
+    }
+
+    fn parses(args: &[String], place: &str) {
+        if let Err(e) = Cli::try_parse_from(args) {
+            panic!("{place}: `{}` is refused: {e}", args.join(" "));
+        }
+    }
+
+    #[test]
+    fn deploy_files_use_flags_and_settings_the_cli_accepts() {
+        // Kubernetes: every container's args, with the ConfigMaps it reads as settings.
+        let mut config_maps = std::collections::HashMap::new();
+        let mut containers = Vec::new();
+        for file in ["config.yaml", "workers.yaml", "router.yaml"] {
+            let text = std::fs::read_to_string(format!("{ROOT}/deploy/k8s/{file}")).unwrap();
+            for doc in serde_yaml::Deserializer::from_str(&text) {
+                let doc = Value::deserialize(doc).unwrap();
+                let name = doc["metadata"]["name"].as_str().unwrap_or_default().to_string();
+                if doc["kind"] == "ConfigMap" {
+                    let data: Vec<(String, String)> = doc["data"]
+                        .as_mapping()
+                        .map(|m| {
+                            m.iter()
+                                .map(|(k, v)| {
+                                    (
+                                        k.as_str().unwrap().to_string(),
+                                        v.as_str().unwrap().to_string(),
+                                    )
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    config_maps.insert(name, data);
+                } else if let Some(cs) = doc["spec"]["template"]["spec"]["containers"].as_sequence()
+                {
+                    for c in cs {
+                        containers.push((format!("{file}: {name}"), c.clone()));
+                    }
+                }
+            }
+        }
+        assert_eq!(containers.len(), 2, "a worker and a router container");
+        for (place, c) in &containers {
+            let mut env = Vec::new();
+            for from in c["envFrom"].as_sequence().into_iter().flatten() {
+                let cm = from["configMapRef"]["name"].as_str().unwrap();
+                env.extend(
+                    config_maps
+                        .get(cm)
+                        .unwrap_or_else(|| panic!("{place}: no ConfigMap {cm}"))
+                        .clone(),
+                );
+            }
+            parses(&with_env(&strings(&c["args"]), &env, place), place);
+        }
+        // Compose: every service's command and environment.
+        let text = std::fs::read_to_string(format!("{ROOT}/docker-compose.yml")).unwrap();
+        let mut compose: Value = serde_yaml::from_str(&text).unwrap();
+        // `<<: *worker`, as Compose reads it.
+        compose.apply_merge().unwrap();
+        let services = compose["services"].as_mapping().unwrap();
+        assert_eq!(services.len(), 4, "three workers and a router");
+        for (name, s) in services {
+            let place = format!("docker-compose.yml: {}", name.as_str().unwrap());
+            let env: Vec<(String, String)> = s["environment"]
+                .as_mapping()
+                .unwrap()
+                .iter()
+                // No value: passed on from the caller's environment, absent when unset
+                // there (an empty value would be a value, and refused).
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| {
+                    // `${VAR:-default}` as Compose expands it when VAR is unset.
+                    let v = v.as_str().unwrap();
+                    let v = match v.strip_prefix("${").and_then(|r| r.split_once(":-")) {
+                        Some((_, d)) => d.trim_end_matches('}'),
+                        None => v,
+                    };
+                    (k.as_str().unwrap().to_string(), v.to_string())
+                })
+                .collect();
+            parses(&with_env(&strings(&s["command"]), &env, &place), &place);
+            assert_eq!(strings(&s["healthcheck"]["test"]), ["CMD", "/locus", "probe"], "{place}");
+        }
+        // The image's own command and health check.
+        let dockerfile = std::fs::read_to_string(format!("{ROOT}/Dockerfile")).unwrap();
+        for (prefix, want) in [("CMD ", "run"), ("HEALTHCHECK ", "probe")] {
+            let line = dockerfile.lines().find(|l| l.starts_with(prefix)).unwrap();
+            let json = &line[line.find('[').unwrap()..];
+            let mut args: Vec<String> = serde_json::from_str(json).unwrap();
+            if args[0] == "/locus" {
+                args.remove(0);
+            }
+            assert_eq!(args[0], want);
+            parses(
+                &["locus".to_string()].into_iter().chain(args).collect::<Vec<_>>(),
+                "Dockerfile",
+            );
+        }
+    }
+
+    #[test]
+    fn a_bad_setting_in_a_deploy_file_would_be_caught() {
+        let args = ["worker".to_string()];
+        let env = [("LOCUS_MAX_BATCH".to_string(), "many".to_string())];
+        let full = with_env(&args, &env, "test");
+        assert!(Cli::try_parse_from(&full).is_err(), "{full:?}");
+        let unknown = [("LOCUS_NO_SUCH".to_string(), "1".to_string())];
+        let caught = std::panic::catch_unwind(|| with_env(&args, &unknown, "test"));
+        assert!(caught.is_err());
+    }
 }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::Parser;
-use cli::{BenchArgs, Cli, Command, PolicyCommand, SwapArgs};
+use cli::{BenchArgs, Cli, Command, PolicyCommand, ProbeArgs, SwapArgs};
 use locus::admin_client::AdminClient;
 use locus::cluster::{self, ClusterOptions};
 use locus::policy::{self, LoadOptions, PolicySource};
@@ -98,8 +98,8 @@ async fn serve(cmd: Command) -> anyhow::Result<()> {
                 "  locus swap --router http://{} --policy random --admin-token {token}",
                 c.admin_addr
             );
-            tokio::signal::ctrl_c().await?;
-            println!("stopping");
+            let signal = locus::serve::shutdown_signal().await?;
+            println!("stopping ({signal})");
             Ok(())
         }
         Command::Worker(a) => {
@@ -107,30 +107,66 @@ async fn serve(cmd: Command) -> anyhow::Result<()> {
             let engines = cluster::load_engines(&source, 1, a.model.engine_options()?).await?;
             let engine = engines.into_iter().next().expect("one engine");
             tracing::info!(model = %engine.describe(), "model loaded");
+            let grace = a.shutdown.grace()?;
             let mut wo = a.cache.options(a.admin_token.token.clone(), &a.serve)?;
-            wo.worker_id = a.worker_id.unwrap_or_else(|| format!("worker-{}", a.port));
+            wo.worker_id = a.worker_id.unwrap_or_else(|| format!("{}:{}", host_name(), a.port));
             let handle = worker::spawn(engine, wo, SocketAddr::new(a.host, a.port)).await?;
-            println!("locus worker listening on http://{}", handle.addr);
-            handle.until_ctrl_c().await?;
+            println!(
+                "locus worker {} listening on http://{}",
+                handle.worker.options().worker_id,
+                handle.addr
+            );
+            handle.until_signal(grace).await?;
             Ok(())
         }
         Command::Router(a) => {
+            let grace = a.shutdown.grace()?;
             let mut ro = a.routing.options(a.admin_token.token.clone(), &a.serve)?;
             ro.workers = a.workers.clone();
+            ro.discover = a.discover.clone();
+            ro.discover.extend(a.workers_file.clone().map(router::Discover::File));
+            let mut found: Vec<String> = a.workers.clone();
+            found.extend(ro.discover.iter().map(ToString::to_string));
+            ro.discover_interval = std::time::Duration::from_millis(a.discover_interval_ms);
             let (addr, admin, gw) =
                 router::spawn(ro, SocketAddr::new(a.host, a.port), a.admin_addr).await?;
             println!(
                 "locus router listening on http://{addr} (admin http://{admin}), policy {}, workers {}",
                 gw.policy().info().name,
-                a.workers.join(",")
+                found.join(",")
             );
-            tokio::signal::ctrl_c().await?;
+            let signal = locus::serve::shutdown_signal().await?;
+            tracing::info!(%signal, grace_s = grace.as_secs_f64(), "draining");
+            if !gw.drain(grace).await {
+                tracing::warn!("requests still in flight after the grace period; exiting");
+            }
             Ok(())
         }
         Command::Swap(a) => swap(a).await,
+        Command::Probe(a) => probe(a).await,
         Command::Bench(a) => bench(a).await,
         Command::Policy(_) => unreachable!("handled without a runtime"),
     }
+}
+
+/// This machine's host name (a container's or pod's name), or `localhost`.
+fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; the name is NUL-terminated when it fits.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let end = buf.iter().position(|&c| c == 0).unwrap_or(buf.len());
+    match std::str::from_utf8(&buf[..end]) {
+        Ok(name) if rc == 0 && !name.is_empty() => name.to_string(),
+        _ => "localhost".into(),
+    }
+}
+
+async fn probe(a: ProbeArgs) -> anyhow::Result<()> {
+    let timeout = std::time::Duration::try_from_secs_f64(a.timeout_s)
+        .map_err(|_| anyhow::anyhow!("--timeout-s must be a non-negative number of seconds"))?;
+    let r = reqwest::Client::new().get(&a.url).timeout(timeout).send().await?;
+    anyhow::ensure!(r.status().is_success(), "{} answered {}", a.url, r.status());
+    Ok(())
 }
 
 async fn swap(a: SwapArgs) -> anyhow::Result<()> {

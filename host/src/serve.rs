@@ -103,6 +103,18 @@ pub async fn serve(
     Ok(())
 }
 
+/// Waits for SIGTERM (what `docker stop` and Kubernetes send) or SIGINT (Ctrl-C) and
+/// names the one that came.
+pub async fn shutdown_signal() -> io::Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}
+
 fn is_connection_error(e: &io::Error) -> bool {
     matches!(
         e.kind(),

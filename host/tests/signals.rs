@@ -116,7 +116,7 @@ async fn the_policy_is_told_the_true_outcome_of_every_path() {
     let done = last_feedback(&c);
     check(&done, &meta, "generate");
     assert_eq!((done.attempt, done.response_cache_hit), (0, Some(false)));
-    assert_eq!(done.worker_id, c.gateway.registry().all()[0].id);
+    assert_eq!(done.worker_id, c.gateway.registry().all()[0].id());
     // The policy saw exactly that.
     let seen = ask(&c, "observed");
     for field in [
@@ -216,7 +216,7 @@ async fn the_policy_is_told_the_true_outcome_of_every_path() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kv_events_reach_the_policy_and_survive_a_worker_restart() {
     let mut c = start(3).await;
-    let ids: Vec<u64> = c.gateway.registry().all().iter().map(|b| b.id).collect();
+    let ids: Vec<u64> = c.gateway.registry().all().iter().map(|b| b.id()).collect();
     let prompt = "In the beginning the router knew nothing of what the workers held, and so \
                   it guessed, and its guesses were poor; then the workers began to tell it \
                   which blocks of which prompts they kept, and it guessed no more. Every \
@@ -349,7 +349,7 @@ async fn the_policy_sees_each_workers_reported_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prefix_aware_sends_each_prefix_where_the_workers_say_its_blocks_are() {
     let c = start_with(3, PolicySource::Builtin("prefix-aware")).await;
-    let ids: Vec<u64> = c.gateway.registry().all().iter().map(|b| b.id).collect();
+    let ids: Vec<u64> = c.gateway.registry().all().iter().map(|b| b.id()).collect();
     let kv = c.gateway.policy().kv().clone();
     let sp = json!({"max_new_tokens": 2, "temperature": 0});
     for tenant in 0..3 {

@@ -67,7 +67,7 @@ async fn list_workers(State(gw): State<Arc<Gateway>>) -> Response {
         .iter()
         .map(|b| {
             let mut info: BackendInfo = b.info();
-            info.kv_blocks = Some(kv.blocks(b.id));
+            info.kv_blocks = Some(kv.blocks(b.id()));
             info
         })
         .collect();

@@ -2,11 +2,13 @@
 //! policy component and relays the answer; serves an admin API on its own listener.
 //!
 //! Files: `routes` reads the public requests, `proxy` routes, retries and relays them,
-//! `registry` keeps the workers and their health, `signals` follows the workers' load and
-//! KV events, `tokens` turns prompts into KV block hashes, `admin` is the admin API, `watch` swaps the policy when its file changes,
-//! `metrics` counts.
+//! `registry` keeps the workers and their health, `discovery` finds workers by DNS or a
+//! file, `signals` follows the workers' load and KV events, `tokens` turns prompts into KV
+//! block hashes, `admin` is the admin API, `watch` follows files (the policy's: swapped
+//! when it changes), `metrics` counts.
 
 mod admin;
+mod discovery;
 mod metrics;
 mod proxy;
 mod registry;
@@ -18,15 +20,17 @@ mod watch;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{get, post};
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 
 pub use admin::admin_router;
+pub use discovery::{Discover, parse_workers_file};
 pub use proxy::{ROUTE_US, ROUTING_PROMPT_BYTES};
 pub use registry::{Backend, BackendInfo, Registry, Reported, worker_id};
 pub use tokens::PromptTokens;
@@ -41,6 +45,10 @@ use metrics::Metrics;
 pub struct RouterOptions {
     /// Base URLs of the workers (`http://host:port`).
     pub workers: Vec<String>,
+    /// Further workers found by DNS or in a file, followed as they change.
+    pub discover: Vec<Discover>,
+    /// Time between DNS lookups (and re-reads of a workers file) of `discover`.
+    pub discover_interval: Duration,
     /// The routing policy.
     pub policy: PolicySource,
     /// Its settings.
@@ -81,6 +89,8 @@ impl Default for RouterOptions {
     fn default() -> Self {
         Self {
             workers: Vec::new(),
+            discover: Vec::new(),
+            discover_interval: Duration::from_secs(1),
             policy: PolicySource::Builtin("hash"),
             settings: Vec::new(),
             admin_token: None,
@@ -144,6 +154,12 @@ pub struct Gateway {
     options: RouterOptions,
     feedback: Feedback,
     tokens: PromptTokens,
+    /// Set by [`Gateway::drain`]: `/health` fails while requests in flight finish.
+    draining: AtomicBool,
+    /// Tells both listeners to stop accepting.
+    stop: tokio::sync::watch::Sender<bool>,
+    /// The listeners' serving tasks, awaited by [`Gateway::drain`].
+    served: Mutex<Vec<JoinHandle<std::io::Result<()>>>>,
 }
 
 impl Gateway {
@@ -177,6 +193,9 @@ impl Gateway {
             options,
             feedback: Feedback::default(),
             tokens: PromptTokens::default(),
+            draining: AtomicBool::new(false),
+            stop: tokio::sync::watch::channel(false).0,
+            served: Mutex::new(Vec::new()),
         }))
     }
 
@@ -193,6 +212,30 @@ impl Gateway {
     /// The last completions told to the policy.
     pub fn feedback(&self) -> &Feedback {
         &self.feedback
+    }
+
+    /// Whether the router is shutting down.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once [`Gateway::drain`] has begun.
+    fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.stop.subscribe();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    }
+
+    /// Shuts the router down: `/health` fails, both listeners stop accepting, and the
+    /// requests in flight (streams included) get up to `grace` to finish. Returns whether
+    /// they all did.
+    pub async fn drain(&self, grace: Duration) -> bool {
+        self.draining.store(true, Ordering::Relaxed);
+        self.stop.send_replace(true);
+        let served: Vec<_> =
+            std::mem::take(&mut *self.served.lock().unwrap_or_else(PoisonError::into_inner));
+        tokio::time::timeout(grace, futures_util::future::join_all(served)).await.is_ok()
     }
 
     /// The public HTTP routes.
@@ -224,14 +267,19 @@ pub async fn spawn(
     let admin = TcpListener::bind(admin_addr).await?;
     let (local, admin_local) = (listener.local_addr()?, admin.local_addr()?);
     let limits = gw.options.limits.clone();
-    tokio::spawn(serve(listener, gw.router(), limits.clone(), std::future::pending()));
-    tokio::spawn(serve(admin, admin_router(gw.clone()), limits, std::future::pending()));
+    let public = tokio::spawn(serve(listener, gw.router(), limits.clone(), gw.stopped()));
+    let admin = tokio::spawn(serve(admin, admin_router(gw.clone()), limits, gw.stopped()));
+    gw.served.lock().unwrap_or_else(PoisonError::into_inner).extend([public, admin]);
     let interval = gw.options.health_interval.max(Duration::from_millis(10));
     tokio::spawn(gw.registry.clone().health_loop(gw.client.clone(), interval));
     let load_interval = gw.options.load_interval.max(Duration::from_millis(10));
     tokio::spawn(signals::run(Arc::downgrade(&gw), load_interval));
     if let Some(path) = gw.options.watch.clone() {
         watch::watch(gw.clone(), path);
+    }
+    let discover_interval = gw.options.discover_interval.max(Duration::from_millis(10));
+    for source in gw.options.discover.clone() {
+        discovery::spawn(&gw, source, discover_interval);
     }
     Ok((local, admin_local, gw))
 }

@@ -30,7 +30,7 @@ impl Gateway {
     fn view(candidates: &[Arc<Backend>]) -> Workers {
         let mut w = Workers::with_capacity(candidates.len());
         for b in candidates {
-            w.ids.push(b.id);
+            w.ids.push(b.id());
             w.in_flight.push(b.in_flight());
             let clamp = |n: u64| n.min(u64::from(u32::MAX)) as u32;
             // An unknown load is all zeros beside `load-known` false.
@@ -103,7 +103,7 @@ impl Gateway {
                 self.metrics.retries.inc();
             }
             let guard = backend.begin();
-            let mut done = Completion::new(req.id, backend.id, Outcome::Failed);
+            let mut done = Completion::new(req.id, backend.id(), Outcome::Failed);
             done.attempt = attempt as u32;
             let mut pending = Attempt { gw: self, done, started, route_us, open: true };
             let sent = self

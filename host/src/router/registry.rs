@@ -3,7 +3,7 @@
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -16,8 +16,11 @@ use crate::worker::LoadReport;
 pub struct Backend {
     /// Base URL.
     pub url: String,
-    /// Stable id passed to the policy: a hash of the URL.
-    pub id: u64,
+    /// Id passed to the policy: a hash of the id the worker reports (`--worker-id`) once
+    /// known, of its URL until then. See [`Backend::identify`].
+    id: AtomicU64,
+    /// The id the worker reported.
+    name: ArcSwapOption<String>,
     healthy: AtomicBool,
     in_flight: AtomicU32,
     fails: AtomicU32,
@@ -34,18 +37,20 @@ pub struct Reported {
     pub at: Instant,
 }
 
-/// Stable 64-bit id of a worker URL (FNV-1a: the same on every router and run).
-pub fn worker_id(url: &str) -> u64 {
+/// Stable 64-bit id of a worker's name or URL (FNV-1a: the same on every router and run).
+pub fn worker_id(name: &str) -> u64 {
     let mut h = fnv::FnvHasher::default();
-    url.trim_end_matches('/').hash(&mut h);
+    name.trim_end_matches('/').hash(&mut h);
     h.finish()
 }
 
 impl Backend {
-    fn new(url: &str) -> Arc<Self> {
+    /// A worker at `url`, assumed up until a check fails.
+    pub fn new(url: &str) -> Arc<Self> {
         let url = url.trim_end_matches('/').to_string();
         Arc::new(Self {
-            id: worker_id(&url),
+            id: AtomicU64::new(worker_id(&url)),
+            name: ArcSwapOption::empty(),
             url,
             healthy: AtomicBool::new(true),
             in_flight: AtomicU32::new(0),
@@ -53,6 +58,33 @@ impl Backend {
             passes: AtomicU32::new(0),
             load: ArcSwapOption::empty(),
         })
+    }
+
+    /// The id the policy knows it by (see [`Backend::identify`]).
+    pub fn id(&self) -> u64 {
+        self.id.load(Ordering::Relaxed)
+    }
+
+    /// The id the worker reported, once it has.
+    pub fn name(&self) -> Option<Arc<String>> {
+        self.name.load_full()
+    }
+
+    /// Takes the id the worker reports as its identity, so that a worker that comes back
+    /// at another address is the same worker to the policy (rendezvous hashing gives it
+    /// its keys back) and one that is replaced at the same address is not. Returns whether
+    /// the id changed.
+    pub fn identify(&self, name: &str) -> bool {
+        if self.name.load().as_deref().is_some_and(|n| n == name) {
+            return false;
+        }
+        let id = worker_id(name);
+        self.name.store(Some(Arc::new(name.to_string())));
+        let old = self.id.swap(id, Ordering::Relaxed);
+        if old != id {
+            tracing::info!(worker = %self.url, worker_id = name, "worker identified");
+        }
+        old != id
     }
 
     /// Its last load report; `None` until one has arrived.
@@ -103,7 +135,8 @@ impl Backend {
         let reported = self.load();
         BackendInfo {
             url: self.url.clone(),
-            id: format!("{:016x}", self.id),
+            id: format!("{:016x}", self.id()),
+            worker_id: self.name().map(|n| n.to_string()),
             healthy: self.healthy(),
             in_flight: self.in_flight(),
             load: reported.as_ref().map(|r| r.load.clone()),
@@ -127,6 +160,9 @@ impl Drop for InFlightGuard {
 pub struct BackendInfo {
     url: String,
     id: String,
+    /// The id the worker reported (`--worker-id`), absent until it has.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    worker_id: Option<String>,
     healthy: bool,
     in_flight: u32,
     /// Its last load report, absent until one has arrived.
@@ -168,7 +204,17 @@ impl Registry {
 
     /// Adds a worker; false if it is already there.
     pub fn add(&self, url: &str) -> bool {
-        let b = Backend::new(url);
+        self.insert(Backend::new(url))
+    }
+
+    /// Whether a worker at `url` is there.
+    pub fn contains(&self, url: &str) -> bool {
+        let url = url.trim_end_matches('/');
+        self.backends.load().iter().any(|b| b.url == url)
+    }
+
+    /// Adds `b`; false if a worker at its URL is already there.
+    pub fn insert(&self, b: Arc<Backend>) -> bool {
         let mut added = false;
         self.backends.rcu(|cur| {
             let mut v = (**cur).clone();

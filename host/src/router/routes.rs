@@ -79,8 +79,10 @@ pub(super) async fn models(State(gw): State<Arc<Gateway>>) -> Response {
 pub(super) async fn health(State(gw): State<Arc<Gateway>>) -> Response {
     let all = gw.registry.all();
     let up = all.iter().filter(|b| b.healthy()).count();
-    let body = json!({"healthy_workers": up, "workers": all.len()});
-    let status = if up > 0 { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let draining = gw.draining();
+    let body = json!({"healthy_workers": up, "workers": all.len(), "draining": draining});
+    let ready = up > 0 && !draining;
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(body)).into_response()
 }
 

@@ -27,7 +27,7 @@ pub(super) async fn run(gw: std::sync::Weak<Gateway>, interval: Duration) {
         let all = gw.registry.all();
         if gw.options.kv_events {
             followers.retain(|id, task| {
-                let keep = all.iter().any(|b| b.id == *id);
+                let keep = all.iter().any(|b| b.id() == *id);
                 if !keep {
                     task.abort();
                     gw.policy.kv().clear(*id);
@@ -36,7 +36,7 @@ pub(super) async fn run(gw: std::sync::Weak<Gateway>, interval: Duration) {
             });
             for b in all.iter() {
                 followers
-                    .entry(b.id)
+                    .entry(b.id())
                     .or_insert_with(|| tokio::spawn(follow(Arc::downgrade(&gw), b.clone())));
             }
         }
@@ -55,7 +55,10 @@ async fn poll_load(gw: &Gateway, b: &Backend, interval: Duration) {
     let r = gw.signals_client.get(format!("{}/load", b.url)).timeout(timeout).send().await;
     match r {
         Ok(r) if r.status().is_success() => match r.json::<LoadReport>().await {
-            Ok(load) => b.set_load(Some(load)),
+            Ok(load) => {
+                b.identify(&load.worker_id);
+                b.set_load(Some(load));
+            }
             Err(e) => tracing::debug!(worker = %b.url, error = %e, "unreadable load report"),
         },
         Ok(r) => tracing::debug!(worker = %b.url, status = %r.status(), "no load report"),
@@ -90,8 +93,11 @@ impl Drop for ClearOnDrop {
 
 /// Follows `b`'s KV events until the gateway or the worker's entry is gone, reconnecting
 /// with backoff. While no stream is open the router knows none of its blocks.
+/// Its blocks are filed under the worker's id when it started: a worker that identifies
+/// itself anew gets a new follower (see [`run`]) and this one is stopped.
 async fn follow(gw: std::sync::Weak<Gateway>, b: Arc<Backend>) {
-    let _clear = ClearOnDrop(gw.clone(), b.id);
+    let id = b.id();
+    let _clear = ClearOnDrop(gw.clone(), id);
     let mut backoff = Duration::from_millis(100);
     let mut warned = false;
     loop {
@@ -105,7 +111,7 @@ async fn follow(gw: std::sync::Weak<Gateway>, b: Arc<Backend>) {
             Ok(r) if r.status().is_success() => {
                 backoff = Duration::from_millis(100);
                 warned = false;
-                read_events(&gw, &b, r).await;
+                read_events(&gw, &b, id, r).await;
             }
             Ok(r) => {
                 if !warned {
@@ -118,7 +124,7 @@ async fn follow(gw: std::sync::Weak<Gateway>, b: Arc<Backend>) {
             Err(e) => tracing::debug!(worker = %b.url, error = %e, "KV event stream unreachable"),
         }
         if let Some(g) = gw.upgrade() {
-            g.policy.kv().clear(b.id);
+            g.policy.kv().clear(id);
         }
         tokio::time::sleep(backoff).await;
         if backoff < MAX_BACKOFF {
@@ -127,7 +133,7 @@ async fn follow(gw: std::sync::Weak<Gateway>, b: Arc<Backend>) {
     }
 }
 
-async fn read_events(gw: &std::sync::Weak<Gateway>, b: &Backend, r: reqwest::Response) {
+async fn read_events(gw: &std::sync::Weak<Gateway>, b: &Backend, id: u64, r: reqwest::Response) {
     let mut stream = r.bytes_stream();
     let mut buf = Vec::new();
     // Where the search for the end of the current event resumes.
@@ -155,7 +161,7 @@ async fn read_events(gw: &std::sync::Weak<Gateway>, b: &Backend, r: reqwest::Res
                     tracing::warn!(worker = %b.url, "unreadable KV event; resubscribing");
                     return;
                 };
-                apply(&gw, b, ev, &mut pending_clear);
+                apply(&gw, b, id, ev, &mut pending_clear);
             }
         }
         if buf.len() > MAX_EVENT_BYTES {
@@ -165,7 +171,7 @@ async fn read_events(gw: &std::sync::Weak<Gateway>, b: &Backend, r: reqwest::Res
     }
 }
 
-fn apply(gw: &Gateway, b: &Backend, ev: KvEvent, pending_clear: &mut bool) {
+fn apply(gw: &Gateway, b: &Backend, id: u64, ev: KvEvent, pending_clear: &mut bool) {
     let feed = gw.policy.kv();
     gw.metrics.kv_events.with_label_values(&[ev.kind.name()]).inc();
     if !ev.snapshot && ev.ts_us > 0 {
@@ -174,12 +180,10 @@ fn apply(gw: &Gateway, b: &Backend, ev: KvEvent, pending_clear: &mut bool) {
     }
     match ev.kind {
         KvEventKind::Cleared if ev.snapshot => *pending_clear = true,
-        KvEventKind::Cleared => feed.clear(b.id),
-        KvEventKind::Stored => {
-            feed.apply(b.id, std::mem::take(pending_clear), Vec::new(), ev.hashes)
-        }
+        KvEventKind::Cleared => feed.clear(id),
+        KvEventKind::Stored => feed.apply(id, std::mem::take(pending_clear), Vec::new(), ev.hashes),
         KvEventKind::Removed => {
-            feed.apply(b.id, std::mem::take(pending_clear), ev.hashes, Vec::new())
+            feed.apply(id, std::mem::take(pending_clear), ev.hashes, Vec::new())
         }
         KvEventKind::Unknown => tracing::debug!(worker = %b.url, "unknown KV event type"),
     }

@@ -1,47 +1,63 @@
-//! Swapping the routing policy when its file changes on disk.
+//! Following files on disk: the routing policy's (swapped when it changes) and the
+//! workers file's (see `discovery`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::mpsc;
 
 use super::Gateway;
 use crate::policy::{LoadOptions, PolicySource};
 
-/// Swaps the policy whenever `path` changes on disk, with the same checks as a `PUT`;
-/// a file that fails them is logged and the serving policy stays.
-pub fn watch(gw: Arc<Gateway>, path: PathBuf) {
+/// Sends the contents of `path` each time they change (not the contents it has now).
+///
+/// Watches the file's directory, not the file: editors and `cp` replace files rather than
+/// write them in place, and a Kubernetes ConfigMap volume swaps a `..data` symlink. A
+/// burst of events (truncate, write, close) is read once, after it settles. A file that
+/// cannot be read is skipped until it can. The watch ends when the receiver is dropped.
+pub(super) fn watch_file(path: PathBuf) -> notify::Result<mpsc::UnboundedReceiver<Vec<u8>>> {
     use notify::{RecursiveMode, Watcher};
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut watcher = match notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
         if ev.is_ok_and(|e| e.kind.is_modify() || e.kind.is_create()) {
             let _ = tx.send(());
         }
-    }) {
-        Ok(w) => w,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot watch the policy file");
-            return;
-        }
-    };
-    // Watch the directory: editors and `cp` replace files rather than write them in place.
-    let dir =
-        path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-    if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
-        tracing::error!(error = %e, path = %dir.display(), "cannot watch the policy file");
-        return;
-    }
+    })?;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    let (out, contents) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         let _watcher = watcher;
         let mut last: Option<Vec<u8>> = std::fs::read(&path).ok();
         while rx.recv().await.is_some() {
-            // Let a burst of events (truncate, write, close) settle.
             tokio::time::sleep(Duration::from_millis(100)).await;
             while rx.try_recv().is_ok() {}
             let Ok(bytes) = std::fs::read(&path) else { continue };
             if last.as_ref() == Some(&bytes) {
                 continue;
             }
-            last = Some(bytes);
+            last = Some(bytes.clone());
+            if out.send(bytes).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(contents)
+}
+
+/// Swaps the policy whenever `path` changes on disk, with the same checks as a `PUT`;
+/// a file that fails them is logged and the serving policy stays.
+pub fn watch(gw: Arc<Gateway>, path: PathBuf) {
+    let mut changes = match watch_file(path.clone()) {
+        Ok(rx) => rx,
+        Err(e) => {
+            tracing::error!(error = %e, path = %path.display(), "cannot watch the policy file");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while changes.recv().await.is_some() {
             let source = PolicySource::File(path.clone());
             let opts = LoadOptions::with_settings(gw.options.settings.clone());
             let g = gw.clone();

@@ -5,7 +5,7 @@ use std::time::UNIX_EPOCH;
 
 use axum::Json;
 use axum::extract::State;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::Worker;
@@ -13,8 +13,19 @@ use super::handlers::now;
 use crate::api::openai::{ModelCard, ModelList};
 use crate::http::render_metrics;
 
-pub(super) async fn health() -> &'static str {
-    "ok"
+/// The readiness check: 503 once the worker is shutting down, so that routers and
+/// orchestrators stop sending it requests.
+pub(super) async fn health(State(w): State<Arc<Worker>>) -> Response {
+    if w.draining() {
+        return crate::api::ApiError::overloaded(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "worker is shutting down",
+            1,
+        )
+        .with_code("shutting_down")
+        .into_response();
+    }
+    "ok".into_response()
 }
 
 pub(super) async fn models(State(w): State<Arc<Worker>>) -> Json<ModelList> {

@@ -21,7 +21,8 @@ mod stream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::middleware::from_fn_with_state;
@@ -93,6 +94,9 @@ pub struct Worker {
     /// Set when the worker stops, to end the streams that never end by themselves
     /// (`/kv_events`), which a graceful shutdown would otherwise wait for.
     closing: tokio::sync::watch::Sender<bool>,
+    /// Set on shutdown: `/health` fails and new requests get 503 while those in flight
+    /// finish.
+    draining: AtomicBool,
 }
 
 impl Worker {
@@ -118,6 +122,7 @@ impl Worker {
             started: SystemTime::now(),
             kv_events,
             closing: tokio::sync::watch::channel(false).0,
+            draining: AtomicBool::new(false),
         });
         load::spawn_sampler(&worker);
         Ok(worker)
@@ -126,6 +131,16 @@ impl Worker {
     /// Ends the streams that only end with the worker (`/kv_events`).
     fn close_streams(&self) {
         self.closing.send_replace(true);
+    }
+
+    /// Whether the worker is shutting down.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// How it was set up.
+    pub fn options(&self) -> &WorkerOptions {
+        &self.options
     }
 
     /// Both cache levels.
@@ -193,13 +208,29 @@ impl WorkerHandle {
         self.task.await.unwrap_or_else(|e| Err(std::io::Error::other(e)))
     }
 
-    /// Serves until Ctrl-C, then stops gracefully.
-    pub async fn until_ctrl_c(mut self) -> std::io::Result<()> {
-        tokio::select! {
+    /// Serves until SIGTERM or Ctrl-C, then drains: fails `/health`, refuses new requests
+    /// (503, which a router retries elsewhere), stops accepting connections, and lets the
+    /// requests in flight finish for up to `grace` before returning.
+    pub async fn until_signal(mut self, grace: Duration) -> std::io::Result<()> {
+        let signal = tokio::select! {
             r = &mut self.task => return r.unwrap_or_else(|e| Err(std::io::Error::other(e))),
-            r = tokio::signal::ctrl_c() => r?,
+            s = crate::serve::shutdown_signal() => s?,
+        };
+        let in_flight = self
+            .worker
+            .options
+            .max_queue
+            .max(1)
+            .saturating_sub(self.worker.queue.available_permits());
+        tracing::info!(%signal, in_flight, grace_s = grace.as_secs_f64(), "draining");
+        self.worker.draining.store(true, Ordering::Relaxed);
+        match tokio::time::timeout(grace, self.stop()).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::warn!("requests still in flight after the grace period; exiting");
+                Ok(())
+            }
         }
-        self.stop().await
     }
 }
 

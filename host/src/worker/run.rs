@@ -121,6 +121,15 @@ impl Worker {
     /// refuses it now, before an answer starts.
     pub(crate) async fn admit(self: &Arc<Self>, job: Job) -> Result<Admitted, ApiError> {
         let started = Instant::now();
+        if self.draining() {
+            // A router retries a 503 on another worker; this one is going away.
+            return Err(ApiError::overloaded(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "worker is shutting down",
+                1,
+            )
+            .with_code("shutting_down"));
+        }
         let Ok(permit) = self.queue.clone().try_acquire_owned() else {
             return Err(ApiError::overloaded(
                 StatusCode::TOO_MANY_REQUESTS,

@@ -1,0 +1,244 @@
+//! Finding workers without a fixed list: a DNS name re-resolved on an interval (a Compose
+//! service or network alias, a Kubernetes headless Service), or a file of worker URLs
+//! followed as it changes. Each source adds the workers it finds once they answer, and
+//! removes the ones it added when they are gone from its answer; workers given by
+//! `--workers` or the admin API are never removed by it.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use super::Gateway;
+use super::registry::Backend;
+use crate::worker::LoadReport;
+
+/// Where a router looks for workers, besides its fixed list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Discover {
+    /// Every address `name` resolves to, as `http://ADDRESS:port`.
+    Dns {
+        /// Host name to resolve.
+        name: String,
+        /// The workers' port.
+        port: u16,
+    },
+    /// Worker base URLs, one per line (`#` starts a comment), re-read when the file changes.
+    File(PathBuf),
+}
+
+impl FromStr for Discover {
+    type Err = String;
+
+    /// `dns:NAME:PORT`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("`{s}` is not dns:NAME:PORT (e.g. dns:worker:8001)");
+        let rest = s.strip_prefix("dns:").ok_or_else(bad)?;
+        let (name, port) = rest.rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = port.parse().ok().filter(|&p| p != 0).ok_or_else(bad)?;
+        if name.is_empty() || name.contains(['/', ' ']) {
+            return Err(bad());
+        }
+        Ok(Self::Dns { name: name.to_string(), port })
+    }
+}
+
+impl std::fmt::Display for Discover {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Dns { name, port } => write!(f, "dns:{name}:{port}"),
+            Self::File(path) => write!(f, "file:{}", path.display()),
+        }
+    }
+}
+
+/// How long a newly found worker has to answer before it is added (it is asked again at
+/// the next look otherwise).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Starts following `source` for as long as the gateway lives.
+pub(super) fn spawn(gw: &Arc<Gateway>, source: Discover, interval: Duration) {
+    let weak = Arc::downgrade(gw);
+    match source {
+        Discover::Dns { name, port } => {
+            tokio::spawn(dns(weak, name, port, interval));
+        }
+        Discover::File(path) => {
+            tokio::spawn(file(weak, path, interval));
+        }
+    }
+}
+
+async fn dns(gw: Weak<Gateway>, name: String, port: u16, interval: Duration) {
+    let label = format!("dns:{name}:{port}");
+    let mut mine = BTreeSet::new();
+    let mut failing = false;
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let answer = tokio::net::lookup_host((name.as_str(), port)).await;
+        let Some(gw) = gw.upgrade() else { return };
+        match answer {
+            Ok(addrs) => {
+                failing = false;
+                let want = addrs.map(|a| format!("http://{a}")).collect();
+                sync(&gw, &label, &mut mine, &want).await;
+            }
+            // No answer is not an empty answer (a DNS server restarting, or every worker
+            // down at once): the workers stay, and their health checks tell.
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(source = %label, error = %e, "worker discovery: no DNS answer; keeping the workers known");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+async fn file(gw: Weak<Gateway>, path: PathBuf, interval: Duration) {
+    let label = format!("file:{}", path.display());
+    let mut mine = BTreeSet::new();
+    let mut changes = match super::watch::watch_file(path.clone()) {
+        Ok(rx) => Some(rx),
+        Err(e) => {
+            tracing::warn!(source = %label, error = %e, "cannot watch the workers file; re-reading it every interval");
+            None
+        }
+    };
+    // Workers that did not answer yet are asked again each interval, so the file is also
+    // re-read on a timer, not only on change.
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut warned = false;
+    loop {
+        match &mut changes {
+            Some(rx) => tokio::select! {
+                _ = tick.tick() => {}
+                changed = rx.recv() => if changed.is_none() { changes = None },
+            },
+            None => {
+                tick.tick().await;
+            }
+        }
+        let text = match tokio::fs::read_to_string(&path).await {
+            Ok(t) => t,
+            Err(e) => {
+                if !warned {
+                    tracing::warn!(source = %label, error = %e, "cannot read the workers file; keeping the workers known");
+                    warned = true;
+                }
+                continue;
+            }
+        };
+        warned = false;
+        let Some(gw) = gw.upgrade() else { return };
+        let want = parse_workers_file(&text, &label);
+        sync(&gw, &label, &mut mine, &want).await;
+    }
+}
+
+/// The worker URLs in a workers file: one per line, blank lines and `#` comments skipped,
+/// lines that are not `http://` or `https://` URLs logged and skipped.
+pub fn parse_workers_file(text: &str, label: &str) -> BTreeSet<String> {
+    let mut urls = BTreeSet::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let ok = ["http://", "https://"].iter().any(|s| {
+            line.strip_prefix(s).is_some_and(|rest| !rest.is_empty() && !rest.contains(' '))
+        });
+        if ok {
+            urls.insert(line.trim_end_matches('/').to_string());
+        } else {
+            tracing::warn!(source = %label, line = n + 1, text = line, "not a worker URL; skipped");
+        }
+    }
+    urls
+}
+
+/// Makes the workers this source added match `want`: removes those gone from it, and adds
+/// the new ones that answer (identified by the id they report).
+async fn sync(gw: &Gateway, label: &str, mine: &mut BTreeSet<String>, want: &BTreeSet<String>) {
+    for url in mine.difference(want) {
+        if gw.registry.remove(url) {
+            tracing::info!(source = %label, worker = %url, "worker gone from discovery; removed");
+        }
+    }
+    mine.retain(|u| want.contains(u));
+    // A worker listed by hand (or added through the admin API) is not this source's.
+    let new: Vec<&String> =
+        want.iter().filter(|u| !mine.contains(*u) && !gw.registry.contains(u)).collect();
+    let probes = new.into_iter().map(|url| probe(gw, url));
+    for found in futures_util::future::join_all(probes).await.into_iter().flatten() {
+        let url = found.url.clone();
+        let name = found.name();
+        if gw.registry.insert(found) {
+            tracing::info!(source = %label, worker = %url, worker_id = name.as_deref().map(String::as_str), "worker discovered; added");
+            mine.insert(url);
+        }
+    }
+}
+
+/// The worker at `url` if it answers: identified by its `/load` report (a locus worker),
+/// or by its URL if it has none but passes `/health` (another engine).
+async fn probe(gw: &Gateway, url: &str) -> Option<Arc<Backend>> {
+    let b = Backend::new(url);
+    let client = &gw.signals_client;
+    let load = client.get(format!("{}/load", b.url)).timeout(PROBE_TIMEOUT).send().await;
+    match load {
+        Ok(r) if r.status().is_success() => {
+            let report = r.json::<LoadReport>().await.ok()?;
+            b.identify(&report.worker_id);
+            b.set_load(Some(report));
+            Some(b)
+        }
+        Ok(_) => {
+            let health =
+                client.get(format!("{}/health", b.url)).timeout(PROBE_TIMEOUT).send().await;
+            health.ok().filter(|r| r.status().is_success()).map(|_| b)
+        }
+        Err(e) => {
+            tracing::debug!(worker = %b.url, error = %e, "discovered worker does not answer yet");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_sources_parse_and_bad_ones_are_refused() {
+        assert_eq!(
+            "dns:worker:8001".parse::<Discover>(),
+            Ok(Discover::Dns { name: "worker".into(), port: 8001 })
+        );
+        assert_eq!(
+            "dns:locus-worker.default.svc.cluster.local:8001".parse::<Discover>().map(
+                |d| match d {
+                    Discover::Dns { name, .. } => name,
+                    Discover::File(_) => String::new(),
+                }
+            ),
+            Ok("locus-worker.default.svc.cluster.local".into())
+        );
+        for bad in
+            ["worker:8001", "dns:worker", "dns::8001", "dns:worker:0", "dns:worker:x", "dns:a b:1"]
+        {
+            let e = bad.parse::<Discover>().unwrap_err();
+            assert!(e.contains("dns:NAME:PORT"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_workers_file_keeps_urls_and_skips_the_rest() {
+        let text = "# the pool\nhttp://a:8001/\n\n  https://b:8001  # second\nc:8001\nhttp://\nhttp://a:8001\n";
+        let urls: Vec<String> = parse_workers_file(text, "test").into_iter().collect();
+        assert_eq!(urls, ["http://a:8001", "https://b:8001"]);
+    }
+}
