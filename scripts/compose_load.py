@@ -10,6 +10,7 @@ move; once it is back every prefix must be where it was before.
 """
 
 import argparse
+import datetime
 import json
 import subprocess
 import sys
@@ -130,6 +131,23 @@ class Watcher:
         raise SystemExit(f"router did not report {self.victim} as {states} within {timeout}s")
 
 
+def log_times(compose, service, needle):
+    """When the service's container logged lines containing `needle` (Docker's own
+    timestamps, on this machine's clock), as Unix seconds."""
+    out = subprocess.run(compose + ["logs", "-t", "--no-color", service],
+                         capture_output=True, text=True).stdout
+    times = []
+    for line in out.splitlines():
+        if needle not in line:
+            continue
+        stamp = next((w for w in line.split() if w[:4].isdigit() and "T" in w and w.endswith("Z")), None)
+        if stamp:
+            day, frac = stamp[:-1].split(".") if "." in stamp else (stamp[:-1], "0")
+            t = datetime.datetime.strptime(day, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=datetime.timezone.utc)
+            times.append(t.timestamp() + float("0." + frac))
+    return times
+
+
 def owner(counter):
     return counter.most_common(1)[0][0] if counter else None
 
@@ -189,6 +207,9 @@ def main():
     load.end()
     watcher.stop.set()
 
+    # The worker's own view: when it got SIGTERM, and when it listened again.
+    drained = [t for t in log_times(compose, a.victim_service, "draining") if t >= t_stop]
+    listening = [t for t in log_times(compose, a.victim_service, "listening on") if t >= t_start]
     failed = [r for r in load.records if r[4] is not None]
     keys = range(a.keys)
     own_before = {k: owner(before[k]) for k in keys}
@@ -217,6 +238,9 @@ def main():
         "removed_by_discovery_s": t_removed - t_stop,
         "start_command_s": t_started - t_start,
         "noticed_up_s": t_noticed_up - t_start,
+        "sigterm_to_noticed_down_s": t_noticed_down - drained[0] if drained else None,
+        "sigterm_to_removed_s": t_removed - drained[0] if drained else None,
+        "listening_to_noticed_up_s": t_noticed_up - listening[0] if listening else None,
         "victim_events": [(round(t - t0, 3), s) for t, s in watcher.events],
     }
     with open(f"{a.out}/worker-loss.json", "w") as f:

@@ -263,6 +263,8 @@ pub async fn spawn(
     admin_addr: SocketAddr,
 ) -> anyhow::Result<(SocketAddr, SocketAddr, Arc<Gateway>)> {
     let gw = Gateway::new(options)?;
+    // Workers down now are identified by their first load report later.
+    signals::identify(&gw, Duration::from_secs(1)).await;
     let listener = TcpListener::bind(addr).await?;
     let admin = TcpListener::bind(admin_addr).await?;
     let (local, admin_local) = (listener.local_addr()?, admin.local_addr()?);

@@ -48,6 +48,13 @@ pub(super) async fn run(gw: std::sync::Weak<Gateway>, interval: Duration) {
     }
 }
 
+/// Asks every listed worker its load once, so that those that answer within `timeout` are
+/// known by their reported id from the first request on (see [`Backend::identify`]).
+pub(super) async fn identify(gw: &Gateway, timeout: Duration) {
+    let all = gw.registry.all();
+    futures_util::future::join_all(all.iter().map(|b| poll_load(gw, b, timeout))).await;
+}
+
 async fn poll_load(gw: &Gateway, b: &Backend, interval: Duration) {
     // A slow answer is stale by the next poll; a worker that cannot say keeps its last
     // report, whose age the policy sees growing.
