@@ -52,7 +52,7 @@ start=$(date +%s.%N)
 "${dc[@]}" up -d --no-build
 first=""
 for _ in $(seq 1 1200); do
-  if curl -sf -o /dev/null "$router/generate" -H 'content-type: application/json' \
+  if curl -sf -m 5 -o /dev/null "$router/generate" -H 'content-type: application/json' \
     -d '{"text": "The capital of France is", "sampling_params": {"max_new_tokens": 4}}'; then
     first=$(date +%s.%N)
     break
@@ -64,7 +64,7 @@ if [[ -z "$first" ]]; then
   "${dc[@]}" ps >&2
   exit 1
 fi
-up_s=$(echo "$first - $start" | bc)
+up_s=$(python3 -c "print(f'{$first - $start:.2f}')")
 
 set +e
 python3 scripts/compose_load.py --router "$router" --admin "http://127.0.0.1:$LOCUS_ADMIN_PORT" \

@@ -16,7 +16,7 @@ name=locus-speed-$$
 pids=()
 cleanup() {
   docker rm -f "$name" >/dev/null 2>&1 || true
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]+"${pids[@]}"}"; do kill "$p" 2>/dev/null || true; done
 }
 trap cleanup EXIT
 docker run -d --rm --name "$name" -e RAYON_NUM_THREADS="$threads" -p 127.0.0.1:18201:8001 \

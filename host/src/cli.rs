@@ -63,13 +63,24 @@ pub struct ShutdownArgs {
     /// grace period (Docker's stop timeout, Kubernetes' terminationGracePeriodSeconds).
     #[arg(long, env = "LOCUS_SHUTDOWN_GRACE_S", default_value_t = 25.0)]
     pub shutdown_grace_s: f64,
+    /// Seconds the server goes on serving after SIGTERM with /health failing, before it
+    /// stops accepting: time for a load balancer (a Kubernetes Service, DNS) to take it
+    /// out of rotation. A second signal ends the drain at once.
+    #[arg(long, env = "LOCUS_SHUTDOWN_DELAY_S", default_value_t = 0.0)]
+    pub shutdown_delay_s: f64,
 }
 
 impl ShutdownArgs {
-    pub fn grace(&self) -> anyhow::Result<Duration> {
-        Duration::try_from_secs_f64(self.shutdown_grace_s).map_err(|_| {
-            anyhow::anyhow!("--shutdown-grace-s must be a non-negative number of seconds")
-        })
+    /// The delay before the server stops accepting, and the grace period after.
+    pub fn times(&self) -> anyhow::Result<(Duration, Duration)> {
+        let secs = |v: f64, flag: &str| {
+            Duration::try_from_secs_f64(v)
+                .map_err(|_| anyhow::anyhow!("--{flag} must be a non-negative number of seconds"))
+        };
+        Ok((
+            secs(self.shutdown_delay_s, "shutdown-delay-s")?,
+            secs(self.shutdown_grace_s, "shutdown-grace-s")?,
+        ))
     }
 }
 
@@ -245,7 +256,7 @@ pub struct RoutingArgs {
     #[arg(long = "policy-setting", value_parser = policy::parse_setting)]
     pub policy_settings: Vec<(String, String)>,
     /// Swap the policy whenever its file changes on disk.
-    #[arg(long, env = "LOCUS_WATCH")]
+    #[arg(long, env = "LOCUS_WATCH", value_parser = clap::builder::BoolishValueParser::new())]
     pub watch: bool,
     /// Milliseconds between health checks of each worker.
     #[arg(long, default_value_t = 500)]
@@ -555,8 +566,15 @@ mod tests {
                         arg.get_long().expect("settings read from the environment have a flag");
                     if arg.get_action().takes_values() {
                         out.push(format!("--{long}={value}"));
-                    } else if value == "true" {
-                        out.push(format!("--{long}"));
+                    } else {
+                        // A switch read from the environment: true/false, 1/0, yes/no, on/off.
+                        use clap::builder::TypedValueParser;
+                        let on = clap::builder::BoolishValueParser::new()
+                            .parse_ref(sub, Some(arg), std::ffi::OsStr::new(value))
+                            .unwrap_or_else(|e| panic!("{place}: {key}={value}: {e}"));
+                        if on {
+                            out.push(format!("--{long}"));
+                        }
                     }
                 }
                 None => assert!(

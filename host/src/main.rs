@@ -107,7 +107,7 @@ async fn serve(cmd: Command) -> anyhow::Result<()> {
             let engines = cluster::load_engines(&source, 1, a.model.engine_options()?).await?;
             let engine = engines.into_iter().next().expect("one engine");
             tracing::info!(model = %engine.describe(), "model loaded");
-            let grace = a.shutdown.grace()?;
+            let (delay, grace) = a.shutdown.times()?;
             let mut wo = a.cache.options(a.admin_token.token.clone(), &a.serve)?;
             wo.worker_id = a.worker_id.unwrap_or_else(|| format!("{}:{}", host_name(), a.port));
             let handle = worker::spawn(engine, wo, SocketAddr::new(a.host, a.port)).await?;
@@ -116,11 +116,11 @@ async fn serve(cmd: Command) -> anyhow::Result<()> {
                 handle.worker.options().worker_id,
                 handle.addr
             );
-            handle.until_signal(grace).await?;
+            handle.until_signal(delay, grace).await?;
             Ok(())
         }
         Command::Router(a) => {
-            let grace = a.shutdown.grace()?;
+            let (delay, grace) = a.shutdown.times()?;
             let mut ro = a.routing.options(a.admin_token.token.clone(), &a.serve)?;
             ro.workers = a.workers.clone();
             ro.discover = a.discover.clone();
@@ -136,9 +136,14 @@ async fn serve(cmd: Command) -> anyhow::Result<()> {
                 found.join(",")
             );
             let signal = locus::serve::shutdown_signal().await?;
-            tracing::info!(%signal, grace_s = grace.as_secs_f64(), "draining");
-            if !gw.drain(grace).await {
-                tracing::warn!("requests still in flight after the grace period; exiting");
+            tracing::info!(%signal, delay_s = delay.as_secs_f64(), grace_s = grace.as_secs_f64(), "draining");
+            tokio::select! {
+                done = gw.drain(delay, grace) => if !done {
+                    tracing::warn!("requests still in flight after the grace period; exiting");
+                },
+                s = locus::serve::shutdown_signal() => {
+                    tracing::warn!(signal = %s?, "second signal; exiting without waiting");
+                }
             }
             Ok(())
         }

@@ -344,3 +344,84 @@ async fn a_worker_past_its_grace_period_exits_anyway() {
     let (_, done) = stream.await.unwrap();
     assert!(!done, "a 1000-token stream cannot have finished within the grace period");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_mounted_from_a_configmap_is_swapped_when_kubernetes_updates_it() {
+    use locus::policy::PolicySource;
+    use std::os::unix::fs::symlink;
+    // What the kubelet's atomic writer makes of a ConfigMap volume: the file is a symlink
+    // through `..data`, itself a symlink to a timestamped directory; an update writes a
+    // new directory and renames a new `..data` over the old one.
+    let dir = std::env::temp_dir().join(format!("locus-configmap-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let version = |name: &str, bytes: &[u8]| {
+        std::fs::create_dir_all(dir.join(name)).unwrap();
+        std::fs::write(dir.join(name).join("policy.wasm"), bytes).unwrap();
+    };
+    version("..2026_11_26_a", &PolicySource::Builtin("hash").bytes().unwrap());
+    symlink("..2026_11_26_a", dir.join("..data")).unwrap();
+    symlink("..data/policy.wasm", dir.join("policy.wasm")).unwrap();
+    let file = dir.join("policy.wasm");
+    let opts = RouterOptions {
+        workers: vec!["http://127.0.0.1:9".into()],
+        policy: PolicySource::File(file.clone()),
+        watch: Some(file),
+        ..RouterOptions::default()
+    };
+    let (_, _, gw) = router::spawn(opts, any(), any()).await.unwrap();
+    let before = gw.policy().info().sha256;
+
+    version("..2026_11_26_b", &PolicySource::Builtin("random").bytes().unwrap());
+    symlink("..2026_11_26_b", dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    until("the updated ConfigMap's policy serves", || gw.policy().info().sha256 != before).await;
+    let opts = locus::policy::LoadOptions::with_settings(Vec::new());
+    let random = locus::policy::inspect(&PolicySource::Builtin("random"), &opts);
+    assert_eq!(gw.policy().info().sha256, random.sha256, "the new version serves");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_moved_in_one_file_edit_is_followed_at_its_new_address_and_counted_once() {
+    let e = engines(1).await;
+    let dir = std::env::temp_dir().join(format!("locus-move-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("workers");
+    let old = worker_on(&e[0], "mover").await;
+    write_atomically(&file, &format!("http://{}\n", old.addr));
+    let (_router, gw) = router_with(vec![Discover::File(file.clone())], Vec::new()).await;
+    until("the worker is added", || gw.registry().all().len() == 1).await;
+
+    // Moved: the old address goes and the new one comes in the same edit.
+    let new = worker_on(&e[0], "mover").await;
+    old.stop().await.unwrap();
+    write_atomically(&file, &format!("http://{}\n", new.addr));
+    until("the new address replaces the old", || urls(&gw) == vec![format!("http://{}", new.addr)])
+        .await;
+    assert_eq!(gw.registry().all()[0].id(), router::worker_id("mover"));
+    // Its KV events are followed at the new address: a prompt it stores reaches the index.
+    let text = "A prompt long enough to fill a few blocks of sixteen tokens each, so that the \
+                worker stores them in its prefix cache and tells the router which it holds.";
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/generate", new.addr))
+        .json(&json!({"text": text, "sampling_params": {"max_new_tokens": 1}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let kv = gw.policy().kv().clone();
+    until("the router knows the moved worker's blocks", || {
+        kv.blocks(router::worker_id("mover")) > 0
+    })
+    .await;
+
+    // The same worker named a second way (localhost, not 127.0.0.1) is not added twice.
+    write_atomically(
+        &file,
+        &format!("http://{}\nhttp://localhost:{}\n", new.addr, new.addr.port()),
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(urls(&gw), vec![format!("http://{}", new.addr)]);
+    new.stop().await.unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+}

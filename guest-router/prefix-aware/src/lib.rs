@@ -119,10 +119,19 @@ impl State {
             return Some(*s);
         }
         let s = self.slots.len();
-        (s < MAX_SLOTS).then(|| {
+        if s < MAX_SLOTS {
             self.slots.insert(worker, s);
-            s
-        })
+            return Some(s);
+        }
+        // All taken: reuse one that marks no block (a worker gone, or an id it no longer
+        // goes by), so that workers coming and going never use the slots up for good.
+        let mut used = self.index.values().fold(0u128, |m, b| m | b);
+        used |= self.approx.iter().fold(0u128, |m, (_, s)| m | 1 << s);
+        let (&old, &free) = self.slots.iter().find(|&(_, &s)| used & (1 << s) == 0)?;
+        self.slots.remove(&old);
+        self.exact &= !(1 << free);
+        self.slots.insert(worker, free);
+        Some(free)
     }
 
     fn clear_bit(&mut self, block: u64, bit: u128) {
@@ -368,6 +377,24 @@ mod tests {
             prompt_tokens: None,
             session: session.map(str::to_string),
         }
+    }
+
+    #[test]
+    fn slots_of_workers_that_hold_nothing_are_reused_once_all_are_taken() {
+        let mut s = state();
+        for w in 0..MAX_SLOTS as u64 {
+            s.kv_events(1000 + w, false, &[], &[w]);
+        }
+        // Full, and every slot marks a block: a newcomer gets none.
+        s.kv_events(5000, false, &[], &[9999]);
+        assert_eq!(s.slots.get(&5000), None);
+        // One worker forgets its block: its slot goes to the newcomer.
+        s.kv_events(1007, true, &[], &[]);
+        s.kv_events(5000, false, &[], &[9999]);
+        assert_eq!(s.slots.get(&5000), Some(&7));
+        assert_eq!(s.slots.get(&1007), None);
+        assert_eq!(s.matched(&[9999], &[Some(7)]), [1]);
+        assert_eq!(s.matched(&[3], &[Some(3)]), [1], "the others keep theirs");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! removes the ones it added when they are gone from its answer; workers given by
 //! `--workers` or the admin API are never removed by it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::{Arc, Weak};
@@ -70,9 +70,13 @@ pub(super) fn spawn(gw: &Arc<Gateway>, source: Discover, interval: Duration) {
     }
 }
 
+/// The workers a source added, by URL: the very entries, so that one removed (or
+/// replaced) through the admin API is no longer the source's to remove.
+type Mine = BTreeMap<String, Arc<Backend>>;
+
 async fn dns(gw: Weak<Gateway>, name: String, port: u16, interval: Duration) {
     let label = format!("dns:{name}:{port}");
-    let mut mine = BTreeSet::new();
+    let mut mine = Mine::new();
     let mut failing = false;
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -99,7 +103,7 @@ async fn dns(gw: Weak<Gateway>, name: String, port: u16, interval: Duration) {
 
 async fn file(gw: Weak<Gateway>, path: PathBuf, interval: Duration) {
     let label = format!("file:{}", path.display());
-    let mut mine = BTreeSet::new();
+    let mut mine = Mine::new();
     let mut changes = match super::watch::watch_file(path.clone()) {
         Ok(rx) => Some(rx),
         Err(e) => {
@@ -107,35 +111,47 @@ async fn file(gw: Weak<Gateway>, path: PathBuf, interval: Duration) {
             None
         }
     };
-    // Workers that did not answer yet are asked again each interval, so the file is also
-    // re-read on a timer, not only on change.
+    // The list in force: read at the start, then from each change once it has settled
+    // (`watch_file`). A re-read on the timer, which may catch a write half done, counts
+    // only when two in a row agree; the timer also asks again workers that did not answer.
+    let mut accepted: Option<String> = None;
+    let mut last_read: Option<String> = None;
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut warned = false;
     loop {
-        match &mut changes {
+        let changed = match &mut changes {
             Some(rx) => tokio::select! {
-                _ = tick.tick() => {}
-                changed = rx.recv() => if changed.is_none() { changes = None },
+                _ = tick.tick() => false,
+                c = rx.recv() => match c {
+                    Some(_) => true,
+                    None => { changes = None; false }
+                },
             },
             None => {
                 tick.tick().await;
-            }
-        }
-        let text = match tokio::fs::read_to_string(&path).await {
-            Ok(t) => t,
-            Err(e) => {
-                if !warned {
-                    tracing::warn!(source = %label, error = %e, "cannot read the workers file; keeping the workers known");
-                    warned = true;
-                }
-                continue;
+                false
             }
         };
-        warned = false;
         let Some(gw) = gw.upgrade() else { return };
-        let want = parse_workers_file(&text, &label);
-        sync(&gw, &label, &mut mine, &want).await;
+        match tokio::fs::read_to_string(&path).await {
+            Ok(text) => {
+                warned = false;
+                if changed || accepted.is_none() || last_read.as_ref() == Some(&text) {
+                    accepted = Some(text.clone());
+                }
+                last_read = Some(text);
+            }
+            Err(e) if !warned => {
+                tracing::warn!(source = %label, error = %e, "cannot read the workers file; keeping the workers known");
+                warned = true;
+            }
+            Err(_) => {}
+        }
+        if let Some(text) = &accepted {
+            let want = parse_workers_file(text, &label);
+            sync(&gw, &label, &mut mine, &want).await;
+        }
     }
 }
 
@@ -162,44 +178,58 @@ pub fn parse_workers_file(text: &str, label: &str) -> BTreeSet<String> {
 
 /// Makes the workers this source added match `want`: removes those gone from it, and adds
 /// the new ones that answer (identified by the id they report).
-async fn sync(gw: &Gateway, label: &str, mine: &mut BTreeSet<String>, want: &BTreeSet<String>) {
-    for url in mine.difference(want) {
-        if gw.registry.remove(url) {
+async fn sync(gw: &Gateway, label: &str, mine: &mut Mine, want: &BTreeSet<String>) {
+    // Entries removed or replaced through the admin API are no longer this source's.
+    let present = gw.registry.all();
+    mine.retain(|_, b| present.iter().any(|p| Arc::ptr_eq(p, b)));
+    mine.retain(|url, b| {
+        let keep = want.contains(url);
+        if !keep && gw.registry.remove_backend(b) {
             tracing::info!(source = %label, worker = %url, "worker gone from discovery; removed");
         }
-    }
-    mine.retain(|u| want.contains(u));
+        keep
+    });
     // A worker listed by hand (or added through the admin API) is not this source's.
     let new: Vec<&String> =
-        want.iter().filter(|u| !mine.contains(*u) && !gw.registry.contains(u)).collect();
+        want.iter().filter(|u| !mine.contains_key(*u) && !gw.registry.contains(u)).collect();
     let probes = new.into_iter().map(|url| probe(gw, url));
-    for found in futures_util::future::join_all(probes).await.into_iter().flatten() {
+    for (found, name) in futures_util::future::join_all(probes).await.into_iter().flatten() {
         let url = found.url.clone();
-        let name = found.name();
-        if gw.registry.insert(found) {
-            tracing::info!(source = %label, worker = %url, worker_id = name.as_deref().map(String::as_str), "worker discovered; added");
-            mine.insert(url);
+        let name = name.as_deref();
+        if let Some(n) = name {
+            if gw.registry.named_elsewhere(&url, n) {
+                // The same worker, reached at another address too: counted once.
+                tracing::debug!(source = %label, worker = %url, worker_id = n, "worker already known at another address; not added");
+                continue;
+            }
+            // Takes the name over from an address of the worker's that is down.
+            gw.registry.identify(&found, n);
+        }
+        if gw.registry.insert(found.clone()) {
+            tracing::info!(source = %label, worker = %url, worker_id = name, "worker discovered; added");
+            mine.insert(url, found);
         }
     }
 }
 
-/// The worker at `url` if it answers: identified by its `/load` report (a locus worker),
-/// or by its URL if it has none but passes `/health` (another engine).
-async fn probe(gw: &Gateway, url: &str) -> Option<Arc<Backend>> {
+/// The worker at `url` if it answers, with the id it reports in `/load` (a locus
+/// worker); one without `/load` (another engine) is taken if it passes `/health`, and is
+/// known by its URL.
+async fn probe(gw: &Gateway, url: &str) -> Option<(Arc<Backend>, Option<String>)> {
     let b = Backend::new(url);
     let client = &gw.signals_client;
     let load = client.get(format!("{}/load", b.url)).timeout(PROBE_TIMEOUT).send().await;
     match load {
         Ok(r) if r.status().is_success() => {
             let report = r.json::<LoadReport>().await.ok()?;
-            b.identify(&report.worker_id);
+            let name = report.worker_id.clone();
             b.set_load(Some(report));
-            Some(b)
+            Some((b, Some(name)))
         }
         Ok(_) => {
             let health =
                 client.get(format!("{}/health", b.url)).timeout(PROBE_TIMEOUT).send().await;
-            health.ok().filter(|r| r.status().is_success()).map(|_| b)
+            health.ok().filter(|r| r.status().is_success()).map(|_| (b, None))
         }
         Err(e) => {
             tracing::debug!(worker = %b.url, error = %e, "discovered worker does not answer yet");

@@ -227,11 +227,13 @@ impl Gateway {
         }
     }
 
-    /// Shuts the router down: `/health` fails, both listeners stop accepting, and the
-    /// requests in flight (streams included) get up to `grace` to finish. Returns whether
-    /// they all did.
-    pub async fn drain(&self, grace: Duration) -> bool {
+    /// Shuts the router down: `/health` fails at once while the router goes on serving
+    /// for `delay` (time for load balancers to take it out of rotation), then both
+    /// listeners stop accepting and the requests in flight (streams included) get up to
+    /// `grace` to finish. Returns whether they all did.
+    pub async fn drain(&self, delay: Duration, grace: Duration) -> bool {
         self.draining.store(true, Ordering::Relaxed);
+        tokio::time::sleep(delay).await;
         self.stop.send_replace(true);
         let served: Vec<_> =
             std::mem::take(&mut *self.served.lock().unwrap_or_else(PoisonError::into_inner));

@@ -21,6 +21,8 @@ pub struct Backend {
     id: AtomicU64,
     /// The id the worker reported.
     name: ArcSwapOption<String>,
+    /// A clash of reported ids was logged (once per worker, not per poll).
+    clash_logged: AtomicBool,
     healthy: AtomicBool,
     in_flight: AtomicU32,
     fails: AtomicU32,
@@ -51,6 +53,7 @@ impl Backend {
         Arc::new(Self {
             id: AtomicU64::new(worker_id(&url)),
             name: ArcSwapOption::empty(),
+            clash_logged: AtomicBool::new(false),
             url,
             healthy: AtomicBool::new(true),
             in_flight: AtomicU32::new(0),
@@ -73,7 +76,8 @@ impl Backend {
     /// Takes the id the worker reports as its identity, so that a worker that comes back
     /// at another address is the same worker to the policy (rendezvous hashing gives it
     /// its keys back) and one that is replaced at the same address is not. Returns whether
-    /// the id changed.
+    /// the id changed. [`Registry::identify`] also settles a name reported at two
+    /// addresses.
     pub fn identify(&self, name: &str) -> bool {
         if self.name.load().as_deref().is_some_and(|n| n == name) {
             return false;
@@ -85,6 +89,12 @@ impl Backend {
             tracing::info!(worker = %self.url, worker_id = name, "worker identified");
         }
         old != id
+    }
+
+    /// Goes back to being known by its URL.
+    fn forget_identity(&self) {
+        self.name.store(None);
+        self.id.store(worker_id(&self.url), Ordering::Relaxed);
     }
 
     /// Its last load report; `None` until one has arrived.
@@ -225,6 +235,56 @@ impl Registry {
             v
         });
         added
+    }
+
+    /// Gives `b` the id its worker reports, unless a healthy worker at another address
+    /// already has it: the same worker reached twice (two names for one host, a worker
+    /// listed by hand and discovered too), which must not count twice; `b` keeps its URL
+    /// id and the clash is logged. An unhealthy holder is the worker's old address: it
+    /// goes back to its URL id and `b` takes the name. Returns whether `b` has the name.
+    pub fn identify(&self, b: &Backend, name: &str) -> bool {
+        if b.name().is_some_and(|n| n.as_str() == name) {
+            return true;
+        }
+        let all = self.all();
+        let holder =
+            all.iter().find(|o| o.url != b.url && o.name().is_some_and(|n| n.as_str() == name));
+        match holder {
+            Some(o) if o.healthy() => {
+                if b.clash_logged.swap(true, Ordering::Relaxed) {
+                    return false;
+                }
+                tracing::warn!(worker = %b.url, other = %o.url, worker_id = name, "two addresses report the same worker id; routing to it by the first only");
+                false
+            }
+            Some(o) => {
+                o.forget_identity();
+                b.identify(name);
+                true
+            }
+            None => {
+                b.identify(name);
+                true
+            }
+        }
+    }
+
+    /// Whether a healthy worker other than at `url` reports `name`.
+    pub fn named_elsewhere(&self, url: &str, name: &str) -> bool {
+        self.all()
+            .iter()
+            .any(|o| o.url != url && o.healthy() && o.name().is_some_and(|n| n.as_str() == name))
+    }
+
+    /// Removes `b` itself (not another worker since added at its URL); false if it is gone.
+    pub fn remove_backend(&self, b: &Arc<Backend>) -> bool {
+        let mut removed = false;
+        self.backends.rcu(|cur| {
+            let v: Vec<_> = cur.iter().filter(|x| !Arc::ptr_eq(x, b)).cloned().collect();
+            removed = v.len() != cur.len();
+            v
+        });
+        removed
     }
 
     /// Removes a worker; false if it was not there.

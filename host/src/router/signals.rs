@@ -16,9 +16,10 @@ use super::registry::Backend;
 use crate::worker::{KvEvent, KvEventKind, LoadReport};
 
 /// Polls every worker's load each `interval` and keeps one KV event follower per worker,
-/// for as long as the gateway lives.
+/// for as long as the gateway lives. A follower belongs to a worker's address and id
+/// together: a worker that identifies itself anew, or moves, gets a new one.
 pub(super) async fn run(gw: std::sync::Weak<Gateway>, interval: Duration) {
-    let mut followers: HashMap<u64, JoinHandle<()>> = HashMap::new();
+    let mut followers: HashMap<(String, u64), JoinHandle<()>> = HashMap::new();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -26,18 +27,19 @@ pub(super) async fn run(gw: std::sync::Weak<Gateway>, interval: Duration) {
         let Some(gw) = gw.upgrade() else { break };
         let all = gw.registry.all();
         if gw.options.kv_events {
-            followers.retain(|id, task| {
-                let keep = all.iter().any(|b| b.id() == *id);
+            followers.retain(|(url, id), task| {
+                let keep = all.iter().any(|b| b.url == *url && b.id() == *id);
                 if !keep {
                     task.abort();
-                    gw.policy.kv().clear(*id);
+                    clear_unless_owned(&gw, url, *id);
                 }
                 keep
             });
             for b in all.iter() {
+                let id = b.id();
                 followers
-                    .entry(b.id())
-                    .or_insert_with(|| tokio::spawn(follow(Arc::downgrade(&gw), b.clone())));
+                    .entry((b.url.clone(), id))
+                    .or_insert_with(|| tokio::spawn(follow(Arc::downgrade(&gw), b.clone(), id)));
             }
         }
         let polls = all.iter().map(|b| poll_load(&gw, b, interval));
@@ -45,6 +47,14 @@ pub(super) async fn run(gw: std::sync::Weak<Gateway>, interval: Duration) {
     }
     for task in followers.values() {
         task.abort();
+    }
+}
+
+/// Forgets the blocks filed under `id` by the follower of `url`, unless a worker at
+/// another address now has that id (the same worker, moved): its follower owns them.
+fn clear_unless_owned(gw: &Gateway, url: &str, id: u64) {
+    if !gw.registry.all().iter().any(|b| b.id() == id && b.url != url) {
+        gw.policy.kv().clear(id);
     }
 }
 
@@ -63,7 +73,7 @@ async fn poll_load(gw: &Gateway, b: &Backend, interval: Duration) {
     match r {
         Ok(r) if r.status().is_success() => match r.json::<LoadReport>().await {
             Ok(load) => {
-                b.identify(&load.worker_id);
+                gw.registry.identify(b, &load.worker_id);
                 b.set_load(Some(load));
             }
             Err(e) => tracing::debug!(worker = %b.url, error = %e, "unreadable load report"),
@@ -88,23 +98,22 @@ const NO_EVENTS_RETRY: Duration = Duration::from_secs(5);
 
 /// Clears a worker's blocks when its follower ends, however it ends: an aborted task is
 /// dropped after its last poll, so this clear comes after every event it applied.
-struct ClearOnDrop(std::sync::Weak<Gateway>, u64);
+struct ClearOnDrop(std::sync::Weak<Gateway>, String, u64);
 
 impl Drop for ClearOnDrop {
     fn drop(&mut self) {
         if let Some(gw) = self.0.upgrade() {
-            gw.policy.kv().clear(self.1);
+            clear_unless_owned(&gw, &self.1, self.2);
         }
     }
 }
 
 /// Follows `b`'s KV events until the gateway or the worker's entry is gone, reconnecting
 /// with backoff. While no stream is open the router knows none of its blocks.
-/// Its blocks are filed under the worker's id when it started: a worker that identifies
-/// itself anew gets a new follower (see [`run`]) and this one is stopped.
-async fn follow(gw: std::sync::Weak<Gateway>, b: Arc<Backend>) {
-    let id = b.id();
-    let _clear = ClearOnDrop(gw.clone(), id);
+/// Its blocks are filed under `id`, the worker's id when [`run`] started it: a worker that
+/// identifies itself anew gets a new follower and this one is stopped.
+async fn follow(gw: std::sync::Weak<Gateway>, b: Arc<Backend>, id: u64) {
+    let _clear = ClearOnDrop(gw.clone(), b.url.clone(), id);
     let mut backoff = Duration::from_millis(100);
     let mut warned = false;
     loop {
@@ -131,7 +140,7 @@ async fn follow(gw: std::sync::Weak<Gateway>, b: Arc<Backend>) {
             Err(e) => tracing::debug!(worker = %b.url, error = %e, "KV event stream unreachable"),
         }
         if let Some(g) = gw.upgrade() {
-            g.policy.kv().clear(id);
+            clear_unless_owned(&g, &b.url, id);
         }
         tokio::time::sleep(backoff).await;
         if backoff < MAX_BACKOFF {

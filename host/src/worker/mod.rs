@@ -94,9 +94,10 @@ pub struct Worker {
     /// Set when the worker stops, to end the streams that never end by themselves
     /// (`/kv_events`), which a graceful shutdown would otherwise wait for.
     closing: tokio::sync::watch::Sender<bool>,
-    /// Set on shutdown: `/health` fails and new requests get 503 while those in flight
-    /// finish.
+    /// Set on shutdown: `/health` fails.
     draining: AtomicBool,
+    /// Set once a shutdown stops accepting: requests still arriving get 503.
+    refusing: AtomicBool,
 }
 
 impl Worker {
@@ -123,6 +124,7 @@ impl Worker {
             kv_events,
             closing: tokio::sync::watch::channel(false).0,
             draining: AtomicBool::new(false),
+            refusing: AtomicBool::new(false),
         });
         load::spawn_sampler(&worker);
         Ok(worker)
@@ -133,9 +135,14 @@ impl Worker {
         self.closing.send_replace(true);
     }
 
-    /// Whether the worker is shutting down.
+    /// Whether the worker is shutting down (its `/health` fails).
     pub fn draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Whether the worker has stopped taking requests.
+    pub fn refusing(&self) -> bool {
+        self.refusing.load(Ordering::Relaxed)
     }
 
     /// How it was set up.
@@ -208,10 +215,12 @@ impl WorkerHandle {
         self.task.await.unwrap_or_else(|e| Err(std::io::Error::other(e)))
     }
 
-    /// Serves until SIGTERM or Ctrl-C, then drains: fails `/health`, refuses new requests
-    /// (503, which a router retries elsewhere), stops accepting connections, and lets the
-    /// requests in flight finish for up to `grace` before returning.
-    pub async fn until_signal(mut self, grace: Duration) -> std::io::Result<()> {
+    /// Serves until SIGTERM or Ctrl-C, then drains: `/health` fails at once while the
+    /// worker goes on serving for `delay` (time for load balancers and DNS to take it out
+    /// of rotation), then it stops accepting connections, refuses requests that still
+    /// arrive on open ones (503, which a router retries elsewhere) and gives those in
+    /// flight up to `grace` to finish. A second signal ends it at once.
+    pub async fn until_signal(mut self, delay: Duration, grace: Duration) -> std::io::Result<()> {
         let signal = tokio::select! {
             r = &mut self.task => return r.unwrap_or_else(|e| Err(std::io::Error::other(e))),
             s = crate::serve::shutdown_signal() => s?,
@@ -222,12 +231,24 @@ impl WorkerHandle {
             .max_queue
             .max(1)
             .saturating_sub(self.worker.queue.available_permits());
-        tracing::info!(%signal, in_flight, grace_s = grace.as_secs_f64(), "draining");
+        tracing::info!(%signal, in_flight, delay_s = delay.as_secs_f64(), grace_s = grace.as_secs_f64(), "draining");
         self.worker.draining.store(true, Ordering::Relaxed);
-        match tokio::time::timeout(grace, self.stop()).await {
-            Ok(r) => r,
-            Err(_) => {
-                tracing::warn!("requests still in flight after the grace period; exiting");
+        let worker = self.worker.clone();
+        let drain = async move {
+            tokio::time::sleep(delay).await;
+            worker.refusing.store(true, Ordering::Relaxed);
+            match tokio::time::timeout(grace, self.stop()).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::warn!("requests still in flight after the grace period; exiting");
+                    Ok(())
+                }
+            }
+        };
+        tokio::select! {
+            r = drain => r,
+            s = crate::serve::shutdown_signal() => {
+                tracing::warn!(signal = %s?, "second signal; exiting without waiting");
                 Ok(())
             }
         }

@@ -121,7 +121,7 @@ impl Worker {
     /// refuses it now, before an answer starts.
     pub(crate) async fn admit(self: &Arc<Self>, job: Job) -> Result<Admitted, ApiError> {
         let started = Instant::now();
-        if self.draining() {
+        if self.refusing() {
             // A router retries a 503 on another worker; this one is going away.
             return Err(ApiError::overloaded(
                 StatusCode::SERVICE_UNAVAILABLE,
