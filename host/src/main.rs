@@ -13,6 +13,10 @@ use locus::policy::{self, LoadOptions, PolicySource};
 use locus::router;
 use locus::worker;
 
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn random_token() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
