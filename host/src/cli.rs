@@ -267,7 +267,8 @@ pub struct RoutingArgs {
     /// Passed health checks before a down worker is marked up.
     #[arg(long, default_value_t = 1)]
     pub success_threshold: u32,
-    /// Other workers tried when one refuses the connection or answers 5xx.
+    /// Other workers tried when one cannot be reached, goes away before it answers, or
+    /// answers 5xx.
     #[arg(long, default_value_t = 2)]
     pub max_retries: usize,
     /// Policy faults within --fault-window-s that roll the policy back.
@@ -392,6 +393,7 @@ pub struct WorkerArgs {
 }
 
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("worker-sources").required(true).multiple(true).args(["workers", "discover", "workers_file"])))]
 pub struct RouterArgs {
     /// Port to listen on.
     #[arg(long, default_value_t = 8000)]
@@ -400,7 +402,7 @@ pub struct RouterArgs {
     #[arg(long, default_value = "127.0.0.1")]
     pub host: IpAddr,
     /// Worker base URLs, comma-separated.
-    #[arg(long, value_delimiter = ',', required_unless_present_any = ["discover", "workers_file"])]
+    #[arg(long, value_delimiter = ',')]
     pub workers: Vec<String>,
     /// Find workers by DNS: `dns:NAME:PORT` adds every address NAME resolves to (a
     /// Compose service or network alias, a Kubernetes headless Service) once it answers,
