@@ -18,9 +18,13 @@ if docker image inspect "$base" >/dev/null 2>&1; then
 fi
 rustup target add wasm32-wasip2 x86_64-unknown-linux-musl >/dev/null
 toolchain=$(rustup show active-toolchain | cut -d' ' -f1)
+# The build stage's result is left untagged by the builder: remove those this run made.
+dangling_before=$(docker images -q -f dangling=true | sort)
 cleanup() {
   docker rm -f locus-dockerfile-check >/dev/null 2>&1 || true
   docker rmi -f "$tag" "$base" >/dev/null 2>&1 || true
+  comm -13 <(echo "$dangling_before") <(docker images -q -f dangling=true | sort) |
+    xargs -r docker rmi -f >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 
