@@ -21,7 +21,7 @@ toolchain=$(rustup show active-toolchain | cut -d' ' -f1)
 # The build stage's result is left untagged by the builder: remove those this run made.
 dangling_before=$(docker images -q -f dangling=true | sort)
 cleanup() {
-  docker rm -f locus-dockerfile-check >/dev/null 2>&1 || true
+  docker rm -f -v locus-dockerfile-check >/dev/null 2>&1 || true
   docker rmi -f "$tag" "$base" >/dev/null 2>&1 || true
   comm -13 <(echo "$dangling_before") <(docker images -q -f dangling=true | sort) |
     xargs -r docker rmi -f >/dev/null 2>&1 || true

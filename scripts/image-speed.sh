@@ -15,7 +15,7 @@ musl=target/x86_64-unknown-linux-musl/release/locus
 name=locus-speed-$$
 pids=()
 cleanup() {
-  docker rm -f "$name" >/dev/null 2>&1 || true
+  docker rm -f -v "$name" >/dev/null 2>&1 || true
   for p in "${pids[@]+"${pids[@]}"}"; do kill "$p" 2>/dev/null || true; done
 }
 trap cleanup EXIT
