@@ -19,6 +19,25 @@ use locus_engine::{EngineOptions, Limits, ModelSource};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Where compiled policies are kept, so that a restart or a swap loads a component
+    /// compiled before in milliseconds instead of compiling it again. Must be private to
+    /// this user (mode 700). Default: $XDG_CACHE_HOME/locus/policies, else
+    /// ~/.cache/locus/policies.
+    #[arg(long, global = true, env = "LOCUS_POLICY_CACHE_DIR")]
+    pub policy_cache_dir: Option<PathBuf>,
+    /// Compile every policy afresh; keep nothing on disk.
+    #[arg(long, global = true, conflicts_with = "policy_cache_dir")]
+    pub no_policy_cache: bool,
+}
+
+impl Cli {
+    /// The compiled-policy cache directory, if any.
+    pub fn compiled_cache_dir(&self) -> Option<PathBuf> {
+        if self.no_policy_cache {
+            return None;
+        }
+        self.policy_cache_dir.clone().or_else(policy::default_compiled_cache_dir)
+    }
 }
 
 #[derive(Subcommand)]

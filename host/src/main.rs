@@ -29,6 +29,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    policy::use_compiled_cache(cli.compiled_cache_dir());
     let result = match cli.command {
         Command::Policy(cmd) => return policy_command(cmd),
         other => tokio::runtime::Runtime::new()

@@ -5,6 +5,7 @@ use std::fmt;
 use sha2::{Digest, Sha256};
 
 use super::cache::CacheWorld;
+use super::compiled_cache::Origin;
 use super::router::RouterWorld;
 use super::sandbox::Runtime;
 use super::slot::Version;
@@ -29,6 +30,11 @@ pub struct Inspection {
     pub version: Option<String>,
     /// The outcome of loading it (with default settings) and its smoke call.
     pub outcome: Result<(), String>,
+    /// Where its machine code came from and how long getting it took.
+    pub code: Option<(Origin, std::time::Duration)>,
+    /// How long the whole load took (compile or cache, link, type-check, configure,
+    /// smoke call), when it loaded.
+    pub load: Option<std::time::Duration>,
 }
 
 impl Inspection {
@@ -49,6 +55,8 @@ pub fn inspect(source: &PolicySource, opts: &LoadOptions) -> Inspection {
         imports: Vec::new(),
         version: None,
         outcome: Ok(()),
+        code: None,
+        load: None,
     };
     let bytes = match source.bytes() {
         Ok(b) => b,
@@ -62,7 +70,9 @@ pub fn inspect(source: &PolicySource, opts: &LoadOptions) -> Inspection {
     report.sha256 = hex::encode(sha);
 
     let rt = Runtime::get();
-    if let Ok(component) = rt.compile(sha, &bytes) {
+    let t = std::time::Instant::now();
+    if let Ok((component, origin)) = rt.compile(sha, &bytes) {
+        report.code = Some((origin, t.elapsed()));
         let ty = component.component_type();
         report.exports = ty.exports(rt.engine()).map(|(n, _)| n.to_string()).collect();
         report.imports = ty.imports(rt.engine()).map(|(n, _)| n.to_string()).collect();
@@ -76,11 +86,16 @@ pub fn inspect(source: &PolicySource, opts: &LoadOptions) -> Inspection {
         None
     };
     let loaded = match report.world {
-        Some("cache") => Version::<CacheWorld>::load(source, opts).map(|v| v.info.version),
-        _ => Version::<RouterWorld>::load(source, opts).map(|v| v.info.version),
+        Some("cache") => Version::<CacheWorld>::load(source, opts).map(|v| v.info),
+        _ => Version::<RouterWorld>::load(source, opts).map(|v| v.info),
     };
     match loaded {
-        Ok(v) => report.version = Some(v),
+        Ok(info) => {
+            report.version = Some(info.version);
+            // The code was in memory by then: what the load took beyond getting it.
+            let code = report.code.map_or(std::time::Duration::ZERO, |(_, d)| d);
+            report.load = Some(code + std::time::Duration::from_micros(info.load_us));
+        }
         Err(e) => report.outcome = Err(e.to_string()),
     }
     report
@@ -99,6 +114,16 @@ impl fmt::Display for Inspection {
         writeln!(f, "world:   {world}")?;
         writeln!(f, "exports: {}", self.exports.join(", "))?;
         writeln!(f, "imports: {}", self.imports.join(", "))?;
+        if let Some((origin, took)) = self.code {
+            writeln!(f, "code:    {} in {:.1} ms", origin.name(), took.as_secs_f64() * 1e3)?;
+        }
+        if let Some(took) = self.load {
+            writeln!(
+                f,
+                "load:    {:.1} ms (code, link, type-check, configure, smoke call)",
+                took.as_secs_f64() * 1e3
+            )?;
+        }
         match &self.outcome {
             Ok(()) => write!(f, "smoke:   ok (loaded, configured, smoke call passed)"),
             Err(e) => write!(f, "smoke:   FAILED: {e}"),

@@ -10,6 +10,7 @@
 //! in a window roll the policy back to the previous version ([`FaultPolicy`]).
 
 mod cache;
+mod compiled_cache;
 mod fallback;
 mod inspect;
 mod kv_feed;
@@ -22,11 +23,12 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 pub use cache::{CachePolicy, Entry, EntryKind, PreparedCache};
+pub use compiled_cache::{CompiledCache, Origin, default_dir as default_compiled_cache_dir};
 pub use fallback::rendezvous;
 pub use inspect::{Inspection, inspect};
 pub use kv_feed::{KvBatch, KvFeed, LOG_BATCHES};
 pub use router::{Completion, Decision, Outcome, Request, RouterPolicy, Workers, workers};
-pub use sandbox::{Limits, TICK};
+pub use sandbox::{Limits, TICK, use_compiled_cache};
 pub use slot::FaultPolicy;
 
 use crate::guests::BUILTINS;
@@ -261,6 +263,12 @@ pub struct PolicyInfo {
     pub settings: Vec<(String, String)>,
     /// Faults since it was loaded.
     pub faults: u64,
+    /// Where its machine code came from: compiled, from the disk cache, or compiled
+    /// before by this process (empty for native).
+    pub code: &'static str,
+    /// Microseconds its load took: read, compile (or load), link, type-check, configure
+    /// and smoke call.
+    pub load_us: u64,
 }
 
 fn unix_seconds<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {

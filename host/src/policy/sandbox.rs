@@ -14,6 +14,7 @@
 //!   implementations, which enter a Tokio runtime, off the router's async threads.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
@@ -22,6 +23,8 @@ use wasmtime::{
     Config, Engine, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline,
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::compiled_cache::{CompiledCache, Origin};
 
 /// Epoch tick period: the granularity of call deadlines.
 pub const TICK: Duration = Duration::from_millis(1);
@@ -150,11 +153,22 @@ impl ResourceLimiter for Limiter {
     }
 }
 
-/// The engine, its epoch ticker, a base linker and a small cache of compiled components.
+/// The engine, its epoch ticker, a base linker, a small cache of compiled components and,
+/// where set up, their cache on disk.
 pub struct Runtime {
     engine: Engine,
     linker: Linker<State>,
     compiled: Mutex<HashMap<[u8; 32], Component>>,
+    disk: Option<CompiledCache>,
+}
+
+/// The directory of compiled policies, fixed before the runtime starts.
+static DISK_DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
+
+/// Keeps compiled policies in `dir` (see [`CompiledCache`]), or nowhere with `None` (the
+/// default). Must come before the first policy is loaded; false if that was too late.
+pub fn use_compiled_cache(dir: Option<PathBuf>) -> bool {
+    DISK_DIR.set(dir).is_ok()
 }
 
 /// Compiled components kept by content hash, so that swapping back and forth between
@@ -187,7 +201,15 @@ impl Runtime {
 
         let mut linker = Linker::new(&engine);
         link_capability_free_wasi(&mut linker)?;
-        Ok(Self { engine, linker, compiled: Mutex::new(HashMap::new()) })
+        let dir = DISK_DIR.get_or_init(|| None);
+        let disk = dir.as_ref().and_then(|d| match CompiledCache::open(d, &engine) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "compiled-policy cache off");
+                None
+            }
+        });
+        Ok(Self { engine, linker, compiled: Mutex::new(HashMap::new()), disk })
     }
 
     /// The engine every policy is compiled with.
@@ -195,18 +217,22 @@ impl Runtime {
         &self.engine
     }
 
-    /// Compiles `bytes` (or returns the cached compilation of identical bytes).
-    pub fn compile(&self, sha256: [u8; 32], bytes: &[u8]) -> wasmtime::Result<Component> {
+    /// Compiles `bytes`, or returns the compilation of identical bytes this process made
+    /// before or the disk cache holds. Says which.
+    pub fn compile(&self, sha256: [u8; 32], bytes: &[u8]) -> wasmtime::Result<(Component, Origin)> {
         if let Some(c) = self.compiled.lock().unwrap().get(&sha256) {
-            return Ok(c.clone());
+            return Ok((c.clone(), Origin::Memory));
         }
-        let c = Component::new(&self.engine, bytes)?;
+        let (c, origin) = match &self.disk {
+            Some(disk) => disk.load_or_compile(&self.engine, sha256, bytes)?,
+            None => (Component::new(&self.engine, bytes)?, Origin::Compiled),
+        };
         let mut cache = self.compiled.lock().unwrap();
         if cache.len() >= COMPILED_CACHE_ENTRIES {
             cache.clear();
         }
         cache.insert(sha256, c.clone());
-        Ok(c)
+        Ok((c, origin))
     }
 
     /// A linker for `component`: the capability-free WASI, and a trapping stub for every

@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::InstancePre;
 use wasmtime::{Store, Trap};
 
+use super::compiled_cache::Origin;
 use super::sandbox::{Limits, Runtime, State};
 use super::{Fault, LoadError, LoadOptions, LoadStep, PolicyInfo, PolicySource};
 
@@ -191,6 +192,8 @@ impl<W: World> Version<W> {
                 loaded_at: SystemTime::now(),
                 settings: Vec::new(),
                 faults: 0,
+                code: "",
+                load_us: 0,
             },
             None,
         )
@@ -209,6 +212,7 @@ impl<W: World> Version<W> {
     /// Read, compile, link, type-check, configure and smoke-test: every step must pass
     /// before the version may serve.
     pub(crate) fn load(source: &PolicySource, opts: &LoadOptions) -> Result<Self, LoadError> {
+        let started = Instant::now();
         let name = source.name();
         let err = |step, reason: String| LoadError { name: name.clone(), step, reason };
         let bytes = source.bytes().map_err(|e| err(LoadStep::Read, e.to_string()))?;
@@ -216,7 +220,8 @@ impl<W: World> Version<W> {
             return Err(err(LoadStep::Read, "the module is empty".into()));
         }
         let sha256: [u8; 32] = Sha256::digest(&bytes).into();
-        let pre = validate::<W>(&bytes, sha256).map_err(|(step, reason)| err(step, reason))?;
+        let (pre, origin) =
+            validate::<W>(&bytes, sha256).map_err(|(step, reason)| err(step, reason))?;
 
         let mut settings = opts.settings.clone();
         let mut instances = opts.instances;
@@ -267,6 +272,8 @@ impl<W: World> Version<W> {
             loaded_at: SystemTime::now(),
             settings,
             faults: 0,
+            code: origin.name(),
+            load_us: started.elapsed().as_micros() as u64,
         };
         Ok(Self::new(info, Some(wasm)))
     }
@@ -280,7 +287,7 @@ impl<W: World> Version<W> {
 pub(crate) fn validate<W: World>(
     bytes: &[u8],
     sha256: [u8; 32],
-) -> Result<W::Pre, (LoadStep, String)> {
+) -> Result<(W::Pre, Origin), (LoadStep, String)> {
     const CORE_MODULE: [u8; 8] = [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00];
     if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
         return Err((LoadStep::Compile, "not a WebAssembly component (bad magic bytes)".into()));
@@ -294,15 +301,17 @@ pub(crate) fn validate<W: World>(
         ));
     }
     let rt = Runtime::get();
-    let component = rt.compile(sha256, bytes).map_err(|e| (LoadStep::Compile, format!("{e:#}")))?;
+    let (component, origin) =
+        rt.compile(sha256, bytes).map_err(|e| (LoadStep::Compile, format!("{e:#}")))?;
     let linker = rt.linker_for(&component).map_err(|e| (LoadStep::Link, format!("{e:#}")))?;
     let ip = linker.instantiate_pre(&component).map_err(|e| (LoadStep::Link, format!("{e:#}")))?;
-    W::pre(ip).map_err(|e| {
+    let pre = W::pre(ip).map_err(|e| {
         (
             LoadStep::Typecheck,
             format!("does not implement the locus:policy/{} world: {e:#}", W::NAME),
         )
-    })
+    })?;
+    Ok((pre, origin))
 }
 
 /// The version now serving, with history for rollback.

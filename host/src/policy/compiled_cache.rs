@@ -1,0 +1,271 @@
+//! Compiled policies kept on disk, so that a restart (or a swap to a component this
+//! process has not seen) loads machine code in milliseconds instead of compiling again.
+//!
+//! A file is named by the component's sha256 and a hash of what makes compiled code
+//! usable (wasmtime's version, the engine's settings and the CPU features it targets:
+//! `Engine::precompile_compatibility_hash`). Loading compiled code is `unsafe` in
+//! wasmtime: it checks versions, not integrity, and runs what it is given. So the
+//! directory must be private (owned by this user, no access for others: refused
+//! otherwise), files are written whole or not at all (a temporary file renamed), and each
+//! carries a sha256 of its contents that is checked before wasmtime sees them. A file
+//! that fails any check is compiled again and replaced, never loaded.
+
+use std::fs;
+use std::hash::{Hash, Hasher};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+/// What a cache file starts with (then the sha256 of the rest, then wasmtime's bytes).
+const MAGIC: &[u8; 8] = b"LOCUSCW1";
+
+/// A directory of compiled components.
+#[derive(Debug)]
+pub struct CompiledCache {
+    dir: PathBuf,
+    /// Hash of what compiled code depends on, besides the component.
+    compat: u64,
+}
+
+/// How a component was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Compiled by this process before.
+    Memory,
+    /// Loaded from a cache file.
+    Disk,
+    /// Compiled now (and, where a disk cache is set up, stored).
+    Compiled,
+}
+
+impl Origin {
+    /// Its name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Memory => "compiled before by this process",
+            Self::Disk => "from the disk cache",
+            Self::Compiled => "compiled",
+        }
+    }
+}
+
+impl CompiledCache {
+    /// A cache in `dir` for code compiled by `engine`. Creates the directory (mode 0700)
+    /// if needed; refuses one that others can read or write, or that another user owns.
+    pub fn open(dir: &Path, engine: &Engine) -> anyhow::Result<Self> {
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+        let meta = fs::metadata(dir)?;
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        anyhow::ensure!(
+            meta.uid() == me,
+            "{} belongs to uid {}, not to this user ({me})",
+            dir.display(),
+            meta.uid()
+        );
+        let mode = meta.permissions().mode() & 0o777;
+        anyhow::ensure!(
+            mode & 0o077 == 0,
+            "{} is open to others (mode {mode:o}); compiled code is only loaded from a private directory (chmod 700)",
+            dir.display()
+        );
+        let mut h = fnv::FnvHasher::default();
+        engine.precompile_compatibility_hash().hash(&mut h);
+        Ok(Self { dir: dir.to_path_buf(), compat: h.finish() })
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, sha256: &[u8; 32]) -> PathBuf {
+        self.dir.join(format!("{}-{:016x}.cwasm", hex::encode(sha256), self.compat))
+    }
+
+    /// The component whose bytes hash to `sha256`: from its cache file when one passes
+    /// the checks, else compiled from `bytes` and stored.
+    pub fn load_or_compile(
+        &self,
+        engine: &Engine,
+        sha256: [u8; 32],
+        bytes: &[u8],
+    ) -> wasmtime::Result<(Component, Origin)> {
+        let path = self.path(&sha256);
+        match self.read(engine, &path) {
+            Ok(Some(c)) => return Ok((c, Origin::Disk)),
+            Ok(None) => {}
+            Err(why) => {
+                tracing::warn!(file = %path.display(), %why, "compiled policy not used; compiling again")
+            }
+        }
+        let c = Component::new(engine, bytes)?;
+        if let Err(e) =
+            c.serialize().map_err(|e| anyhow::anyhow!("{e:#}")).and_then(|b| self.write(&path, &b))
+        {
+            tracing::warn!(file = %path.display(), error = %e, "cannot store the compiled policy");
+        }
+        Ok((c, Origin::Compiled))
+    }
+
+    /// `Ok(None)`: no file. `Err`: a file that must not be loaded.
+    fn read(&self, engine: &Engine, path: &Path) -> Result<Option<Component>, String> {
+        let data = match fs::read(path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.to_string()),
+        };
+        let body = data
+            .strip_prefix(MAGIC.as_slice())
+            .filter(|b| b.len() > 32)
+            .ok_or("not a locus compiled-policy file")?;
+        let (sum, code) = body.split_at(32);
+        if Sha256::digest(code).as_slice() != sum {
+            return Err("checksum mismatch: the file is corrupt or was altered".into());
+        }
+        // SAFETY: `code` is what `Component::serialize` wrote into this private directory
+        // (its checksum matches), for an engine with the same compatibility hash; wasmtime
+        // checks its version and settings again.
+        unsafe { Component::deserialize(engine, code) }.map(Some).map_err(|e| format!("{e:#}"))
+    }
+
+    fn write(&self, path: &Path, code: &[u8]) -> anyhow::Result<()> {
+        let tmp = self.dir.join(format!(".tmp-{}-{:x}", std::process::id(), rand::random::<u64>()));
+        let result = (|| {
+            let mut f =
+                fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+            f.write_all(MAGIC)?;
+            f.write_all(&Sha256::digest(code))?;
+            f.write_all(code)?;
+            f.sync_all()?;
+            fs::rename(&tmp, path)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        Ok(result?)
+    }
+}
+
+/// Where compiled policies are kept unless told otherwise: `$XDG_CACHE_HOME/locus/policies`,
+/// else `$HOME/.cache/locus/policies`.
+pub fn default_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".cache"))
+        })?;
+    Some(base.join("locus").join("policies"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::PolicySource;
+
+    fn engine() -> Engine {
+        let mut config = wasmtime::Config::new();
+        config.wasm_component_model(true).epoch_interruption(true);
+        Engine::new(&config).unwrap()
+    }
+
+    fn private_dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("locus-cc-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        d
+    }
+
+    fn hash_policy() -> (Vec<u8>, [u8; 32]) {
+        let bytes = PolicySource::Builtin("hash").bytes().unwrap();
+        let sha = Sha256::digest(&bytes).into();
+        (bytes, sha)
+    }
+
+    fn exports(c: &Component, e: &Engine) -> Vec<String> {
+        c.component_type().exports(e).map(|(n, _)| n.to_string()).collect()
+    }
+
+    #[test]
+    fn compiled_once_then_loaded_from_disk_and_the_same_component() {
+        let (e, dir) = (engine(), private_dir("reuse"));
+        let cache = CompiledCache::open(&dir, &e).unwrap();
+        let (bytes, sha) = hash_policy();
+        let (first, o1) = cache.load_or_compile(&e, sha, &bytes).unwrap();
+        let (second, o2) = cache.load_or_compile(&e, sha, &bytes).unwrap();
+        assert_eq!((o1, o2), (Origin::Compiled, Origin::Disk));
+        assert_eq!(exports(&first, &e), exports(&second, &e));
+        let mode = fs::metadata(cache.path(&sha)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+        fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn a_corrupt_or_foreign_file_is_compiled_again_never_loaded() {
+        let (e, dir) = (engine(), private_dir("corrupt"));
+        let cache = CompiledCache::open(&dir, &e).unwrap();
+        let (bytes, sha) = hash_policy();
+        cache.load_or_compile(&e, sha, &bytes).unwrap();
+        let path = cache.path(&sha);
+        // One flipped byte in the code: the checksum catches it.
+        let mut data = fs::read(&path).unwrap();
+        let n = data.len();
+        data[n / 2] ^= 0x40;
+        fs::write(&path, &data).unwrap();
+        assert_eq!(
+            cache.read(&e, &path).unwrap_err(),
+            "checksum mismatch: the file is corrupt or was altered"
+        );
+        let (_, o) = cache.load_or_compile(&e, sha, &bytes).unwrap();
+        assert_eq!(o, Origin::Compiled, "a corrupt file was loaded");
+        assert_eq!(
+            cache.load_or_compile(&e, sha, &bytes).unwrap().1,
+            Origin::Disk,
+            "rewritten whole"
+        );
+        // A file whose checksum holds but whose contents are not wasmtime's: refused by
+        // wasmtime, compiled again.
+        let junk = b"not compiled code at all".to_vec();
+        let mut foreign = MAGIC.to_vec();
+        foreign.extend_from_slice(&Sha256::digest(&junk));
+        foreign.extend_from_slice(&junk);
+        fs::write(&path, &foreign).unwrap();
+        assert!(cache.read(&e, &path).is_err());
+        assert_eq!(cache.load_or_compile(&e, sha, &bytes).unwrap().1, Origin::Compiled);
+        // Not ours at all.
+        fs::write(&path, b"hello").unwrap();
+        assert_eq!(cache.read(&e, &path).unwrap_err(), "not a locus compiled-policy file");
+        fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn an_engine_with_other_settings_uses_other_files() {
+        let (e, dir) = (engine(), private_dir("settings"));
+        let (bytes, sha) = hash_policy();
+        CompiledCache::open(&dir, &e).unwrap().load_or_compile(&e, sha, &bytes).unwrap();
+        let mut config = wasmtime::Config::new();
+        config.wasm_component_model(true).epoch_interruption(false);
+        let other = Engine::new(&config).unwrap();
+        let cache = CompiledCache::open(&dir, &other).unwrap();
+        assert_eq!(cache.load_or_compile(&other, sha, &bytes).unwrap().1, Origin::Compiled);
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 2);
+        fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn a_directory_others_can_reach_is_refused() {
+        let (e, dir) = (engine(), private_dir("open"));
+        fs::create_dir_all(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        let err = CompiledCache::open(&dir, &e).unwrap_err().to_string();
+        assert!(err.contains("open to others"), "{err}");
+        fs::remove_dir_all(&dir).ok();
+    }
+}
