@@ -26,7 +26,7 @@ swap_once() { # DIR -> "load_ms code"
   for _ in $(seq 1 100); do grep -q "admin http" "$work/router.out" 2>/dev/null && break; sleep 0.05; done
   port=$(sed -n 's/.*admin http:\/\/[0-9.]*:\([0-9]*\)).*/\1/p' "$work/router.out")
   curl -s -X PUT -H 'authorization: Bearer t' "http://127.0.0.1:$port/admin/policy?name=$name" |
-    python3 -c 'import json,sys; p=json.load(sys.stdin)["policy"]; print(p["load_us"]/1000, p["code"].replace(" ", "_"))'
+    python3 -c 'import json,sys; p=json.load(sys.stdin)["policy"]; print(p["load_us"]/1000, p["code"])'
   kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
 }
 
@@ -36,7 +36,7 @@ for r in $(seq 1 "$rounds"); do
   mkdir -p -m 700 "$cold"
   [[ -d "$warm" ]] || { mkdir -m 700 "$warm"; "$locus" --policy-cache-dir "$warm" policy inspect "$name" >/dev/null; }
   echo "$r,start-compiled,$("$locus" --policy-cache-dir "$cold" policy inspect "$name" | load_ms),compiled"
-  echo "$r,start-cached,$("$locus" --policy-cache-dir "$warm" policy inspect "$name" | load_ms),from_the_disk_cache"
+  echo "$r,start-cached,$("$locus" --policy-cache-dir "$warm" policy inspect "$name" | load_ms),disk"
   rm -rf "$cold"; mkdir -m 700 "$cold"
   read -r ms code < <(swap_once "$cold"); echo "$r,swap-compiled,$ms,$code"
   read -r ms code < <(swap_once "$warm"); echo "$r,swap-cached,$ms,$code"

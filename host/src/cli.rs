@@ -25,8 +25,8 @@ pub struct Cli {
     /// ~/.cache/locus/policies.
     #[arg(long, global = true, env = "LOCUS_POLICY_CACHE_DIR")]
     pub policy_cache_dir: Option<PathBuf>,
-    /// Compile every policy afresh; keep nothing on disk.
-    #[arg(long, global = true, conflicts_with = "policy_cache_dir")]
+    /// Compile every policy afresh; keep nothing on disk (wins over --policy-cache-dir).
+    #[arg(long, global = true)]
     pub no_policy_cache: bool,
 }
 
@@ -37,6 +37,14 @@ impl Cli {
             return None;
         }
         self.policy_cache_dir.clone().or_else(policy::default_compiled_cache_dir)
+    }
+
+    /// These flags as arguments, for `locus` processes started by this one.
+    pub fn cache_args(&self) -> Vec<String> {
+        match self.compiled_cache_dir() {
+            Some(d) => vec!["--policy-cache-dir".into(), d.display().to_string()],
+            None => vec!["--no-policy-cache".into()],
+        }
     }
 }
 

@@ -30,11 +30,12 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     policy::use_compiled_cache(cli.compiled_cache_dir());
+    let cache_args = cli.cache_args();
     let result = match cli.command {
         Command::Policy(cmd) => return policy_command(cmd),
         other => tokio::runtime::Runtime::new()
             .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(serve(other))),
+            .and_then(|rt| rt.block_on(serve(other, cache_args))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -68,7 +69,9 @@ fn policy_command(cmd: PolicyCommand) -> ExitCode {
     }
 }
 
-async fn serve(cmd: Command) -> anyhow::Result<()> {
+/// Runs `cmd`; `cache_args` are the compiled-policy cache flags, for the `locus`
+/// processes it starts.
+async fn serve(cmd: Command, cache_args: Vec<String>) -> anyhow::Result<()> {
     match cmd {
         Command::Run(a) => {
             let token = a.admin_token.token.clone().unwrap_or_else(random_token);
@@ -154,7 +157,7 @@ async fn serve(cmd: Command) -> anyhow::Result<()> {
         }
         Command::Swap(a) => swap(a).await,
         Command::Probe(a) => probe(a).await,
-        Command::Bench(a) => bench(a).await,
+        Command::Bench(a) => bench(a, cache_args).await,
         Command::Policy(_) => unreachable!("handled without a runtime"),
     }
 }
@@ -200,7 +203,7 @@ async fn swap(a: SwapArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn bench(a: BenchArgs) -> anyhow::Result<()> {
+async fn bench(a: BenchArgs, cache_args: Vec<String>) -> anyhow::Result<()> {
     use locus::bench::{self, BenchOptions, Target, Workload, procs::WorkerProcs};
     let workload = Workload::parse(&a.workload)?;
     // What the run starts lives until the report is written.
@@ -234,15 +237,10 @@ async fn bench(a: BenchArgs) -> anyhow::Result<()> {
                 a.model.engine_options()?;
                 let exe = std::env::current_exe()?;
                 let logs = a.out.join("workers");
-                let procs = WorkerProcs::start(
-                    &exe,
-                    n,
-                    &a.model.to_args(),
-                    &token,
-                    a.compute_threads,
-                    &logs,
-                )
-                .await?;
+                let mut args = a.model.to_args();
+                args.extend(cache_args);
+                let procs =
+                    WorkerProcs::start(&exe, n, &args, &token, a.compute_threads, &logs).await?;
                 let urls = procs.urls.clone();
                 _procs = Some(procs);
                 let (addr, admin, _gw) =

@@ -354,7 +354,7 @@ fn the_cli_bench_sweeps_rates_over_worker_processes() {
     let out = std::env::temp_dir().join(format!("locus-bench-cli-{}", std::process::id()));
     let shape = "multi-turn:users=3,rounds=2,question=8,output=4";
     let run = std::process::Command::new(env!("CARGO_BIN_EXE_locus"))
-        .args(["bench", "--spawn", "2", "--policies", "prefix-aware,random"])
+        .args(["bench", "--spawn", "2", "--policies", "prefix-aware,random", "--no-policy-cache"])
         .args(["--workload", shape])
         .args(["--rate", "8,16", "--prefix-cache-bytes", "16777216", "--out"])
         .arg(&out)

@@ -218,6 +218,7 @@ impl Drop for Proc {
 async fn locus(args: &[&str]) -> (Proc, SocketAddr) {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_locus"))
         .args(args)
+        .arg("--no-policy-cache")
         .env("RAYON_NUM_THREADS", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -20,8 +20,13 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-/// What a cache file starts with (then the sha256 of the rest, then wasmtime's bytes).
-const MAGIC: &[u8; 8] = b"LOCUSCW1";
+/// What a cache file starts with. Then: the component's sha256 and the compatibility
+/// hash it was stored under (so that a file renamed to another name is refused), the
+/// sha256 of the code, and the code (wasmtime's bytes).
+const MAGIC: &[u8; 8] = b"LOCUSCW2";
+
+/// Leftover temporary files (of a process killed mid-write) older than this are removed.
+const STALE_TMP: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// A directory of compiled components.
 #[derive(Debug)]
@@ -43,8 +48,17 @@ pub enum Origin {
 }
 
 impl Origin {
-    /// Its name in reports.
+    /// Its name in the admin API: `memory`, `disk` or `compiled`.
     pub fn name(self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::Disk => "disk",
+            Self::Compiled => "compiled",
+        }
+    }
+
+    /// What it means, for people.
+    pub fn describe(self) -> &'static str {
         match self {
             Self::Memory => "compiled before by this process",
             Self::Disk => "from the disk cache",
@@ -57,25 +71,46 @@ impl CompiledCache {
     /// A cache in `dir` for code compiled by `engine`. Creates the directory (mode 0700)
     /// if needed; refuses one that others can read or write, or that another user owns.
     pub fn open(dir: &Path, engine: &Engine) -> anyhow::Result<Self> {
-        fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
-        let meta = fs::metadata(dir)?;
+        use anyhow::Context;
+        let shown = dir.display();
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create {shown}"))?;
+        // The directory itself, not what a symlink there points to.
+        let meta = fs::symlink_metadata(dir).with_context(|| format!("cannot read {shown}"))?;
+        anyhow::ensure!(meta.is_dir(), "{shown} is not a directory (a symlink?)");
         // SAFETY: geteuid has no preconditions and cannot fail.
         let me = unsafe { libc::geteuid() };
         anyhow::ensure!(
             meta.uid() == me,
-            "{} belongs to uid {}, not to this user ({me})",
-            dir.display(),
+            "{shown} belongs to uid {}, not to this user ({me})",
             meta.uid()
         );
         let mode = meta.permissions().mode() & 0o777;
         anyhow::ensure!(
             mode & 0o077 == 0,
-            "{} is open to others (mode {mode:o}); compiled code is only loaded from a private directory (chmod 700)",
-            dir.display()
+            "{shown} is open to others (mode {mode:o}); compiled code is only loaded from a private directory (chmod 700)"
         );
         let mut h = fnv::FnvHasher::default();
         engine.precompile_compatibility_hash().hash(&mut h);
-        Ok(Self { dir: dir.to_path_buf(), compat: h.finish() })
+        let cache = Self { dir: dir.to_path_buf(), compat: h.finish() };
+        cache.remove_stale_temporaries();
+        Ok(cache)
+    }
+
+    fn remove_stale_temporaries(&self) {
+        let Ok(entries) = fs::read_dir(&self.dir) else { return };
+        for e in entries.flatten() {
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > STALE_TMP));
+            if old && e.file_name().to_string_lossy().starts_with(".tmp-") {
+                let _ = fs::remove_file(e.path());
+            }
+        }
     }
 
     /// The directory.
@@ -96,7 +131,7 @@ impl CompiledCache {
         bytes: &[u8],
     ) -> wasmtime::Result<(Component, Origin)> {
         let path = self.path(&sha256);
-        match self.read(engine, &path) {
+        match self.read(engine, &path, &sha256) {
             Ok(Some(c)) => return Ok((c, Origin::Disk)),
             Ok(None) => {}
             Err(why) => {
@@ -104,41 +139,71 @@ impl CompiledCache {
             }
         }
         let c = Component::new(engine, bytes)?;
-        if let Err(e) =
-            c.serialize().map_err(|e| anyhow::anyhow!("{e:#}")).and_then(|b| self.write(&path, &b))
+        if let Err(e) = c
+            .serialize()
+            .map_err(|e| anyhow::anyhow!("{e:#}"))
+            .and_then(|b| self.write(&path, &sha256, &b))
         {
             tracing::warn!(file = %path.display(), error = %e, "cannot store the compiled policy");
         }
         Ok((c, Origin::Compiled))
     }
 
-    /// `Ok(None)`: no file. `Err`: a file that must not be loaded.
-    fn read(&self, engine: &Engine, path: &Path) -> Result<Option<Component>, String> {
-        let data = match fs::read(path) {
-            Ok(d) => d,
+    /// `Ok(None)`: no file. `Err`: a file that must not be loaded: not a plain file of
+    /// this user's that only they can read and write (a symlink is not followed), not
+    /// stored for this component and engine, or not matching its checksum.
+    fn read(
+        &self,
+        engine: &Engine,
+        path: &Path,
+        sha256: &[u8; 32],
+    ) -> Result<Option<Component>, String> {
+        use std::io::Read;
+        let opened = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path);
+        let mut file = match opened {
+            Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e.to_string()),
         };
+        let meta = file.metadata().map_err(|e| e.to_string())?;
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        if !meta.is_file() || meta.uid() != me || meta.permissions().mode() & 0o077 != 0 {
+            return Err("not a private file of this user's".into());
+        }
+        let mut data = Vec::with_capacity(meta.len() as usize);
+        file.read_to_end(&mut data).map_err(|e| e.to_string())?;
         let body = data
             .strip_prefix(MAGIC.as_slice())
-            .filter(|b| b.len() > 32)
+            .filter(|b| b.len() > 32 + 8 + 32)
             .ok_or("not a locus compiled-policy file")?;
-        let (sum, code) = body.split_at(32);
+        let (stored_for, rest) = body.split_at(32);
+        let (compat, rest) = rest.split_at(8);
+        if stored_for != sha256 || compat != self.compat.to_le_bytes() {
+            return Err("stored for another component or engine".into());
+        }
+        let (sum, code) = rest.split_at(32);
         if Sha256::digest(code).as_slice() != sum {
             return Err("checksum mismatch: the file is corrupt or was altered".into());
         }
-        // SAFETY: `code` is what `Component::serialize` wrote into this private directory
-        // (its checksum matches), for an engine with the same compatibility hash; wasmtime
-        // checks its version and settings again.
+        // SAFETY: `code` is what `Component::serialize` wrote, for this component and an
+        // engine with the same compatibility hash, into a private file of this user's in a
+        // private directory, and its checksum matches; wasmtime checks its version and
+        // settings again.
         unsafe { Component::deserialize(engine, code) }.map(Some).map_err(|e| format!("{e:#}"))
     }
 
-    fn write(&self, path: &Path, code: &[u8]) -> anyhow::Result<()> {
+    fn write(&self, path: &Path, sha256: &[u8; 32], code: &[u8]) -> anyhow::Result<()> {
         let tmp = self.dir.join(format!(".tmp-{}-{:x}", std::process::id(), rand::random::<u64>()));
         let result = (|| {
             let mut f =
                 fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
             f.write_all(MAGIC)?;
+            f.write_all(sha256)?;
+            f.write_all(&self.compat.to_le_bytes())?;
             f.write_all(&Sha256::digest(code))?;
             f.write_all(code)?;
             f.sync_all()?;
@@ -154,9 +219,10 @@ impl CompiledCache {
 /// Where compiled policies are kept unless told otherwise: `$XDG_CACHE_HOME/locus/policies`,
 /// else `$HOME/.cache/locus/policies`.
 pub fn default_dir() -> Option<PathBuf> {
+    // The XDG spec: a relative XDG_CACHE_HOME is ignored.
     let base = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|v| !v.is_empty())
         .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
         .or_else(|| {
             std::env::var_os("HOME")
                 .filter(|v| !v.is_empty())
@@ -220,7 +286,7 @@ mod tests {
         data[n / 2] ^= 0x40;
         fs::write(&path, &data).unwrap();
         assert_eq!(
-            cache.read(&e, &path).unwrap_err(),
+            cache.read(&e, &path, &sha).unwrap_err(),
             "checksum mismatch: the file is corrupt or was altered"
         );
         let (_, o) = cache.load_or_compile(&e, sha, &bytes).unwrap();
@@ -234,14 +300,32 @@ mod tests {
         // wasmtime, compiled again.
         let junk = b"not compiled code at all".to_vec();
         let mut foreign = MAGIC.to_vec();
+        foreign.extend_from_slice(&sha);
+        foreign.extend_from_slice(&cache.compat.to_le_bytes());
         foreign.extend_from_slice(&Sha256::digest(&junk));
         foreign.extend_from_slice(&junk);
         fs::write(&path, &foreign).unwrap();
-        assert!(cache.read(&e, &path).is_err());
+        assert!(cache.read(&e, &path, &sha).is_err());
         assert_eq!(cache.load_or_compile(&e, sha, &bytes).unwrap().1, Origin::Compiled);
         // Not ours at all.
         fs::write(&path, b"hello").unwrap();
-        assert_eq!(cache.read(&e, &path).unwrap_err(), "not a locus compiled-policy file");
+        assert_eq!(cache.read(&e, &path, &sha).unwrap_err(), "not a locus compiled-policy file");
+        // Another component's file under this name.
+        cache.load_or_compile(&e, sha, &bytes).unwrap();
+        let other = [7u8; 32];
+        fs::copy(&path, cache.path(&other)).unwrap();
+        assert_eq!(
+            cache.read(&e, &cache.path(&other), &other).unwrap_err(),
+            "stored for another component or engine"
+        );
+        // A symlink, or a file others may write, is not followed or loaded.
+        fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(cache.path(&other), &path).unwrap();
+        assert!(cache.read(&e, &path, &sha).is_err(), "a symlink was followed");
+        fs::remove_file(&path).unwrap();
+        cache.load_or_compile(&e, sha, &bytes).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).unwrap();
+        assert_eq!(cache.read(&e, &path, &sha).unwrap_err(), "not a private file of this user's");
         fs::remove_dir_all(&dir).ok();
     }
 

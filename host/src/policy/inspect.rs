@@ -115,7 +115,7 @@ impl fmt::Display for Inspection {
         writeln!(f, "exports: {}", self.exports.join(", "))?;
         writeln!(f, "imports: {}", self.imports.join(", "))?;
         if let Some((origin, took)) = self.code {
-            writeln!(f, "code:    {} in {:.1} ms", origin.name(), took.as_secs_f64() * 1e3)?;
+            writeln!(f, "code:    {} in {:.1} ms", origin.describe(), took.as_secs_f64() * 1e3)?;
         }
         if let Some(took) = self.load {
             writeln!(

@@ -166,9 +166,16 @@ pub struct Runtime {
 static DISK_DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
 
 /// Keeps compiled policies in `dir` (see [`CompiledCache`]), or nowhere with `None` (the
-/// default). Must come before the first policy is loaded; false if that was too late.
+/// default). Must come before the first policy is loaded; false (and logged) if that was
+/// too late.
 pub fn use_compiled_cache(dir: Option<PathBuf>) -> bool {
-    DISK_DIR.set(dir).is_ok()
+    let set = DISK_DIR.set(dir).is_ok();
+    if !set {
+        tracing::warn!(
+            "the compiled-policy cache was chosen after the first policy loaded; unchanged"
+        );
+    }
+    set
 }
 
 /// Compiled components kept by content hash, so that swapping back and forth between
