@@ -26,10 +26,12 @@ pub(super) fn watch_file(path: PathBuf) -> notify::Result<mpsc::UnboundedReceive
     })?;
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    // Read now, not in the task: a change made between this call and the task's first
+    // run would otherwise be taken for the starting contents and never sent.
+    let mut last: Option<Vec<u8>> = std::fs::read(&path).ok();
     let (out, contents) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         let _watcher = watcher;
-        let mut last: Option<Vec<u8>> = std::fs::read(&path).ok();
         while rx.recv().await.is_some() {
             tokio::time::sleep(Duration::from_millis(100)).await;
             while rx.try_recv().is_ok() {}
