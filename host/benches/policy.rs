@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use locus::policy::{
-    FaultPolicy, LoadOptions, PolicySource, Request, RouterPolicy, rendezvous, workers,
+    Actor, FaultPolicy, LoadOptions, PolicySource, Request, RouterPolicy, rendezvous, workers,
 };
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -104,10 +104,10 @@ fn main() {
         bytes.extend_from_slice(payload.as_bytes());
         let src = PolicySource::Bytes { name: "hash.wasm".into(), bytes };
         let t = Instant::now();
-        policy.swap(&src, &LoadOptions::default()).unwrap();
+        policy.swap(&src, &LoadOptions::default(), &Actor::default()).unwrap();
         cold.push(t.elapsed());
         let t = Instant::now();
-        policy.swap(&src, &LoadOptions::default()).unwrap();
+        policy.swap(&src, &LoadOptions::default(), &Actor::default()).unwrap();
         warm.push(t.elapsed());
     }
     cold.sort();

@@ -5,6 +5,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::api::ErrorBody;
+use crate::http::{ACTOR_HEADER, REASON_HEADER};
 use crate::policy::PolicySource;
 
 /// Talks to a router's admin listener and to workers' admin endpoints.
@@ -12,6 +13,8 @@ use crate::policy::PolicySource;
 pub struct AdminClient {
     http: reqwest::Client,
     token: Option<String>,
+    /// Who asks and why, sent for the audit log.
+    actor: Option<(String, String)>,
 }
 
 /// A worker in a router's `GET /admin/workers`.
@@ -31,10 +34,27 @@ struct WorkerList {
 impl AdminClient {
     /// A client sending `token` as `Authorization: Bearer` when there is one.
     pub fn new(token: Option<String>) -> Self {
-        Self { http: reqwest::Client::new(), token }
+        Self { http: reqwest::Client::new(), token, actor: None }
     }
 
-    fn auth(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    /// Names who asks for the changes this client makes, and why (audit log headers).
+    pub fn with_actor(mut self, who: String, why: String) -> Self {
+        self.actor = Some((who, why));
+        self
+    }
+
+    fn auth(&self, mut req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        if let Some((who, why)) = &self.actor {
+            // Header values cannot hold control characters; a reason may be typed with any.
+            let clean = |s: &str| {
+                s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect::<String>()
+            };
+            for (name, value) in [(ACTOR_HEADER, clean(who)), (REASON_HEADER, clean(why))] {
+                if let Ok(v) = reqwest::header::HeaderValue::from_bytes(value.as_bytes()) {
+                    req = req.header(name, v);
+                }
+            }
+        }
         match &self.token {
             Some(t) => req.bearer_auth(t),
             None => req,
@@ -95,6 +115,18 @@ impl AdminClient {
             }
         };
         self.send(self.http.put(url).query(&query).body(body), &format!("PUT {url}")).await
+    }
+
+    /// Ends the trial on the router at `admin`: `promote` or `abort`.
+    pub async fn end_trial(&self, admin: &str, how: &str) -> anyhow::Result<Value> {
+        let url = format!("{}/admin/policy/{how}", admin.trim_end_matches('/'));
+        self.send(self.http.post(&url), &format!("POST {url}")).await
+    }
+
+    /// `GET {admin}{path}` of a router's admin API, as JSON.
+    pub async fn get(&self, admin: &str, path: &str) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", admin.trim_end_matches('/'));
+        self.send(self.http.get(&url), &format!("GET {url}")).await
     }
 
     /// The workers of the router whose admin listener is `admin`.

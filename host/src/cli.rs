@@ -270,6 +270,7 @@ impl CacheArgs {
             admin_token: token,
             limits: serve.limits(),
             max_upload_bytes: serve.max_upload_bytes,
+            audit_log: None,
         })
     }
 }
@@ -324,6 +325,10 @@ pub struct RoutingArgs {
     /// Request header whose value is given to the policy as the session key.
     #[arg(long, default_value = locus::router::DEFAULT_SESSION_HEADER)]
     pub session_header: String,
+    /// Append every routing-policy change (swap, rollback, shadow, canary, promotion,
+    /// abort) to this JSON-lines file; `GET /admin/audit` shows the last ones either way.
+    #[arg(long, env = "LOCUS_AUDIT_LOG")]
+    pub audit_log: Option<PathBuf>,
 }
 
 impl RoutingArgs {
@@ -363,6 +368,7 @@ impl RoutingArgs {
             // Empty, as Compose passes an unset variable: none.
             worker_token: self.worker_token.clone().filter(|t| !t.is_empty()),
             session_header: self.session_header.to_ascii_lowercase(),
+            audit_log: self.audit_log.clone().filter(|p| !p.as_os_str().is_empty()),
         })
     }
 }
@@ -407,6 +413,10 @@ pub struct WorkerArgs {
     /// apart workers sharing a host).
     #[arg(long, env = "LOCUS_WORKER_ID", value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub worker_id: Option<String>,
+    /// Append every cache-policy change (swap, rollback) to this JSON-lines file;
+    /// `GET /admin/audit` shows the last ones either way.
+    #[arg(long, env = "LOCUS_AUDIT_LOG")]
+    pub audit_log: Option<PathBuf>,
     #[command(flatten)]
     pub admin_token: AdminTokenArg,
     #[command(flatten)]
@@ -457,18 +467,63 @@ pub struct RouterArgs {
 }
 
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("change").args(["policy", "shadow", "canary", "promote", "abort", "cache_policy"]).required(true)))]
 pub struct SwapArgs {
     /// Admin URL of a router (e.g. http://127.0.0.1:8100).
-    #[arg(long, conflicts_with = "worker", required_unless_present = "worker")]
+    #[arg(
+        long,
+        env = "LOCUS_ROUTER_ADMIN",
+        conflicts_with = "worker",
+        required_unless_present = "worker"
+    )]
     pub router: Option<String>,
     /// URL of a worker (e.g. http://127.0.0.1:8001).
     #[arg(long)]
     pub worker: Option<String>,
     /// New routing policy (with --router): a built-in name or a .wasm file.
-    #[arg(long)]
+    #[arg(long, requires = "router")]
     pub policy: Option<String>,
-    /// New cache policy (with --worker): a built-in name or a .wasm file.
+    /// Try a routing policy as a shadow: asked every routing question beside the serving
+    /// policy, its answers only recorded (`locus policy report` compares them).
+    #[arg(long, value_name = "POLICY", requires = "router")]
+    pub shadow: Option<String>,
+    /// Route PERCENT of requests (by a stable hash of their session or leading prompt
+    /// block) with POLICY; aborted on its own when it does worse than the serving policy
+    /// (see --min-requests, --window and the margins).
+    #[arg(long, num_args = 2, value_names = ["PERCENT", "POLICY"], requires = "router")]
+    pub canary: Vec<String>,
+    /// End the trial running on --router by making its candidate serve everything.
+    #[arg(long, requires = "router")]
+    pub promote: bool,
+    /// End the trial running on --router, keeping the serving policy.
+    #[arg(long, requires = "router")]
+    pub abort: bool,
+    /// Canary: requests each side needs in its window before the rules apply (20).
+    #[arg(long, requires = "canary")]
+    pub min_requests: Option<usize>,
+    /// Canary: the most recent requests per side the rules read (200).
+    #[arg(long, requires = "canary")]
+    pub window: Option<usize>,
+    /// Canary: abort when its error rate exceeds the serving side's by more than this
+    /// (0.05: five points).
+    #[arg(long, requires = "canary")]
+    pub error_margin: Option<f64>,
+    /// Canary: abort when its fallback rate (calls the native fallback decided because the
+    /// candidate faulted) exceeds the serving side's by more than this (0.05).
+    #[arg(long, requires = "canary")]
+    pub fallback_margin: Option<f64>,
+    /// Canary: abort when its TTFT p90 exceeds the serving side's by more than this
+    /// fraction (0.5: 50% slower).
+    #[arg(long, requires = "canary")]
+    pub ttft_margin: Option<f64>,
+    /// Who asks, for the audit log (default: $USER@host name).
+    #[arg(long, env = "LOCUS_ACTOR")]
+    pub actor: Option<String>,
+    /// Why, for the audit log.
     #[arg(long)]
+    pub reason: Option<String>,
+    /// New cache policy (with --worker): a built-in name or a .wasm file.
+    #[arg(long, requires = "worker")]
     pub cache_policy: Option<String>,
     /// A `key=value` setting for the new policy (repeatable).
     #[arg(long = "setting", value_parser = policy::parse_setting)]
@@ -565,6 +620,22 @@ pub enum PolicyCommand {
     },
     /// List the built-in policies.
     List,
+    /// Show a router's policy trial side by side: the serving policy against the shadow or
+    /// canary (agreement, predicted and real prefix hits, load spread, errors, fallbacks,
+    /// TTFT), or how the last trial ended; then the last changes of the audit log.
+    Report {
+        /// Admin URL of the router (e.g. http://127.0.0.1:8100).
+        #[arg(long, env = "LOCUS_ROUTER_ADMIN", default_value = "http://127.0.0.1:8100")]
+        router: String,
+        #[command(flatten)]
+        admin_token: AdminTokenArg,
+        /// Print the JSON of `GET /admin/policy/trial` instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Audit entries shown after the table.
+        #[arg(long, default_value_t = 10)]
+        audit: usize,
+    },
 }
 
 #[cfg(test)]

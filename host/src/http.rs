@@ -10,9 +10,25 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::api::REQUEST_ID;
-use crate::policy::{LoadError, PolicySource};
+use crate::policy::{Actor, LoadError, PolicySource};
 
 pub use crate::api::{ApiError, parse_json};
+
+/// Request header naming who makes an admin change, for the audit log.
+pub const ACTOR_HEADER: &str = "x-locus-actor";
+
+/// Request header giving the reason of an admin change, for the audit log.
+pub const REASON_HEADER: &str = "x-locus-reason";
+
+/// Who asks for an admin change, from [`ACTOR_HEADER`] and [`REASON_HEADER`] (UTF-8, read
+/// leniently); `admin-api` when the caller does not say.
+pub fn actor(headers: &HeaderMap) -> Actor {
+    let read = |name: &str| {
+        headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_string())
+    };
+    let who = read(ACTOR_HEADER).filter(|w| !w.is_empty()).unwrap_or_else(|| "admin-api".into());
+    Actor::new(who, read(REASON_HEADER).unwrap_or_default())
+}
 
 /// Default limit of an admin component upload: real components with debug line tables
 /// run to a few MB, so this leaves room for ten times that.
@@ -153,7 +169,7 @@ pub fn render_metrics(registry: &prometheus::Registry) -> Response {
 
 /// The policy of an admin swap request: the body is a component, or the body is empty
 /// and `?name=` names a built-in. `name` is taken out of `query`; the rest are settings.
-fn uploaded_policy(
+pub fn uploaded_policy(
     body: &[u8],
     query: &mut BTreeMap<String, String>,
 ) -> Result<PolicySource, ApiError> {

@@ -32,6 +32,11 @@ fn main() -> ExitCode {
     policy::use_compiled_cache(cli.compiled_cache_dir());
     let cache_args = cli.cache_args();
     let result = match cli.command {
+        Command::Policy(PolicyCommand::Report { router, admin_token, json, audit }) => {
+            tokio::runtime::Runtime::new()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(policy_report(&router, admin_token.token, json, audit)))
+        }
         Command::Policy(cmd) => return policy_command(cmd),
         other => tokio::runtime::Runtime::new()
             .map_err(anyhow::Error::from)
@@ -66,7 +71,49 @@ fn policy_command(cmd: PolicyCommand) -> ExitCode {
             println!("{report}");
             if report.usable() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
         }
+        PolicyCommand::Report { .. } => unreachable!("run with a runtime"),
     }
+}
+
+/// `locus policy report`: the router's trial side by side, then its last policy changes.
+async fn policy_report(
+    admin: &str,
+    token: Option<String>,
+    json: bool,
+    audit: usize,
+) -> anyhow::Result<()> {
+    let client = AdminClient::new(token);
+    let v = client.get(admin, "/admin/policy/trial").await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    match v.get("trial").filter(|t| !t.is_null()) {
+        Some(t) => print!("{}", policy::render_trial(t)),
+        None => println!(
+            "no trial has run on this router (start one with `locus swap --shadow` or `--canary`)"
+        ),
+    }
+    if audit > 0 {
+        let entries = client.get(admin, "/admin/audit").await?;
+        let entries = entries["entries"].as_array().cloned().unwrap_or_default();
+        println!("\naudit log (last {} of {}):", audit.min(entries.len()), entries.len());
+        for e in entries.iter().rev().take(audit).rev() {
+            let sha = e["sha256"].as_str().unwrap_or("");
+            let at = std::time::UNIX_EPOCH
+                + std::time::Duration::from_secs_f64(e["at"].as_f64().unwrap_or(0.0).max(0.0));
+            println!(
+                "  {}  {:<8} {:<24} {:<12} by {:<20} {}",
+                httpdate::fmt_http_date(at),
+                e["event"].as_str().unwrap_or(""),
+                e["name"].as_str().unwrap_or(""),
+                &sha[..sha.len().min(12)],
+                e["who"].as_str().unwrap_or(""),
+                e["why"].as_str().unwrap_or(""),
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Runs `cmd`; `cache_args` are the compiled-policy cache flags, for the `locus`
@@ -118,6 +165,7 @@ async fn serve(cmd: Command, cache_args: Vec<String>) -> anyhow::Result<()> {
             let (delay, grace) = a.shutdown.times()?;
             let mut wo = a.cache.options(a.admin_token.token.clone(), &a.serve)?;
             wo.worker_id = a.worker_id.unwrap_or_else(|| format!("{}:{}", host_name(), a.port));
+            wo.audit_log = a.audit_log.filter(|p| !p.as_os_str().is_empty());
             let handle = worker::spawn(engine, wo, SocketAddr::new(a.host, a.port)).await?;
             println!(
                 "locus worker {} listening on http://{}",
@@ -182,13 +230,62 @@ async fn probe(a: ProbeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Who runs this command, for the audit log: `$USER@host`.
+fn default_actor() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .ok()
+        .filter(|u| !u.is_empty())
+        // SAFETY: getuid cannot fail and touches no memory of ours.
+        .unwrap_or_else(|| format!("uid {}", unsafe { libc::getuid() }));
+    format!("{user}@{}", host_name())
+}
+
 async fn swap(a: SwapArgs) -> anyhow::Result<()> {
-    let admin = AdminClient::new(a.admin_token.token.clone());
+    let who = a.actor.clone().filter(|w| !w.is_empty()).unwrap_or_else(default_actor);
+    let admin = AdminClient::new(a.admin_token.token.clone())
+        .with_actor(who, a.reason.clone().unwrap_or_default());
     let answer = match (&a.router, &a.worker) {
+        (Some(r), _) if a.promote => admin.end_trial(r, "promote").await?,
+        (Some(r), _) if a.abort => admin.end_trial(r, "abort").await?,
         (Some(r), _) => {
-            let p =
-                a.policy.as_deref().ok_or_else(|| anyhow::anyhow!("--router needs --policy"))?;
-            admin.swap_router_policy(r, p, &a.settings).await?
+            let mut settings = a.settings.clone();
+            let set = |s: &mut Vec<(String, String)>, k: &str, v: String| s.push((k.into(), v));
+            let p = if let Some(p) = &a.shadow {
+                set(&mut settings, "locus.shadow", "true".into());
+                p
+            } else if let [percent, p] = a.canary.as_slice() {
+                let pct: f64 = percent
+                    .trim_end_matches('%')
+                    .parse()
+                    .ok()
+                    .filter(|x: &f64| *x > 0.0 && *x <= 100.0)
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "--canary PERCENT POLICY: `{percent}` is not a percentage in (0, 100]"
+                        )
+                    })?;
+                set(&mut settings, "locus.canary", pct.to_string());
+                for (k, v) in [
+                    ("locus.min-requests", a.min_requests.map(|n| n.to_string())),
+                    ("locus.window", a.window.map(|n| n.to_string())),
+                    ("locus.error-margin", a.error_margin.map(|x| x.to_string())),
+                    ("locus.fallback-margin", a.fallback_margin.map(|x| x.to_string())),
+                    ("locus.ttft-margin", a.ttft_margin.map(|x| x.to_string())),
+                ] {
+                    if let Some(v) = v {
+                        set(&mut settings, k, v);
+                    }
+                }
+                p
+            } else {
+                a.policy.as_ref().ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--router needs --policy, --shadow, --canary, --promote or --abort"
+                    )
+                })?
+            };
+            admin.swap_router_policy(r, p, &settings).await?
         }
         (None, Some(w)) => {
             let p = a

@@ -424,5 +424,17 @@ async fn cache_policy_swaps_under_load_lose_no_entry_and_fail_no_request() {
         assert_eq!(again.text, a.text);
     }
     assert_eq!(w.worker.caches().response_residents().len(), entries(&w));
+    // Each swap is in the audit log (the rejected one is not), with who asked.
+    let r =
+        http.get(format!("http://{}/admin/audit", w.addr)).bearer_auth(TOKEN).send().await.unwrap();
+    let audit: Value = r.json().await.unwrap();
+    let entries = audit["entries"].as_array().unwrap();
+    let events: Vec<&str> = entries.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(events.len(), 11, "{events:?}");
+    assert_eq!(events[0], "load");
+    assert!(events[1..].iter().all(|e| *e == "swap"), "{events:?}");
+    assert!(entries.iter().all(|e| e["world"] == "cache"));
+    assert_eq!(entries[1]["who"], "admin-api");
+    assert_eq!(entries[1]["from_sha256"], entries[0]["sha256"]);
     w.stop().await.unwrap();
 }

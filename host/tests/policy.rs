@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use locus::guests;
 use locus::policy::{
-    CachePolicy, Entry, EntryKind, Fault, FaultPolicy, LoadOptions, LoadStep, PolicySource,
+    Actor, CachePolicy, Entry, EntryKind, Fault, FaultPolicy, LoadOptions, LoadStep, PolicySource,
     Request, RouterPolicy, Workers, rendezvous,
 };
 use rand::rngs::StdRng;
@@ -310,7 +310,11 @@ fn a_rejected_swap_leaves_the_old_policy_serving() {
     let ws = workers(&[1, 2, 3]);
     let want = route_id(&p, "hello there, general", &ws);
     let e = p
-        .swap(&file(guests::FAULTY_PATH), &settings(&[("fault", "loop"), ("trigger", "always")]))
+        .swap(
+            &file(guests::FAULTY_PATH),
+            &settings(&[("fault", "loop"), ("trigger", "always")]),
+            &Actor::default(),
+        )
         .unwrap_err();
     assert_eq!(e.step, LoadStep::Smoke);
     assert_eq!(p.info(), before);
@@ -370,7 +374,12 @@ fn repeated_faults_roll_back_to_the_previous_version_then_a_good_swap_works() {
     let faults = FaultPolicy { max_faults: 3, window: Duration::from_secs(60) };
     let p = RouterPolicy::load(&PolicySource::Builtin("hash"), &LoadOptions::default(), faults)
         .unwrap();
-    p.swap(&file(guests::FAULTY_PATH), &settings(&[("fault", "trap"), ("index", "1")])).unwrap();
+    p.swap(
+        &file(guests::FAULTY_PATH),
+        &settings(&[("fault", "trap"), ("index", "1")]),
+        &Actor::default(),
+    )
+    .unwrap();
     assert_eq!(p.info().name, guests::FAULTY_PATH);
     let ws = workers(&[1, 2, 3]);
     for i in 1..=3 {
@@ -385,12 +394,14 @@ fn repeated_faults_roll_back_to_the_previous_version_then_a_good_swap_works() {
     assert_eq!(p.total_faults(), 3);
     assert_eq!(p.route(&req("FAULT now"), &ws).unwrap().fault, None);
 
-    let info = p.swap(&PolicySource::Builtin("random"), &settings(&[("seed", "1")])).unwrap();
+    let info = p
+        .swap(&PolicySource::Builtin("random"), &settings(&[("seed", "1")]), &Actor::default())
+        .unwrap();
     assert_eq!(info.name, "random");
     assert_eq!(p.route(&req("x"), &ws).unwrap().fault, None);
     // With nothing before it, a rollback lands on the native fallback.
-    assert_eq!(p.rollback().name, "hash");
-    assert_eq!(p.rollback().name, "native");
+    assert_eq!(p.rollback(&Actor::default()).name, "hash");
+    assert_eq!(p.rollback(&Actor::default()).name, "native");
     let d = p.route(&req("abc"), &ws).unwrap();
     assert_eq!(d.index, rendezvous("abc", ids(&ws)).unwrap());
 }
@@ -483,7 +494,9 @@ async fn swapping_100_times_under_8_routing_tasks_fails_no_call() {
     for i in 1..=100 {
         let pp = p.clone();
         let f = faulty.clone();
-        tokio::task::spawn_blocking(move || pp.swap(&f, &opts(i)).unwrap()).await.unwrap();
+        tokio::task::spawn_blocking(move || pp.swap(&f, &opts(i), &Actor::default()).unwrap())
+            .await
+            .unwrap();
         committed.store(i as u64, Ordering::Release);
         tokio::task::yield_now().await;
     }
@@ -540,7 +553,11 @@ fn components_of_both_contract_versions_load_and_say_which() {
     let ws = workers(&[11, 22, 33]);
     let d = old.route(&req("still works"), &ws).unwrap();
     assert_eq!(d.fault, None);
-    old.observe(&locus::policy::Completion::new(1, 11, locus::policy::Outcome::Broken), true);
+    old.observe(
+        &locus::policy::Completion::new(1, 11, locus::policy::Outcome::Broken),
+        true,
+        Default::default(),
+    );
     assert_eq!(old.total_faults(), 0);
 }
 
@@ -588,7 +605,7 @@ fn the_completion_crosses_the_boundary_intact() {
     done.cached_tokens = Some(256);
     done.response_cache_hit = Some(false);
     done.generated_tokens = Some(9);
-    p.observe(&done, true);
+    p.observe(&done, true, Default::default());
     let seen = probe_says(&p, "observed", &workers(&[11, 22]));
     for field in [
         "request-id: 77",

@@ -118,6 +118,11 @@ impl CachePolicy {
         Ok(Self { slot, residents })
     }
 
+    /// Records the rollbacks the fault rules make in `audit`.
+    pub fn set_audit(&self, audit: Arc<super::AuditLog>) {
+        self.slot.set_audit(audit);
+    }
+
     /// Validates `source` and, only if it passes, makes it serve.
     pub fn swap(&self, source: &PolicySource, opts: &LoadOptions) -> Result<PolicyInfo, LoadError> {
         Ok(self.install(Self::prepare(source, opts)?))

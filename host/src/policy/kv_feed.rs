@@ -124,6 +124,14 @@ impl KvFeed {
         lock(&self.state).sets.get(&worker).is_some_and(|s| s.contains_key(&block))
     }
 
+    /// How many of `blocks` (a prompt's block hashes, in order) `worker` holds from the
+    /// first on: the prefix it would reuse, as far as the router knows.
+    pub fn leading(&self, worker: u64, blocks: &[u64]) -> usize {
+        let st = lock(&self.state);
+        let Some(set) = st.sets.get(&worker) else { return 0 };
+        blocks.iter().take_while(|b| set.contains_key(b)).count()
+    }
+
     /// Blocks known, over all workers.
     pub fn total_blocks(&self) -> usize {
         lock(&self.state).sets.values().map(HashMap::len).sum()

@@ -9,6 +9,7 @@
 //! fallback instead, the instance is re-made, and the fault is counted; too many faults
 //! in a window roll the policy back to the previous version ([`FaultPolicy`]).
 
+mod audit;
 mod cache;
 mod compiled_cache;
 mod fallback;
@@ -17,19 +18,29 @@ mod kv_feed;
 mod router;
 mod sandbox;
 mod slot;
+mod trial;
+mod trial_table;
 
 use std::fmt;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
+pub use audit::{AUDIT_KEPT, Actor, AuditEntry, AuditLog};
 pub use cache::{CachePolicy, Entry, EntryKind, PreparedCache};
 pub use compiled_cache::{CompiledCache, Origin, default_dir as default_compiled_cache_dir};
 pub use fallback::rendezvous;
 pub use inspect::{Inspection, inspect};
 pub use kv_feed::{KvBatch, KvFeed, LOG_BATCHES};
-pub use router::{Completion, Decision, Outcome, Request, RouterPolicy, Workers, workers};
+pub use router::{
+    Completion, Decision, Outcome, Request, Routed, RouterPolicy, TrialError, Workers, workers,
+};
 pub use sandbox::{Limits, TICK, use_compiled_cache};
 pub use slot::FaultPolicy;
+pub use trial::{
+    SHADOW_QUEUE, Side, SideReport, TrialEnd, TrialMode, TrialReport, TrialRules, TrialRunning,
+    TrialSettingError, take_trial_settings,
+};
+pub use trial_table::render_trial;
 
 use crate::guests::BUILTINS;
 

@@ -5,9 +5,11 @@ use std::sync::Arc;
 use wasmtime::Store;
 use wasmtime::component::InstancePre;
 
+use super::audit::{Actor, AuditEntry, AuditLog};
 use super::kv_feed::{KvFeed, Missed};
 use super::sandbox::{Limits, State};
 use super::slot::{FaultPolicy, Feed, Slot, Version, World};
+use super::trial::{Side, TrialMode, TrialReport, TrialRules, TrialRunning, Trials};
 use super::{Fault, LoadError, LoadOptions, PolicyInfo, PolicySource, fallback};
 
 #[allow(missing_docs)]
@@ -343,28 +345,119 @@ pub struct Decision {
     pub index: usize,
     /// Set when the policy faulted and the native fallback decided.
     pub fault: Option<Fault>,
+    /// Which policy decided: the live one, or a canary's candidate.
+    pub side: Side,
 }
 
-/// The routing policy slot of a router: route requests, swap and roll back policies.
+impl Decision {
+    /// What [`RouterPolicy::observe`] needs to know of it.
+    pub fn routed(&self) -> Routed {
+        Routed { side: self.side, fallback: self.fault.is_some() }
+    }
+}
+
+/// Which side of a trial routed a request, and whether the native fallback decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Routed {
+    /// The live policy or a canary's candidate.
+    pub side: Side,
+    /// The policy faulted and the fallback decided.
+    pub fallback: bool,
+}
+
+/// Asks `slot`'s policy to choose; the native fallback decides when it faults.
+pub(crate) fn decide(
+    slot: &Slot<RouterWorld>,
+    req: &Request,
+    workers: &Workers,
+) -> (usize, Option<Fault>) {
+    let native = || fallback::rendezvous(&req.prompt, workers.ids.iter().copied());
+    slot.call(
+        |b, store| {
+            Ok(b.route(store, req, workers)?
+                .map_err(Fault::Error)
+                .and_then(|i| check_index(i, workers)))
+        },
+        || native().expect("the worker list is not empty"),
+    )
+}
+
+/// Tells `slot`'s policy how an attempt ended.
+pub(crate) fn observe_in(slot: &Slot<RouterWorld>, done: &Completion, answered: bool) {
+    slot.call(|b, store| b.observe(store, done, answered).map(Ok), || ());
+}
+
+/// Why a candidate cannot be tried.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TrialError {
+    /// It failed to load.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// Another trial runs.
+    #[error(transparent)]
+    Running(#[from] TrialRunning),
+}
+
+/// The routing policy slot of a router: route requests, swap and roll back policies, try
+/// candidates as a shadow or a canary, and record every change in the audit log.
 ///
 /// Router policies are stateless by default: several instances serve concurrent callers
 /// (a pool, reused most-recent-first, so a single caller always meets the same instance).
 pub struct RouterPolicy {
     slot: Slot<RouterWorld>,
     kv: Arc<KvFeed>,
+    trials: Arc<Trials>,
+    faults: FaultPolicy,
 }
 
 impl RouterPolicy {
-    /// Loads `source` as the first policy.
+    /// Loads `source` as the first policy; changes are audited in memory only.
     pub fn load(
         source: &PolicySource,
         opts: &LoadOptions,
         faults: FaultPolicy,
     ) -> Result<Self, LoadError> {
+        Self::load_audited(source, opts, faults, Arc::new(AuditLog::memory()))
+    }
+
+    /// Loads `source` as the first policy, recording it and every later change in `audit`.
+    pub fn load_audited(
+        source: &PolicySource,
+        opts: &LoadOptions,
+        faults: FaultPolicy,
+        audit: Arc<AuditLog>,
+    ) -> Result<Self, LoadError> {
         let slot = Slot::new(load(source, opts)?, faults);
         let kv = Arc::new(KvFeed::default());
         slot.set_feed(Box::new(KvEvents(kv.clone())));
-        Ok(Self { slot, kv })
+        slot.set_audit(audit.clone());
+        let p = Self { slot, trials: Arc::new(Trials::new(audit, kv.clone())), kv, faults };
+        p.audit_change("load", &p.info(), None, &Actor::locus("the router started"));
+        Ok(p)
+    }
+
+    fn audit_change(
+        &self,
+        event: &'static str,
+        to: &PolicyInfo,
+        from: Option<&PolicyInfo>,
+        by: &Actor,
+    ) {
+        self.trials.audit.record(AuditEntry {
+            at: 0.0,
+            event,
+            world: "router".into(),
+            name: to.name.clone(),
+            sha256: to.sha256.clone(),
+            from_sha256: from.map(|f| f.sha256.clone()),
+            who: by.who.clone(),
+            why: by.why.clone(),
+        });
+    }
+
+    /// The audit log.
+    pub fn audit(&self) -> &AuditLog {
+        &self.trials.audit
     }
 
     /// The workers' KV blocks as the router knows them; what is applied here reaches
@@ -373,22 +466,84 @@ impl RouterPolicy {
         &self.kv
     }
 
-    /// Whether the serving policy reads block hashes (it implements 0.2.0), so that the
-    /// router tokenizes prompts only for a policy that uses them.
+    /// Whether requests should carry block hashes: the serving policy reads them (it
+    /// implements 0.2.0), or a trial runs (its candidate may read them, its split and its
+    /// scores do), so that the router tokenizes prompts only when they are used.
     pub fn wants_blocks(&self) -> bool {
-        self.slot.serves_version("0.2.0")
+        self.slot.serves_version("0.2.0") || self.trials.running()
     }
 
-    /// Validates `source` and, only if it passes, makes it serve. On error the serving
-    /// policy is unchanged.
-    pub fn swap(&self, source: &PolicySource, opts: &LoadOptions) -> Result<PolicyInfo, LoadError> {
+    /// Validates `source` and, only if it passes, makes it serve; a trial running is
+    /// aborted (its comparison was with the policy replaced). On error nothing changes.
+    pub fn swap(
+        &self,
+        source: &PolicySource,
+        opts: &LoadOptions,
+        by: &Actor,
+    ) -> Result<PolicyInfo, LoadError> {
         let v = load(source, opts)?;
-        Ok(self.slot.swap(v))
+        let next = v.info.clone();
+        self.end_trial_for(&format!("the live policy was replaced by {}", next.name));
+        let prev = self.info();
+        let info = self.slot.swap(v);
+        self.audit_change("swap", &info, Some(&prev), by);
+        Ok(info)
     }
 
-    /// Goes back to the previous policy (the native fallback if there is none).
-    pub fn rollback(&self) -> PolicyInfo {
-        self.slot.rollback()
+    /// Goes back to the previous policy (the native fallback if there is none); a trial
+    /// running is aborted.
+    pub fn rollback(&self, by: &Actor) -> PolicyInfo {
+        self.end_trial_for("the live policy was rolled back");
+        let prev = self.info();
+        let info = self.slot.rollback();
+        self.audit_change("rollback", &info, Some(&prev), by);
+        info
+    }
+
+    fn end_trial_for(&self, why: &str) {
+        if let Some(t) = self.trials.current().clone() {
+            self.trials.end(&t, "aborted", &Actor::locus(why));
+        }
+    }
+
+    /// Loads `source` and tries it beside the serving policy, as a shadow or a canary.
+    pub fn try_candidate(
+        &self,
+        source: &PolicySource,
+        opts: &LoadOptions,
+        mode: TrialMode,
+        rules: TrialRules,
+        by: &Actor,
+    ) -> Result<TrialReport, TrialError> {
+        if let Some(t) = &*self.trials.current() {
+            return Err(TrialRunning(match t.mode {
+                TrialMode::Shadow => "shadow",
+                TrialMode::Canary { .. } => "canary",
+            })
+            .into());
+        }
+        let slot = Slot::new(load(source, opts)?, self.faults);
+        slot.set_feed(Box::new(KvEvents(self.kv.clone())));
+        Ok(self.trials.begin(mode, rules, slot, self.info(), by)?)
+    }
+
+    /// Makes the candidate on trial serve everything; `None` when no trial runs.
+    pub fn promote(&self, by: &Actor) -> Option<(PolicyInfo, TrialReport)> {
+        let t = self.trials.current().clone()?;
+        let report = self.trials.end(&t, "promoted", by)?;
+        let info = self.slot.swap_arc(t.slot.current());
+        Some((info, report))
+    }
+
+    /// Ends the trial, leaving the serving policy as it is; `None` when none runs.
+    pub fn abort(&self, by: &Actor) -> Option<TrialReport> {
+        let t = self.trials.current().clone()?;
+        self.trials.end(&t, "aborted", by)
+    }
+
+    /// The running trial's report, else the last one's; `None` before any.
+    pub fn trial(&self) -> Option<TrialReport> {
+        self.trials.report()
     }
 
     /// What is serving.
@@ -407,28 +562,55 @@ impl RouterPolicy {
     }
 
     /// Chooses one of `workers` (the healthy ones) for `req`; `None` when there is none
-    /// (or the lists of `workers` differ in length).
+    /// (or the lists of `workers` differ in length). A canary decides its share of
+    /// requests; a shadow is handed the live decision to compare with.
     pub fn route(&self, req: &Request, workers: &Workers) -> Option<Decision> {
         if workers.ids.is_empty() || !workers.consistent() {
             return None;
         }
-        let native = || fallback::rendezvous(&req.prompt, workers.ids.iter().copied());
-        let (index, fault) = self.slot.call(
-            |b, store| {
-                Ok(b.route(store, req, workers)?
-                    .map_err(Fault::Error)
-                    .and_then(|i| check_index(i, workers)))
-            },
-            || native().expect("the worker list is not empty"),
-        );
-        Some(Decision { index, fault })
+        let trial = self.trials.current();
+        let Some(t) = &*trial else {
+            let (index, fault) = decide(&self.slot, req, workers);
+            return Some(Decision { index, fault, side: Side::Live });
+        };
+        if t.takes(req) {
+            let (index, fault) = decide(&t.slot, req, workers);
+            self.trials.decided(t, Side::Candidate, workers, workers.ids[index], fault.is_some());
+            if fault.is_some() {
+                self.trials.check_faults(t);
+            }
+            return Some(Decision { index, fault, side: Side::Candidate });
+        }
+        let (index, fault) = decide(&self.slot, req, workers);
+        match t.mode {
+            TrialMode::Shadow => self.trials.to_shadow(t, req, workers, workers.ids[index]),
+            TrialMode::Canary { .. } => {
+                self.trials.decided(t, Side::Live, workers, workers.ids[index], fault.is_some());
+            }
+        }
+        Some(Decision { index, fault, side: Side::Live })
     }
 
     /// Tells the policy how a routed attempt ended. `answered` is false for an attempt
     /// that got no answer to relay (it is retried, or the request fails): a 0.1.0 policy
-    /// hears only of answered ones, as it always did.
-    pub fn observe(&self, done: &Completion, answered: bool) {
-        self.slot.call(|b, store| b.observe(store, done, answered).map(Ok), || ());
+    /// hears only of answered ones, as it always did. A trial's candidate is told too, and
+    /// an answered attempt counts for the side that `routed` it.
+    pub fn observe(&self, done: &Completion, answered: bool, routed: Routed) {
+        observe_in(&self.slot, done, answered);
+        if let Some(t) = &*self.trials.current() {
+            self.trials.observe(t, done, answered);
+            if answered {
+                self.trials.completed(t, routed.side, routed.fallback, done);
+            }
+        }
+    }
+
+    /// Counts a request that no worker could serve (every attempt failed) for its side.
+    pub fn unserved(&self, routed: Routed) {
+        if let Some(t) = &*self.trials.current() {
+            let done = Completion::new(0, 0, Outcome::Failed);
+            self.trials.completed(t, routed.side, routed.fallback, &done);
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::InstancePre;
 use wasmtime::{Store, Trap};
 
+use super::audit::{AuditEntry, AuditLog, SELF_ACTOR};
 use super::compiled_cache::Origin;
 use super::sandbox::{Limits, Runtime, State};
 use super::{Fault, LoadError, LoadOptions, LoadStep, PolicyInfo, PolicySource};
@@ -323,6 +324,8 @@ pub(crate) struct Slot<W: World> {
     feed: ArcSwapOption<Box<dyn Feed<W>>>,
     total_faults: AtomicU64,
     rollbacks: AtomicU64,
+    /// Where rollbacks made by the fault rules are recorded.
+    audit: OnceLock<Arc<AuditLog>>,
 }
 
 /// Versions kept for rollback.
@@ -338,7 +341,18 @@ impl<W: World> Slot<W> {
             feed: ArcSwapOption::empty(),
             total_faults: AtomicU64::new(0),
             rollbacks: AtomicU64::new(0),
+            audit: OnceLock::new(),
         }
+    }
+
+    /// Records the rollbacks the fault rules make in `audit`.
+    pub(crate) fn set_audit(&self, audit: Arc<AuditLog>) {
+        let _ = self.audit.set(audit);
+    }
+
+    /// The version serving now.
+    pub(crate) fn current(&self) -> Arc<Version<W>> {
+        self.current.load_full()
     }
 
     pub(crate) fn set_feed(&self, feed: Box<dyn Feed<W>>) {
@@ -347,9 +361,14 @@ impl<W: World> Slot<W> {
 
     /// Makes `next` serve. Calls that start after this returns use it.
     pub(crate) fn swap(&self, next: Version<W>) -> PolicyInfo {
+        self.swap_arc(Arc::new(next))
+    }
+
+    /// [`Slot::swap`] for a version that served elsewhere (a promoted candidate).
+    pub(crate) fn swap_arc(&self, next: Arc<Version<W>>) -> PolicyInfo {
         let _g = lock(&self.swapping);
         let info = next.info();
-        let old = self.current.swap(Arc::new(next));
+        let old = self.current.swap(next);
         let mut history = lock(&self.history);
         history.push(old);
         if history.len() > HISTORY {
@@ -437,7 +456,22 @@ impl<W: World> Slot<W> {
                     self.faults.max_faults,
                     self.faults.window
                 );
-                self.rollback_locked();
+                let to = self.rollback_locked();
+                if let Some(audit) = self.audit.get() {
+                    audit.record(AuditEntry {
+                        at: 0.0,
+                        event: "rollback",
+                        world: W::NAME.into(),
+                        name: to.name,
+                        sha256: to.sha256,
+                        from_sha256: Some(version.info.sha256.clone()),
+                        who: SELF_ACTOR.into(),
+                        why: format!(
+                            "fault rules: {} faults within {:?} (last: {fault})",
+                            self.faults.max_faults, self.faults.window
+                        ),
+                    });
+                }
             }
         }
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -14,9 +14,9 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{BackendInfo, Gateway};
-use crate::http::{Access, AdminAuth, ApiError, parse_json, require_admin, swap_uploaded};
-use crate::policy::LoadOptions;
+use super::{BackendInfo, Gateway, Registry};
+use crate::http::{Access, AdminAuth, ApiError, actor, parse_json, require_admin, uploaded_policy};
+use crate::policy::{LoadOptions, TrialError, TrialReport, take_trial_settings};
 use crate::serve::limit_bodies;
 
 /// The admin routes over `gw`.
@@ -25,6 +25,10 @@ pub fn admin_router(gw: Arc<Gateway>) -> Router {
     let rest = Router::new()
         .route("/admin/policy", get(policy_info))
         .route("/admin/policy/rollback", post(rollback))
+        .route("/admin/policy/trial", get(trial))
+        .route("/admin/policy/promote", post(promote))
+        .route("/admin/policy/abort", post(abort))
+        .route("/admin/audit", get(audit))
         .route("/admin/workers", get(list_workers).post(add_worker).delete(remove_worker))
         .route("/admin/feedback", get(feedback));
     let upload = Router::new().route("/admin/policy", put(swap_policy));
@@ -42,21 +46,107 @@ async fn policy_info(State(gw): State<Arc<Gateway>>) -> Response {
     .into_response()
 }
 
-/// `PUT /admin/policy`: the body is a component (or empty with `?name=<built-in>`); every
+/// `PUT /admin/policy`: the body is a component (or empty with `?name=<built-in>`). With
+/// `locus.shadow=true` or `locus.canary=PERCENT` it is tried beside the serving policy
+/// instead of replacing it (see [`take_trial_settings`] for the rules' settings); every
 /// other query parameter is a setting for `configure`.
 async fn swap_policy(
     State(gw): State<Arc<Gateway>>,
-    Query(q): Query<BTreeMap<String, String>>,
+    headers: HeaderMap,
+    Query(mut q): Query<BTreeMap<String, String>>,
     body: Bytes,
 ) -> Response {
-    swap_uploaded(&body, q, move |source, settings| {
-        gw.policy.swap(&source, &LoadOptions::with_settings(settings))
+    let source = match uploaded_policy(&body, &mut q) {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    let mut settings: Vec<(String, String)> = q.into_iter().collect();
+    let trial = match take_trial_settings(&mut settings) {
+        Ok(t) => t,
+        Err(e) => return ApiError::invalid(e.param, e.message).into_response(),
+    };
+    let by = actor(&headers);
+    let opts = LoadOptions::with_settings(settings);
+    let g = gw.clone();
+    // Compiling takes tens of milliseconds: off the async threads.
+    let done = tokio::task::spawn_blocking(move || match trial {
+        None => g
+            .policy
+            .swap(&source, &opts, &by)
+            .map(|info| json!({"swapped": true, "policy": info}))
+            .map_err(TrialError::from),
+        Some((mode, rules)) => g
+            .policy
+            .try_candidate(&source, &opts, mode, rules, &by)
+            .map(|report| json!({"trial": named(report, &g.registry)})),
     })
-    .await
+    .await;
+    match done {
+        Ok(Ok(v)) => Json(v).into_response(),
+        Ok(Err(TrialError::Load(e))) => ApiError::new(StatusCode::BAD_REQUEST, e.to_string())
+            .with_code("policy_rejected")
+            .into_response(),
+        Ok(Err(e @ TrialError::Running(_))) => ApiError::new(StatusCode::CONFLICT, e.to_string())
+            .with_code("trial_running")
+            .into_response(),
+        Err(e) => ApiError::internal(e.to_string()).into_response(),
+    }
 }
 
-async fn rollback(State(gw): State<Arc<Gateway>>) -> Response {
-    Json(json!({"rolled_back": true, "policy": gw.policy.rollback()})).into_response()
+async fn rollback(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    Json(json!({"rolled_back": true, "policy": gw.policy.rollback(&actor(&headers))}))
+        .into_response()
+}
+
+fn no_trial() -> Response {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "no trial is running: start one with locus.shadow or locus.canary",
+    )
+    .with_code("no_trial")
+    .into_response()
+}
+
+/// A report with worker ids replaced by the workers' URLs where the router knows them.
+fn named(mut report: TrialReport, registry: &Registry) -> TrialReport {
+    let urls: BTreeMap<String, String> =
+        registry.all().iter().map(|b| (b.id().to_string(), b.url.clone())).collect();
+    for side in [&mut report.live, &mut report.candidate] {
+        side.per_worker = std::mem::take(&mut side.per_worker)
+            .into_iter()
+            .map(|(id, n)| (urls.get(&id).cloned().unwrap_or(id), n))
+            .collect();
+    }
+    report
+}
+
+/// The running trial side by side (or the last one, with how it ended).
+async fn trial(State(gw): State<Arc<Gateway>>) -> Response {
+    let report = gw.policy.trial().map(|r| named(r, &gw.registry));
+    Json(json!({"trial": report})).into_response()
+}
+
+async fn promote(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    match gw.policy.promote(&actor(&headers)) {
+        Some((info, report)) => Json(json!({"promoted": true, "policy": info,
+                                            "trial": named(report, &gw.registry)}))
+        .into_response(),
+        None => no_trial(),
+    }
+}
+
+async fn abort(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    match gw.policy.abort(&actor(&headers)) {
+        Some(report) => Json(json!({"aborted": true, "policy": gw.policy.info(),
+                        "trial": named(report, &gw.registry)}))
+        .into_response(),
+        None => no_trial(),
+    }
+}
+
+/// The last policy changes, oldest first.
+async fn audit(State(gw): State<Arc<Gateway>>) -> Response {
+    Json(json!({"entries": gw.policy.audit().recent()})).into_response()
 }
 
 async fn list_workers(State(gw): State<Arc<Gateway>>) -> Response {

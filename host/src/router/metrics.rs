@@ -1,8 +1,8 @@
 //! The router's Prometheus metrics.
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
+    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 
 pub(super) struct Metrics {
@@ -20,6 +20,14 @@ pub(super) struct Metrics {
     pub route: Histogram,
     pub kv_blocks: IntGauge,
     pub outcomes: IntCounterVec,
+    /// The running trial (value 1), set at each scrape; absent when none runs.
+    pub trial_info: IntGaugeVec,
+    /// Decisions per side of the running trial.
+    pub trial_decisions: IntGaugeVec,
+    /// The running trial's ratios per side: agreement, fallback, error, hit, predicted_hit.
+    pub trial_ratio: GaugeVec,
+    /// TTFT p90 per side over the canary rules' window.
+    pub trial_ttft_p90: GaugeVec,
 }
 
 impl Metrics {
@@ -87,6 +95,33 @@ impl Metrics {
             &["outcome"],
         )
         .unwrap();
+        let trial_info = IntGaugeVec::new(
+            Opts::new("locus_router_trial_info", "The policy on trial (value 1)"),
+            &["mode", "candidate", "sha256"],
+        )
+        .unwrap();
+        let trial_decisions = IntGaugeVec::new(
+            Opts::new("locus_router_trial_decisions", "Decisions per side of the running trial"),
+            &["side"],
+        )
+        .unwrap();
+        let trial_ratio = GaugeVec::new(
+            Opts::new(
+                "locus_router_trial_ratio",
+                "Running trial per side: agreement (shadow), fallback, error (window), hit \
+                 (cached prompt tokens), predicted_hit (shadow)",
+            ),
+            &["side", "measure"],
+        )
+        .unwrap();
+        let trial_ttft_p90 = GaugeVec::new(
+            Opts::new(
+                "locus_router_trial_ttft_p90_seconds",
+                "TTFT p90 per side of the running trial, over the canary rules' window",
+            ),
+            &["side"],
+        )
+        .unwrap();
         let registry = crate::http::registry(vec![
             Box::new(decisions.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(fallbacks.clone()),
@@ -100,6 +135,10 @@ impl Metrics {
             Box::new(route.clone()),
             Box::new(kv_blocks.clone()),
             Box::new(outcomes.clone()),
+            Box::new(trial_info.clone()),
+            Box::new(trial_decisions.clone()),
+            Box::new(trial_ratio.clone()),
+            Box::new(trial_ttft_p90.clone()),
         ]);
         Self {
             registry,
@@ -115,6 +154,44 @@ impl Metrics {
             route,
             kv_blocks,
             outcomes,
+            trial_info,
+            trial_decisions,
+            trial_ratio,
+            trial_ttft_p90,
+        }
+    }
+
+    /// Sets the trial gauges from `report` (the running trial's), or clears them.
+    pub fn set_trial(&self, report: Option<&crate::policy::TrialReport>) {
+        self.trial_info.reset();
+        self.trial_decisions.reset();
+        self.trial_ratio.reset();
+        self.trial_ttft_p90.reset();
+        let Some(r) = report else { return };
+        let mode = match r.mode {
+            crate::policy::TrialMode::Shadow => "shadow",
+            crate::policy::TrialMode::Canary { .. } => "canary",
+        };
+        let c = &r.candidate_policy;
+        self.trial_info.with_label_values(&[mode, &c.name, &c.sha256]).set(1);
+        if let Some(a) = r.agreement {
+            self.trial_ratio.with_label_values(&["candidate", "agreement"]).set(a);
+        }
+        for (side, s) in [("live", &r.live), ("candidate", &r.candidate)] {
+            self.trial_decisions.with_label_values(&[side]).set(s.decisions as i64);
+            for (measure, v) in [
+                ("fallback", s.fallback_rate),
+                ("error", s.window_error_rate),
+                ("hit", s.hit_rate),
+                ("predicted_hit", s.predicted_hit_rate),
+            ] {
+                if let Some(v) = v {
+                    self.trial_ratio.with_label_values(&[side, measure]).set(v);
+                }
+            }
+            if let Some(p90) = s.ttft_p90_ms {
+                self.trial_ttft_p90.with_label_values(&[side]).set(p90 / 1000.0);
+            }
         }
     }
 }

@@ -36,7 +36,7 @@ pub use registry::{Backend, BackendInfo, Registry, Reported, worker_id};
 pub use tokens::PromptTokens;
 
 use crate::api::Endpoint;
-use crate::policy::{Completion, FaultPolicy, LoadOptions, PolicySource, RouterPolicy};
+use crate::policy::{AuditLog, Completion, FaultPolicy, LoadOptions, PolicySource, RouterPolicy};
 use crate::serve::{ServeLimits, limit_bodies, serve};
 use metrics::Metrics;
 
@@ -83,6 +83,9 @@ pub struct RouterOptions {
     pub worker_token: Option<String>,
     /// Request header whose value is passed to the policy as the session key.
     pub session_header: String,
+    /// Append every policy change (swap, rollback, shadow, canary, promotion, abort) to
+    /// this JSON-lines file, beside the in-memory log of `GET /admin/audit`.
+    pub audit_log: Option<PathBuf>,
 }
 
 impl Default for RouterOptions {
@@ -108,6 +111,7 @@ impl Default for RouterOptions {
             kv_events: true,
             worker_token: None,
             session_header: DEFAULT_SESSION_HEADER.into(),
+            audit_log: None,
         }
     }
 }
@@ -166,7 +170,14 @@ impl Gateway {
     /// Loads the policy and sets up the workers (all assumed up until a check fails).
     pub fn new(options: RouterOptions) -> anyhow::Result<Arc<Self>> {
         let opts = LoadOptions::with_settings(options.settings.clone());
-        let policy = RouterPolicy::load(&options.policy, &opts, options.faults)?;
+        let audit = match &options.audit_log {
+            Some(path) => AuditLog::to_file(path).map_err(|e| {
+                anyhow::anyhow!("cannot open the audit log {}: {e}", path.display())
+            })?,
+            None => AuditLog::memory(),
+        };
+        let policy =
+            RouterPolicy::load_audited(&options.policy, &opts, options.faults, Arc::new(audit))?;
         let registry = Registry::new(
             &options.workers,
             options.fail_threshold.max(1),

@@ -14,7 +14,7 @@ use futures_util::StreamExt;
 use super::Gateway;
 use super::registry::{Backend, InFlightGuard};
 use crate::api::{ApiError, Endpoint, Job, REQUEST_ID};
-use crate::policy::{Completion, Outcome, Request, Workers};
+use crate::policy::{Completion, Outcome, Request, Routed, Workers};
 
 /// Prompts longer than this are shown to the policy by their leading part only.
 pub const ROUTING_PROMPT_BYTES: usize = 8192;
@@ -56,10 +56,10 @@ impl Gateway {
 
     /// Tells the policy how an attempt ended, and counts it. `answered`: a worker's answer
     /// was relayed (see [`crate::policy::RouterPolicy::observe`]).
-    pub(super) fn observe(&self, done: &Completion, answered: bool) {
+    pub(super) fn observe(&self, done: &Completion, answered: bool, routed: Routed) {
         self.metrics.outcomes.with_label_values(&[outcome_name(done.outcome)]).inc();
         self.feedback.record(done);
-        self.policy.observe(done, answered);
+        self.policy.observe(done, answered, routed);
     }
 
     /// Routes `job` (read from `body`) and relays the chosen worker's answer.
@@ -87,6 +87,7 @@ impl Gateway {
         // The first attempt's routing time includes tokenizing; retries add only theirs.
         let mut route_from = started;
         let mut route_us = 0u64;
+        let mut routed = None;
         for attempt in 0..=self.options.max_retries {
             let ws = Self::view(&candidates);
             let decided = self.policy.route(&req, &ws);
@@ -94,6 +95,7 @@ impl Gateway {
             self.metrics.route.observe(spent.as_secs_f64());
             route_us += spent.as_micros() as u64;
             let Some(decision) = decided else { break };
+            routed = Some(decision.routed());
             if decision.fault.is_some() {
                 self.metrics.fallbacks.inc();
             }
@@ -105,7 +107,14 @@ impl Gateway {
             let guard = backend.begin();
             let mut done = Completion::new(req.id, backend.id(), Outcome::Failed);
             done.attempt = attempt as u32;
-            let mut pending = Attempt { gw: self, done, started, route_us, open: true };
+            let mut pending = Attempt {
+                gw: self,
+                done,
+                started,
+                route_us,
+                routed: decision.routed(),
+                open: true,
+            };
             let sent = self
                 .client
                 .post(format!("{}{}", backend.url, endpoint.path()))
@@ -142,6 +151,9 @@ impl Gateway {
             route_from = Instant::now();
         }
         self.metrics.requests.with_label_values(&[endpoint.name(), "503"]).inc();
+        if let Some(r) = routed {
+            self.policy.unserved(r);
+        }
         let msg = match last_error {
             Some(e) => format!("no worker could serve the request (last error: {e})"),
             None => "no healthy worker".into(),
@@ -182,6 +194,7 @@ impl Gateway {
                 _guard: guard,
                 gw: self.clone(),
                 endpoint,
+                routed: attempt.routed,
                 // From here the stream's end reports the attempt.
                 done: attempt.take(),
                 started,
@@ -264,6 +277,8 @@ struct Attempt<'a> {
     started: Instant,
     /// Microseconds this request has spent being routed so far.
     route_us: u64,
+    /// Which side of a trial routed it.
+    routed: Routed,
     open: bool,
 }
 
@@ -274,7 +289,7 @@ impl Attempt<'_> {
         if self.done.latency_us == 0 {
             self.done.latency_us = self.started.elapsed().as_micros() as u64;
         }
-        self.gw.observe(&self.done, answered);
+        self.gw.observe(&self.done, answered, self.routed);
     }
 
     /// Hands the report to someone else (a stream's end).
@@ -289,7 +304,7 @@ impl Drop for Attempt<'_> {
         if self.open {
             self.done.outcome = Outcome::Cancelled;
             self.done.latency_us = self.started.elapsed().as_micros() as u64;
-            self.gw.observe(&self.done, false);
+            self.gw.observe(&self.done, false, self.routed);
         }
     }
 }
@@ -314,6 +329,7 @@ struct StreamDone {
     _guard: InFlightGuard,
     gw: Arc<Gateway>,
     endpoint: Endpoint,
+    routed: Routed,
     done: Completion,
     started: Instant,
     /// What the events said.
@@ -394,7 +410,7 @@ impl Drop for StreamDone {
         if let Some(c) = &self.counts.counts {
             c.fill(&mut done);
         }
-        self.gw.observe(&done, true);
+        self.gw.observe(&done, true, self.routed);
     }
 }
 

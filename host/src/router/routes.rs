@@ -92,5 +92,7 @@ pub(super) async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
     gw.metrics.policy_info.with_label_values(&[&info.name, &info.sha256]).set(1);
     gw.metrics.policy_faults.set(gw.policy.total_faults() as i64);
     gw.metrics.kv_blocks.set(gw.policy.kv().total_blocks() as i64);
+    let trial = gw.policy.trial().filter(|t| t.ended.is_none());
+    gw.metrics.set_trial(trial.as_ref());
     render_metrics(&gw.metrics.registry)
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::Gateway;
-use crate::policy::{LoadOptions, PolicySource};
+use crate::policy::{Actor, LoadOptions, PolicySource};
 
 /// Sends the contents of `path` each time they change (not the contents it has now).
 ///
@@ -63,7 +63,8 @@ pub fn watch(gw: Arc<Gateway>, path: PathBuf) {
             let source = PolicySource::File(path.clone());
             let opts = LoadOptions::with_settings(gw.options.settings.clone());
             let g = gw.clone();
-            match tokio::task::spawn_blocking(move || g.policy.swap(&source, &opts)).await {
+            let by = Actor::new(format!("watch:{}", path.display()), "the policy file changed");
+            match tokio::task::spawn_blocking(move || g.policy.swap(&source, &opts, &by)).await {
                 Ok(Ok(info)) => {
                     tracing::info!(policy = %info.name, sha256 = %info.sha256, "policy file changed: swapped")
                 }

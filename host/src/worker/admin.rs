@@ -1,4 +1,5 @@
-//! The worker's admin endpoints: flush both caches, show and swap the cache policy. With
+//! The worker's admin endpoints: flush both caches, show and swap the cache policy, show
+//! the audit log. With
 //! an admin token configured every one of them needs it; without one, swapping is
 //! disabled and flushing and showing stay open (SGLang's `/flush_cache` is open). The
 //! token is checked by a layer (see `Worker::router`), before any body is read.
@@ -9,11 +10,12 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::Worker;
-use crate::http::swap_uploaded;
+use crate::http::{actor, swap_uploaded};
 
 pub(super) async fn flush_cache(State(w): State<Arc<Worker>>) -> Response {
     w.caches.flush();
@@ -28,8 +30,15 @@ pub(super) async fn cache_policy_info(State(w): State<Arc<Worker>>) -> Response 
 /// every other query parameter is a setting. Both cache levels change, or neither.
 pub(super) async fn swap_cache_policy(
     State(w): State<Arc<Worker>>,
+    headers: HeaderMap,
     Query(q): Query<BTreeMap<String, String>>,
     body: Bytes,
 ) -> Response {
-    swap_uploaded(&body, q, move |source, settings| w.caches.swap(&source, &settings)).await
+    let by = actor(&headers);
+    swap_uploaded(&body, q, move |source, settings| w.caches.swap(&source, &settings, &by)).await
+}
+
+/// The last cache-policy changes, oldest first.
+pub(super) async fn audit(State(w): State<Arc<Worker>>) -> Response {
+    Json(json!({"entries": w.caches.audit().recent()})).into_response()
 }

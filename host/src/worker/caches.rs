@@ -9,7 +9,8 @@ use locus_engine::Engine;
 
 use super::responses::{Cached, ResponseCache};
 use crate::policy::{
-    CachePolicy, Entry, EntryKind, FaultPolicy, LoadError, LoadOptions, PolicyInfo, PolicySource,
+    Actor, AuditEntry, AuditLog, CachePolicy, Entry, EntryKind, FaultPolicy, LoadError,
+    LoadOptions, PolicyInfo, PolicySource,
 };
 
 /// Both cache levels of a worker.
@@ -18,6 +19,7 @@ pub struct Caches {
     prefix: Arc<CachePolicy>,
     engine: Arc<Engine>,
     swapping: Mutex<()>,
+    audit: Arc<AuditLog>,
 }
 
 /// The engine's prefix store asks the cache policy component through this adapter.
@@ -47,12 +49,13 @@ fn level_options(settings: &[(String, String)], capacity: u64) -> LoadOptions {
 
 impl Caches {
     /// Loads `source` for both levels and puts the prefix level in charge of `engine`'s
-    /// store.
+    /// store; the load and every later change are recorded in `audit`.
     pub fn new(
         engine: Arc<Engine>,
         source: &PolicySource,
         settings: &[(String, String)],
         response_bytes: u64,
+        audit: Arc<AuditLog>,
     ) -> Result<Self, LoadError> {
         let prefix_bytes = engine.cache_stats().capacity_bytes;
         let load =
@@ -60,7 +63,31 @@ impl Caches {
         let responses = ResponseCache::new(Arc::new(load(response_bytes)?), response_bytes);
         let prefix = Arc::new(load(prefix_bytes)?);
         engine.set_cache_policy(Arc::new(PrefixPolicy(prefix.clone())));
-        Ok(Self { responses, prefix, engine, swapping: Mutex::new(()) })
+        responses.policy().set_audit(audit.clone());
+        prefix.set_audit(audit.clone());
+        let caches = Self { responses, prefix, engine, swapping: Mutex::new(()), audit };
+        caches.record("load", None, &Actor::locus("the worker started"));
+        Ok(caches)
+    }
+
+    /// Records a change of both levels' policy (now serving) in the audit log.
+    fn record(&self, event: &'static str, from: Option<&PolicyInfo>, by: &Actor) {
+        let to = self.prefix.info();
+        self.audit.record(AuditEntry {
+            at: 0.0,
+            event,
+            world: "cache".into(),
+            name: to.name,
+            sha256: to.sha256,
+            from_sha256: from.map(|f| f.sha256.clone()),
+            who: by.who.clone(),
+            why: by.why.clone(),
+        });
+    }
+
+    /// The audit log of this worker's cache policy.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
     }
 
     /// The cached answer for `key`.
@@ -79,16 +106,20 @@ impl Caches {
         &self,
         source: &PolicySource,
         settings: &[(String, String)],
+        by: &Actor,
     ) -> Result<LevelInfo, LoadError> {
         let rcap = self.responses.stats().2;
         let pcap = self.engine.cache_stats().capacity_bytes;
         let response = CachePolicy::prepare(source, &level_options(settings, rcap))?;
         let prefix = CachePolicy::prepare(source, &level_options(settings, pcap))?;
         let _one_at_a_time = self.swapping.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(LevelInfo {
+        let before = self.prefix.info();
+        let info = LevelInfo {
             response: self.responses.policy().install(response),
             prefix: self.prefix.install(prefix),
-        })
+        };
+        self.record("swap", Some(&before), by);
+        Ok(info)
     }
 
     /// What serves each level.

@@ -64,6 +64,9 @@ pub struct WorkerOptions {
     pub limits: ServeLimits,
     /// Largest component accepted by `PUT /admin/cache-policy`.
     pub max_upload_bytes: usize,
+    /// Append every cache-policy change to this JSON-lines file, beside the in-memory log
+    /// of `GET /admin/audit`.
+    pub audit_log: Option<std::path::PathBuf>,
 }
 
 impl Default for WorkerOptions {
@@ -77,6 +80,7 @@ impl Default for WorkerOptions {
             admin_token: None,
             limits: ServeLimits::default(),
             max_upload_bytes: crate::http::MAX_UPLOAD_BYTES,
+            audit_log: None,
         }
     }
 }
@@ -104,11 +108,18 @@ impl Worker {
     /// A worker serving `engine`. It becomes the engine's KV listener (replacing any worker
     /// built on it before) and, inside a Tokio runtime, starts sampling its token rate.
     pub fn new(engine: Arc<Engine>, options: WorkerOptions) -> anyhow::Result<Arc<Self>> {
+        let audit = match &options.audit_log {
+            Some(path) => crate::policy::AuditLog::to_file(path).map_err(|e| {
+                anyhow::anyhow!("cannot open the audit log {}: {e}", path.display())
+            })?,
+            None => crate::policy::AuditLog::memory(),
+        };
         let caches = Caches::new(
             engine.clone(),
             &options.cache_policy,
             &options.cache_settings,
             options.response_cache_bytes,
+            Arc::new(audit),
         )?;
         let metrics = Metrics::new();
         let kv_events = Arc::new(kv_events::KvEvents::new(&metrics.kv_events));
@@ -175,6 +186,7 @@ impl Worker {
             .route("/flush_cache", post(admin::flush_cache))
             .route("/kv_events", get(kv_events::kv_events))
             .route("/admin/cache-policy", get(admin::cache_policy_info))
+            .route("/admin/audit", get(admin::audit))
             .layer(from_fn_with_state(auth(Access::OpenWithoutToken), require_admin));
         // The token is checked before the body is read: an upload may be tens of MB.
         let upload = limit_bodies(

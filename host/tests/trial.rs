@@ -1,0 +1,424 @@
+//! Trying a routing policy before it routes: shadows, canaries, promotion, abort and the
+//! audit log, on real components (the test-only `faulty` guest answers a fixed worker, or
+//! traps on prompts that start with `FAULT`), then through a real router and workers.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use locus::guests;
+use locus::policy::{
+    Actor, Completion, FaultPolicy, LoadOptions, Outcome, PolicySource, Request, RouterPolicy,
+    Side, TrialMode, TrialReport, TrialRules, Workers,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+
+fn opts(kv: &[(&str, &str)]) -> LoadOptions {
+    LoadOptions::with_settings(kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+}
+
+fn faulty() -> PolicySource {
+    PolicySource::File(guests::FAULTY_PATH.into())
+}
+
+/// A policy that always answers worker `index`.
+fn fixed(index: usize) -> RouterPolicy {
+    RouterPolicy::load(&faulty(), &opts(&[("index", &index.to_string())]), FaultPolicy::default())
+        .expect("loads")
+}
+
+fn workers(ids: &[u64]) -> Workers {
+    locus::policy::workers(ids.iter().map(|&id| (id, 0)))
+}
+
+fn me() -> Actor {
+    Actor::new("tester", "a test")
+}
+
+/// The trial's report once the shadow has compared `n` decisions.
+fn shadow_caught_up(p: &RouterPolicy, n: u64) -> TrialReport {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = p.trial().expect("a trial");
+        if r.compared + r.skipped >= n || r.ended.is_some() || Instant::now() > deadline {
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_shadow_that_always_disagrees_changes_no_live_decision_and_reports_0_agreement() {
+    let p = fixed(0);
+    let ws = workers(&[10, 20, 30]);
+    let mine = opts(&[("index", "1")]);
+    p.try_candidate(&faulty(), &mine, TrialMode::Shadow, TrialRules::default(), &me())
+        .expect("the shadow starts");
+    // The router knows worker 10 holds blocks 1..=4 and worker 20 holds block 1 only.
+    p.kv().apply(10, false, vec![], vec![1, 2, 3, 4]);
+    p.kv().apply(20, false, vec![], vec![1]);
+    for i in 0..1000u64 {
+        let mut req = Request::new(i, format!("request {i}"), 4);
+        req.block_hashes = vec![1, 2, 3, 4];
+        let d = p.route(&req, &ws).unwrap();
+        assert_eq!((d.index, d.side, d.fault.clone()), (0, Side::Live, None), "request {i}");
+        p.observe(&Completion::new(i, 10, Outcome::Ok), true, d.routed());
+    }
+    let r = shadow_caught_up(&p, 1000);
+    assert_eq!(r.skipped, 0);
+    assert_eq!(r.compared, 1000);
+    assert_eq!(r.agreement, Some(0.0));
+    assert_eq!(r.live.decisions, 1000);
+    assert_eq!(r.candidate.decisions, 1000);
+    assert_eq!(r.candidate.per_worker.get("20"), Some(&1000));
+    assert_eq!(r.live.per_worker.get("10"), Some(&1000));
+    // Everything on one of 3 offered workers: max / mean = 3.
+    assert_eq!(r.live.load_max_over_mean, Some(3.0));
+    assert_eq!(r.candidate.load_max_over_mean, Some(3.0));
+    // The live choice holds all 4 leading blocks, the shadow's only the first.
+    assert_eq!(r.live.predicted_hit_rate, Some(1.0));
+    assert_eq!(r.candidate.predicted_hit_rate, Some(0.25));
+    // Only the live side routed requests.
+    assert_eq!((r.live.requests, r.candidate.requests), (1000, 0));
+    assert_eq!(r.candidate.fallbacks, 0);
+    assert!(r.ended.is_none());
+
+    // A shadow that agrees.
+    let ended = p.abort(&me()).expect("a trial to abort");
+    assert_eq!(ended.ended.unwrap().how, "aborted");
+    p.try_candidate(
+        &faulty(),
+        &opts(&[("index", "0")]),
+        TrialMode::Shadow,
+        TrialRules::default(),
+        &me(),
+    )
+    .unwrap();
+    for i in 0..200u64 {
+        assert_eq!(p.route(&Request::new(i, "x", 4), &ws).unwrap().index, 0);
+    }
+    let r = shadow_caught_up(&p, 200);
+    assert_eq!((r.compared, r.agreement), (200, Some(1.0)));
+    // No blocks were given: nothing to predict.
+    assert_eq!(r.live.predicted_hit_rate, None);
+}
+
+#[test]
+fn a_faulty_shadow_never_touches_live_routing_and_is_dropped_by_the_fault_rules() {
+    let p = fixed(2);
+    let ws = workers(&[1, 2, 3]);
+    let trap = opts(&[("fault", "trap"), ("index", "0")]);
+    p.try_candidate(&faulty(), &trap, TrialMode::Shadow, TrialRules::default(), &me()).unwrap();
+    for i in 0..50u64 {
+        let d = p.route(&Request::new(i, format!("FAULT {i}"), 4), &ws).unwrap();
+        assert_eq!((d.index, d.fault.clone()), (2, None));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let r = loop {
+        let r = p.trial().unwrap();
+        if r.ended.is_some() || Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let end = r.ended.expect("the shadow was given up on");
+    assert_eq!((end.how, end.who.as_str()), ("aborted", "locus"));
+    assert!(end.why.contains("fault rules"), "{}", end.why);
+    // The default rules give up after 5 faults.
+    assert_eq!(r.candidate.fallbacks, 5);
+    assert_eq!(p.total_faults(), 0, "the live policy never faulted");
+    assert_eq!(p.info().name, guests::FAULTY_PATH);
+    let events: Vec<_> = p.audit().recent().iter().map(|e| e.event).collect();
+    assert_eq!(events, ["load", "shadow", "abort"]);
+}
+
+#[test]
+fn a_canary_at_10_percent_routes_10_percent_of_10000_keys_and_keeps_each_key_on_one_side() {
+    let p = fixed(0);
+    let ws = workers(&[1, 2, 3]);
+    let canary = TrialMode::Canary { percent: 10.0 };
+    p.try_candidate(&faulty(), &opts(&[("index", "1")]), canary, TrialRules::default(), &me())
+        .unwrap();
+    let mut rng = StdRng::seed_from_u64(13);
+    let mut sides = Vec::new();
+    for i in 0..10_000u64 {
+        // Uniform keys: a random leading block hash, or a random session.
+        let mut req = Request::new(i, "the same prompt for everyone", 4);
+        if i % 2 == 0 {
+            req.block_hashes = vec![rng.random(), rng.random()];
+        } else {
+            req.session = Some(format!("session-{}", rng.random::<u64>()));
+        }
+        let d = p.route(&req, &ws).unwrap();
+        // Each side answers with its own policy's worker.
+        let want = if d.side == Side::Candidate { 1 } else { 0 };
+        assert_eq!(d.index, want);
+        // The same key, asked again with another tail (a later turn), stays on its side.
+        let mut again = req.clone();
+        again.prompt.push_str(" and a follow-up question");
+        again.block_hashes.push(99);
+        assert_eq!(p.route(&again, &ws).unwrap().side, d.side, "key of request {i} moved");
+        sides.push(d.side);
+    }
+    let share = sides.iter().filter(|s| **s == Side::Candidate).count() as f64 / 10_000.0;
+    assert!((0.08..=0.12).contains(&share), "canary share {share}");
+    let r = p.trial().unwrap();
+    assert_eq!(r.candidate.decisions + r.live.decisions, 20_000);
+    assert!(r.ended.is_none());
+}
+
+#[test]
+fn canary_rules_abort_on_slower_ttft_and_on_errors_and_promotion_makes_it_serve() {
+    let ws = workers(&[1, 2, 3]);
+    let rules = TrialRules { min_requests: 10, window: 50, ..TrialRules::default() };
+    let canary = TrialMode::Canary { percent: 50.0 };
+    let run = |p: &RouterPolicy, ttft_live: u64, ttft_candidate: u64, candidate_outcome| {
+        for i in 0..400u64 {
+            if p.trial().unwrap().ended.is_some() {
+                return i;
+            }
+            let d = p.route(&Request::new(i, format!("key {i}"), 4), &ws).unwrap();
+            let mut done = Completion::new(i, ws.ids[d.index], Outcome::Ok);
+            done.ttft_us = Some(ttft_live);
+            if d.side == Side::Candidate {
+                done.outcome = candidate_outcome;
+                done.ttft_us = Some(ttft_candidate);
+            }
+            p.observe(&done, true, d.routed());
+        }
+        400
+    };
+
+    // TTFT p90 2x the live side's, margin 50%: aborted once both sides have 10.
+    let p = fixed(0);
+    p.try_candidate(&faulty(), &opts(&[("index", "1")]), canary, rules, &me()).unwrap();
+    let sent = run(&p, 100_000, 200_000, Outcome::Ok);
+    let r = p.trial().unwrap();
+    let end = r.ended.clone().expect("aborted");
+    assert!(end.why.contains("TTFT p90 200.0 ms") && end.why.contains("100.0 ms"), "{}", end.why);
+    assert!(sent < 60, "aborted only after {sent} requests");
+    assert_eq!(p.info().name, guests::FAULTY_PATH);
+    assert_eq!(p.route(&Request::new(0, "key 3", 4), &ws).unwrap().index, 0);
+
+    // Within the margin (1.4x): it keeps running, and a promotion makes it serve.
+    p.try_candidate(&faulty(), &opts(&[("index", "2")]), canary, rules, &me()).unwrap();
+    assert_eq!(run(&p, 100_000, 140_000, Outcome::Ok), 400);
+    let (info, report) = p.promote(&Actor::new("tester", "looks good")).expect("promoted");
+    assert_eq!(report.ended.as_ref().unwrap().how, "promoted");
+    assert_eq!(info.settings, vec![("index".to_string(), "2".to_string())]);
+    for i in 0..20 {
+        let d = p.route(&Request::new(i, format!("key {i}"), 4), &ws).unwrap();
+        assert_eq!((d.index, d.side), (2, Side::Live));
+    }
+    assert!(p.promote(&me()).is_none(), "nothing left to promote");
+
+    // Errors: 100% against 0%.
+    p.try_candidate(&faulty(), &opts(&[("index", "1")]), canary, rules, &me()).unwrap();
+    run(&p, 100_000, 100_000, Outcome::Unreachable);
+    let end = p.trial().unwrap().ended.expect("aborted");
+    assert!(end.why.contains("error rate 100.0%"), "{}", end.why);
+
+    // A second trial while one runs is refused; a swap ends the one running.
+    p.try_candidate(&faulty(), &opts(&[("index", "1")]), canary, rules, &me()).unwrap();
+    let e = p.try_candidate(&faulty(), &opts(&[]), TrialMode::Shadow, rules, &me()).unwrap_err();
+    assert!(e.to_string().contains("canary trial is running"), "{e}");
+    p.swap(&PolicySource::Builtin("hash"), &opts(&[]), &me()).unwrap();
+    let end = p.trial().unwrap().ended.expect("ended by the swap");
+    assert!(end.why.contains("replaced by hash"), "{}", end.why);
+
+    let log: Vec<(&str, String)> =
+        p.audit().recent().iter().map(|e| (e.event, e.who.clone())).collect();
+    let events: Vec<&str> = log.iter().map(|(e, _)| *e).collect();
+    assert_eq!(
+        events,
+        [
+            "load", "canary", "abort", "canary", "promote", "canary", "abort", "canary", "abort",
+            "swap"
+        ]
+    );
+    assert_eq!(log[2].1, "locus", "the rules aborted it");
+    assert_eq!(log[4].1, "tester");
+}
+
+// Through a real router and workers.
+
+const TOKEN: &str = "trial-token";
+
+async fn cluster(audit: &std::path::Path) -> locus::cluster::Cluster {
+    let mut o = locus::cluster::ClusterOptions::local();
+    o.port = 0;
+    o.worker_port = 0;
+    o.admin_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+    o.workers = 2;
+    o.worker.admin_token = Some(TOKEN.into());
+    o.router.admin_token = Some(TOKEN.into());
+    o.router.policy = PolicySource::Builtin("hash");
+    o.router.audit_log = Some(audit.into());
+    locus::cluster::start(o).await.expect("cluster starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_that_traps_is_aborted_with_no_failed_client_request() {
+    let dir = std::env::temp_dir().join(format!("locus-trial-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let audit_path = dir.join("audit.jsonl");
+    let c = cluster(&audit_path).await;
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(120)).build().unwrap();
+    let admin = format!("http://{}", c.admin_addr);
+
+    // The candidate traps on every prompt that starts with FAULT; it gets half the keys.
+    let put = http
+        .put(format!("{admin}/admin/policy"))
+        .bearer_auth(TOKEN)
+        .header("x-locus-actor", "alice@test")
+        .header("x-locus-reason", "try the new policy")
+        .query(&[("name", "faulty.wasm"), ("fault", "trap"), ("locus.canary", "50")])
+        .body(std::fs::read(guests::FAULTY_PATH).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200, "{}", put.text().await.unwrap());
+    let v: Value = put.json().await.unwrap();
+    assert_eq!(v["trial"]["mode"], "canary");
+    assert_eq!(v["trial"]["percent"], 50.0);
+
+    // A second one is refused while it runs, naming why.
+    let again = http
+        .put(format!("{admin}/admin/policy"))
+        .bearer_auth(TOKEN)
+        .query(&[("name", "random"), ("locus.shadow", "true")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 409);
+    let e: Value = again.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "trial_running");
+    let bad = http
+        .put(format!("{admin}/admin/policy"))
+        .bearer_auth(TOKEN)
+        .query(&[("name", "random"), ("locus.canary", "150")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let e: Value = bad.json().await.unwrap();
+    assert_eq!(e["error"]["param"], "locus.canary");
+
+    let router = c.router_addr;
+    let mut failed = 0;
+    let mut sent = 0;
+    for round in 0..10 {
+        let batch: Vec<_> = (0..4)
+            .map(|k| {
+                let http = http.clone();
+                let text = format!("FAULT request {round}-{k}: tell me about caches");
+                tokio::spawn(async move {
+                    let body = json!({"text": text, "sampling_params": {"max_new_tokens": 2}});
+                    http.post(format!("http://{router}/generate")).json(&body).send().await
+                })
+            })
+            .collect();
+        for t in batch {
+            sent += 1;
+            match t.await.unwrap() {
+                Ok(r) if r.status() == 200 => {}
+                _ => failed += 1,
+            }
+        }
+    }
+    assert_eq!(failed, 0, "{failed} of {sent} client requests failed");
+
+    let v: Value = http
+        .get(format!("{admin}/admin/policy/trial"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let t = &v["trial"];
+    assert_eq!(t["ended"]["how"], "aborted", "{t}");
+    assert!(t["ended"]["why"].as_str().unwrap().contains("fault rules"), "{t}");
+    // Calls already under way when the fifth fault ended the trial may add a few.
+    assert!(t["candidate"]["fallbacks"].as_u64().unwrap() >= 5, "{t}");
+    assert_eq!(t["live"]["errors"], 0);
+    assert_eq!(t["candidate"]["errors"], 0);
+    // Worker ids are shown as the workers' URLs.
+    let per_worker = t["live"]["per_worker"].as_object().unwrap();
+    assert!(per_worker.keys().all(|k| k.starts_with("http://")), "{per_worker:?}");
+    assert_eq!(c.gateway.policy().info().name, "hash");
+
+    // The audit log, in memory and on disk.
+    let v: Value = http
+        .get(format!("{admin}/admin/audit"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let events: Vec<&str> =
+        v["entries"].as_array().unwrap().iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(events, ["load", "canary", "abort"]);
+    let lines: Vec<Value> = std::fs::read_to_string(&audit_path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[1]["who"], "alice@test");
+    assert_eq!(lines[1]["why"], "50% of requests: try the new policy");
+    assert_eq!(lines[1]["from_sha256"], lines[0]["sha256"]);
+    assert_eq!(lines[2]["who"], "locus");
+
+    // Promote and abort with no trial: 409, in the one error shape.
+    for path in ["promote", "abort"] {
+        let r = http
+            .post(format!("{admin}/admin/policy/{path}"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 409);
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["error"]["code"], "no_trial");
+    }
+
+    // A shadow over the admin API, then promoted: it serves, and the metrics showed it.
+    let put = http
+        .put(format!("{admin}/admin/policy"))
+        .bearer_auth(TOKEN)
+        .query(&[("name", "least-loaded"), ("locus.shadow", "true")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    for i in 0..6 {
+        let body =
+            json!({"text": format!("shadowed {i}"), "sampling_params": {"max_new_tokens": 2}});
+        let r = http.post(format!("http://{router}/generate")).json(&body).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.gateway.policy().trial().unwrap().compared < 6 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let metrics = http.get(format!("http://{router}/metrics")).send().await.unwrap();
+    let text = metrics.text().await.unwrap();
+    assert!(text.contains("locus_router_trial_info{candidate=\"least-loaded\""), "{text}");
+    assert!(text.contains("locus_router_trial_decisions{side=\"candidate\"} 6"), "{text}");
+    let r =
+        http.post(format!("{admin}/admin/policy/promote")).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(c.gateway.policy().info().name, "least-loaded");
+    let metrics = http.get(format!("http://{router}/metrics")).send().await.unwrap();
+    assert!(!metrics.text().await.unwrap().contains("locus_router_trial_info{"), "cleared");
+    let _ = std::fs::remove_dir_all(&dir);
+    let seen: HashSet<String> =
+        c.gateway.policy().audit().recent().iter().map(|e| e.event.to_string()).collect();
+    assert!(seen.contains("promote") && seen.contains("shadow"));
+}

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# The router's cost of a shadow policy: requests/s at 32 connections through `locus router`
+# to a static backend that answers instantly (nginx), with and without a shadow attached
+# (`locus swap --shadow`), alternating in each round (off then on, then on then off) so that
+# the machine's drift hits both alike. Prompts: ~1 KB, 64 system prompts with a counter
+# after them, so that decisions differ and the tokenizer's chunk cache works as with real
+# clients. Two setups:
+#   - live prefix-aware (0.2.0, tokenizing anyway), shadow least-loaded;
+#   - live hash (0.1.0, no tokenizing), shadow prefix-aware: a shadow makes the router
+#     tokenize, so this one also pays for the block hashes.
+# After each shadowed run the trial's report gives how many decisions the shadow compared
+# and how many it skipped (queue full).
+#
+# Needs: nginx and wrk (Debian: apt-get install nginx-light wrk), python3, a release build
+# (cargo build --release -p locus). Usage: scripts/bench-shadow.sh [seconds per run] [rounds]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DUR=${1:-10}
+ROUNDS=${2:-3}
+LOCUS=${LOCUS:-target/release/locus}
+BACKEND_PORT=18080
+ROUTER_PORT=18000
+ADMIN=http://127.0.0.1:18100
+TOKEN=bench-shadow
+WORK=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; [ -f $WORK/nginx.pid ] && kill $(cat $WORK/nginx.pid) 2>/dev/null || true; rm -rf $WORK' EXIT
+
+for tool in nginx wrk python3 "$LOCUS"; do
+  command -v "$tool" >/dev/null || [ -x "$tool" ] || { echo "missing $tool (see the header of $0)" >&2; exit 1; }
+done
+
+source scripts/static-backend.sh
+static_backend "$WORK" $BACKEND_PORT
+cat > "$WORK/post.lua" <<'LUA'
+local system = {}
+for g = 0, 63 do
+  system[g] = string.rep("System prompt " .. g .. ": you are a careful assistant for a cache-aware platform. ", 14)
+end
+local counter = 0
+request = function()
+  counter = counter + 1
+  local body = '{"text": "' .. system[counter % 64] .. 'Question ' .. counter .. '?", "sampling_params": {"max_new_tokens": 16}}'
+  return wrk.format("POST", "/generate", {["Content-Type"] = "application/json"}, body)
+end
+LUA
+
+rps() { wrk -t2 -c32 -d"${DUR}s" -s "$WORK/post.lua" "http://127.0.0.1:$ROUTER_PORT/generate" | awk '/Requests\/sec/ {print $2}'; }
+
+start_router() {
+  "$LOCUS" --no-policy-cache router --port $ROUTER_PORT --admin-addr 127.0.0.1:18100 --admin-token $TOKEN \
+    --workers http://127.0.0.1:$BACKEND_PORT --policy "$1" >"$WORK/router.log" 2>&1 &
+  ROUTER_PID=$!
+  for _ in $(seq 50); do curl -sf http://127.0.0.1:$ROUTER_PORT/health >/dev/null && return; sleep 0.1; done
+  echo "router did not start" >&2; cat "$WORK/router.log" >&2; exit 1
+}
+
+shadow_on() { "$LOCUS" swap --router $ADMIN --admin-token $TOKEN --actor bench --shadow "$1" >/dev/null; }
+shadow_off() {
+  curl -sf -H "authorization: Bearer $TOKEN" $ADMIN/admin/policy/trial |
+    python3 -c 'import json,sys; t=json.load(sys.stdin)["trial"]; print(t["compared"], t["skipped"])' >"$WORK/counts"
+  "$LOCUS" swap --router $ADMIN --admin-token $TOKEN --actor bench --abort >/dev/null
+}
+
+echo "shadow benchmark: ${DUR}s per run, $ROUNDS rounds, $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg), $(date -u +%FT%TZ), git $(git rev-parse --short HEAD)"
+echo
+echo "| live | shadow | round | req/s without | req/s with shadow | ratio | shadow compared | skipped |"
+echo "|---|---|---:|---:|---:|---:|---:|---:|"
+for setup in "prefix-aware least-loaded" "hash prefix-aware"; do
+  read -r live shadow <<<"$setup"
+  start_router "$live"
+  ratios=()
+  for round in $(seq "$ROUNDS"); do
+    if [ $((round % 2)) = 1 ]; then
+      off=$(rps); shadow_on "$shadow"; on=$(rps); shadow_off
+    else
+      shadow_on "$shadow"; on=$(rps); shadow_off; off=$(rps)
+    fi
+    read -r compared skipped <"$WORK/counts"
+    ratio=$(python3 -c "print(f'{$on / $off:.3f}')")
+    ratios+=("$ratio")
+    echo "| $live | $shadow | $round | $off | $on | $ratio | $compared | $skipped |"
+  done
+  kill $ROUTER_PID; wait $ROUTER_PID 2>/dev/null || true
+  echo "| $live | $shadow | median | | | $(printf '%s\n' "${ratios[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}') | | |"
+done
