@@ -13,6 +13,7 @@
 #
 # Needs: nginx and wrk (Debian: apt-get install nginx-light wrk), python3, a release build
 # (cargo build --release -p locus). Usage: scripts/bench-shadow.sh [seconds per run] [rounds]
+# SETUPS="live:shadow ..." picks other pairs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-10}
@@ -44,7 +45,17 @@ request = function()
 end
 LUA
 
-rps() { wrk -t2 -c32 -d"${DUR}s" -s "$WORK/post.lua" "http://127.0.0.1:$ROUTER_PORT/generate" | awk '/Requests\/sec/ {print $2}'; }
+# cpu_ticks PID -> the process's user + system CPU so far, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# rps -> "requests/s router-CPU-µs-per-request" for one run through the router.
+rps() {
+  local t0 t1 out
+  t0=$(cpu_ticks "$ROUTER_PID")
+  out=$(wrk -t2 -c32 -d"${DUR}s" -s "$WORK/post.lua" "http://127.0.0.1:$ROUTER_PORT/generate")
+  t1=$(cpu_ticks "$ROUTER_PID")
+  echo "$out" | awk -v ticks=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" '
+    / requests in / {n=$1} /Requests\/sec/ {r=$2} END {printf "%s %.1f\n", r, ticks / hz * 1e6 / n}'
+}
 
 start_router() {
   "$LOCUS" --no-policy-cache router --port $ROUTER_PORT --admin-addr 127.0.0.1:18100 --admin-token $TOKEN \
@@ -63,23 +74,25 @@ shadow_off() {
 
 echo "shadow benchmark: ${DUR}s per run, $ROUNDS rounds, $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg), $(date -u +%FT%TZ), git $(git rev-parse --short HEAD)"
 echo
-echo "| live | shadow | round | req/s without | req/s with shadow | ratio | shadow compared | skipped |"
-echo "|---|---|---:|---:|---:|---:|---:|---:|"
-for setup in "prefix-aware least-loaded" "hash prefix-aware"; do
-  read -r live shadow <<<"$setup"
+echo "| live | shadow | round | req/s without | req/s with shadow | ratio | router CPU µs/req without | with | ratio | shadow compared | skipped |"
+echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+for setup in ${SETUPS:-prefix-aware:least-loaded hash:prefix-aware}; do
+  live=${setup%%:*} shadow=${setup#*:}
   start_router "$live"
-  ratios=()
+  ratios=(); cpus=()
   for round in $(seq "$ROUNDS"); do
     if [ $((round % 2)) = 1 ]; then
-      off=$(rps); shadow_on "$shadow"; on=$(rps); shadow_off
+      read -r off offcpu < <(rps); shadow_on "$shadow"; read -r on oncpu < <(rps); shadow_off
     else
-      shadow_on "$shadow"; on=$(rps); shadow_off; off=$(rps)
+      shadow_on "$shadow"; read -r on oncpu < <(rps); shadow_off; read -r off offcpu < <(rps)
     fi
     read -r compared skipped <"$WORK/counts"
     ratio=$(python3 -c "print(f'{$on / $off:.3f}')")
-    ratios+=("$ratio")
-    echo "| $live | $shadow | $round | $off | $on | $ratio | $compared | $skipped |"
+    cpu=$(python3 -c "print(f'{$oncpu / $offcpu:.3f}')")
+    ratios+=("$ratio"); cpus+=("$cpu")
+    echo "| $live | $shadow | $round | $off | $on | $ratio | $offcpu | $oncpu | $cpu | $compared | $skipped |"
   done
   kill $ROUTER_PID; wait $ROUTER_PID 2>/dev/null || true
-  echo "| $live | $shadow | median | | | $(printf '%s\n' "${ratios[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}') | | |"
+  median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+  echo "| $live | $shadow | median | | | $(median "${ratios[@]}") | | | $(median "${cpus[@]}") | | |"
 done

@@ -9,7 +9,7 @@ use super::audit::{Actor, AuditEntry, AuditLog};
 use super::kv_feed::{KvFeed, Missed};
 use super::sandbox::{Limits, State};
 use super::slot::{FaultPolicy, Feed, Slot, Version, World};
-use super::trial::{Side, TrialMode, TrialReport, TrialRules, TrialRunning, Trials};
+use super::trial::{BlockFill, Side, TrialMode, TrialReport, TrialRules, TrialRunning, Trials};
 use super::{Fault, LoadError, LoadOptions, PolicyInfo, PolicySource, fallback};
 
 #[allow(missing_docs)]
@@ -466,11 +466,19 @@ impl RouterPolicy {
         &self.kv
     }
 
-    /// Whether requests should carry block hashes: the serving policy reads them (it
-    /// implements 0.2.0), or a trial runs (its candidate may read them, its split and its
-    /// scores do), so that the router tokenizes prompts only when they are used.
+    /// Whether requests must carry block hashes when routed: the serving policy reads them
+    /// (it implements 0.2.0), or a canary runs (its candidate may read them, its split
+    /// does), so that the router tokenizes prompts only when they are used.
     pub fn wants_blocks(&self) -> bool {
-        self.slot.serves_version("0.2.0") || self.trials.running()
+        self.slot.serves_version("0.2.0")
+            || self.trials.current().as_ref().is_some_and(|t| t.mode != TrialMode::Shadow)
+    }
+
+    /// Whether a shadow runs, which reads block hashes (to decide, and to be scored) but
+    /// can be given them later: a route call handed a [`BlockFill`] leaves tokenizing to
+    /// the shadow's thread.
+    pub fn shadow_wants_blocks(&self) -> bool {
+        self.trials.current().as_ref().is_some_and(|t| t.mode == TrialMode::Shadow)
     }
 
     /// Validates `source` and, only if it passes, makes it serve; a trial running is
@@ -565,6 +573,17 @@ impl RouterPolicy {
     /// (or the lists of `workers` differ in length). A canary decides its share of
     /// requests; a shadow is handed the live decision to compare with.
     pub fn route(&self, req: &Request, workers: &Workers) -> Option<Decision> {
+        self.route_then(req, workers, None)
+    }
+
+    /// [`RouterPolicy::route`] for a request whose block hashes a shadow computes itself
+    /// with `fill`, off the request's path, when the live policy has no use for them.
+    pub fn route_then(
+        &self,
+        req: &Request,
+        workers: &Workers,
+        fill: Option<BlockFill>,
+    ) -> Option<Decision> {
         if workers.ids.is_empty() || !workers.consistent() {
             return None;
         }
@@ -583,7 +602,7 @@ impl RouterPolicy {
         }
         let (index, fault) = decide(&self.slot, req, workers);
         match t.mode {
-            TrialMode::Shadow => self.trials.to_shadow(t, req, workers, workers.ids[index]),
+            TrialMode::Shadow => self.trials.to_shadow(t, req, workers, workers.ids[index], fill),
             TrialMode::Canary { .. } => {
                 self.trials.decided(t, Side::Live, workers, workers.ids[index], fault.is_some());
             }

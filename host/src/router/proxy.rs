@@ -14,7 +14,7 @@ use futures_util::StreamExt;
 use super::Gateway;
 use super::registry::{Backend, InFlightGuard};
 use crate::api::{ApiError, Endpoint, Job, REQUEST_ID};
-use crate::policy::{Completion, Outcome, Request, Routed, Workers};
+use crate::policy::{BlockFill, Completion, Outcome, Request, Routed, Workers};
 
 /// Prompts longer than this are shown to the policy by their leading part only.
 pub const ROUTING_PROMPT_BYTES: usize = 8192;
@@ -78,9 +78,16 @@ impl Gateway {
             job.max_new_tokens,
         );
         req.session = session;
+        let route_tokens = self.options.route_tokens;
+        let mut fill: Option<BlockFill> = None;
         if self.policy.wants_blocks() {
-            (req.block_hashes, req.prompt_tokens) =
-                self.tokens.prompt_blocks(job, self.options.route_tokens);
+            (req.block_hashes, req.prompt_tokens) = self.tokens.prompt_blocks(job, route_tokens);
+        } else if route_tokens > 0 && self.policy.shadow_wants_blocks() {
+            // Only a shadow reads them: its thread tokenizes, not the request's path.
+            let (gw, job) = (self.clone(), job.clone());
+            fill = Some(Arc::new(move |r: &mut Request| {
+                (r.block_hashes, r.prompt_tokens) = gw.tokens.prompt_blocks(&job, route_tokens);
+            }));
         }
         let mut candidates = self.registry.healthy();
         let mut last_error = None;
@@ -90,7 +97,7 @@ impl Gateway {
         let mut routed = None;
         for attempt in 0..=self.options.max_retries {
             let ws = Self::view(&candidates);
-            let decided = self.policy.route(&req, &ws);
+            let decided = self.policy.route_then(&req, &ws, fill.clone());
             let spent = route_from.elapsed();
             self.metrics.route.observe(spent.as_secs_f64());
             route_us += spent.as_micros() as u64;
