@@ -799,23 +799,19 @@ impl Trials {
     }
 }
 
-/// Makes the calling thread yield to the router's own under CPU contention (nice 10): a
-/// shadow is an observer, and when the machine is saturated it should skip calls (counted)
-/// rather than take CPU from the requests it watches.
+/// Makes the calling thread run only on CPU time the router's own threads leave
+/// (SCHED_IDLE): a shadow is an observer, so on a saturated machine it skips calls
+/// (counted as skipped) rather than take CPU from the requests it watches.
 fn lower_priority() {
     #[cfg(target_os = "linux")]
-    // SAFETY: plain syscalls on the calling thread (Linux keeps nice values per thread).
+    // SAFETY: plain syscalls on the calling thread (Linux schedules threads one by one).
     unsafe {
-        let tid = libc::gettid();
-        if libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, SHADOW_NICE) != 0 {
+        let param = libc::sched_param { sched_priority: 0 };
+        if libc::sched_setscheduler(libc::gettid(), libc::SCHED_IDLE, &param) != 0 {
             tracing::debug!("cannot lower the shadow thread's priority");
         }
     }
 }
-
-/// The shadow thread's nice value.
-#[cfg(target_os = "linux")]
-const SHADOW_NICE: libc::c_int = 10;
 
 fn mode_name(m: TrialMode) -> &'static str {
     match m {
