@@ -163,6 +163,7 @@ fn a_canary_at_10_percent_routes_10_percent_of_10000_keys_and_keeps_each_key_on_
         sides.push(d.side);
     }
     let share = sides.iter().filter(|s| **s == Side::Candidate).count() as f64 / 10_000.0;
+    println!("canary share of 10,000 keys at 10%: {share}");
     assert!((0.08..=0.12).contains(&share), "canary share {share}");
     let r = p.trial().unwrap();
     assert_eq!(r.candidate.decisions + r.live.decisions, 20_000);
