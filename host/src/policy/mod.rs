@@ -37,8 +37,8 @@ pub use router::{
 pub use sandbox::{Limits, TICK, use_compiled_cache};
 pub use slot::FaultPolicy;
 pub use trial::{
-    BlockFill, SHADOW_QUEUE, Side, SideReport, TrialEnd, TrialMode, TrialReport, TrialRules, TrialRunning,
-    TrialSettingError, take_trial_settings,
+    BlockFill, SHADOW_QUEUE, Side, SideReport, TrialEnd, TrialMode, TrialReport, TrialRules,
+    TrialRunning, TrialSettingError, take_trial_settings,
 };
 pub use trial_table::render_trial;
 
