@@ -260,6 +260,32 @@ async fn cluster(audit: &std::path::Path) -> locus::cluster::Cluster {
     locus::cluster::start(o).await.expect("cluster starts")
 }
 
+/// The router's admin API, as an operator's client calls it.
+struct Admin {
+    http: reqwest::Client,
+    url: String,
+}
+
+impl Admin {
+    async fn answer(r: reqwest::RequestBuilder) -> (u16, Value) {
+        let r = r.bearer_auth(TOKEN).send().await.expect("the admin API answers");
+        (r.status().as_u16(), r.json().await.expect("a JSON answer"))
+    }
+
+    async fn put(&self, query: &[(&str, &str)], body: Vec<u8>) -> (u16, Value) {
+        Self::answer(self.http.put(format!("{}/admin/policy", self.url)).query(query).body(body))
+            .await
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        Self::answer(self.http.get(format!("{}{path}", self.url))).await.1
+    }
+
+    async fn post(&self, path: &str) -> (u16, Value) {
+        Self::answer(self.http.post(format!("{}{path}", self.url))).await
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_that_traps_is_aborted_with_no_failed_client_request() {
     let dir = std::env::temp_dir().join(format!("locus-trial-{}", std::process::id()));
@@ -267,11 +293,11 @@ async fn a_canary_that_traps_is_aborted_with_no_failed_client_request() {
     let audit_path = dir.join("audit.jsonl");
     let c = cluster(&audit_path).await;
     let http = reqwest::Client::builder().timeout(Duration::from_secs(120)).build().unwrap();
-    let admin = format!("http://{}", c.admin_addr);
+    let admin = Admin { http: http.clone(), url: format!("http://{}", c.admin_addr) };
 
     // The candidate traps on every prompt that starts with FAULT; it gets half the keys.
     let put = http
-        .put(format!("{admin}/admin/policy"))
+        .put(format!("{}/admin/policy", admin.url))
         .bearer_auth(TOKEN)
         .header("x-locus-actor", "alice@test")
         .header("x-locus-reason", "try the new policy")
@@ -285,27 +311,11 @@ async fn a_canary_that_traps_is_aborted_with_no_failed_client_request() {
     assert_eq!(v["trial"]["mode"], "canary");
     assert_eq!(v["trial"]["percent"], 50.0);
 
-    // A second one is refused while it runs, naming why.
-    let again = http
-        .put(format!("{admin}/admin/policy"))
-        .bearer_auth(TOKEN)
-        .query(&[("name", "random"), ("locus.shadow", "true")])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(again.status(), 409);
-    let e: Value = again.json().await.unwrap();
-    assert_eq!(e["error"]["code"], "trial_running");
-    let bad = http
-        .put(format!("{admin}/admin/policy"))
-        .bearer_auth(TOKEN)
-        .query(&[("name", "random"), ("locus.canary", "150")])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(bad.status(), 400);
-    let e: Value = bad.json().await.unwrap();
-    assert_eq!(e["error"]["param"], "locus.canary");
+    // A second one is refused while it runs, naming why; a bad setting is named.
+    let (status, e) = admin.put(&[("name", "random"), ("locus.shadow", "true")], vec![]).await;
+    assert_eq!((status, &e["error"]["code"]), (409, &json!("trial_running")));
+    let (status, e) = admin.put(&[("name", "random"), ("locus.canary", "150")], vec![]).await;
+    assert_eq!((status, &e["error"]["param"]), (400, &json!("locus.canary")));
 
     let router = c.router_addr;
     let mut failed = 0;
@@ -331,15 +341,7 @@ async fn a_canary_that_traps_is_aborted_with_no_failed_client_request() {
     }
     assert_eq!(failed, 0, "{failed} of {sent} client requests failed");
 
-    let v: Value = http
-        .get(format!("{admin}/admin/policy/trial"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = admin.get("/admin/policy/trial").await;
     let t = &v["trial"];
     assert_eq!(t["ended"]["how"], "aborted", "{t}");
     assert!(t["ended"]["why"].as_str().unwrap().contains("fault rules"), "{t}");
@@ -353,15 +355,7 @@ async fn a_canary_that_traps_is_aborted_with_no_failed_client_request() {
     assert_eq!(c.gateway.policy().info().name, "hash");
 
     // The audit log, in memory and on disk.
-    let v: Value = http
-        .get(format!("{admin}/admin/audit"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = admin.get("/admin/audit").await;
     let events: Vec<&str> =
         v["entries"].as_array().unwrap().iter().map(|e| e["event"].as_str().unwrap()).collect();
     assert_eq!(events, ["load", "canary", "abort"]);
@@ -377,27 +371,15 @@ async fn a_canary_that_traps_is_aborted_with_no_failed_client_request() {
     assert_eq!(lines[2]["who"], "locus");
 
     // Promote and abort with no trial: 409, in the one error shape.
-    for path in ["promote", "abort"] {
-        let r = http
-            .post(format!("{admin}/admin/policy/{path}"))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 409);
-        let e: Value = r.json().await.unwrap();
-        assert_eq!(e["error"]["code"], "no_trial");
+    for path in ["/admin/policy/promote", "/admin/policy/abort"] {
+        let (status, e) = admin.post(path).await;
+        assert_eq!((status, &e["error"]["code"]), (409, &json!("no_trial")));
     }
 
     // A shadow over the admin API, then promoted: it serves, and the metrics showed it.
-    let put = http
-        .put(format!("{admin}/admin/policy"))
-        .bearer_auth(TOKEN)
-        .query(&[("name", "least-loaded"), ("locus.shadow", "true")])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(put.status(), 200);
+    let (status, _) =
+        admin.put(&[("name", "least-loaded"), ("locus.shadow", "true")], vec![]).await;
+    assert_eq!(status, 200);
     for i in 0..6 {
         let body =
             json!({"text": format!("shadowed {i}"), "sampling_params": {"max_new_tokens": 2}});
@@ -412,9 +394,7 @@ async fn a_canary_that_traps_is_aborted_with_no_failed_client_request() {
     let text = metrics.text().await.unwrap();
     assert!(text.contains("locus_router_trial_info{candidate=\"least-loaded\""), "{text}");
     assert!(text.contains("locus_router_trial_decisions{side=\"candidate\"} 6"), "{text}");
-    let r =
-        http.post(format!("{admin}/admin/policy/promote")).bearer_auth(TOKEN).send().await.unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(admin.post("/admin/policy/promote").await.0, 200);
     assert_eq!(c.gateway.policy().info().name, "least-loaded");
     let metrics = http.get(format!("http://{router}/metrics")).send().await.unwrap();
     assert!(!metrics.text().await.unwrap().contains("locus_router_trial_info{"), "cleared");

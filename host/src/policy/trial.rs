@@ -431,29 +431,23 @@ impl Trial {
             return None;
         }
         let pct = |x: f64| format!("{:.1}%", x * 100.0);
-        let (le, ce) = (l.rate(|s| s.error)?, c.rate(|s| s.error)?);
-        if ce - le > r.error_margin {
-            return Some(format!(
-                "error rate {} against the live side's {} over the last {} / {} requests \
-                 (margin {})",
-                pct(ce),
-                pct(le),
-                c.window.len(),
-                l.window.len(),
-                pct(r.error_margin)
-            ));
-        }
-        let (lf, cf) = (l.rate(|s| s.fallback)?, c.rate(|s| s.fallback)?);
-        if cf - lf > r.fallback_margin {
-            return Some(format!(
-                "fallback rate {} against the live side's {} over the last {} / {} requests \
-                 (margin {})",
-                pct(cf),
-                pct(lf),
-                c.window.len(),
-                l.window.len(),
-                pct(r.fallback_margin)
-            ));
+        let rates: [(&str, fn(&Sample) -> bool, f64); 2] = [
+            ("error rate", |s| s.error, r.error_margin),
+            ("fallback rate", |s| s.fallback, r.fallback_margin),
+        ];
+        for (what, counted, margin) in rates {
+            let (lr, cr) = (l.rate(counted)?, c.rate(counted)?);
+            if cr - lr > margin {
+                return Some(format!(
+                    "{what} {} against the live side's {} over the last {} / {} requests \
+                     (margin {})",
+                    pct(cr),
+                    pct(lr),
+                    c.window.len(),
+                    l.window.len(),
+                    pct(margin)
+                ));
+            }
         }
         let timed = |s: &SideStats| s.window.iter().filter(|x| x.ttft_us.is_some()).count();
         if timed(l) >= r.min_requests && timed(c) >= r.min_requests {
