@@ -163,6 +163,9 @@ pub fn take_trial_settings(
     Ok(mode.map(|m| (m, rules)))
 }
 
+/// Which samples a rate counts.
+type Counted = fn(&Sample) -> bool;
+
 /// What the router knows of how one routed request ended.
 #[derive(Debug, Clone, Copy)]
 struct Sample {
@@ -431,7 +434,7 @@ impl Trial {
             return None;
         }
         let pct = |x: f64| format!("{:.1}%", x * 100.0);
-        let rates: [(&str, fn(&Sample) -> bool, f64); 2] = [
+        let rates: [(&str, Counted, f64); 2] = [
             ("error rate", |s| s.error, r.error_margin),
             ("fallback rate", |s| s.fallback, r.fallback_margin),
         ];
