@@ -470,12 +470,7 @@ pub struct RouterArgs {
 #[command(group(clap::ArgGroup::new("change").args(["policy", "shadow", "canary", "promote", "abort", "cache_policy"]).required(true)))]
 pub struct SwapArgs {
     /// Admin URL of a router (e.g. http://127.0.0.1:8100).
-    #[arg(
-        long,
-        env = "LOCUS_ROUTER_ADMIN",
-        conflicts_with = "worker",
-        required_unless_present = "worker"
-    )]
+    #[arg(long, conflicts_with = "worker", required_unless_present = "worker")]
     pub router: Option<String>,
     /// URL of a worker (e.g. http://127.0.0.1:8001).
     #[arg(long)]

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use locus::guests;
 use locus::policy::{
-    Actor, Completion, FaultPolicy, LoadOptions, Outcome, PolicySource, Request, RouterPolicy,
-    Side, TrialMode, TrialReport, TrialRules, Workers,
+    Actor, Completion, FaultPolicy, LoadOptions, Outcome, PolicySource, PromoteError, Request,
+    RouterPolicy, Side, TrialMode, TrialReport, TrialRules, Workers,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -39,12 +39,13 @@ fn me() -> Actor {
 
 /// The trial's report once the shadow has compared `n` decisions.
 fn shadow_caught_up(p: &RouterPolicy, n: u64) -> TrialReport {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let r = p.trial().expect("a trial");
-        if r.compared + r.skipped >= n || r.ended.is_some() || Instant::now() > deadline {
+        if r.compared + r.skipped >= n || r.ended.is_some() {
             return r;
         }
+        assert!(Instant::now() < deadline, "the shadow compared {} of {n}", r.compared);
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -115,12 +116,13 @@ fn a_faulty_shadow_never_touches_live_routing_and_is_dropped_by_the_fault_rules(
         let d = p.route(&Request::new(i, format!("FAULT {i}"), 4), &ws).unwrap();
         assert_eq!((d.index, d.fault.clone()), (2, None));
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     let r = loop {
         let r = p.trial().unwrap();
-        if r.ended.is_some() || Instant::now() > deadline {
+        if r.ended.is_some() {
             break r;
         }
+        assert!(Instant::now() < deadline, "the faulty shadow was never given up on");
         std::thread::sleep(Duration::from_millis(5));
     };
     let end = r.ended.expect("the shadow was given up on");
@@ -132,6 +134,19 @@ fn a_faulty_shadow_never_touches_live_routing_and_is_dropped_by_the_fault_rules(
     assert_eq!(p.info().name, guests::FAULTY_PATH);
     let events: Vec<_> = p.audit().recent().iter().map(|e| e.event).collect();
     assert_eq!(events, ["load", "shadow", "abort"]);
+
+    // A live policy given up on by the fault rules ends the trial it was compared in.
+    let p = RouterPolicy::load(&faulty(), &trap, FaultPolicy::default()).unwrap();
+    p.try_candidate(&faulty(), &opts(&[]), TrialMode::Shadow, TrialRules::default(), &me())
+        .unwrap();
+    for i in 0..5u64 {
+        let d = p.route(&Request::new(i, format!("FAULT {i}"), 4), &ws).unwrap();
+        assert!(d.fault.is_some());
+    }
+    let end = p.trial().unwrap().ended.expect("ended with the live policy's rollback");
+    assert!(end.why.contains("live policy was rolled back"), "{}", end.why);
+    let events: Vec<_> = p.audit().recent().iter().map(|e| e.event).collect();
+    assert_eq!(events, ["load", "shadow", "rollback", "abort"]);
 }
 
 #[test]
@@ -143,12 +158,12 @@ fn a_canary_at_10_percent_routes_10_percent_of_10000_keys_and_keeps_each_key_on_
         .unwrap();
     let mut rng = StdRng::seed_from_u64(13);
     let mut sides = Vec::new();
+    let shared = "and then the same long instruction that every request of this test carries";
     for i in 0..10_000u64 {
-        // Uniform keys: a random leading block hash, or a random session.
-        let mut req = Request::new(i, "the same prompt for everyone", 4);
-        if i % 2 == 0 {
-            req.block_hashes = vec![rng.random(), rng.random()];
-        } else {
+        // Uniform keys: a random prompt start, or a random session.
+        let mut req = Request::new(i, format!("user {:016x}: {shared}", rng.random::<u64>()), 4);
+        if i % 2 == 1 {
+            req.prompt = format!("{shared} {i}");
             req.session = Some(format!("session-{}", rng.random::<u64>()));
         }
         let d = p.route(&req, &ws).unwrap();
@@ -158,7 +173,7 @@ fn a_canary_at_10_percent_routes_10_percent_of_10000_keys_and_keeps_each_key_on_
         // The same key, asked again with another tail (a later turn), stays on its side.
         let mut again = req.clone();
         again.prompt.push_str(" and a follow-up question");
-        again.block_hashes.push(99);
+        again.block_hashes = vec![1, 2, 3];
         assert_eq!(p.route(&again, &ws).unwrap().side, d.side, "key of request {i} moved");
         sides.push(d.side);
     }
@@ -213,13 +228,22 @@ fn canary_rules_abort_on_slower_ttft_and_on_errors_and_promotion_makes_it_serve(
         let d = p.route(&Request::new(i, format!("key {i}"), 4), &ws).unwrap();
         assert_eq!((d.index, d.side), (2, Side::Live));
     }
-    assert!(p.promote(&me()).is_none(), "nothing left to promote");
+    assert!(matches!(p.promote(&me()), Err(PromoteError::NoTrial)), "nothing left to promote");
 
     // Errors: 100% against 0%.
     p.try_candidate(&faulty(), &opts(&[("index", "1")]), canary, rules, &me()).unwrap();
+    let old = p.route(&Request::new(0, "key 1", 4), &ws).unwrap().routed();
     run(&p, 100_000, 100_000, Outcome::Unreachable);
     let end = p.trial().unwrap().ended.expect("aborted");
     assert!(end.why.contains("error rate 100.0%"), "{}", end.why);
+
+    // A request routed under that trial and ending during the next counts in neither.
+    p.try_candidate(&faulty(), &opts(&[("index", "1")]), canary, rules, &me()).unwrap();
+    p.observe(&Completion::new(0, 2, Outcome::Broken), true, old);
+    p.unserved(old);
+    let r = p.trial().unwrap();
+    assert_eq!((r.live.requests, r.candidate.requests), (0, 0));
+    p.abort(&me()).unwrap();
 
     // A second trial while one runs is refused; a swap ends the one running.
     p.try_candidate(&faulty(), &opts(&[("index", "1")]), canary, rules, &me()).unwrap();
@@ -236,7 +260,7 @@ fn canary_rules_abort_on_slower_ttft_and_on_errors_and_promotion_makes_it_serve(
         events,
         [
             "load", "canary", "abort", "canary", "promote", "canary", "abort", "canary", "abort",
-            "swap"
+            "canary", "abort", "swap"
         ]
     );
     assert_eq!(log[2].1, "locus", "the rules aborted it");
@@ -386,8 +410,9 @@ async fn a_canary_that_traps_is_aborted_with_no_failed_client_request() {
         let r = http.post(format!("http://{router}/generate")).json(&body).send().await.unwrap();
         assert_eq!(r.status(), 200);
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while c.gateway.policy().trial().unwrap().compared < 6 && Instant::now() < deadline {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.gateway.policy().trial().unwrap().compared < 6 {
+        assert!(Instant::now() < deadline, "the shadow compared too few decisions");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let metrics = http.get(format!("http://{router}/metrics")).send().await.unwrap();

@@ -132,6 +132,18 @@ impl KvFeed {
         blocks.iter().take_while(|b| set.contains_key(b)).count()
     }
 
+    /// [`KvFeed::leading`] for each of `workers`, under one lock.
+    pub fn leading_each(&self, workers: &[u64], blocks: &[u64]) -> Vec<u32> {
+        let st = lock(&self.state);
+        workers
+            .iter()
+            .map(|w| match st.sets.get(w) {
+                Some(set) => blocks.iter().take_while(|b| set.contains_key(b)).count() as u32,
+                None => 0,
+            })
+            .collect()
+    }
+
     /// Blocks known, over all workers.
     pub fn total_blocks(&self) -> usize {
         lock(&self.state).sets.values().map(HashMap::len).sum()

@@ -32,7 +32,8 @@ pub use fallback::rendezvous;
 pub use inspect::{Inspection, inspect};
 pub use kv_feed::{KvBatch, KvFeed, LOG_BATCHES};
 pub use router::{
-    Completion, Decision, Outcome, Request, Routed, RouterPolicy, TrialError, Workers, workers,
+    Completion, Decision, Outcome, PromoteError, Request, Routed, RouterPolicy, TrialError,
+    Workers, workers,
 };
 pub use sandbox::{Limits, TICK, use_compiled_cache};
 pub use slot::FaultPolicy;

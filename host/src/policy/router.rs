@@ -1,6 +1,6 @@
 //! Routing policies: the `router` world.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use wasmtime::Store;
 use wasmtime::component::InstancePre;
@@ -8,8 +8,10 @@ use wasmtime::component::InstancePre;
 use super::audit::{Actor, AuditEntry, AuditLog};
 use super::kv_feed::{KvFeed, Missed};
 use super::sandbox::{Limits, State};
-use super::slot::{FaultPolicy, Feed, Slot, Version, World};
-use super::trial::{BlockFill, Side, TrialMode, TrialReport, TrialRules, TrialRunning, Trials};
+use super::slot::{FaultPolicy, Feed, Slot, Version, World, lock};
+use super::trial::{
+    BlockFill, Side, Trial, TrialMode, TrialReport, TrialRules, TrialRunning, Trials,
+};
 use super::{Fault, LoadError, LoadOptions, PolicyInfo, PolicySource, fallback};
 
 #[allow(missing_docs)]
@@ -347,12 +349,14 @@ pub struct Decision {
     pub fault: Option<Fault>,
     /// Which policy decided: the live one, or a canary's candidate.
     pub side: Side,
+    /// The trial running when it was decided (0: none).
+    pub trial: u64,
 }
 
 impl Decision {
     /// What [`RouterPolicy::observe`] needs to know of it.
     pub fn routed(&self) -> Routed {
-        Routed { side: self.side, fallback: self.fault.is_some() }
+        Routed { side: self.side, fallback: self.fault.is_some(), trial: self.trial }
     }
 }
 
@@ -363,6 +367,8 @@ pub struct Routed {
     pub side: Side,
     /// The policy faulted and the fallback decided.
     pub fallback: bool,
+    /// The trial it was routed under (0: none): a completion counts only in that one.
+    pub trial: u64,
 }
 
 /// Asks `slot`'s policy to choose; the native fallback decides when it faults.
@@ -382,9 +388,13 @@ pub(crate) fn decide(
     )
 }
 
-/// Tells `slot`'s policy how an attempt ended.
-pub(crate) fn observe_in(slot: &Slot<RouterWorld>, done: &Completion, answered: bool) {
-    slot.call(|b, store| b.observe(store, done, answered).map(Ok), || ());
+/// Tells `slot`'s policy how an attempt ended; returns the fault, if any.
+pub(crate) fn observe_in(
+    slot: &Slot<RouterWorld>,
+    done: &Completion,
+    answered: bool,
+) -> ((), Option<Fault>) {
+    slot.call(|b, store| b.observe(store, done, answered).map(Ok), || ())
 }
 
 /// Why a candidate cannot be tried.
@@ -408,6 +418,8 @@ pub struct RouterPolicy {
     kv: Arc<KvFeed>,
     trials: Arc<Trials>,
     faults: FaultPolicy,
+    /// One change at a time: a swap, rollback, trial start, promotion or abort.
+    changing: Mutex<()>,
 }
 
 impl RouterPolicy {
@@ -431,7 +443,8 @@ impl RouterPolicy {
         let kv = Arc::new(KvFeed::default());
         slot.set_feed(Box::new(KvEvents(kv.clone())));
         slot.set_audit(audit.clone());
-        let p = Self { slot, trials: Arc::new(Trials::new(audit, kv.clone())), kv, faults };
+        let trials = Arc::new(Trials::new(audit, kv.clone()));
+        let p = Self { slot, trials, kv, faults, changing: Mutex::new(()) };
         p.audit_change("load", &p.info(), None, &Actor::locus("the router started"));
         Ok(p)
     }
@@ -490,8 +503,8 @@ impl RouterPolicy {
         by: &Actor,
     ) -> Result<PolicyInfo, LoadError> {
         let v = load(source, opts)?;
-        let next = v.info.clone();
-        self.end_trial_for(&format!("the live policy was replaced by {}", next.name));
+        let _one_change = lock(&self.changing);
+        self.end_trial_for(&format!("the live policy was replaced by {}", v.info.name));
         let prev = self.info();
         let info = self.slot.swap(v);
         self.audit_change("swap", &info, Some(&prev), by);
@@ -501,6 +514,7 @@ impl RouterPolicy {
     /// Goes back to the previous policy (the native fallback if there is none); a trial
     /// running is aborted.
     pub fn rollback(&self, by: &Actor) -> PolicyInfo {
+        let _one_change = lock(&self.changing);
         self.end_trial_for("the live policy was rolled back");
         let prev = self.info();
         let info = self.slot.rollback();
@@ -514,6 +528,17 @@ impl RouterPolicy {
         }
     }
 
+    /// Ends `t` if the live policy changed under it: the fault rules rolled it back.
+    fn check_live(&self, t: &Arc<Trial>) {
+        if self.slot.rollbacks() != t.live_rollbacks {
+            self.trials.end(
+                t,
+                "aborted",
+                &Actor::locus("the live policy was rolled back by the fault rules"),
+            );
+        }
+    }
+
     /// Loads `source` and tries it beside the serving policy, as a shadow or a canary.
     pub fn try_candidate(
         &self,
@@ -523,28 +548,42 @@ impl RouterPolicy {
         rules: TrialRules,
         by: &Actor,
     ) -> Result<TrialReport, TrialError> {
-        if let Some(t) = &*self.trials.current() {
-            return Err(TrialRunning(match t.mode {
+        let running = |t: &Trial| {
+            TrialRunning(match t.mode {
                 TrialMode::Shadow => "shadow",
                 TrialMode::Canary { .. } => "canary",
             })
-            .into());
+        };
+        // Refused before the compile when it can be; checked again once loaded.
+        if let Some(t) = &*self.trials.current() {
+            return Err(running(t).into());
         }
         let slot = Slot::new(load(source, opts)?, self.faults);
         slot.set_feed(Box::new(KvEvents(self.kv.clone())));
-        Ok(self.trials.begin(mode, rules, slot, self.info(), by)?)
+        let _one_change = lock(&self.changing);
+        let live_rollbacks = self.slot.rollbacks();
+        Ok(self.trials.begin(mode, rules, slot, self.info(), live_rollbacks, by)?)
     }
 
-    /// Makes the candidate on trial serve everything; `None` when no trial runs.
-    pub fn promote(&self, by: &Actor) -> Option<(PolicyInfo, TrialReport)> {
-        let t = self.trials.current().clone()?;
-        let report = self.trials.end(&t, "promoted", by)?;
-        let info = self.slot.swap_arc(t.slot.current());
-        Some((info, report))
+    /// Makes the candidate on trial serve everything. Refused when no trial runs, and when
+    /// the fault rules have given up on the candidate (the trial is then aborted).
+    pub fn promote(&self, by: &Actor) -> Result<(PolicyInfo, TrialReport), PromoteError> {
+        let _one_change = lock(&self.changing);
+        let t = self.trials.current().clone().ok_or(PromoteError::NoTrial)?;
+        if t.slot.rollbacks() > 0 || t.candidate.given_up() {
+            self.trials.check_faults(&t);
+            let why = "the fault rules gave up on the candidate";
+            let report = self.trials.end(&t, "aborted", &Actor::locus(why)).or(self.trial());
+            return Err(PromoteError::Failed(Box::new(report)));
+        }
+        let report = self.trials.end(&t, "promoted", by).ok_or(PromoteError::NoTrial)?;
+        let info = self.slot.swap_arc(t.candidate.clone());
+        Ok((info, report))
     }
 
     /// Ends the trial, leaving the serving policy as it is; `None` when none runs.
     pub fn abort(&self, by: &Actor) -> Option<TrialReport> {
+        let _one_change = lock(&self.changing);
         let t = self.trials.current().clone()?;
         self.trials.end(&t, "aborted", by)
     }
@@ -590,7 +629,7 @@ impl RouterPolicy {
         let trial = self.trials.current();
         let Some(t) = &*trial else {
             let (index, fault) = decide(&self.slot, req, workers);
-            return Some(Decision { index, fault, side: Side::Live });
+            return Some(Decision { index, fault, side: Side::Live, trial: 0 });
         };
         if t.takes(req) {
             let (index, fault) = decide(&t.slot, req, workers);
@@ -598,39 +637,68 @@ impl RouterPolicy {
             if fault.is_some() {
                 self.trials.check_faults(t);
             }
-            return Some(Decision { index, fault, side: Side::Candidate });
+            return Some(Decision { index, fault, side: Side::Candidate, trial: t.id });
         }
         let (index, fault) = decide(&self.slot, req, workers);
+        let chosen = (workers.ids[index], fault.is_some());
         match t.mode {
-            TrialMode::Shadow => self.trials.to_shadow(t, req, workers, workers.ids[index], fill),
+            TrialMode::Shadow => self.trials.to_shadow(t, req, workers, chosen, fill),
             TrialMode::Canary { .. } => {
-                self.trials.decided(t, Side::Live, workers, workers.ids[index], fault.is_some());
+                self.trials.decided(t, Side::Live, workers, chosen.0, chosen.1);
             }
         }
-        Some(Decision { index, fault, side: Side::Live })
+        if fault.is_some() {
+            self.check_live(t);
+        }
+        Some(Decision { index, fault, side: Side::Live, trial: t.id })
     }
 
     /// Tells the policy how a routed attempt ended. `answered` is false for an attempt
     /// that got no answer to relay (it is retried, or the request fails): a 0.1.0 policy
     /// hears only of answered ones, as it always did. A trial's candidate is told too, and
-    /// an answered attempt counts for the side that `routed` it.
+    /// an answered attempt counts for the side that `routed` it, if that trial still runs.
     pub fn observe(&self, done: &Completion, answered: bool, routed: Routed) {
-        observe_in(&self.slot, done, answered);
+        let (_, fault) = observe_in(&self.slot, done, answered);
         if let Some(t) = &*self.trials.current() {
             self.trials.observe(t, done, answered);
-            if answered {
+            if answered && routed.trial == t.id {
                 self.trials.completed(t, routed.side, routed.fallback, done);
+            }
+            if fault.is_some() {
+                self.check_live(t);
             }
         }
     }
 
     /// Counts a request that no worker could serve (every attempt failed) for its side.
     pub fn unserved(&self, routed: Routed) {
-        if let Some(t) = &*self.trials.current() {
+        if let Some(t) = &*self.trials.current()
+            && routed.trial == t.id
+        {
             let done = Completion::new(0, 0, Outcome::Failed);
             self.trials.completed(t, routed.side, routed.fallback, &done);
         }
     }
+}
+
+impl Drop for RouterPolicy {
+    /// Ends a shadow's thread with the policy: it holds the trial, not the policy.
+    fn drop(&mut self) {
+        if let Some(t) = &*self.trials.current() {
+            t.shadow_stop();
+        }
+    }
+}
+
+/// Why a promotion was refused.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PromoteError {
+    /// No trial runs.
+    #[error("no trial is running: start one with locus.shadow or locus.canary")]
+    NoTrial,
+    /// The fault rules gave up on the candidate; the trial was aborted (its report).
+    #[error("the fault rules gave up on the candidate: the trial is aborted, not promoted")]
+    Failed(Box<Option<TrialReport>>),
 }
 
 fn load(source: &PolicySource, opts: &LoadOptions) -> Result<Version<RouterWorld>, LoadError> {

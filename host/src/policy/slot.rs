@@ -282,6 +282,11 @@ impl<W: World> Version<W> {
     fn info(&self) -> PolicyInfo {
         PolicyInfo { faults: self.faults.load(Ordering::Relaxed), ..self.info.clone() }
     }
+
+    /// Whether the fault rules have given up on this version.
+    pub(crate) fn given_up(&self) -> bool {
+        self.given_up.load(Ordering::Acquire)
+    }
 }
 
 /// Compile, link and type-check `bytes` against world `W`.

@@ -6,14 +6,17 @@
 //!   scored as the live choice is: the leading prompt blocks the chosen worker holds, and
 //!   how the decisions spread over workers.
 //! - A **canary** routes a stable share of requests (by a hash of the request's session
-//!   key, else its leading prompt block), so a conversation stays on one side; both sides'
-//!   real outcomes are kept, and the canary is aborted when, over a window of requests on
-//!   each side, its error or fallback rate or its TTFT p90 is worse than the live side's by
-//!   more than a margin.
+//!   key, else of its prompt's leading 64 bytes, about one 16-token block), so a
+//!   conversation stays on one side; both sides' real outcomes are kept, and the canary is
+//!   aborted when, over the candidate's last requests and the live side's requests of the
+//!   same span of time, its error or fallback rate or its TTFT p90 is worse than the live
+//!   side's by more than a margin.
 //!
-//! A candidate that the fault rules give up on ends its trial as aborted.
+//! A candidate that the fault rules give up on ends its trial as aborted; so does a change
+//! of the live policy (a swap, or a rollback asked for or made by the fault rules).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -24,7 +27,7 @@ use serde::Serialize;
 use super::audit::{Actor, AuditEntry, AuditLog};
 use super::kv_feed::KvFeed;
 use super::router::{RouterWorld, decide, observe_in};
-use super::slot::{Slot, lock};
+use super::slot::{Slot, Version, lock};
 use super::{Completion, Outcome, PolicyInfo, Request, Workers};
 
 /// Route calls queued for a shadow; past this the shadow skips (and counts) them rather
@@ -100,38 +103,45 @@ pub struct TrialSettingError {
     pub message: String,
 }
 
+/// Host settings that stay with the policy's own (read by the slot, not a trial).
+const HOST_SETTINGS: &[&str] = &["locus.instances"];
+
 /// Takes the host's trial settings (`locus.shadow`, `locus.canary`, `locus.min-requests`,
 /// `locus.window`, `locus.error-margin`, `locus.fallback-margin`, `locus.ttft-margin`) out
-/// of a swap's settings; the rest are the policy's. `None`: a plain swap.
+/// of a swap's settings; the rest are the policy's. `None`: a plain swap. Any other
+/// `locus.` setting is refused, so that a misspelt trial never becomes a full swap.
 pub fn take_trial_settings(
     settings: &mut Vec<(String, String)>,
 ) -> Result<Option<(TrialMode, TrialRules)>, TrialSettingError> {
     let mut mode = None;
     let mut rules = TrialRules::default();
     let mut error = None;
+    let mut rule_set = None;
+    let mut min_set = false;
     settings.retain(|(k, v)| {
         let bad = |message: &str| TrialSettingError { param: k.clone(), message: message.into() };
         let fraction = |v: &str| v.parse::<f64>().ok().filter(|x| x.is_finite() && *x >= 0.0);
         let count = |v: &str| v.parse::<usize>().ok().filter(|n| *n >= 1);
+        let mut set_mode = |m: TrialMode| match mode.replace(m) {
+            Some(prev) if prev != m => Err(bad("give one of locus.shadow and locus.canary")),
+            _ => Ok(()),
+        };
         let r = match k.as_str() {
             "locus.shadow" => match v.as_str() {
-                "true" | "1" => {
-                    mode = mode.or(Some(TrialMode::Shadow));
-                    Ok(())
-                }
+                "true" | "1" => set_mode(TrialMode::Shadow),
                 "false" | "0" => Ok(()),
                 _ => Err(bad("must be true or false")),
             },
             "locus.canary" => match v.parse::<f64>() {
-                Ok(p) if p > 0.0 && p <= 100.0 => {
-                    mode = Some(TrialMode::Canary { percent: p });
-                    Ok(())
-                }
+                Ok(p) if p > 0.0 && p <= 100.0 => set_mode(TrialMode::Canary { percent: p }),
                 _ => Err(bad("must be a percentage of requests in (0, 100]")),
             },
-            "locus.min-requests" => count(v)
-                .map(|n| rules.min_requests = n)
-                .ok_or_else(|| bad("must be a whole number of requests, at least 1")),
+            "locus.min-requests" => {
+                min_set = true;
+                count(v)
+                    .map(|n| rules.min_requests = n)
+                    .ok_or_else(|| bad("must be a whole number of requests, at least 1"))
+            }
             "locus.window" => count(v)
                 .map(|n| rules.window = n)
                 .ok_or_else(|| bad("must be a whole number of requests, at least 1")),
@@ -144,53 +154,95 @@ pub fn take_trial_settings(
             "locus.ttft-margin" => fraction(v)
                 .map(|x| rules.ttft_margin = x)
                 .ok_or_else(|| bad("must be a non-negative number (0.5: 50% slower)")),
+            key if key.starts_with("locus.") && !HOST_SETTINGS.contains(&key) => {
+                Err(bad("is no locus setting: a trial takes locus.shadow or locus.canary, \
+                 locus.min-requests, locus.window, locus.error-margin, \
+                 locus.fallback-margin and locus.ttft-margin"))
+            }
             _ => return true,
         };
-        if let Err(e) = r {
-            error.get_or_insert(e);
+        match r {
+            Err(e) => {
+                error.get_or_insert(e);
+            }
+            Ok(()) if k != "locus.shadow" && k != "locus.canary" => {
+                rule_set.get_or_insert(k.clone());
+            }
+            Ok(()) => {}
         }
         false
     });
     if let Some(e) = error {
         return Err(e);
     }
-    if rules.min_requests > rules.window {
+    if let (None, Some(key)) = (mode, rule_set) {
         return Err(TrialSettingError {
-            param: "locus.min-requests".into(),
-            message: format!("must not exceed locus.window ({})", rules.window),
+            param: key,
+            message: "is a canary rule: give it with locus.canary=PERCENT".into(),
         });
+    }
+    if rules.min_requests > rules.window {
+        let (param, message) = if min_set {
+            ("locus.min-requests", format!("must not exceed locus.window ({})", rules.window))
+        } else {
+            (
+                "locus.window",
+                format!(
+                    "must be at least locus.min-requests ({}, the default): raise it or lower \
+                     locus.min-requests",
+                    rules.min_requests
+                ),
+            )
+        };
+        return Err(TrialSettingError { param: param.into(), message });
     }
     Ok(mode.map(|m| (m, rules)))
 }
 
-/// Which samples a rate counts.
-type Counted = fn(&Sample) -> bool;
-
 /// What the router knows of how one routed request ended.
 #[derive(Debug, Clone, Copy)]
 struct Sample {
+    at: Instant,
     error: bool,
     fallback: bool,
     ttft_us: Option<u64>,
 }
 
+/// Which samples a rate counts.
+type Counted = fn(&Sample) -> bool;
+
+/// The share of `samples` that `f` counts; `None` for none.
+fn rate<'a>(samples: impl ExactSizeIterator<Item = &'a Sample>, f: Counted) -> Option<f64> {
+    let n = samples.len();
+    (n > 0).then(|| samples.filter(|s| f(s)).count() as f64 / n as f64)
+}
+
+/// The `q` quantile of the samples' TTFTs, in milliseconds; `None` when none was timed.
+fn ttft_ms<'a>(samples: impl Iterator<Item = &'a Sample>, q: f64) -> Option<f64> {
+    let mut t: Vec<u64> = samples.filter_map(|s| s.ttft_us).collect();
+    if t.is_empty() {
+        return None;
+    }
+    t.sort_unstable();
+    let i = ((t.len() as f64 * q).ceil() as usize).clamp(1, t.len()) - 1;
+    Some(t[i] as f64 / 1000.0)
+}
+
+/// A side's routing decisions: written by the request path (canary) or by the shadow's
+/// thread (shadow), never by both, so the idle-priority thread holds no lock a request
+/// waits for.
 #[derive(Default)]
-struct SideStats {
+struct SideDecisions {
     decisions: u64,
     fallbacks: u64,
     per_worker: HashMap<u64, u64>,
-    requests: u64,
-    errors: u64,
-    prompt_tokens: u64,
-    cached_tokens: u64,
     /// Prompt blocks of the decisions scored, and of those the leading ones the chosen
-    /// worker held (the router's KV record at the time).
+    /// worker held (the router's KV record when the live decision was made).
     predicted_blocks: u64,
     predicted_hits: u64,
-    window: VecDeque<Sample>,
 }
 
-impl SideStats {
+impl SideDecisions {
     fn decided(&mut self, worker: u64, fallback: bool) {
         self.decisions += 1;
         self.fallbacks += u64::from(fallback);
@@ -201,8 +253,47 @@ impl SideStats {
         self.predicted_blocks += blocks as u64;
         self.predicted_hits += held as u64;
     }
+}
 
-    fn completed(&mut self, s: Sample, done: &Completion, window: usize) {
+#[derive(Default)]
+struct Decisions {
+    live: SideDecisions,
+    candidate: SideDecisions,
+    /// Shadow decisions compared with the live one, and of those the same worker.
+    compared: u64,
+    agreed: u64,
+    /// Every worker offered to a decision.
+    workers: HashSet<u64>,
+}
+
+impl Decisions {
+    fn side(&mut self, side: Side) -> &mut SideDecisions {
+        match side {
+            Side::Live => &mut self.live,
+            Side::Candidate => &mut self.candidate,
+        }
+    }
+
+    fn offered(&mut self, workers: &Workers) {
+        if !workers.ids.iter().all(|w| self.workers.contains(w)) {
+            self.workers.extend(workers.ids.iter().copied());
+        }
+    }
+}
+
+/// A side's completed requests.
+#[derive(Default)]
+struct SideOutcomes {
+    requests: u64,
+    errors: u64,
+    prompt_tokens: u64,
+    cached_tokens: u64,
+    /// The most recent requests, oldest first.
+    window: VecDeque<Sample>,
+}
+
+impl SideOutcomes {
+    fn completed(&mut self, s: Sample, done: &Completion, keep: usize) {
         self.requests += 1;
         self.errors += u64::from(s.error);
         if done.outcome == Outcome::Ok
@@ -211,81 +302,30 @@ impl SideStats {
             self.prompt_tokens += u64::from(p);
             self.cached_tokens += u64::from(c);
         }
-        if self.window.len() == window {
+        if self.window.len() >= keep {
             self.window.pop_front();
         }
         self.window.push_back(s);
     }
-
-    fn rate(&self, f: impl Fn(&Sample) -> bool) -> Option<f64> {
-        let n = self.window.len();
-        (n > 0).then(|| self.window.iter().filter(|s| f(s)).count() as f64 / n as f64)
-    }
-
-    fn ttft_ms(&self, q: f64) -> Option<f64> {
-        let mut t: Vec<u64> = self.window.iter().filter_map(|s| s.ttft_us).collect();
-        if t.is_empty() {
-            return None;
-        }
-        t.sort_unstable();
-        let i = ((t.len() as f64 * q).ceil() as usize).clamp(1, t.len()) - 1;
-        Some(t[i] as f64 / 1000.0)
-    }
-
-    fn report(&self, workers: &HashSet<u64>) -> SideReport {
-        let ratio = |a: u64, b: u64| (b > 0).then(|| a as f64 / b as f64);
-        let spread = (!workers.is_empty() && self.decisions > 0).then(|| {
-            let max = workers.iter().map(|w| self.per_worker.get(w).copied().unwrap_or(0)).max();
-            max.unwrap_or(0) as f64 / (self.decisions as f64 / workers.len() as f64)
-        });
-        SideReport {
-            decisions: self.decisions,
-            fallbacks: self.fallbacks,
-            fallback_rate: ratio(self.fallbacks, self.decisions),
-            per_worker: self.per_worker.iter().map(|(w, n)| (w.to_string(), *n)).collect(),
-            load_max_over_mean: spread,
-            predicted_hit_rate: ratio(self.predicted_hits, self.predicted_blocks),
-            requests: self.requests,
-            errors: self.errors,
-            hit_rate: ratio(self.cached_tokens, self.prompt_tokens),
-            window_requests: self.window.len(),
-            window_error_rate: self.rate(|s| s.error),
-            window_fallback_rate: self.rate(|s| s.fallback),
-            ttft_p50_ms: self.ttft_ms(0.5),
-            ttft_p90_ms: self.ttft_ms(0.9),
-        }
-    }
 }
 
 #[derive(Default)]
-struct Stats {
-    live: SideStats,
-    candidate: SideStats,
-    /// Shadow decisions compared with the live one, and of those the same worker.
-    compared: u64,
-    agreed: u64,
-    /// Route calls the shadow's queue had no room for.
-    skipped: u64,
-    /// Every worker offered to a decision.
-    workers: HashSet<u64>,
-    /// Completions since the canary rules last looked.
-    since_check: u32,
+struct Outcomes {
+    live: SideOutcomes,
+    candidate: SideOutcomes,
 }
 
-impl Stats {
-    fn side(&mut self, side: Side) -> &mut SideStats {
-        match side {
-            Side::Live => &mut self.live,
-            Side::Candidate => &mut self.candidate,
-        }
-    }
-
-    fn offered(&mut self, workers: &Workers) {
-        if self.workers.len() < workers.ids.len()
-            || !workers.ids.iter().all(|w| self.workers.contains(w))
-        {
-            self.workers.extend(workers.ids.iter().copied());
-        }
+impl Outcomes {
+    /// The samples each side's window statistics are read from: the candidate's window,
+    /// and the live side's requests since the oldest of those (the same span of time, so a
+    /// worker's bad minute weighs on both sides alike); for a shadow, the live window.
+    fn compared(&self, rules: &TrialRules) -> (Vec<&Sample>, Vec<&Sample>) {
+        let candidate: Vec<&Sample> = self.candidate.window.iter().collect();
+        let live: Vec<&Sample> = match candidate.first() {
+            Some(oldest) => self.live.window.iter().filter(|s| s.at >= oldest.at).collect(),
+            None => self.live.window.iter().rev().take(rules.window).collect(),
+        };
+        (live, candidate)
     }
 }
 
@@ -293,7 +333,7 @@ impl Stats {
 /// nothing to count is absent.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SideReport {
-    /// Routing decisions made (for a shadow: route calls answered).
+    /// Routing decisions made (for a shadow: route calls compared).
     pub decisions: u64,
     /// Of those, decided by the native fallback because the policy faulted.
     pub fallbacks: u64,
@@ -304,16 +344,17 @@ pub struct SideReport {
     /// The most decisions any offered worker got, over the mean per offered worker.
     pub load_max_over_mean: Option<f64>,
     /// Leading prompt blocks the chosen worker held (by the router's KV record when the
-    /// decision was scored), over the prompt blocks; scored in shadow trials only.
+    /// live decision was made), over the prompt blocks; scored in shadow trials only.
     pub predicted_hit_rate: Option<f64>,
-    /// Requests this side routed that ended with an answer or an error (canary; for a
-    /// shadow trial, the live side routes all).
+    /// Requests this side routed that ended with an answer or an error (for a shadow
+    /// trial, the live side routes all).
     pub requests: u64,
     /// Of those, failed: no worker could serve, overloaded, timed out, broken.
     pub errors: u64,
     /// Prompt tokens the workers found cached, over the prompt tokens, of answered requests.
     pub hit_rate: Option<f64>,
-    /// Requests in the window the abort rules read.
+    /// Requests the window statistics below are read from: the candidate's last
+    /// `window`, and the live side's requests over the same span of time.
     pub window_requests: usize,
     /// Error rate over the window.
     pub window_error_rate: Option<f64>,
@@ -323,6 +364,35 @@ pub struct SideReport {
     pub ttft_p50_ms: Option<f64>,
     /// See `ttft_p50_ms`.
     pub ttft_p90_ms: Option<f64>,
+}
+
+fn side_report(
+    d: &SideDecisions,
+    o: &SideOutcomes,
+    window: &[&Sample],
+    workers: &HashSet<u64>,
+) -> SideReport {
+    let ratio = |a: u64, b: u64| (b > 0).then(|| a as f64 / b as f64);
+    let spread = (!workers.is_empty() && d.decisions > 0).then(|| {
+        let max = workers.iter().map(|w| d.per_worker.get(w).copied().unwrap_or(0)).max();
+        max.unwrap_or(0) as f64 / (d.decisions as f64 / workers.len() as f64)
+    });
+    SideReport {
+        decisions: d.decisions,
+        fallbacks: d.fallbacks,
+        fallback_rate: ratio(d.fallbacks, d.decisions),
+        per_worker: d.per_worker.iter().map(|(w, n)| (w.to_string(), *n)).collect(),
+        load_max_over_mean: spread,
+        predicted_hit_rate: ratio(d.predicted_hits, d.predicted_blocks),
+        requests: o.requests,
+        errors: o.errors,
+        hit_rate: ratio(o.cached_tokens, o.prompt_tokens),
+        window_requests: window.len(),
+        window_error_rate: rate(window.iter().copied(), |s| s.error),
+        window_fallback_rate: rate(window.iter().copied(), |s| s.fallback),
+        ttft_p50_ms: ttft_ms(window.iter().copied(), 0.5),
+        ttft_p90_ms: ttft_ms(window.iter().copied(), 0.9),
+    }
 }
 
 /// How a trial ended.
@@ -372,28 +442,51 @@ pub struct TrialReport {
 /// tokenizes a prompt that the live policy had no use for.
 pub type BlockFill = Arc<dyn Fn(&mut Request) + Send + Sync>;
 
-// Route calls are most of the traffic: boxing them would add an allocation per routed
-// request, while the queue's 4,096 slots of this size are 1.4 MB.
-#[allow(clippy::large_enum_variant)]
 enum ShadowMsg {
-    Route { req: Request, workers: Workers, live: u64, fill: Option<BlockFill> },
+    Route(Box<ShadowRoute>),
     Observe { done: Completion, answered: bool },
+}
+
+/// A live decision handed to the shadow.
+struct ShadowRoute {
+    req: Request,
+    workers: Workers,
+    /// The worker the live policy chose, and whether the fallback chose it.
+    live: u64,
+    live_fault: bool,
+    /// The leading prompt blocks each offered worker held when the live policy decided
+    /// (absent when the blocks are not known yet: `fill` makes them).
+    held: Option<Vec<u32>>,
+    fill: Option<BlockFill>,
 }
 
 /// A candidate under trial.
 pub(crate) struct Trial {
+    /// Tells this trial's requests from another's ([`super::Routed::trial`]).
+    pub(crate) id: u64,
     pub(crate) mode: TrialMode,
     rules: TrialRules,
     pub(crate) slot: Slot<RouterWorld>,
+    /// The version on trial (what a promotion installs).
+    pub(crate) candidate: Arc<Version<RouterWorld>>,
     live_policy: PolicyInfo,
+    /// The live slot's rollbacks when the trial began: one more ends the trial.
+    pub(crate) live_rollbacks: u64,
     started: Instant,
     started_at: SystemTime,
-    stats: Mutex<Stats>,
-    /// The shadow's queue; dropped when the trial ends, which ends its thread.
-    shadow: Mutex<Option<SyncSender<ShadowMsg>>>,
+    decisions: Mutex<Decisions>,
+    outcomes: Mutex<Outcomes>,
+    skipped: AtomicU64,
+    /// The shadow's queue; emptied when the trial ends, which ends its thread.
+    shadow: ArcSwapOption<SyncSender<ShadowMsg>>,
 }
 
 impl Trial {
+    /// Ends the shadow's thread (it sees its queue closed).
+    pub(crate) fn shadow_stop(&self) {
+        self.shadow.store(None);
+    }
+
     /// Whether a canary routes `req`.
     pub(crate) fn takes(&self, req: &Request) -> bool {
         match self.mode {
@@ -405,32 +498,45 @@ impl Trial {
         }
     }
 
+    /// Live-side requests kept: enough to cover the span of the candidate's window.
+    fn live_keep(&self) -> usize {
+        match self.mode {
+            TrialMode::Canary { percent } if percent < 100.0 => {
+                let w = self.rules.window as f64;
+                (w * (100.0 - percent) / percent).ceil().clamp(w, 50_000.0) as usize
+            }
+            _ => self.rules.window,
+        }
+    }
+
     fn report(&self) -> TrialReport {
-        let st = lock(&self.stats);
         let unix = |t: SystemTime| {
             t.duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
         };
+        let d = lock(&self.decisions);
+        let o = lock(&self.outcomes);
+        let (live_window, candidate_window) = o.compared(&self.rules);
         TrialReport {
             mode: self.mode,
             rules: self.rules,
             live_policy: self.live_policy.clone(),
-            candidate_policy: self.slot.info(),
+            candidate_policy: self.candidate.info.clone(),
             started_at: (unix(self.started_at) * 1000.0).round() / 1000.0,
             running_s: self.started.elapsed().as_secs_f64(),
-            compared: st.compared,
-            agreement: (st.compared > 0).then(|| st.agreed as f64 / st.compared as f64),
-            skipped: st.skipped,
-            live: st.live.report(&st.workers),
-            candidate: st.candidate.report(&st.workers),
+            compared: d.compared,
+            agreement: (d.compared > 0).then(|| d.agreed as f64 / d.compared as f64),
+            skipped: self.skipped.load(Ordering::Relaxed),
+            live: side_report(&d.live, &o.live, &live_window, &d.workers),
+            candidate: side_report(&d.candidate, &o.candidate, &candidate_window, &d.workers),
             ended: None,
         }
     }
 
     /// The canary rule that the candidate breaks now, if any.
-    fn broken_rule(&self, st: &Stats) -> Option<String> {
+    fn broken_rule(&self, o: &Outcomes) -> Option<String> {
         let r = &self.rules;
-        let (l, c) = (&st.live, &st.candidate);
-        if l.window.len() < r.min_requests || c.window.len() < r.min_requests {
+        let (l, c) = o.compared(r);
+        if l.len() < r.min_requests || c.len() < r.min_requests {
             return None;
         }
         let pct = |x: f64| format!("{:.1}%", x * 100.0);
@@ -439,22 +545,22 @@ impl Trial {
             ("fallback rate", |s| s.fallback, r.fallback_margin),
         ];
         for (what, counted, margin) in rates {
-            let (lr, cr) = (l.rate(counted)?, c.rate(counted)?);
+            let (lr, cr) = (rate(l.iter().copied(), counted)?, rate(c.iter().copied(), counted)?);
             if cr - lr > margin {
                 return Some(format!(
-                    "{what} {} against the live side's {} over the last {} / {} requests \
-                     (margin {})",
+                    "{what} {} against the live side's {} over the candidate's last {} \
+                     requests and the live side's {} of the same span (margin {})",
                     pct(cr),
                     pct(lr),
-                    c.window.len(),
-                    l.window.len(),
+                    c.len(),
+                    l.len(),
                     pct(margin)
                 ));
             }
         }
-        let timed = |s: &SideStats| s.window.iter().filter(|x| x.ttft_us.is_some()).count();
-        if timed(l) >= r.min_requests && timed(c) >= r.min_requests {
-            let (lt, ct) = (l.ttft_ms(0.9)?, c.ttft_ms(0.9)?);
+        let timed = |s: &[&Sample]| s.iter().filter(|x| x.ttft_us.is_some()).count();
+        if timed(&l) >= r.min_requests && timed(&c) >= r.min_requests {
+            let (lt, ct) = (ttft_ms(l.iter().copied(), 0.9)?, ttft_ms(c.iter().copied(), 0.9)?);
             if ct > lt * (1.0 + r.ttft_margin) {
                 return Some(format!(
                     "TTFT p90 {ct:.1} ms against the live side's {lt:.1} ms (margin {:.0}%)",
@@ -466,15 +572,11 @@ impl Trial {
     }
 }
 
-/// The key that keeps a conversation on one side: its session, else its leading prompt
-/// block, else (a prompt shorter than a block, or no tokenizing) its leading 64 bytes.
+/// The key that keeps a conversation on one side: its session, else its prompt's leading
+/// 64 bytes (about one 16-token block; independent of tokenizing, so it is the same
+/// whether or not the router computes block hashes).
 fn routing_key(req: &Request) -> u64 {
     use std::hash::Hasher;
-    if let Some(&first) = req.block_hashes.first()
-        && req.session.is_none()
-    {
-        return first;
-    }
     let mut h = fnv::FnvHasher::default();
     match &req.session {
         Some(s) => {
@@ -493,8 +595,7 @@ fn routing_key(req: &Request) -> u64 {
     h.finish()
 }
 
-/// A bijective mixer: block hashes and FNV values are well spread, but not in their low
-/// bits alone.
+/// A bijective mixer: FNV values are well spread, but not in their low bits alone.
 fn splitmix64(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
     x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -506,8 +607,9 @@ fn splitmix64(mut x: u64) -> u64 {
 pub(crate) struct Trials {
     current: ArcSwapOption<Trial>,
     last: Mutex<Option<TrialReport>>,
-    /// Serializes starting and ending.
-    changing: Mutex<()>,
+    /// Serializes ending (the rules end trials from request threads and the shadow's).
+    ending: Mutex<()>,
+    next_id: AtomicU64,
     pub(crate) audit: Arc<AuditLog>,
     kv: Arc<KvFeed>,
 }
@@ -522,7 +624,8 @@ impl Trials {
         Self {
             current: ArcSwapOption::empty(),
             last: Mutex::new(None),
-            changing: Mutex::new(()),
+            ending: Mutex::new(()),
+            next_id: AtomicU64::new(1),
             audit,
             kv,
         }
@@ -532,38 +635,38 @@ impl Trials {
         self.current.load()
     }
 
-    /// Starts trying `slot` beside `live`.
+    /// Starts trying `slot` beside `live` (the caller serializes changes).
     pub(crate) fn begin(
         self: &Arc<Self>,
         mode: TrialMode,
         rules: TrialRules,
         slot: Slot<RouterWorld>,
         live: PolicyInfo,
+        live_rollbacks: u64,
         actor: &Actor,
     ) -> Result<TrialReport, TrialRunning> {
-        let _g = lock(&self.changing);
         if let Some(t) = &*self.current.load() {
             return Err(TrialRunning(mode_name(t.mode)));
         }
-        let candidate = slot.info();
-        let (tx, rx) = match mode {
-            TrialMode::Shadow => {
-                let (tx, rx) = std::sync::mpsc::sync_channel(SHADOW_QUEUE);
-                (Some(tx), Some(rx))
-            }
-            TrialMode::Canary { .. } => (None, None),
-        };
+        let candidate = slot.current();
         let trial = Arc::new(Trial {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
             mode,
             rules,
             slot,
+            candidate: candidate.clone(),
             live_policy: live.clone(),
+            live_rollbacks,
             started: Instant::now(),
             started_at: SystemTime::now(),
-            stats: Mutex::new(Stats::default()),
-            shadow: Mutex::new(tx),
+            decisions: Mutex::new(Decisions::default()),
+            outcomes: Mutex::new(Outcomes::default()),
+            skipped: AtomicU64::new(0),
+            shadow: ArcSwapOption::empty(),
         });
-        if let Some(rx) = rx {
+        if mode == TrialMode::Shadow {
+            let (tx, rx) = std::sync::mpsc::sync_channel(SHADOW_QUEUE);
+            trial.shadow.store(Some(Arc::new(tx)));
             let (trials, t) = (self.clone(), trial.clone());
             std::thread::Builder::new()
                 .name("locus-shadow".into())
@@ -571,12 +674,13 @@ impl Trials {
                 .expect("a thread can be spawned");
         }
         self.current.store(Some(trial.clone()));
+        let c = &candidate.info;
         self.audit.record(AuditEntry {
             at: 0.0,
             event: mode_name(mode),
             world: "router".into(),
-            name: candidate.name.clone(),
-            sha256: candidate.sha256.clone(),
+            name: c.name.clone(),
+            sha256: c.sha256.clone(),
             from_sha256: Some(live.sha256),
             who: actor.who.clone(),
             why: match mode {
@@ -598,12 +702,10 @@ impl Trials {
         how: &'static str,
         actor: &Actor,
     ) -> Option<TrialReport> {
-        let _g = lock(&self.changing);
-        let prev = self.current.compare_and_swap(trial, None::<Arc<Trial>>);
-        if !prev.as_ref().is_some_and(|p| Arc::ptr_eq(p, trial)) {
+        let _g = lock(&self.ending);
+        if !self.current.load().as_ref().is_some_and(|c| Arc::ptr_eq(c, trial)) {
             return None;
         }
-        lock(&trial.shadow).take();
         let mut report = trial.report();
         let at = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
         report.ended = Some(TrialEnd {
@@ -612,6 +714,10 @@ impl Trials {
             why: actor.why.clone(),
             at: (at.as_secs_f64() * 1000.0).round() / 1000.0,
         });
+        // Kept before the trial stops being current, so a report is never missing.
+        *lock(&self.last) = Some(report.clone());
+        self.current.store(None);
+        trial.shadow.store(None);
         let c = &report.candidate_policy;
         self.audit.record(AuditEntry {
             at: 0.0,
@@ -626,7 +732,6 @@ impl Trials {
                 why => format!("{} {how}: {why}", mode_name(trial.mode)),
             },
         });
-        *lock(&self.last) = Some(report.clone());
         Some(report)
     }
 
@@ -638,7 +743,7 @@ impl Trials {
         }
     }
 
-    /// Records a decision the live policy or a canary made.
+    /// Records a decision a canary trial's side made.
     pub(crate) fn decided(
         &self,
         t: &Trial,
@@ -647,37 +752,43 @@ impl Trials {
         worker: u64,
         fallback: bool,
     ) {
-        let mut st = lock(&t.stats);
-        st.offered(workers);
-        st.side(side).decided(worker, fallback);
+        let mut d = lock(&t.decisions);
+        d.offered(workers);
+        d.side(side).decided(worker, fallback);
     }
 
-    /// Hands a live decision to the shadow; never waits.
+    /// Hands a live decision to the shadow; never waits. The blocks each worker holds are
+    /// read now, when the live policy decided: by the time the shadow's thread runs, the
+    /// chosen worker may have stored this very request's blocks.
     pub(crate) fn to_shadow(
         &self,
         t: &Trial,
         req: &Request,
         workers: &Workers,
-        live: u64,
+        (live, live_fault): (u64, bool),
         fill: Option<BlockFill>,
     ) {
-        let sent = match &*lock(&t.shadow) {
-            Some(tx) => {
-                let (req, workers) = (req.clone(), workers.clone());
-                tx.try_send(ShadowMsg::Route { req, workers, live, fill })
-            }
-            None => return,
+        let Some(tx) = t.shadow.load_full() else { return };
+        let held = (!req.block_hashes.is_empty())
+            .then(|| self.kv.leading_each(&workers.ids, &req.block_hashes));
+        let msg = ShadowRoute {
+            req: req.clone(),
+            workers: workers.clone(),
+            live,
+            live_fault,
+            held,
+            fill,
         };
-        if let Err(TrySendError::Full(_)) = sent {
-            lock(&t.stats).skipped += 1;
+        if let Err(TrySendError::Full(_)) = tx.try_send(ShadowMsg::Route(Box::new(msg))) {
+            t.skipped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// Tells a trial how a routed attempt ended (`answered`: its answer was relayed).
-    pub(crate) fn observe(self: &Arc<Self>, t: &Arc<Trial>, done: &Completion, answered: bool) {
+    pub(crate) fn observe(&self, t: &Arc<Trial>, done: &Completion, answered: bool) {
         match t.mode {
             TrialMode::Shadow => {
-                if let Some(tx) = &*lock(&t.shadow) {
+                if let Some(tx) = &*t.shadow.load() {
                     let _ = tx.try_send(ShadowMsg::Observe { done: *done, answered });
                 }
             }
@@ -699,28 +810,24 @@ impl Trials {
                 | Outcome::Broken
         );
         let ttft_us = if done.outcome == Outcome::Ok { done.ttft_us } else { None };
+        let sample = Sample { at: Instant::now(), error, fallback, ttft_us };
         let broken = {
-            let mut st = lock(&t.stats);
-            st.side(side).completed(Sample { error, fallback, ttft_us }, done, t.rules.window);
-            st.since_check += 1;
-            // The rules sort a window for the p90: on every candidate completion, and on
-            // every 16th live one.
-            let check = matches!(t.mode, TrialMode::Canary { .. })
-                && (side == Side::Candidate || st.since_check >= 16);
-            if check {
-                st.since_check = 0;
-                t.broken_rule(&st)
-            } else {
-                None
+            let mut o = lock(&t.outcomes);
+            match side {
+                Side::Live => o.live.completed(sample, done, t.live_keep()),
+                Side::Candidate => o.candidate.completed(sample, done, t.rules.window),
             }
+            // The candidate's window changes only with its own completions: the rules
+            // (which sort the windows for the p90) look then.
+            (side == Side::Candidate).then(|| t.broken_rule(&o)).flatten()
         };
         if let Some(why) = broken {
-            tracing::warn!(candidate = %t.slot.info().name, %why, "canary aborted");
+            tracing::warn!(candidate = %t.candidate.info.name, %why, "canary aborted");
             self.end(t, "aborted", &Actor::locus(format!("canary rules: {why}")));
         }
     }
 
-    /// Ends a candidate that the fault rules gave up on.
+    /// Ends a trial whose candidate the fault rules gave up on.
     pub(crate) fn check_faults(&self, t: &Arc<Trial>) {
         if t.slot.rollbacks() > 0 {
             self.end(
@@ -756,45 +863,44 @@ impl Trials {
                 },
             };
             idle = Duration::ZERO;
-            if lock(&t.shadow).is_none() {
+            if t.shadow.load().is_none() {
                 // Ended: what is still queued is of no use.
                 break;
             }
             match msg {
-                ShadowMsg::Route { mut req, workers, live, fill } => {
-                    if let Some(fill) = fill {
-                        fill(&mut req);
-                    }
-                    self.shadow_route(t, &req, &workers, live);
+                ShadowMsg::Route(route) => self.shadow_route(t, *route),
+                ShadowMsg::Observe { done, answered } => {
+                    observe_in(&t.slot, &done, answered);
                 }
-                ShadowMsg::Observe { done, answered } => observe_in(&t.slot, &done, answered),
             }
+            self.check_faults(t);
         }
     }
 
-    fn shadow_route(&self, t: &Arc<Trial>, req: &Request, workers: &Workers, live: u64) {
-        let (index, fault) = decide(&t.slot, req, workers);
+    fn shadow_route(&self, t: &Arc<Trial>, r: ShadowRoute) {
+        let ShadowRoute { mut req, workers, live, live_fault, held, fill } = r;
+        if let Some(fill) = fill {
+            fill(&mut req);
+        }
+        let (index, fault) = decide(&t.slot, &req, &workers);
         let mine = workers.ids[index];
         let blocks = req.block_hashes.len();
-        let (held_live, held_mine) = if blocks > 0 {
-            (self.kv.leading(live, &req.block_hashes), self.kv.leading(mine, &req.block_hashes))
-        } else {
-            (0, 0)
+        let held_by = |w: u64| match &held {
+            Some(h) => workers.ids.iter().position(|&id| id == w).map_or(0, |i| h[i] as usize),
+            // Tokenized here, after the live decision: read now.
+            None => self.kv.leading(w, &req.block_hashes),
         };
-        {
-            let mut st = lock(&t.stats);
-            st.offered(workers);
-            st.compared += 1;
-            st.agreed += u64::from(mine == live);
-            st.live.decided(live, false);
-            st.candidate.decided(mine, fault.is_some());
-            if blocks > 0 {
-                st.live.score(blocks, held_live);
-                st.candidate.score(blocks, held_mine);
-            }
-        }
-        if fault.is_some() {
-            self.check_faults(t);
+        let (held_live, held_mine) =
+            if blocks > 0 { (held_by(live), held_by(mine)) } else { (0, 0) };
+        let mut d = lock(&t.decisions);
+        d.offered(&workers);
+        d.compared += 1;
+        d.agreed += u64::from(mine == live);
+        d.live.decided(live, live_fault);
+        d.candidate.decided(mine, fault.is_some());
+        if blocks > 0 {
+            d.live.score(blocks, held_live);
+            d.candidate.score(blocks, held_mine);
         }
     }
 }
@@ -848,6 +954,7 @@ mod tests {
             ("locus.window", "0"),
             ("locus.error-margin", "-1"),
             ("locus.ttft-margin", "NaN"),
+            ("locus.canery", "10"),
         ] {
             let e = take_trial_settings(&mut settings(&[(k, v)])).unwrap_err();
             assert_eq!(e.param, k, "{k}={v}");
@@ -859,18 +966,34 @@ mod tests {
         ]))
         .unwrap_err();
         assert_eq!(e.param, "locus.min-requests");
+        // A window below the default minimum names the window.
+        let e =
+            take_trial_settings(&mut settings(&[("locus.canary", "5"), ("locus.window", "10")]))
+                .unwrap_err();
+        assert_eq!(e.param, "locus.window");
+        // A rule without a trial, or two modes, is refused rather than swapped in.
+        let e = take_trial_settings(&mut settings(&[("locus.window", "50")])).unwrap_err();
+        assert_eq!(e.param, "locus.window");
+        let e =
+            take_trial_settings(&mut settings(&[("locus.canary", "5"), ("locus.shadow", "true")]))
+                .unwrap_err();
+        assert_eq!(e.param, "locus.shadow");
+        // The slot's own host setting stays with the policy's.
+        let mut s = settings(&[("locus.instances", "1"), ("locus.shadow", "1")]);
+        assert!(take_trial_settings(&mut s).unwrap().is_some());
+        assert_eq!(s, settings(&[("locus.instances", "1")]));
     }
 
     #[test]
-    fn the_routing_key_is_the_session_else_the_first_block_else_the_prompts_start() {
+    fn the_routing_key_is_the_session_else_the_prompts_first_64_bytes() {
         let mut a = Request::new(1, "x".repeat(100), 1);
         let mut b = Request::new(2, format!("{}{}", "x".repeat(64), "different tail"), 1);
         assert_eq!(routing_key(&a), routing_key(&b));
+        // Block hashes (known or not) do not move a request between sides.
+        a.block_hashes = vec![7, 8];
+        assert_eq!(routing_key(&a), routing_key(&b));
         b.prompt = "y".repeat(100);
         assert_ne!(routing_key(&a), routing_key(&b));
-        a.block_hashes = vec![7, 8];
-        b.block_hashes = vec![7, 9];
-        assert_eq!(routing_key(&a), routing_key(&b));
         a.session = Some("s1".into());
         assert_ne!(routing_key(&a), routing_key(&b));
         b.session = Some("s1".into());
@@ -881,18 +1004,31 @@ mod tests {
     }
 
     #[test]
-    fn percentiles_and_rates_read_the_window() {
-        let mut s = SideStats::default();
+    fn percentiles_and_rates_read_the_window_and_the_same_span_of_the_live_side() {
+        let mut o = Outcomes::default();
         let done = Completion::new(1, 1, Outcome::Ok);
-        for i in 1..=10u64 {
-            let sample = Sample { error: i > 8, fallback: false, ttft_us: Some(i * 1000) };
-            s.completed(sample, &done, 5);
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // Live: 10 errors long ago, then 10 good requests.
+        for i in 0..20u64 {
+            let s = Sample { at: at(i), error: i < 10, fallback: false, ttft_us: Some(1000) };
+            o.live.completed(s, &done, 100);
         }
-        assert_eq!(s.requests, 10);
-        assert_eq!(s.window.len(), 5);
-        assert_eq!(s.ttft_ms(0.9), Some(10.0));
-        assert_eq!(s.ttft_ms(0.5), Some(8.0));
-        assert_eq!(s.rate(|x| x.error), Some(0.4));
-        assert_eq!(SideStats::default().rate(|x| x.error), None);
+        // The candidate keeps its last 5, from 11 ms on.
+        for i in 1..=10u64 {
+            let s =
+                Sample { at: at(5 + i), error: i > 8, fallback: false, ttft_us: Some(i * 1000) };
+            o.candidate.completed(s, &done, 5);
+        }
+        assert_eq!((o.live.requests, o.live.errors), (20, 10));
+        assert_eq!((o.candidate.requests, o.candidate.window.len()), (10, 5));
+        let (live, candidate) = o.compared(&TrialRules::default());
+        // The live side over the candidate's span: its requests from 11 ms, none failed.
+        assert_eq!(live.len(), 9);
+        assert_eq!(rate(live.iter().copied(), |s| s.error), Some(0.0));
+        assert_eq!(rate(candidate.iter().copied(), |s| s.error), Some(0.4));
+        assert_eq!(ttft_ms(candidate.iter().copied(), 0.9), Some(10.0));
+        assert_eq!(ttft_ms(candidate.iter().copied(), 0.5), Some(8.0));
+        assert_eq!(rate(std::iter::empty::<&Sample>(), |s| s.error), None);
     }
 }

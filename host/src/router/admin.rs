@@ -16,7 +16,7 @@ use serde_json::json;
 
 use super::{BackendInfo, Gateway, Registry};
 use crate::http::{Access, AdminAuth, ApiError, actor, parse_json, require_admin, uploaded_policy};
-use crate::policy::{LoadOptions, TrialError, TrialReport, take_trial_settings};
+use crate::policy::{LoadOptions, PromoteError, TrialError, TrialReport, take_trial_settings};
 use crate::serve::limit_bodies;
 
 /// The admin routes over `gw`.
@@ -128,10 +128,13 @@ async fn trial(State(gw): State<Arc<Gateway>>) -> Response {
 
 async fn promote(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
     match gw.policy.promote(&actor(&headers)) {
-        Some((info, report)) => Json(json!({"promoted": true, "policy": info,
-                                            "trial": named(report, &gw.registry)}))
+        Ok((info, report)) => Json(json!({"promoted": true, "policy": info,
+                                          "trial": named(report, &gw.registry)}))
         .into_response(),
-        None => no_trial(),
+        Err(PromoteError::NoTrial) => no_trial(),
+        Err(e @ PromoteError::Failed(_)) => ApiError::new(StatusCode::CONFLICT, e.to_string())
+            .with_code("candidate_failed")
+            .into_response(),
     }
 }
 

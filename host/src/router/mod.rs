@@ -157,7 +157,7 @@ pub struct Gateway {
     next_id: AtomicU64,
     options: RouterOptions,
     feedback: Feedback,
-    tokens: PromptTokens,
+    tokens: Arc<PromptTokens>,
     /// Set by [`Gateway::drain`]: `/health` fails while requests in flight finish.
     draining: AtomicBool,
     /// Tells both listeners to stop accepting.
@@ -203,7 +203,7 @@ impl Gateway {
             next_id: AtomicU64::new(1),
             options,
             feedback: Feedback::default(),
-            tokens: PromptTokens::default(),
+            tokens: Arc::new(PromptTokens::default()),
             draining: AtomicBool::new(false),
             stop: tokio::sync::watch::channel(false).0,
             served: Mutex::new(Vec::new()),

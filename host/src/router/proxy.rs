@@ -11,8 +11,8 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 
-use super::Gateway;
 use super::registry::{Backend, InFlightGuard};
+use super::{Gateway, PromptTokens};
 use crate::api::{ApiError, Endpoint, Job, REQUEST_ID};
 use crate::policy::{BlockFill, Completion, Outcome, Request, Routed, Workers};
 
@@ -81,12 +81,16 @@ impl Gateway {
         let route_tokens = self.options.route_tokens;
         let mut fill: Option<BlockFill> = None;
         if self.policy.wants_blocks() {
-            (req.block_hashes, req.prompt_tokens) = self.tokens.prompt_blocks(job, route_tokens);
+            (req.block_hashes, req.prompt_tokens) =
+                self.tokens.prompt_blocks(&job.prompt, route_tokens);
         } else if route_tokens > 0 && self.policy.shadow_wants_blocks() {
-            // Only a shadow reads them: its thread tokenizes, not the request's path.
-            let (gw, job) = (self.clone(), job.clone());
+            // Only a shadow reads them: its thread tokenizes, not the request's path. It
+            // gets only the part of the prompt that is read, so that a queue of long
+            // prompts stays small.
+            let (tokens, prompt) =
+                (self.tokens.clone(), PromptTokens::routed_part(&job.prompt, route_tokens));
             fill = Some(Arc::new(move |r: &mut Request| {
-                (r.block_hashes, r.prompt_tokens) = gw.tokens.prompt_blocks(&job, route_tokens);
+                (r.block_hashes, r.prompt_tokens) = tokens.prompt_blocks(&prompt, route_tokens);
             }));
         }
         let mut candidates = self.registry.healthy();

@@ -16,7 +16,7 @@ use locus_engine::Tokenizer;
 use locus_engine::prefix::{BLOCK_TOKENS, block_hashes};
 use lru::LruCache;
 
-use crate::api::{Job, Prompt};
+use crate::api::Prompt;
 
 /// Text bytes tokenized per routed token at most: GPT-2 averages about 4 bytes per token
 /// on English, so a prompt within this budget is almost always tokenized whole.
@@ -49,16 +49,16 @@ impl Default for PromptTokens {
 }
 
 impl PromptTokens {
-    /// The block hashes of the leading `max_tokens` tokens of `job`'s prompt, and the whole
+    /// The block hashes of the leading `max_tokens` tokens of `prompt`, and the whole
     /// prompt's token count when it was all tokenized. A text longer than
     /// `max_tokens` × 8 bytes is cut at a word end before that.
-    pub fn prompt_blocks(&self, job: &Job, max_tokens: usize) -> (Vec<u64>, Option<u32>) {
+    pub fn prompt_blocks(&self, prompt: &Prompt, max_tokens: usize) -> (Vec<u64>, Option<u32>) {
         let count = |n: usize| Some(n.min(u32::MAX as usize) as u32);
         let usable = |ids: &[u32]| {
             let n = ids.len().min(max_tokens) / BLOCK_TOKENS * BLOCK_TOKENS;
             block_hashes(&ids[..n])
         };
-        match &job.prompt {
+        match prompt {
             Prompt::Ids(ids) => (usable(ids), count(ids.len())),
             Prompt::Text(_) if max_tokens == 0 => (Vec::new(), None),
             Prompt::Text(t) => {
@@ -71,6 +71,23 @@ impl PromptTokens {
                 let n = (whole && ids.len() < max_tokens).then_some(ids.len());
                 (usable(&ids), n.and_then(count))
             }
+        }
+    }
+
+    /// The part of `prompt` that [`PromptTokens::prompt_blocks`] reads for `max_tokens`,
+    /// with the same answer: a text longer than the budget keeps a few bytes past it (so
+    /// it still reads as cut, at the same word end); token ids are kept whole (their
+    /// count is the prompt's length).
+    pub fn routed_part(prompt: &Prompt, max_tokens: usize) -> Prompt {
+        match prompt {
+            Prompt::Text(t) => {
+                let mut end = t.len().min(max_tokens.saturating_mul(BYTES_PER_ROUTED_TOKEN) + 8);
+                while !t.is_char_boundary(end) {
+                    end += 1;
+                }
+                Prompt::Text(t[..end].to_string())
+            }
+            Prompt::Ids(ids) => Prompt::Ids(ids.clone()),
         }
     }
 
@@ -151,7 +168,7 @@ mod tests {
         assert_eq!(word_end_after(t, 12), t.len());
     }
 
-    fn job(text: &str) -> Job {
+    fn job(text: &str) -> crate::api::Job {
         let body = serde_json::json!({"text": text}).to_string();
         read_job(Endpoint::Generate, body.as_bytes()).expect("a valid request")
     }
@@ -170,18 +187,26 @@ mod tests {
             let want = tok.encode(text);
             // Twice: tokenized, then from the cache.
             for _ in 0..2 {
-                let (blocks, n) = p.prompt_blocks(&job(text), 100_000);
+                let (blocks, n) = p.prompt_blocks(&job(text).prompt, 100_000);
                 assert_eq!(n, Some(want.len() as u32));
                 assert_eq!(blocks, block_hashes(&want));
             }
             // Only the leading part, cut at a word end: its blocks are the worker's.
-            let (blocks, n) = p.prompt_blocks(&job(text), 64);
+            let (blocks, n) = p.prompt_blocks(&job(text).prompt, 64);
             assert_eq!(n, None);
             assert_eq!(blocks[..], block_hashes(&want)[..blocks.len()]);
             // (The second text has no word end in its first 512 bytes: nothing to route by.)
             assert!(i == 1 || blocks.len() >= 2, "{} blocks", blocks.len());
         }
-        let (blocks, n) = p.prompt_blocks(&job("short"), 0);
+        // The part kept for a shadow's thread gives the same answer as the whole prompt.
+        for text in &texts {
+            for max in [0, 3, 64, 100, 100_000] {
+                let whole = job(text).prompt;
+                let part = PromptTokens::routed_part(&whole, max);
+                assert_eq!(p.prompt_blocks(&part, max), p.prompt_blocks(&whole, max), "{max}");
+            }
+        }
+        let (blocks, n) = p.prompt_blocks(&job("short").prompt, 0);
         assert_eq!((blocks.len(), n), (0, None));
     }
 }
