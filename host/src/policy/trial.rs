@@ -912,7 +912,9 @@ fn lower_priority() {
     #[cfg(target_os = "linux")]
     // SAFETY: plain syscalls on the calling thread (Linux schedules threads one by one).
     unsafe {
-        let param = libc::sched_param { sched_priority: 0 };
+        // Zeroed: priority 0, the only one SCHED_IDLE takes (and musl's struct has more
+        // fields than glibc's).
+        let param: libc::sched_param = std::mem::zeroed();
         if libc::sched_setscheduler(libc::gettid(), libc::SCHED_IDLE, &param) != 0 {
             tracing::debug!("cannot lower the shadow thread's priority");
         }
