@@ -28,6 +28,8 @@ pub(super) struct Metrics {
     pub trial_ratio: GaugeVec,
     /// TTFT p90 per side over the canary rules' window.
     pub trial_ttft_p90: GaugeVec,
+    /// Held by a scrape while it sets and renders the gauges.
+    pub scrape: std::sync::Mutex<()>,
 }
 
 impl Metrics {
@@ -158,6 +160,7 @@ impl Metrics {
             trial_decisions,
             trial_ratio,
             trial_ttft_p90,
+            scrape: std::sync::Mutex::new(()),
         }
     }
 
