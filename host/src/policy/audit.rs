@@ -12,6 +12,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use super::slot::lock;
+use super::{PolicyInfo, unix_time};
 
 /// Entries kept in memory.
 pub const AUDIT_KEPT: usize = 256;
@@ -82,11 +83,41 @@ impl AuditLog {
         Ok(Self { recent: Mutex::new(VecDeque::new()), file: Some((path.into(), Mutex::new(f))) })
     }
 
-    /// Records `entry` (stamped now); a file that cannot be written is logged, not fatal:
-    /// the change has happened either way.
-    pub fn record(&self, mut entry: AuditEntry) {
-        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-        entry.at = (now.as_secs_f64() * 1000.0).round() / 1000.0;
+    /// The log a server was asked for: appended to `path` when there is one, else kept in
+    /// memory only.
+    pub fn open(path: Option<&Path>) -> anyhow::Result<Self> {
+        match path {
+            Some(p) => Self::to_file(p)
+                .map_err(|e| anyhow::anyhow!("cannot open the audit log {}: {e}", p.display())),
+            None => Ok(Self::memory()),
+        }
+    }
+
+    /// Records now that `event` made `to` the policy of `world` (or, for a trial, its
+    /// candidate), in place of the component `from_sha256`, asked for by `by`.
+    pub fn change(
+        &self,
+        event: &'static str,
+        world: &str,
+        to: &PolicyInfo,
+        from_sha256: Option<&str>,
+        by: &Actor,
+    ) {
+        self.record(AuditEntry {
+            at: unix_time(SystemTime::now()),
+            event,
+            world: world.into(),
+            name: to.name.clone(),
+            sha256: to.sha256.clone(),
+            from_sha256: from_sha256.map(str::to_string),
+            who: by.who.clone(),
+            why: by.why.clone(),
+        });
+    }
+
+    /// Records `entry`; a file that cannot be written is logged, not fatal: the change
+    /// has happened either way.
+    fn record(&self, entry: AuditEntry) {
         tracing::info!(event = entry.event, world = %entry.world, policy = %entry.name,
             sha256 = %entry.sha256, who = %entry.who, why = %entry.why, "audit");
         if let Some((path, file)) = &self.file {
@@ -120,17 +151,24 @@ impl Default for AuditLog {
 mod tests {
     use super::*;
 
-    fn entry(event: &'static str) -> AuditEntry {
-        AuditEntry {
-            at: 0.0,
-            event,
-            world: "router".into(),
+    fn info() -> PolicyInfo {
+        PolicyInfo {
             name: "hash".into(),
+            world: "router".into(),
             sha256: "ab".into(),
-            from_sha256: None,
-            who: "tester".into(),
-            why: "a reason, with \"quotes\"\nand a newline".into(),
+            version: "0.1.0".into(),
+            size: 1,
+            loaded_at: SystemTime::now(),
+            settings: Vec::new(),
+            faults: 0,
+            code: "compiled",
+            load_us: 0,
         }
+    }
+
+    fn record(log: &AuditLog, event: &'static str) {
+        let by = Actor::new("tester", "a reason, with \"quotes\"\nand a newline");
+        log.change(event, "router", &info(), None, &by);
     }
 
     #[test]
@@ -140,8 +178,8 @@ mod tests {
         let path = dir.join("audit.jsonl");
         let _ = std::fs::remove_file(&path);
         let log = AuditLog::to_file(&path).unwrap();
-        log.record(entry("swap"));
-        log.record(entry("abort"));
+        record(&log, "swap");
+        record(&log, "abort");
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<serde_json::Value> =
             text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -154,12 +192,12 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         // Opened again, it appends.
-        AuditLog::to_file(&path).unwrap().record(entry("promote"));
+        record(&AuditLog::to_file(&path).unwrap(), "promote");
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 3);
         std::fs::remove_dir_all(&dir).unwrap();
         let mem = AuditLog::memory();
         for _ in 0..AUDIT_KEPT + 5 {
-            mem.record(entry("swap"));
+            record(&mem, "swap");
         }
         assert_eq!(mem.recent().len(), AUDIT_KEPT);
     }

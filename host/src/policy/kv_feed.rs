@@ -60,6 +60,13 @@ struct State {
     logged: usize,
 }
 
+impl State {
+    fn leading(&self, worker: u64, blocks: &[u64]) -> usize {
+        let Some(set) = self.sets.get(&worker) else { return 0 };
+        blocks.iter().take_while(|b| set.contains_key(b)).count()
+    }
+}
+
 /// Per-worker block sets and the event log, shared by the gateway (which applies what the
 /// workers publish) and the routing policy slot (which feeds its instances).
 #[derive(Default)]
@@ -127,21 +134,13 @@ impl KvFeed {
     /// How many of `blocks` (a prompt's block hashes, in order) `worker` holds from the
     /// first on: the prefix it would reuse, as far as the router knows.
     pub fn leading(&self, worker: u64, blocks: &[u64]) -> usize {
-        let st = lock(&self.state);
-        let Some(set) = st.sets.get(&worker) else { return 0 };
-        blocks.iter().take_while(|b| set.contains_key(b)).count()
+        lock(&self.state).leading(worker, blocks)
     }
 
     /// [`KvFeed::leading`] for each of `workers`, under one lock.
     pub fn leading_each(&self, workers: &[u64], blocks: &[u64]) -> Vec<u32> {
         let st = lock(&self.state);
-        workers
-            .iter()
-            .map(|w| match st.sets.get(w) {
-                Some(set) => blocks.iter().take_while(|b| set.contains_key(b)).count() as u32,
-                None => 0,
-            })
-            .collect()
+        workers.iter().map(|&w| st.leading(w, blocks) as u32).collect()
     }
 
     /// Blocks known, over all workers.

@@ -284,6 +284,11 @@ pub struct PolicyInfo {
 }
 
 fn unix_seconds<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(unix_time(*t))
+}
+
+/// `t` as Unix seconds to the millisecond, as the admin APIs show times.
+pub(crate) fn unix_time(t: SystemTime) -> f64 {
     let secs = t.duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
-    s.serialize_f64((secs * 1000.0).round() / 1000.0)
+    (secs * 1000.0).round() / 1000.0
 }

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use wasmtime::Store;
 use wasmtime::component::InstancePre;
 
-use super::audit::{Actor, AuditEntry, AuditLog};
+use super::audit::{Actor, AuditLog};
 use super::kv_feed::{KvFeed, Missed};
 use super::sandbox::{Limits, State};
 use super::slot::{FaultPolicy, Feed, Slot, Version, World, lock};
@@ -393,8 +393,8 @@ pub(crate) fn observe_in(
     slot: &Slot<RouterWorld>,
     done: &Completion,
     answered: bool,
-) -> ((), Option<Fault>) {
-    slot.call(|b, store| b.observe(store, done, answered).map(Ok), || ())
+) -> Option<Fault> {
+    slot.call(|b, store| b.observe(store, done, answered).map(Ok), || ()).1
 }
 
 /// Why a candidate cannot be tried.
@@ -456,16 +456,7 @@ impl RouterPolicy {
         from: Option<&PolicyInfo>,
         by: &Actor,
     ) {
-        self.trials.audit.record(AuditEntry {
-            at: 0.0,
-            event,
-            world: "router".into(),
-            name: to.name.clone(),
-            sha256: to.sha256.clone(),
-            from_sha256: from.map(|f| f.sha256.clone()),
-            who: by.who.clone(),
-            why: by.why.clone(),
-        });
+        self.trials.audit.change(event, "router", to, from.map(|f| f.sha256.as_str()), by);
     }
 
     /// The audit log.
@@ -480,8 +471,8 @@ impl RouterPolicy {
     }
 
     /// Whether requests must carry block hashes when routed: the serving policy reads them
-    /// (it implements 0.2.0), or a canary runs (its candidate may read them, its split
-    /// does), so that the router tokenizes prompts only when they are used.
+    /// (it implements 0.2.0), or a canary runs (its candidate may read them), so that the
+    /// router tokenizes prompts only when they are used.
     pub fn wants_blocks(&self) -> bool {
         self.slot.serves_version("0.2.0")
             || self.trials.current().as_ref().is_some_and(|t| t.mode != TrialMode::Shadow)
@@ -548,15 +539,9 @@ impl RouterPolicy {
         rules: TrialRules,
         by: &Actor,
     ) -> Result<TrialReport, TrialError> {
-        let running = |t: &Trial| {
-            TrialRunning(match t.mode {
-                TrialMode::Shadow => "shadow",
-                TrialMode::Canary { .. } => "canary",
-            })
-        };
         // Refused before the compile when it can be; checked again once loaded.
         if let Some(t) = &*self.trials.current() {
-            return Err(running(t).into());
+            return Err(TrialRunning(t.mode.name()).into());
         }
         let slot = Slot::new(load(source, opts)?, self.faults);
         slot.set_feed(Box::new(KvEvents(self.kv.clone())));
@@ -571,9 +556,9 @@ impl RouterPolicy {
         let _one_change = lock(&self.changing);
         let t = self.trials.current().clone().ok_or(PromoteError::NoTrial)?;
         if t.slot.rollbacks() > 0 || t.candidate.given_up() {
-            self.trials.check_faults(&t);
-            let why = "the fault rules gave up on the candidate";
-            let report = self.trials.end(&t, "aborted", &Actor::locus(why)).or(self.trial());
+            let why = Actor::locus("fault rules: the candidate was given up on");
+            // Ended here, or a moment ago by the rules themselves.
+            let report = self.trials.end(&t, "aborted", &why).or_else(|| self.trial());
             return Err(PromoteError::Failed(Box::new(report)));
         }
         let report = self.trials.end(&t, "promoted", by).ok_or(PromoteError::NoTrial)?;
@@ -633,7 +618,7 @@ impl RouterPolicy {
         };
         if t.takes(req) {
             let (index, fault) = decide(&t.slot, req, workers);
-            self.trials.decided(t, Side::Candidate, workers, workers.ids[index], fault.is_some());
+            t.decided(Side::Candidate, workers, workers.ids[index], fault.is_some());
             if fault.is_some() {
                 self.trials.check_faults(t);
             }
@@ -644,7 +629,7 @@ impl RouterPolicy {
         match t.mode {
             TrialMode::Shadow => self.trials.to_shadow(t, req, workers, chosen, fill),
             TrialMode::Canary { .. } => {
-                self.trials.decided(t, Side::Live, workers, chosen.0, chosen.1);
+                t.decided(Side::Live, workers, chosen.0, chosen.1);
             }
         }
         if fault.is_some() {
@@ -658,7 +643,7 @@ impl RouterPolicy {
     /// hears only of answered ones, as it always did. A trial's candidate is told too, and
     /// an answered attempt counts for the side that `routed` it, if that trial still runs.
     pub fn observe(&self, done: &Completion, answered: bool, routed: Routed) {
-        let (_, fault) = observe_in(&self.slot, done, answered);
+        let fault = observe_in(&self.slot, done, answered);
         if let Some(t) = &*self.trials.current() {
             self.trials.observe(t, done, answered);
             if answered && routed.trial == t.id {

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::InstancePre;
 use wasmtime::{Store, Trap};
 
-use super::audit::{AuditEntry, AuditLog, SELF_ACTOR};
+use super::audit::{Actor, AuditLog};
 use super::compiled_cache::Origin;
 use super::sandbox::{Limits, Runtime, State};
 use super::{Fault, LoadError, LoadOptions, LoadStep, PolicyInfo, PolicySource};
@@ -463,19 +463,11 @@ impl<W: World> Slot<W> {
                 );
                 let to = self.rollback_locked();
                 if let Some(audit) = self.audit.get() {
-                    audit.record(AuditEntry {
-                        at: 0.0,
-                        event: "rollback",
-                        world: W::NAME.into(),
-                        name: to.name,
-                        sha256: to.sha256,
-                        from_sha256: Some(version.info.sha256.clone()),
-                        who: SELF_ACTOR.into(),
-                        why: format!(
-                            "fault rules: {} faults within {:?} (last: {fault})",
-                            self.faults.max_faults, self.faults.window
-                        ),
-                    });
+                    let by = Actor::locus(format!(
+                        "fault rules: {} faults within {:?} (last: {fault})",
+                        self.faults.max_faults, self.faults.window
+                    ));
+                    audit.change("rollback", W::NAME, &to, Some(&version.info.sha256), &by);
                 }
             }
         }

@@ -24,11 +24,11 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwapOption;
 use serde::Serialize;
 
-use super::audit::{Actor, AuditEntry, AuditLog};
+use super::audit::{Actor, AuditLog};
 use super::kv_feed::KvFeed;
 use super::router::{RouterWorld, decide, observe_in};
 use super::slot::{Slot, Version, lock};
-use super::{Completion, Outcome, PolicyInfo, Request, Workers};
+use super::{Completion, Outcome, PolicyInfo, Request, Workers, unix_time};
 
 /// Route calls queued for a shadow; past this the shadow skips (and counts) them rather
 /// than hold a request up.
@@ -52,6 +52,16 @@ pub enum TrialMode {
         /// Share of requests, in (0, 100].
         percent: f64,
     },
+}
+
+impl TrialMode {
+    /// `shadow` or `canary`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Shadow => "shadow",
+            Self::Canary { .. } => "canary",
+        }
+    }
 }
 
 /// Which policy routed a request.
@@ -482,6 +492,13 @@ pub(crate) struct Trial {
 }
 
 impl Trial {
+    /// Records a decision a canary trial's side made.
+    pub(crate) fn decided(&self, side: Side, workers: &Workers, worker: u64, fallback: bool) {
+        let mut d = lock(&self.decisions);
+        d.offered(workers);
+        d.side(side).decided(worker, fallback);
+    }
+
     /// Ends the shadow's thread (it sees its queue closed).
     pub(crate) fn shadow_stop(&self) {
         self.shadow.store(None);
@@ -510,9 +527,6 @@ impl Trial {
     }
 
     fn report(&self) -> TrialReport {
-        let unix = |t: SystemTime| {
-            t.duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
-        };
         let d = lock(&self.decisions);
         let o = lock(&self.outcomes);
         let (live_window, candidate_window) = o.compared(&self.rules);
@@ -521,7 +535,7 @@ impl Trial {
             rules: self.rules,
             live_policy: self.live_policy.clone(),
             candidate_policy: self.candidate.info.clone(),
-            started_at: (unix(self.started_at) * 1000.0).round() / 1000.0,
+            started_at: unix_time(self.started_at),
             running_s: self.started.elapsed().as_secs_f64(),
             compared: d.compared,
             agreement: (d.compared > 0).then(|| d.agreed as f64 / d.compared as f64),
@@ -646,7 +660,7 @@ impl Trials {
         actor: &Actor,
     ) -> Result<TrialReport, TrialRunning> {
         if let Some(t) = &*self.current.load() {
-            return Err(TrialRunning(mode_name(t.mode)));
+            return Err(TrialRunning(t.mode.name()));
         }
         let candidate = slot.current();
         let trial = Arc::new(Trial {
@@ -674,23 +688,15 @@ impl Trials {
                 .expect("a thread can be spawned");
         }
         self.current.store(Some(trial.clone()));
-        let c = &candidate.info;
-        self.audit.record(AuditEntry {
-            at: 0.0,
-            event: mode_name(mode),
-            world: "router".into(),
-            name: c.name.clone(),
-            sha256: c.sha256.clone(),
-            from_sha256: Some(live.sha256),
-            who: actor.who.clone(),
-            why: match mode {
-                TrialMode::Canary { percent } if actor.why.is_empty() => {
-                    format!("{percent}% of requests")
-                }
-                TrialMode::Canary { percent } => format!("{percent}% of requests: {}", actor.why),
-                TrialMode::Shadow => actor.why.clone(),
-            },
-        });
+        let why = match mode {
+            TrialMode::Canary { percent } if actor.why.is_empty() => {
+                format!("{percent}% of requests")
+            }
+            TrialMode::Canary { percent } => format!("{percent}% of requests: {}", actor.why),
+            TrialMode::Shadow => actor.why.clone(),
+        };
+        let by = Actor::new(actor.who.clone(), why);
+        self.audit.change(mode.name(), "router", &candidate.info, Some(&live.sha256), &by);
         Ok(trial.report())
     }
 
@@ -707,31 +713,24 @@ impl Trials {
             return None;
         }
         let mut report = trial.report();
-        let at = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
         report.ended = Some(TrialEnd {
             how,
             who: actor.who.clone(),
             why: actor.why.clone(),
-            at: (at.as_secs_f64() * 1000.0).round() / 1000.0,
+            at: unix_time(SystemTime::now()),
         });
         // Kept before the trial stops being current, so a report is never missing.
         *lock(&self.last) = Some(report.clone());
         self.current.store(None);
         trial.shadow.store(None);
-        let c = &report.candidate_policy;
-        self.audit.record(AuditEntry {
-            at: 0.0,
-            event: if how == "promoted" { "promote" } else { "abort" },
-            world: "router".into(),
-            name: c.name.clone(),
-            sha256: c.sha256.clone(),
-            from_sha256: Some(report.live_policy.sha256.clone()),
-            who: actor.who.clone(),
-            why: match actor.why.as_str() {
-                "" => format!("{} {how}", mode_name(trial.mode)),
-                why => format!("{} {how}: {why}", mode_name(trial.mode)),
-            },
-        });
+        let mode = trial.mode.name();
+        let why = match actor.why.as_str() {
+            "" => format!("{mode} {how}"),
+            why => format!("{mode} {how}: {why}"),
+        };
+        let event = if how == "promoted" { "promote" } else { "abort" };
+        let (to, from) = (&report.candidate_policy, &report.live_policy.sha256);
+        self.audit.change(event, "router", to, Some(from), &Actor::new(actor.who.clone(), why));
         Some(report)
     }
 
@@ -741,20 +740,6 @@ impl Trials {
             Some(t) => Some(t.report()),
             None => lock(&self.last).clone(),
         }
-    }
-
-    /// Records a decision a canary trial's side made.
-    pub(crate) fn decided(
-        &self,
-        t: &Trial,
-        side: Side,
-        workers: &Workers,
-        worker: u64,
-        fallback: bool,
-    ) {
-        let mut d = lock(&t.decisions);
-        d.offered(workers);
-        d.side(side).decided(worker, fallback);
     }
 
     /// Hands a live decision to the shadow; never waits. The blocks each worker holds are
@@ -918,13 +903,6 @@ fn lower_priority() {
         if libc::sched_setscheduler(libc::gettid(), libc::SCHED_IDLE, &param) != 0 {
             tracing::debug!("cannot lower the shadow thread's priority");
         }
-    }
-}
-
-fn mode_name(m: TrialMode) -> &'static str {
-    match m {
-        TrialMode::Shadow => "shadow",
-        TrialMode::Canary { .. } => "canary",
     }
 }
 

@@ -99,12 +99,9 @@ async fn rollback(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Respons
 }
 
 fn no_trial() -> Response {
-    ApiError::new(
-        StatusCode::CONFLICT,
-        "no trial is running: start one with locus.shadow or locus.canary",
-    )
-    .with_code("no_trial")
-    .into_response()
+    ApiError::new(StatusCode::CONFLICT, PromoteError::NoTrial.to_string())
+        .with_code("no_trial")
+        .into_response()
 }
 
 /// A report with worker ids replaced by the workers' URLs where the router knows them.

@@ -171,12 +171,8 @@ impl Metrics {
         self.trial_ratio.reset();
         self.trial_ttft_p90.reset();
         let Some(r) = report else { return };
-        let mode = match r.mode {
-            crate::policy::TrialMode::Shadow => "shadow",
-            crate::policy::TrialMode::Canary { .. } => "canary",
-        };
         let c = &r.candidate_policy;
-        self.trial_info.with_label_values(&[mode, &c.name, &c.sha256]).set(1);
+        self.trial_info.with_label_values(&[r.mode.name(), &c.name, &c.sha256]).set(1);
         if let Some(a) = r.agreement {
             self.trial_ratio.with_label_values(&["candidate", "agreement"]).set(a);
         }

@@ -170,12 +170,7 @@ impl Gateway {
     /// Loads the policy and sets up the workers (all assumed up until a check fails).
     pub fn new(options: RouterOptions) -> anyhow::Result<Arc<Self>> {
         let opts = LoadOptions::with_settings(options.settings.clone());
-        let audit = match &options.audit_log {
-            Some(path) => AuditLog::to_file(path).map_err(|e| {
-                anyhow::anyhow!("cannot open the audit log {}: {e}", path.display())
-            })?,
-            None => AuditLog::memory(),
-        };
+        let audit = AuditLog::open(options.audit_log.as_deref())?;
         let policy =
             RouterPolicy::load_audited(&options.policy, &opts, options.faults, Arc::new(audit))?;
         let registry = Registry::new(

@@ -9,8 +9,8 @@ use locus_engine::Engine;
 
 use super::responses::{Cached, ResponseCache};
 use crate::policy::{
-    Actor, AuditEntry, AuditLog, CachePolicy, Entry, EntryKind, FaultPolicy, LoadError,
-    LoadOptions, PolicyInfo, PolicySource,
+    Actor, AuditLog, CachePolicy, Entry, EntryKind, FaultPolicy, LoadError, LoadOptions,
+    PolicyInfo, PolicySource,
 };
 
 /// Both cache levels of a worker.
@@ -72,17 +72,8 @@ impl Caches {
 
     /// Records a change of both levels' policy (now serving) in the audit log.
     fn record(&self, event: &'static str, from: Option<&PolicyInfo>, by: &Actor) {
-        let to = self.prefix.info();
-        self.audit.record(AuditEntry {
-            at: 0.0,
-            event,
-            world: "cache".into(),
-            name: to.name,
-            sha256: to.sha256,
-            from_sha256: from.map(|f| f.sha256.clone()),
-            who: by.who.clone(),
-            why: by.why.clone(),
-        });
+        let from = from.map(|f| f.sha256.as_str());
+        self.audit.change(event, "cache", &self.prefix.info(), from, by);
     }
 
     /// The audit log of this worker's cache policy.

@@ -108,12 +108,7 @@ impl Worker {
     /// A worker serving `engine`. It becomes the engine's KV listener (replacing any worker
     /// built on it before) and, inside a Tokio runtime, starts sampling its token rate.
     pub fn new(engine: Arc<Engine>, options: WorkerOptions) -> anyhow::Result<Arc<Self>> {
-        let audit = match &options.audit_log {
-            Some(path) => crate::policy::AuditLog::to_file(path).map_err(|e| {
-                anyhow::anyhow!("cannot open the audit log {}: {e}", path.display())
-            })?,
-            None => crate::policy::AuditLog::memory(),
-        };
+        let audit = crate::policy::AuditLog::open(options.audit_log.as_deref())?;
         let caches = Caches::new(
             engine.clone(),
             &options.cache_policy,
