@@ -11,15 +11,12 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::mpsc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
+use locus::clock::unix_micros;
 use locus::cluster::{self, ClusterOptions};
 use serde_json::{Value, json};
-
-fn now_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
-}
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
@@ -80,7 +77,7 @@ async fn main() -> anyhow::Result<()> {
                     Err(mpsc::TryRecvError::Disconnected) => return (lags, pending.len()),
                 }
             }
-            let now = now_us();
+            let now = unix_micros(SystemTime::now());
             pending.retain(|(w, h), ts| {
                 let known = kv.holds(*w, *h);
                 if known {

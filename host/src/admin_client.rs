@@ -5,8 +5,9 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::api::ErrorBody;
+use crate::api::admin::{AuditAnswer, TrialAnswer};
 use crate::http::{ACTOR_HEADER, REASON_HEADER};
-use crate::policy::PolicySource;
+use locus_policy::{AuditEntry, PolicySource, TrialReport};
 
 /// Talks to a router's admin listener and to workers' admin endpoints.
 #[derive(Clone)]
@@ -127,6 +128,18 @@ impl AdminClient {
     pub async fn get(&self, admin: &str, path: &str) -> anyhow::Result<Value> {
         let url = format!("{}{path}", admin.trim_end_matches('/'));
         self.send(self.http.get(&url), &format!("GET {url}")).await
+    }
+
+    /// The running trial of the router at `admin`, else its last one.
+    pub async fn trial(&self, admin: &str) -> anyhow::Result<Option<TrialReport>> {
+        let v = self.get(admin, "/admin/policy/trial").await?;
+        Ok(serde_json::from_value::<TrialAnswer>(v).context("reading the trial report")?.trial)
+    }
+
+    /// The audit log kept by the router (or worker) at `admin`, oldest first.
+    pub async fn audit(&self, admin: &str) -> anyhow::Result<Vec<AuditEntry>> {
+        let v = self.get(admin, "/admin/audit").await?;
+        Ok(serde_json::from_value::<AuditAnswer>(v).context("reading the audit log")?.entries)
     }
 
     /// The workers of the router whose admin listener is `admin`.

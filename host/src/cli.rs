@@ -6,11 +6,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use locus::policy::{self, FaultPolicy, PolicySource};
 use locus::router::RouterOptions;
 use locus::serve::ServeLimits;
 use locus::worker::WorkerOptions;
 use locus_engine::{EngineOptions, Limits, ModelSource};
+use locus_policy::{self as policy, FaultPolicy, PolicySource};
 
 /// locus: a cache-aware LLM inference router whose routing and cache policies are
 /// WebAssembly components, swapped at run time.

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use locus_engine::{Engine, EngineOptions, ModelSource};
 
-use crate::policy::PolicySource;
 use crate::router::{self, Gateway, RouterOptions};
 use crate::worker::{self, WorkerHandle, WorkerOptions};
+use locus_policy::PolicySource;
 
 /// How the local cluster is set up.
 #[derive(Debug, Clone)]

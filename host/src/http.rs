@@ -10,7 +10,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::api::REQUEST_ID;
-use crate::policy::{Actor, LoadError, PolicySource};
+use locus_policy::{Actor, LoadError, PolicySource};
 
 pub use crate::api::{ApiError, parse_json};
 

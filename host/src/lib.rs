@@ -5,14 +5,11 @@
 pub mod admin_client;
 pub mod api;
 pub mod bench;
+pub mod clock;
 pub mod cluster;
 pub mod http;
-pub mod policy;
 pub mod router;
 pub mod serve;
 pub mod worker;
 
-/// The policy guests built from source by `build.rs`.
-pub mod guests {
-    include!(concat!(env!("OUT_DIR"), "/guests.rs"));
-}
+pub use locus_policy::guests;

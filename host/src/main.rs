@@ -9,9 +9,9 @@ use clap::Parser;
 use cli::{BenchArgs, Cli, Command, PolicyCommand, ProbeArgs, SwapArgs};
 use locus::admin_client::AdminClient;
 use locus::cluster::{self, ClusterOptions};
-use locus::policy::{self, LoadOptions, PolicySource};
 use locus::router;
 use locus::worker;
+use locus_policy::{self as policy, LoadOptions, PolicySource};
 
 #[cfg(target_env = "musl")]
 #[global_allocator]
@@ -83,33 +83,30 @@ async fn policy_report(
     audit: usize,
 ) -> anyhow::Result<()> {
     let client = AdminClient::new(token);
-    let v = client.get(admin, "/admin/policy/trial").await?;
     if json {
+        let v = client.get(admin, "/admin/policy/trial").await?;
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    match v.get("trial").filter(|t| !t.is_null()) {
-        Some(t) => print!("{}", policy::render_trial(t)),
+    match client.trial(admin).await? {
+        Some(t) => print!("{}", policy::render_trial(&t)),
         None => println!(
             "no trial has run on this router (start one with `locus swap --shadow` or `--canary`)"
         ),
     }
     if audit > 0 {
-        let entries = client.get(admin, "/admin/audit").await?;
-        let entries = entries["entries"].as_array().cloned().unwrap_or_default();
+        let entries = client.audit(admin).await?;
         println!("\naudit log (last {} of {}):", audit.min(entries.len()), entries.len());
         for e in entries.iter().rev().take(audit).rev() {
-            let sha = e["sha256"].as_str().unwrap_or("");
-            let at = std::time::UNIX_EPOCH
-                + std::time::Duration::from_secs_f64(e["at"].as_f64().unwrap_or(0.0).max(0.0));
+            let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(e.at.max(0.0));
             println!(
                 "  {}  {:<8} {:<24} {:<12} by {:<20} {}",
                 httpdate::fmt_http_date(at),
-                e["event"].as_str().unwrap_or(""),
-                e["name"].as_str().unwrap_or(""),
-                &sha[..sha.len().min(12)],
-                e["who"].as_str().unwrap_or(""),
-                e["why"].as_str().unwrap_or(""),
+                e.event.name(),
+                e.name,
+                &e.sha256[..e.sha256.len().min(12)],
+                e.who,
+                e.why,
             );
         }
     }

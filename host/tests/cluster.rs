@@ -22,7 +22,7 @@ async fn start(workers: usize, policy: &str) -> Cluster {
     o.engine.prefix_cache_bytes = 64 << 20;
     o.worker.admin_token = Some(TOKEN.into());
     o.router.admin_token = Some(TOKEN.into());
-    o.router.policy = locus::policy::PolicySource::parse(policy).unwrap();
+    o.router.policy = locus_policy::PolicySource::parse(policy).unwrap();
     o.router.health_interval = Duration::from_millis(100);
     cluster::start(o).await.expect("cluster starts")
 }
@@ -129,7 +129,7 @@ async fn admin_needs_the_token_and_rejects_bad_modules_keeping_the_old_policy() 
     let msg = body["error"]["message"].as_str().unwrap();
     assert!(msg.contains("compile") && msg.contains("not a WebAssembly component"), "{msg}");
 
-    let lru = locus::policy::PolicySource::Builtin("lru").bytes().unwrap();
+    let lru = locus_policy::PolicySource::Builtin("lru").bytes().unwrap();
     let r = http.put(&admin).bearer_auth(TOKEN).body(lru).send().await.unwrap();
     assert_eq!(r.status(), 400);
     let body: Value = r.json().await.unwrap();
@@ -332,7 +332,7 @@ async fn overload_beyond_max_queue_gets_429_with_retry_after() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_swaps_the_policy_when_its_file_changes_and_ignores_a_bad_file() {
-    use locus::policy::PolicySource;
+    use locus_policy::PolicySource;
     let dir = std::env::temp_dir().join(format!("locus-watch-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("policy.wasm");

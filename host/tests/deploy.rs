@@ -348,7 +348,7 @@ async fn a_worker_past_its_grace_period_exits_anyway() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_policy_mounted_from_a_configmap_is_swapped_when_kubernetes_updates_it() {
-    use locus::policy::PolicySource;
+    use locus_policy::PolicySource;
     use std::os::unix::fs::symlink;
     // What the kubelet's atomic writer makes of a ConfigMap volume: the file is a symlink
     // through `..data`, itself a symlink to a timestamped directory; an update writes a
@@ -376,8 +376,8 @@ async fn a_policy_mounted_from_a_configmap_is_swapped_when_kubernetes_updates_it
     symlink("..2026_11_26_b", dir.join("..data_tmp")).unwrap();
     std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
     until("the updated ConfigMap's policy serves", || gw.policy().info().sha256 != before).await;
-    let opts = locus::policy::LoadOptions::with_settings(Vec::new());
-    let random = locus::policy::inspect(&PolicySource::Builtin("random"), &opts);
+    let opts = locus_policy::LoadOptions::with_settings(Vec::new());
+    let random = locus_policy::inspect(&PolicySource::Builtin("random"), &opts);
     assert_eq!(gw.policy().info().sha256, random.sha256, "the new version serves");
     std::fs::remove_dir_all(&dir).ok();
 }

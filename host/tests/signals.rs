@@ -6,10 +6,10 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use locus::cluster::{self, Cluster, ClusterOptions};
-use locus::policy::{Completion, Outcome, PolicySource, Request};
 use locus::worker::{self, WorkerOptions};
 use locus_engine::Tokenizer;
 use locus_engine::prefix::block_hashes;
+use locus_policy::{Completion, Outcome, PolicySource, Request};
 use serde_json::{Value, json};
 
 const TOKEN: &str = "signals-token";
@@ -51,9 +51,9 @@ async fn until(what: &str, mut done: impl FnMut() -> bool) {
 fn ask(c: &Cluster, session: &str) -> String {
     let mut req = Request::new(0, "probe", 1);
     req.session = Some(session.into());
-    let ws = locus::policy::workers(c.worker_addrs.iter().enumerate().map(|(i, _)| (i as u64, 0)));
-    match c.gateway.policy().route(&req, &ws).expect("workers").fault {
-        Some(locus::policy::Fault::Error(msg)) => msg,
+    let ws = locus_policy::workers(c.worker_addrs.iter().enumerate().map(|(i, _)| (i as u64, 0)));
+    match c.gateway.policy().route(&mut locus_policy::Ask::new(req), &ws).expect("workers").fault {
+        Some(locus_policy::Fault::Error(msg)) => msg,
         other => panic!("the probe answered {other:?}"),
     }
 }

@@ -7,8 +7,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use locus::api::signals::{KvEvent, KvEventKind, LoadReport};
 use locus::cluster;
-use locus::worker::{self, KvEvent, KvEventKind, LoadReport, WorkerHandle, WorkerOptions};
+use locus::worker::{self, WorkerHandle, WorkerOptions};
 use locus_engine::prefix::{BLOCK_TOKENS, block_bytes, block_hashes};
 use locus_engine::{Engine, EngineOptions, ModelSource, Tokenizer};
 use serde_json::{Value, json};

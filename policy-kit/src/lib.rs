@@ -1,6 +1,7 @@
 //! What locus's policy components (`guest-router/*`) and the host's native routing fallback
-//! share: one 64-bit mix, the hasher and rendezvous weight built on it, and the seeding of a
-//! policy's random choices. Not a policy itself; plain Rust, built for the host and for
+//! share: one 64-bit mix, the hasher and rendezvous weight built on it, rendezvous over a
+//! prompt's leading characters (the `hash` policy), and the seeding of a policy's random
+//! choices. Not a policy itself; plain Rust, built for the host and for
 //! `wasm32-wasip2` alike, so that the `hash` guest and the fallback that stands in for it
 //! cannot drift apart.
 
@@ -54,6 +55,29 @@ impl<N: Hash> NodeHasher<N> for MixNodeHasher {
         node.hash(&mut h);
         h.finish()
     }
+}
+
+/// The leading `n` characters of `prompt` (all of it if shorter).
+pub fn prefix(prompt: &str, n: usize) -> &str {
+    prompt.char_indices().nth(n).map_or(prompt, |(i, _)| &prompt[..i])
+}
+
+/// Index of the worker (by id) with the highest rendezvous weight for `key`; ties go to
+/// the lowest index. `None` when there is no worker. The `hash` policy and the host's
+/// native fallback both decide with this.
+pub fn rendezvous(key: &str, workers: impl IntoIterator<Item = u64>) -> Option<usize> {
+    let mut h = Mix64::default();
+    key.hash(&mut h);
+    let key = h.finish();
+    let mut best: Option<(u64, usize)> = None;
+    for (i, id) in workers.into_iter().enumerate() {
+        let w = MixNodeHasher.hash(&id, &key);
+        // Strictly greater: ties go to the lowest index.
+        if best.is_none_or(|(bw, _)| w > bw) {
+            best = Some((w, i));
+        }
+    }
+    best.map(|(_, i)| i)
 }
 
 /// A policy instance's generator: from `seed` when given (reproducible runs), mixed with
@@ -113,6 +137,23 @@ mod tests {
         let mut h = Mix64::default();
         h.write(&[1, 0, 0, 0, 0, 0, 0, 0, 2]);
         assert_eq!(h.finish(), mix(mix(1) ^ 2));
+    }
+
+    #[test]
+    fn prefix_counts_characters_not_bytes() {
+        assert_eq!(prefix("héllo wörld", 4), "héll");
+        assert_eq!(prefix("short", 20), "short");
+        assert_eq!(prefix("", 3), "");
+    }
+
+    #[test]
+    fn keys_spread_over_all_workers_and_empty_lists_choose_none() {
+        let mut counts = [0u32; 4];
+        for k in 0..4000 {
+            counts[rendezvous(&format!("key {k}"), [10, 20, 30, 40]).unwrap()] += 1;
+        }
+        assert!(counts.iter().all(|c| (850..1150).contains(c)), "{counts:?}");
+        assert_eq!(rendezvous("k", []), None);
     }
 
     #[test]

@@ -8,10 +8,8 @@
 #![allow(clippy::too_many_arguments)]
 
 use std::cell::Cell;
-use std::hash::{Hash, Hasher};
 
-use locus_policy_kit::{Mix64, MixNodeHasher};
-use rendezvous_hash::NodeHasher;
+use locus_policy_kit::{prefix, rendezvous};
 
 wit_bindgen::generate!({ world: "router", path: "../../wit/0.1.0" });
 
@@ -20,26 +18,6 @@ pub const DEFAULT_PREFIX_CHARS: usize = 20;
 
 thread_local! {
     static PREFIX_CHARS: Cell<usize> = const { Cell::new(DEFAULT_PREFIX_CHARS) };
-}
-
-/// The leading `n` characters of `prompt` (all of it if shorter).
-pub fn prefix(prompt: &str, n: usize) -> &str {
-    prompt.char_indices().nth(n).map_or(prompt, |(i, _)| &prompt[..i])
-}
-
-/// Index of the worker (by id) with the highest rendezvous weight for `key`.
-pub fn choose(key: &str, workers: impl IntoIterator<Item = u64>) -> Option<u32> {
-    let mut h = Mix64::default();
-    key.hash(&mut h);
-    let key = h.finish();
-    let mut best: Option<(u64, u32)> = None;
-    for (i, id) in workers.into_iter().enumerate() {
-        let w = MixNodeHasher.hash(&id, &key);
-        if best.is_none_or(|(bw, _)| w > bw) {
-            best = Some((w, i as u32));
-        }
-    }
-    best.map(|(_, i)| i)
 }
 
 struct Hash_;
@@ -63,7 +41,8 @@ impl Guest for Hash_ {
 
     fn route(req: Request, workers: Workers) -> Result<u32, String> {
         let key = prefix(&req.prompt, PREFIX_CHARS.get());
-        choose(key, workers.ids.iter().copied())
+        rendezvous(key, workers.ids.iter().copied())
+            .map(|i| i as u32)
             .ok_or_else(|| "no worker to choose from".to_string())
     }
 
@@ -71,25 +50,3 @@ impl Guest for Hash_ {
 }
 
 export!(Hash_);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn prefix_counts_characters_not_bytes() {
-        assert_eq!(prefix("héllo wörld", 4), "héll");
-        assert_eq!(prefix("short", 20), "short");
-        assert_eq!(prefix("", 3), "");
-    }
-
-    #[test]
-    fn keys_spread_over_all_workers_and_empty_lists_choose_none() {
-        let mut counts = [0u32; 4];
-        for k in 0..4000 {
-            counts[choose(&format!("key {k}"), [10, 20, 30, 40]).unwrap() as usize] += 1;
-        }
-        assert!(counts.iter().all(|c| (850..1150).contains(c)), "{counts:?}");
-        assert_eq!(choose("k", []), None);
-    }
-}

@@ -1,15 +1,18 @@
 //! The wire types of both servers, shared by worker, router and bench: SGLang's
 //! `/generate`, OpenAI's `/v1/completions` and `/v1/chat/completions`, the one error
-//! shape, and how a body is read. One rule for fields: unknown ones are accepted and
+//! shape, how a body is read, the admin answers clients read back, and what workers tell
+//! routers (load and KV events). Imports no server code. One rule for fields: unknown ones are accepted and
 //! ignored, as the field's servers do; one that would change the answer and that locus
 //! cannot honour is refused with 400 naming it.
 
+pub mod admin;
 pub mod chat;
 mod error;
 mod job;
 pub mod openai;
 mod parse;
 pub mod sglang;
+pub mod signals;
 
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use job::{Endpoint, Job, MAX_STOP_BYTES, MAX_STOPS, OneOrMany, Prompt};

@@ -264,7 +264,7 @@ pub fn policy_with_settings(spec: &str) -> anyhow::Result<(&str, Vec<(String, St
         Some((name, rest)) if rest.contains('=') => {
             let settings = rest
                 .split(':')
-                .map(|kv| crate::policy::parse_setting(kv).map_err(anyhow::Error::from))
+                .map(|kv| locus_policy::parse_setting(kv).map_err(anyhow::Error::from))
                 .collect::<anyhow::Result<_>>()
                 .with_context(|| format!("the settings of `{spec}`"))?;
             Ok((name, settings))

@@ -15,9 +15,10 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{BackendInfo, Gateway, Registry};
+use crate::api::admin::{AuditAnswer, TrialAnswer};
 use crate::http::{Access, AdminAuth, ApiError, actor, parse_json, require_admin, uploaded_policy};
-use crate::policy::{LoadOptions, PromoteError, TrialError, TrialReport, take_trial_settings};
 use crate::serve::limit_bodies;
+use locus_policy::{LoadOptions, PromoteError, TrialError, TrialReport, take_trial_settings};
 
 /// The admin routes over `gw`.
 pub fn admin_router(gw: Arc<Gateway>) -> Router {
@@ -120,7 +121,7 @@ fn named(mut report: TrialReport, registry: &Registry) -> TrialReport {
 /// The running trial side by side (or the last one, with how it ended).
 async fn trial(State(gw): State<Arc<Gateway>>) -> Response {
     let report = gw.policy.trial().map(|r| named(r, &gw.registry));
-    Json(json!({"trial": report})).into_response()
+    Json(TrialAnswer { trial: report }).into_response()
 }
 
 async fn promote(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
@@ -146,7 +147,7 @@ async fn abort(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
 
 /// The last policy changes, oldest first.
 async fn audit(State(gw): State<Arc<Gateway>>) -> Response {
-    Json(json!({"entries": gw.policy.audit().recent()})).into_response()
+    Json(AuditAnswer { entries: gw.policy.audit().recent() }).into_response()
 }
 
 async fn list_workers(State(gw): State<Arc<Gateway>>) -> Response {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use super::Gateway;
 use super::registry::Backend;
-use crate::worker::LoadReport;
+use crate::api::signals::LoadReport;
 
 /// Where a router looks for workers, besides its fixed list.
 #[derive(Debug, Clone, PartialEq, Eq)]

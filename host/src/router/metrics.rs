@@ -165,7 +165,7 @@ impl Metrics {
     }
 
     /// Sets the trial gauges from `report` (the running trial's), or clears them.
-    pub fn set_trial(&self, report: Option<&crate::policy::TrialReport>) {
+    pub fn set_trial(&self, report: Option<&locus_policy::TrialReport>) {
         self.trial_info.reset();
         self.trial_decisions.reset();
         self.trial_ratio.reset();

@@ -36,8 +36,8 @@ pub use registry::{Backend, BackendInfo, Registry, Reported, worker_id};
 pub use tokens::PromptTokens;
 
 use crate::api::Endpoint;
-use crate::policy::{AuditLog, Completion, FaultPolicy, LoadOptions, PolicySource, RouterPolicy};
 use crate::serve::{ServeLimits, limit_bodies, serve};
+use locus_policy::{AuditLog, Completion, FaultPolicy, LoadOptions, PolicySource, RouterPolicy};
 use metrics::Metrics;
 
 /// How a router is set up.

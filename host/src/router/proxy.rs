@@ -11,10 +11,11 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 
+use super::Gateway;
 use super::registry::{Backend, InFlightGuard};
-use super::{Gateway, PromptTokens};
+use super::tokens::PromptBlocks;
 use crate::api::{ApiError, Endpoint, Job, REQUEST_ID};
-use crate::policy::{BlockFill, Completion, Outcome, Request, Routed, Workers};
+use locus_policy::{Ask, Completion, Outcome, Request, Routed, Workers};
 
 /// Prompts longer than this are shown to the policy by their leading part only.
 pub const ROUTING_PROMPT_BYTES: usize = 8192;
@@ -55,7 +56,7 @@ impl Gateway {
     }
 
     /// Tells the policy how an attempt ended, and counts it. `answered`: a worker's answer
-    /// was relayed (see [`crate::policy::RouterPolicy::observe`]).
+    /// was relayed (see [`locus_policy::RouterPolicy::observe`]).
     pub(super) fn observe(&self, done: &Completion, answered: bool, routed: Routed) {
         self.metrics.outcomes.with_label_values(&[outcome_name(done.outcome)]).inc();
         self.feedback.record(done);
@@ -78,21 +79,9 @@ impl Gateway {
             job.max_new_tokens,
         );
         req.session = session;
-        let route_tokens = self.options.route_tokens;
-        let mut fill: Option<BlockFill> = None;
-        if self.policy.wants_blocks() {
-            (req.block_hashes, req.prompt_tokens) =
-                self.tokens.prompt_blocks(&job.prompt, route_tokens);
-        } else if route_tokens > 0 && self.policy.shadow_wants_blocks() {
-            // Only a shadow reads them: its thread tokenizes, not the request's path. It
-            // gets only the part of the prompt that is read, so that a queue of long
-            // prompts stays small.
-            let (tokens, prompt) =
-                (self.tokens.clone(), PromptTokens::routed_part(&job.prompt, route_tokens));
-            fill = Some(Arc::new(move |r: &mut Request| {
-                (r.block_hashes, r.prompt_tokens) = tokens.prompt_blocks(&prompt, route_tokens);
-            }));
-        }
+        let max = self.options.route_tokens;
+        let blocks = PromptBlocks { tokens: &self.tokens, prompt: &job.prompt, max };
+        let mut ask = Ask::with_blocks(req, &blocks);
         let mut candidates = self.registry.healthy();
         let mut last_error = None;
         // The first attempt's routing time includes tokenizing; retries add only theirs.
@@ -101,7 +90,7 @@ impl Gateway {
         let mut routed = None;
         for attempt in 0..=self.options.max_retries {
             let ws = Self::view(&candidates);
-            let decided = self.policy.route_then(&req, &ws, fill.clone());
+            let decided = self.policy.route(&mut ask, &ws);
             let spent = route_from.elapsed();
             self.metrics.route.observe(spent.as_secs_f64());
             route_us += spent.as_micros() as u64;
@@ -116,7 +105,7 @@ impl Gateway {
                 self.metrics.retries.inc();
             }
             let guard = backend.begin();
-            let mut done = Completion::new(req.id, backend.id(), Outcome::Failed);
+            let mut done = Completion::new(ask.request.id, backend.id(), Outcome::Failed);
             done.attempt = attempt as u32;
             let mut pending = Attempt {
                 gw: self,

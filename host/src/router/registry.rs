@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use serde::Serialize;
 
-use crate::worker::LoadReport;
+use crate::api::signals::LoadReport;
 
 /// A worker as the router sees it.
 #[derive(Debug)]

@@ -6,14 +6,15 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
 use tokio::task::JoinHandle;
 
 use super::Gateway;
 use super::registry::Backend;
-use crate::worker::{KvEvent, KvEventKind, LoadReport};
+use crate::api::signals::{KvEvent, KvEventKind, LoadReport};
+use crate::clock::unix_micros;
 
 /// Polls every worker's load each `interval` and keeps one KV event follower per worker,
 /// for as long as the gateway lives. A follower belongs to a worker's address and id
@@ -191,7 +192,7 @@ fn apply(gw: &Gateway, b: &Backend, id: u64, ev: KvEvent, pending_clear: &mut bo
     let feed = gw.policy.kv();
     gw.metrics.kv_events.with_label_values(&[ev.kind.name()]).inc();
     if !ev.snapshot && ev.ts_us > 0 {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
+        let now = unix_micros(SystemTime::now());
         gw.metrics.kv_event_lag.observe(now.saturating_sub(ev.ts_us) as f64 / 1e6);
     }
     match ev.kind {

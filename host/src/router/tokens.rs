@@ -16,6 +16,8 @@ use locus_engine::Tokenizer;
 use locus_engine::prefix::{BLOCK_TOKENS, block_hashes};
 use lru::LruCache;
 
+use locus_policy::{BlockFill, Blocks, Request};
+
 use crate::api::Prompt;
 
 /// Text bytes tokenized per routed token at most: GPT-2 averages about 4 bytes per token
@@ -45,6 +47,33 @@ impl Default for PromptTokens {
             tokenizer: Tokenizer::new(),
             chunks: Mutex::new(LruCache::new(NonZeroUsize::new(CACHED_CHUNKS).expect("non-zero"))),
         }
+    }
+}
+
+/// A prompt's block hashes as the policy facade asks for them: made on the request's path,
+/// or, when only a shadow reads them, by the shadow's thread from the part of the prompt
+/// that is read (so a queue of long prompts stays small).
+pub(super) struct PromptBlocks<'a> {
+    pub(super) tokens: &'a Arc<PromptTokens>,
+    pub(super) prompt: &'a Prompt,
+    /// Leading tokens routed on (0: none).
+    pub(super) max: usize,
+}
+
+impl Blocks for PromptBlocks<'_> {
+    fn fill(&self, req: &mut Request) {
+        (req.block_hashes, req.prompt_tokens) = self.tokens.prompt_blocks(self.prompt, self.max);
+    }
+
+    fn deferred(&self) -> Option<BlockFill> {
+        if self.max == 0 {
+            return None;
+        }
+        let (tokens, max) = (self.tokens.clone(), self.max);
+        let prompt = PromptTokens::routed_part(self.prompt, max);
+        Some(Arc::new(move |r: &mut Request| {
+            (r.block_hashes, r.prompt_tokens) = tokens.prompt_blocks(&prompt, max);
+        }))
     }
 }
 

@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::Worker;
+use crate::api::admin::AuditAnswer;
 use crate::http::{actor, swap_uploaded};
 
 pub(super) async fn flush_cache(State(w): State<Arc<Worker>>) -> Response {
@@ -40,5 +41,5 @@ pub(super) async fn swap_cache_policy(
 
 /// The last cache-policy changes, oldest first.
 pub(super) async fn audit(State(w): State<Arc<Worker>>) -> Response {
-    Json(json!({"entries": w.caches.audit().recent()})).into_response()
+    Json(AuditAnswer { entries: w.caches.audit().recent() }).into_response()
 }

@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 use locus_engine::Engine;
 
 use super::responses::{Cached, ResponseCache};
-use crate::policy::{
-    Actor, AuditLog, CachePolicy, Entry, EntryKind, FaultPolicy, LoadError, LoadOptions,
-    PolicyInfo, PolicySource,
+use locus_policy::{
+    Actor, AuditEvent, AuditLog, CachePolicy, Entry, EntryKind, FaultPolicy, LoadError,
+    LoadOptions, PolicyInfo, PolicySource,
 };
 
 /// Both cache levels of a worker.
@@ -66,12 +66,12 @@ impl Caches {
         responses.policy().set_audit(audit.clone());
         prefix.set_audit(audit.clone());
         let caches = Self { responses, prefix, engine, swapping: Mutex::new(()), audit };
-        caches.record("load", None, &Actor::locus("the worker started"));
+        caches.record(AuditEvent::Load, None, &Actor::locus("the worker started"));
         Ok(caches)
     }
 
     /// Records a change of both levels' policy (now serving) in the audit log.
-    fn record(&self, event: &'static str, from: Option<&PolicyInfo>, by: &Actor) {
+    fn record(&self, event: AuditEvent, from: Option<&PolicyInfo>, by: &Actor) {
         let from = from.map(|f| f.sha256.as_str());
         self.audit.change(event, "cache", &self.prefix.info(), from, by);
     }
@@ -109,7 +109,7 @@ impl Caches {
             response: self.responses.policy().install(response),
             prefix: self.prefix.install(prefix),
         };
-        self.record("swap", Some(&before), by);
+        self.record(AuditEvent::Swap, Some(&before), by);
         Ok(info)
     }
 

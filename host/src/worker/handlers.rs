@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::body::Bytes;
@@ -18,6 +17,7 @@ use crate::api::openai::{
 };
 use crate::api::sglang::{FinishReason, GenerateResponse, MetaInfo};
 use crate::api::{ApiError, Endpoint, read_job};
+use crate::clock::now_secs;
 use crate::http::{RequestId, tagged};
 
 pub(super) async fn generate(w: State<Arc<Worker>>, id: RequestId, body: Bytes) -> Response {
@@ -94,11 +94,6 @@ pub(super) struct Answer<'a> {
     pub outcome: &'a Outcome,
 }
 
-/// Unix seconds now.
-pub(super) fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
 impl Answer<'_> {
     /// OpenAI's finish reason.
     pub fn finish_reason(&self) -> String {
@@ -154,7 +149,7 @@ impl Answer<'_> {
         Completion {
             id: format!("cmpl-{}", self.id),
             object: "text_completion".into(),
-            created: now(),
+            created: now_secs(),
             model: self.w.model_name(),
             choices: vec![CompletionChoice {
                 index: 0,
@@ -171,7 +166,7 @@ impl Answer<'_> {
         ChatCompletion {
             id: format!("chatcmpl-{}", self.id),
             object: "chat.completion".into(),
-            created: now(),
+            created: now_secs(),
             model: self.w.model_name(),
             choices: vec![ChatChoice {
                 index: 0,

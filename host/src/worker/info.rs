@@ -1,7 +1,6 @@
 //! What a worker tells about itself: health, model, server state, metrics.
 
 use std::sync::Arc;
-use std::time::UNIX_EPOCH;
 
 use axum::Json;
 use axum::extract::State;
@@ -9,8 +8,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::Worker;
-use super::handlers::now;
 use crate::api::openai::{ModelCard, ModelList};
+use crate::clock::unix_secs;
 use crate::http::render_metrics;
 
 /// The readiness check: 503 once the worker is shutting down, so that routers and
@@ -34,7 +33,7 @@ pub(super) async fn models(State(w): State<Arc<Worker>>) -> Json<ModelList> {
         data: vec![ModelCard {
             id: w.model_name(),
             object: "model".into(),
-            created: w.started.duration_since(UNIX_EPOCH).map_or(now(), |d| d.as_secs()),
+            created: unix_secs(w.started),
             owned_by: "locus".into(),
         }],
     })
@@ -49,7 +48,7 @@ pub(super) async fn server_info(State(w): State<Arc<Worker>>) -> Json<Value> {
         "worker_id": w.options.worker_id,
         "version": env!("CARGO_PKG_VERSION"),
         "served_model_name": w.model_name(),
-        "started_at": w.started.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs(),
+        "started_at": unix_secs(w.started),
         "max_queue": w.options.max_queue,
         "queue_available": w.queue.available_permits(),
         "response_cache": {"entries": entries, "bytes": bytes, "capacity_bytes": capacity},

@@ -1,102 +1,29 @@
-//! `GET /kv_events`: the worker's prefix KV store as a stream of Server-Sent Events, so that a
-//! router can keep an exact picture of which block hashes (see `locus_engine::prefix`) each
-//! worker holds.
-//!
-//! Each event's `data:` line is one JSON object ([`KvEvent`]):
-//!
-//! ```text
-//! {"seq":N,"type":"stored","hashes":[u64,...],"ts_us":T}    blocks now resident, parents first
-//! {"seq":N,"type":"removed","hashes":[u64,...],"ts_us":T}   blocks dropped (evictions and their descendants)
-//! {"seq":N,"type":"cleared","hashes":[],"ts_us":T}          every block dropped (a flush)
-//! ```
-//!
-//! `seq` counts the store's operations from 1 in this worker process, without gaps; `ts_us` is
-//! when the store reported the operation (Unix microseconds, wall clock). A stream starts with
-//! a snapshot: a `cleared` event, then one `stored` event listing every resident hash (parents
-//! first; possibly empty), both with `"snapshot":true`, the worker's `"worker_id"` and its
-//! `"started_at_us"` (which changes on a restart), and `seq` equal to the last operation's
-//! before the snapshot (0 if none). Live events follow, from `seq + 1` on. A subscriber that
-//! falls more than [`CHANNEL_CAPACITY`] events behind gets a fresh snapshot instead of the
-//! events it missed; the stream never ends because of it. It ends when the worker stops.
+//! `GET /kv_events`: the worker's prefix KV store as a stream of Server-Sent Events; the
+//! protocol and its types are in [`crate::api::signals`].
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use locus_engine::KvListener;
 use prometheus::{IntCounter, IntCounterVec};
-use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::watch;
 
 use super::Worker;
+use crate::api::signals::{KvEvent, KvEventKind};
+use crate::clock::unix_micros;
 
 /// Events buffered for each subscriber before it counts as lagging.
 pub const CHANNEL_CAPACITY: usize = 4096;
 
 /// Comment lines sent on an idle stream, so that proxies and the client see it alive.
 const KEEP_ALIVE: Duration = Duration::from_secs(5);
-
-/// What happened in the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum KvEventKind {
-    /// Blocks became resident.
-    Stored,
-    /// Blocks were dropped.
-    Removed,
-    /// Every block was dropped.
-    Cleared,
-    /// A type this build does not know (from a newer worker): readers skip it. Never sent.
-    #[serde(other)]
-    Unknown,
-}
-
-impl KvEventKind {
-    /// Its name on the wire, and as a metric label.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Stored => "stored",
-            Self::Removed => "removed",
-            Self::Cleared => "cleared",
-            Self::Unknown => "unknown",
-        }
-    }
-}
-
-/// One event of `GET /kv_events` (see the module documentation for the protocol).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KvEvent {
-    /// The store operation's number, from 1 per worker process; a snapshot carries the last
-    /// operation's number before it.
-    pub seq: u64,
-    /// What happened.
-    #[serde(rename = "type")]
-    pub kind: KvEventKind,
-    /// Block hashes, parents before children (empty for `cleared`).
-    pub hashes: Vec<u64>,
-    /// When the store reported it (or the snapshot was taken), Unix microseconds.
-    pub ts_us: u64,
-    /// Part of the snapshot a stream starts with (or restarts with after lagging).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub snapshot: bool,
-    /// Snapshot events only: the worker's id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub worker_id: Option<String>,
-    /// Snapshot events only: when the worker started, Unix microseconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub started_at_us: Option<u64>,
-}
-
-/// Unix microseconds now (0 if the clock is before 1970).
-pub(super) fn unix_micros(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-}
 
 /// The engine's KV listener: numbers the store's operations and broadcasts them.
 pub(super) struct KvEvents {

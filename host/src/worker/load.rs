@@ -5,51 +5,17 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
+use super::Worker;
+use crate::api::signals::LoadReport;
+use crate::clock::unix_micros;
 use axum::Json;
 use axum::extract::State;
-use serde::{Deserialize, Serialize};
-
-use super::Worker;
-use super::kv_events::unix_micros;
 
 /// How often the sampler reads the engine's generated-token count.
 const SAMPLE_EVERY: Duration = Duration::from_millis(250);
 
 /// The span the token rate is measured over.
 const WINDOW: Duration = Duration::from_secs(2);
-
-/// A worker's load, as `GET /load` answers it (one JSON object with these fields).
-///
-/// KV figures are in blocks of 16 tokens (`locus_engine::BLOCK_TOKENS`), each
-/// `locus_engine::prefix::block_bytes(n_layer, n_embd)` bytes, so that they compare with the
-/// block hashes of `/kv_events`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LoadReport {
-    /// The worker's id (`--worker-id`).
-    pub worker_id: String,
-    /// Requests waiting for admission to the batch.
-    pub waiting: u32,
-    /// Sequences in the batch (prefilling or decoding).
-    pub running: u32,
-    /// Running KV budget reserved by the batch, in blocks, rounded up.
-    pub kv_blocks_used: u64,
-    /// Running KV budget, in whole blocks.
-    pub kv_blocks_total: u64,
-    /// Blocks resident in the prefix store.
-    pub prefix_blocks: u64,
-    /// The prefix store's budget, in whole blocks.
-    pub prefix_blocks_total: u64,
-    /// Tokens generated per second over about the last 2 s (measured, not estimated).
-    pub tokens_per_second: f64,
-    /// Tokens generated since the engine started.
-    pub generated_tokens: u64,
-    /// Requests waiting or running beyond which new ones get 429.
-    pub max_queue: usize,
-    /// Places left in that queue.
-    pub queue_available: usize,
-    /// When this report was made, Unix microseconds.
-    pub ts_us: u64,
-}
 
 /// Samples of the engine's generated-token count, oldest first, reaching back about
 /// [`WINDOW`].

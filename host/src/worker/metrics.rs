@@ -171,7 +171,7 @@ impl Metrics {
     }
 
     /// Copies a load report into the gauges (at scrape time).
-    pub fn load(&self, l: &super::LoadReport, subscribers: usize) {
+    pub fn load(&self, l: &crate::api::signals::LoadReport, subscribers: usize) {
         self.tokens_per_second.set(l.tokens_per_second);
         self.kv_blocks.with_label_values(&["used"]).set(l.kv_blocks_used as i64);
         self.kv_blocks.with_label_values(&["total"]).set(l.kv_blocks_total as i64);

@@ -32,16 +32,14 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 pub use caches::{Caches, LevelInfo};
-pub use kv_events::{KvEvent, KvEventKind};
-pub use load::LoadReport;
 pub use responses::{Cached, ResponseCache};
 pub use run::Finish;
 pub use stop::StopMatcher;
 
 use crate::api::Endpoint;
 use crate::http::{Access, AdminAuth, require_admin};
-use crate::policy::PolicySource;
 use crate::serve::{ServeLimits, limit_bodies, serve};
+use locus_policy::PolicySource;
 use metrics::Metrics;
 
 /// How a worker is set up.
@@ -108,7 +106,7 @@ impl Worker {
     /// A worker serving `engine`. It becomes the engine's KV listener (replacing any worker
     /// built on it before) and, inside a Tokio runtime, starts sampling its token rate.
     pub fn new(engine: Arc<Engine>, options: WorkerOptions) -> anyhow::Result<Arc<Self>> {
-        let audit = crate::policy::AuditLog::open(options.audit_log.as_deref())?;
+        let audit = locus_policy::AuditLog::open(options.audit_log.as_deref())?;
         let caches = Caches::new(
             engine.clone(),
             &options.cache_policy,

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::run::Finish;
-use crate::policy::{CachePolicy, Entry, EntryKind};
+use locus_policy::{CachePolicy, Entry, EntryKind};
 
 /// A cached answer.
 #[derive(Debug, Clone, PartialEq, Eq)]

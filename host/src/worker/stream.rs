@@ -14,11 +14,12 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use super::Worker;
-use super::handlers::{Answer, now};
+use super::handlers::Answer;
 use super::run::{Admitted, Piece};
 use crate::api::openai::{ChatChoice, ChatCompletion, ChatDelta, Completion, CompletionChoice};
 use crate::api::sglang::GenerateResponse;
 use crate::api::{ApiError, Endpoint};
+use crate::clock::now_secs;
 
 /// An intermediate `/generate` event: the text so far, and `meta_info` with the counts
 /// known so far (SGLang's clients read `completion_tokens` from every event) and a null
@@ -175,7 +176,7 @@ pub(super) fn respond(w: Arc<Worker>, a: Admitted, id: String) -> Response {
         endpoint,
         id,
         model: w.model_name(),
-        created: now(),
+        created: now_secs(),
         prompt_tokens: a.prompt_tokens(),
         text: String::new(),
         leading: true,

@@ -6,13 +6,12 @@ use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::SystemTime;
 
-use serde::Serialize;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
 
-use super::slot::lock;
-use super::{PolicyInfo, unix_time};
+use crate::info::{PolicyInfo, unix_time};
 
 /// Entries kept in memory.
 pub const AUDIT_KEPT: usize = 256;
@@ -41,13 +40,49 @@ impl Actor {
     }
 }
 
+/// What changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditEvent {
+    /// The first policy of a slot, at start.
+    Load,
+    /// A new policy serves.
+    Swap,
+    /// The previous version serves again (asked for, or by the fault rules).
+    Rollback,
+    /// A shadow trial began.
+    Shadow,
+    /// A canary trial began.
+    Canary,
+    /// A trial's candidate serves everything.
+    Promote,
+    /// A trial ended without a change.
+    Abort,
+}
+
+impl AuditEvent {
+    /// Its name in the log: `load`, `swap`, `rollback`, `shadow`, `canary`, `promote`,
+    /// `abort`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Load => "load",
+            Self::Swap => "swap",
+            Self::Rollback => "rollback",
+            Self::Shadow => "shadow",
+            Self::Canary => "canary",
+            Self::Promote => "promote",
+            Self::Abort => "abort",
+        }
+    }
+}
+
 /// One change.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditEntry {
     /// Unix seconds, to the millisecond.
     pub at: f64,
-    /// `swap`, `rollback`, `shadow`, `canary`, `promote` or `abort`.
-    pub event: &'static str,
+    /// What changed.
+    pub event: AuditEvent,
     /// `router` or `cache`.
     pub world: String,
     /// The component the change concerns: the one swapped in, the candidate of a trial,
@@ -97,7 +132,7 @@ impl AuditLog {
     /// candidate), in place of the component `from_sha256`, asked for by `by`.
     pub fn change(
         &self,
-        event: &'static str,
+        event: AuditEvent,
         world: &str,
         to: &PolicyInfo,
         from_sha256: Option<&str>,
@@ -118,17 +153,17 @@ impl AuditLog {
     /// Records `entry`; a file that cannot be written is logged, not fatal: the change
     /// has happened either way.
     fn record(&self, entry: AuditEntry) {
-        tracing::info!(event = entry.event, world = %entry.world, policy = %entry.name,
+        tracing::info!(event = entry.event.name(), world = %entry.world, policy = %entry.name,
             sha256 = %entry.sha256, who = %entry.who, why = %entry.why, "audit");
         if let Some((path, file)) = &self.file {
             let mut line = serde_json::to_vec(&entry).unwrap_or_default();
             line.push(b'\n');
             // One write per line: appends of a line this size are not interleaved.
-            if let Err(e) = lock(file).write_all(&line) {
+            if let Err(e) = file.lock().write_all(&line) {
                 tracing::error!(path = %path.display(), error = %e, "cannot write the audit log");
             }
         }
-        let mut recent = lock(&self.recent);
+        let mut recent = self.recent.lock();
         if recent.len() == AUDIT_KEPT {
             recent.pop_front();
         }
@@ -137,7 +172,7 @@ impl AuditLog {
 
     /// The kept entries, oldest first.
     pub fn recent(&self) -> Vec<AuditEntry> {
-        lock(&self.recent).iter().cloned().collect()
+        self.recent.lock().iter().cloned().collect()
     }
 }
 
@@ -150,6 +185,7 @@ impl Default for AuditLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::Origin;
 
     fn info() -> PolicyInfo {
         PolicyInfo {
@@ -161,12 +197,12 @@ mod tests {
             loaded_at: SystemTime::now(),
             settings: Vec::new(),
             faults: 0,
-            code: "compiled",
+            code: Some(Origin::Compiled),
             load_us: 0,
         }
     }
 
-    fn record(log: &AuditLog, event: &'static str) {
+    fn record(log: &AuditLog, event: AuditEvent) {
         let by = Actor::new("tester", "a reason, with \"quotes\"\nand a newline");
         log.change(event, "router", &info(), None, &by);
     }
@@ -178,8 +214,8 @@ mod tests {
         let path = dir.join("audit.jsonl");
         let _ = std::fs::remove_file(&path);
         let log = AuditLog::to_file(&path).unwrap();
-        record(&log, "swap");
-        record(&log, "abort");
+        record(&log, AuditEvent::Swap);
+        record(&log, AuditEvent::Abort);
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<serde_json::Value> =
             text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -189,15 +225,18 @@ mod tests {
         assert_eq!(lines[1]["why"], "a reason, with \"quotes\"\nand a newline");
         assert!(lines[0]["at"].as_f64().unwrap() > 1.7e9);
         assert_eq!(log.recent().len(), 2);
+        // The lines read back as entries.
+        let typed: AuditEntry = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        assert_eq!(typed, log.recent()[0]);
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         // Opened again, it appends.
-        record(&AuditLog::to_file(&path).unwrap(), "promote");
+        record(&AuditLog::to_file(&path).unwrap(), AuditEvent::Promote);
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 3);
         std::fs::remove_dir_all(&dir).unwrap();
         let mem = AuditLog::memory();
         for _ in 0..AUDIT_KEPT + 5 {
-            record(&mem, "swap");
+            record(&mem, AuditEvent::Swap);
         }
         assert_eq!(mem.recent().len(), AUDIT_KEPT);
     }

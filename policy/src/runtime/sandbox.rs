@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use wasmtime::component::{Component, Linker, ResourceTable};
@@ -23,6 +23,8 @@ use wasmtime::{
     Config, Engine, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline,
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use parking_lot::Mutex;
 
 use super::compiled_cache::{CompiledCache, Origin};
 
@@ -227,14 +229,14 @@ impl Runtime {
     /// Compiles `bytes`, or returns the compilation of identical bytes this process made
     /// before or the disk cache holds. Says which.
     pub fn compile(&self, sha256: [u8; 32], bytes: &[u8]) -> wasmtime::Result<(Component, Origin)> {
-        if let Some(c) = self.compiled.lock().unwrap().get(&sha256) {
+        if let Some(c) = self.compiled.lock().get(&sha256) {
             return Ok((c.clone(), Origin::Memory));
         }
         let (c, origin) = match &self.disk {
             Some(disk) => disk.load_or_compile(&self.engine, sha256, bytes)?,
             None => (Component::new(&self.engine, bytes)?, Origin::Compiled),
         };
-        let mut cache = self.compiled.lock().unwrap();
+        let mut cache = self.compiled.lock();
         if cache.len() >= COMPILED_CACHE_ENTRIES {
             cache.clear();
         }

@@ -1,6 +1,6 @@
 //! Builds the policy guests from source for `wasm32-wasip2`, the way wasmtime's
-//! test-programs crate does, so that a plain `cargo build` yields a `locus` binary with
-//! its built-in policies embedded. The nested cargo gets a target directory of its own
+//! test-programs crate does, so that a plain `cargo build` yields a policy runtime (and a
+//! `locus` binary) with its built-in policies embedded. The nested cargo gets a target directory of its own
 //! (the outer build holds the lock on the main one) and none of the outer build's
 //! flags or wrappers, which are meant for the host target.
 

@@ -57,6 +57,11 @@ impl Origin {
         }
     }
 
+    /// The origin named `name` ([`Origin::name`]).
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Self::Memory, Self::Disk, Self::Compiled].into_iter().find(|o| o.name() == name)
+    }
+
     /// What it means, for people.
     pub fn describe(self) -> &'static str {
         match self {
@@ -234,7 +239,7 @@ pub fn default_dir() -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::PolicySource;
+    use crate::PolicySource;
 
     fn engine() -> Engine {
         let mut config = wasmtime::Config::new();

@@ -8,10 +8,9 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::slot::lock;
+use parking_lot::Mutex;
 
 /// Batches kept for instances catching up.
 pub const LOG_BATCHES: usize = 4096;
@@ -82,7 +81,7 @@ impl KvFeed {
         if !cleared && removed.is_empty() && stored.is_empty() {
             return;
         }
-        let mut st = lock(&self.state);
+        let mut st = self.state.lock();
         if cleared && !st.sets.contains_key(&worker) && removed.is_empty() && stored.is_empty() {
             // Nothing known to forget: a policy has no blocks of this worker either.
             return;
@@ -123,29 +122,29 @@ impl KvFeed {
 
     /// Blocks the router knows `worker` holds.
     pub fn blocks(&self, worker: u64) -> usize {
-        lock(&self.state).sets.get(&worker).map_or(0, HashMap::len)
+        self.state.lock().sets.get(&worker).map_or(0, HashMap::len)
     }
 
     /// Whether the router knows `worker` holds `block`.
     pub fn holds(&self, worker: u64, block: u64) -> bool {
-        lock(&self.state).sets.get(&worker).is_some_and(|s| s.contains_key(&block))
+        self.state.lock().sets.get(&worker).is_some_and(|s| s.contains_key(&block))
     }
 
     /// How many of `blocks` (a prompt's block hashes, in order) `worker` holds from the
     /// first on: the prefix it would reuse, as far as the router knows.
     pub fn leading(&self, worker: u64, blocks: &[u64]) -> usize {
-        lock(&self.state).leading(worker, blocks)
+        self.state.lock().leading(worker, blocks)
     }
 
     /// [`KvFeed::leading`] for each of `workers`, under one lock.
     pub fn leading_each(&self, workers: &[u64], blocks: &[u64]) -> Vec<u32> {
-        let st = lock(&self.state);
+        let st = self.state.lock();
         workers.iter().map(|&w| st.leading(w, blocks) as u32).collect()
     }
 
     /// Blocks known, over all workers.
     pub fn total_blocks(&self) -> usize {
-        lock(&self.state).sets.values().map(HashMap::len).sum()
+        self.state.lock().sets.values().map(HashMap::len).sum()
     }
 
     /// The feed's position: the seq of the last batch applied.
@@ -156,7 +155,7 @@ impl KvFeed {
     /// Every worker's whole set, parents before children (empty for a worker that holds
     /// nothing now), and the cursor it brings an instance to.
     pub(crate) fn everything(&self) -> (Vec<(u64, Vec<u64>)>, u64) {
-        let st = lock(&self.state);
+        let st = self.state.lock();
         let in_order = |set: &HashMap<u64, u64>| {
             let mut v: Vec<(u64, u64)> = set.iter().map(|(h, stamp)| (*stamp, *h)).collect();
             v.sort_unstable();
@@ -172,7 +171,7 @@ impl KvFeed {
         if self.head.load(Ordering::Acquire) <= cursor {
             return None;
         }
-        let st = lock(&self.state);
+        let st = self.state.lock();
         let first = st.log.front().map_or(u64::MAX, |b| b.seq);
         let behind = self.head.load(Ordering::Relaxed) - cursor;
         if first > cursor + 1 || behind > CATCH_UP_BATCHES {
@@ -247,7 +246,7 @@ mod tests {
         // The log holds at most LOG_HASHES hashes.
         f.apply(9, false, vec![], (0..LOG_HASHES as u64).collect());
         f.apply(9, false, vec![], vec![u64::MAX]);
-        assert_eq!(lock(&f.state).log.len(), 1);
+        assert_eq!(f.state.lock().log.len(), 1);
         // A cleared worker nobody knew of is not logged.
         let head = f.head();
         f.clear(99);

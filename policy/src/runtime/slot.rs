@@ -4,7 +4,9 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -12,10 +14,13 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::InstancePre;
 use wasmtime::{Store, Trap};
 
-use super::audit::{Actor, AuditLog};
+use super::Fault;
+use super::LoadOptions;
+use super::audit::{Actor, AuditEvent, AuditLog};
 use super::compiled_cache::Origin;
 use super::sandbox::{Limits, Runtime, State};
-use super::{Fault, LoadError, LoadOptions, LoadStep, PolicyInfo, PolicySource};
+use crate::info::PolicyInfo;
+use crate::load::{LoadError, LoadStep, PolicySource};
 
 /// What the slot needs to know about a world: how to type-check, instantiate, configure
 /// and smoke-test a component that claims to implement it.
@@ -79,10 +84,6 @@ impl Default for FaultPolicy {
     }
 }
 
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 struct Instance<W: World> {
     store: Store<State>,
     bindings: W::Bindings,
@@ -134,8 +135,8 @@ impl<W: World> Wasm<W> {
         feed: Option<&dyn Feed<W>>,
         f: impl FnOnce(&W::Bindings, &mut Store<State>) -> wasmtime::Result<Result<R, Fault>>,
     ) -> Result<R, Fault> {
-        let _serial = self.exclusive.then(|| lock(&self.serial));
-        let popped = lock(&self.idle).pop();
+        let _serial = self.exclusive.then(|| self.serial.lock());
+        let popped = self.idle.lock().pop();
         let mut inst = match popped {
             Some(i) => i,
             None => self.instantiate(feed)?,
@@ -149,7 +150,7 @@ impl<W: World> Wasm<W> {
         State::arm(&mut inst.store, &self.limits);
         match f(&inst.bindings, &mut inst.store) {
             Ok(r) => {
-                let mut idle = lock(&self.idle);
+                let mut idle = self.idle.lock();
                 if idle.len() < self.max_idle {
                     idle.push(inst);
                 }
@@ -193,7 +194,7 @@ impl<W: World> Version<W> {
                 loaded_at: SystemTime::now(),
                 settings: Vec::new(),
                 faults: 0,
-                code: "",
+                code: None,
                 load_us: 0,
             },
             None,
@@ -273,7 +274,7 @@ impl<W: World> Version<W> {
             loaded_at: SystemTime::now(),
             settings,
             faults: 0,
-            code: origin.name(),
+            code: Some(origin),
             load_us: started.elapsed().as_micros() as u64,
         };
         Ok(Self::new(info, Some(wasm)))
@@ -371,10 +372,10 @@ impl<W: World> Slot<W> {
 
     /// [`Slot::swap`] for a version that served elsewhere (a promoted candidate).
     pub(crate) fn swap_arc(&self, next: Arc<Version<W>>) -> PolicyInfo {
-        let _g = lock(&self.swapping);
+        let _g = self.swapping.lock();
         let info = next.info();
         let old = self.current.swap(next);
-        let mut history = lock(&self.history);
+        let mut history = self.history.lock();
         history.push(old);
         if history.len() > HISTORY {
             history.remove(0);
@@ -385,12 +386,12 @@ impl<W: World> Slot<W> {
 
     /// Goes back to the previous version, or to the native fallback if there is none.
     pub(crate) fn rollback(&self) -> PolicyInfo {
-        let _g = lock(&self.swapping);
+        let _g = self.swapping.lock();
         self.rollback_locked()
     }
 
     fn rollback_locked(&self) -> PolicyInfo {
-        let prev = lock(&self.history).pop().unwrap_or_else(|| Arc::new(Version::native()));
+        let prev = self.history.lock().pop().unwrap_or_else(|| Arc::new(Version::native()));
         let info = prev.info();
         let from = self.current.swap(prev);
         self.rollbacks.fetch_add(1, Ordering::Relaxed);
@@ -443,7 +444,7 @@ impl<W: World> Slot<W> {
         tracing::warn!(world = W::NAME, policy = %version.info.name, faults = n, %fault, "policy fault; native fallback served");
         let now = Instant::now();
         let over = {
-            let mut recent = lock(&version.recent);
+            let mut recent = version.recent.lock();
             recent.push_back(now);
             while recent.front().is_some_and(|t| now.duration_since(*t) > self.faults.window) {
                 recent.pop_front();
@@ -451,7 +452,7 @@ impl<W: World> Slot<W> {
             recent.len() >= self.faults.max_faults as usize
         };
         if over && !version.given_up.swap(true, Ordering::AcqRel) {
-            let _g = lock(&self.swapping);
+            let _g = self.swapping.lock();
             // Only if it still serves: a swap may have replaced it meanwhile.
             if Arc::ptr_eq(&self.current.load(), version) {
                 tracing::warn!(
@@ -467,7 +468,13 @@ impl<W: World> Slot<W> {
                         "fault rules: {} faults within {:?} (last: {fault})",
                         self.faults.max_faults, self.faults.window
                     ));
-                    audit.change("rollback", W::NAME, &to, Some(&version.info.sha256), &by);
+                    audit.change(
+                        AuditEvent::Rollback,
+                        W::NAME,
+                        &to,
+                        Some(&version.info.sha256),
+                        &by,
+                    );
                 }
             }
         }

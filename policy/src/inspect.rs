@@ -4,12 +4,13 @@ use std::fmt;
 
 use sha2::{Digest, Sha256};
 
-use super::cache::CacheWorld;
-use super::compiled_cache::Origin;
-use super::router::RouterWorld;
-use super::sandbox::Runtime;
-use super::slot::Version;
-use super::{LoadOptions, PolicySource};
+use crate::load::PolicySource;
+use crate::runtime::LoadOptions;
+use crate::runtime::Origin;
+use crate::runtime::sandbox::Runtime;
+use crate::runtime::slot::Version;
+use crate::worlds::cache::CacheWorld;
+use crate::worlds::router::RouterWorld;
 
 /// The report on one component.
 #[derive(Debug, Clone)]

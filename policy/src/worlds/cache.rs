@@ -1,16 +1,21 @@
 //! Cache policies: the `cache` world. The host stores the bytes; the policy decides
 //! what is admitted and what is evicted.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use lru::LruCache;
 
 use wasmtime::Store;
 use wasmtime::component::InstancePre;
 
-use super::sandbox::{Limits, State};
-use super::slot::{FaultPolicy, Feed, Slot, Version, World, lock};
-use super::{Fault, LoadError, LoadOptions, PolicyInfo, PolicySource};
+use crate::info::PolicyInfo;
+use crate::load::{LoadError, PolicySource};
+use crate::runtime::LoadOptions;
+use crate::runtime::sandbox::{Limits, State};
+use crate::runtime::slot::{Feed, Slot, Version, World};
+use crate::runtime::{AuditLog, Fault, FaultPolicy};
 
 #[allow(missing_docs)]
 mod bindings {
@@ -70,7 +75,7 @@ impl Feed<CacheWorld> for Residents {
         store: &mut Store<State>,
         limits: &Limits,
     ) -> wasmtime::Result<u64> {
-        let entries: Vec<Entry> = lock(&self.0).iter().rev().map(|(_, e)| *e).collect();
+        let entries: Vec<Entry> = self.0.lock().iter().rev().map(|(_, e)| *e).collect();
         for e in entries {
             State::arm(store, limits);
             b.call_admit(&mut *store, e)?;
@@ -119,7 +124,7 @@ impl CachePolicy {
     }
 
     /// Records the rollbacks the fault rules make in `audit`.
-    pub fn set_audit(&self, audit: Arc<super::AuditLog>) {
+    pub fn set_audit(&self, audit: Arc<AuditLog>) {
         self.slot.set_audit(audit);
     }
 
@@ -156,14 +161,14 @@ impl CachePolicy {
 
     /// Entries the policy has been told are resident, least recently used first.
     pub fn residents(&self) -> Vec<Entry> {
-        lock(&self.residents).iter().rev().map(|(_, e)| *e).collect()
+        self.residents.lock().iter().rev().map(|(_, e)| *e).collect()
     }
 
     /// Whether to keep `e`. The fallback admits nothing (the cache is bypassed).
     pub fn admit(&self, e: Entry) -> bool {
         let admitted = self.slot.call(|b, s| Ok(Ok(b.call_admit(s, e)?)), || false).0;
         if admitted {
-            lock(&self.residents).put(e.key, e);
+            self.residents.lock().put(e.key, e);
         }
         admitted
     }
@@ -171,14 +176,14 @@ impl CachePolicy {
     /// A cached entry was used.
     pub fn hit(&self, key: u64) {
         self.slot.call(|b, s| Ok(Ok(b.call_hit(s, key)?)), || ());
-        lock(&self.residents).promote(&key);
+        self.residents.lock().promote(&key);
     }
 
     /// Keys to drop to free `bytes_needed`; the fallback frees nothing. The returned keys
     /// count as removed.
     pub fn evict(&self, bytes_needed: u64) -> Vec<u64> {
         let keys = self.slot.call(|b, s| Ok(Ok(b.call_evict(s, bytes_needed)?)), Vec::new).0;
-        let mut residents = lock(&self.residents);
+        let mut residents = self.residents.lock();
         for k in &keys {
             residents.pop(k);
         }
@@ -188,12 +193,12 @@ impl CachePolicy {
     /// The host dropped `key`.
     pub fn removed(&self, key: u64) {
         self.slot.call(|b, s| Ok(Ok(b.call_removed(s, key)?)), || ());
-        lock(&self.residents).pop(&key);
+        self.residents.lock().pop(&key);
     }
 
     /// The host dropped everything.
     pub fn flushed(&self) {
-        let keys: Vec<u64> = lock(&self.residents).iter().map(|(k, _)| *k).collect();
+        let keys: Vec<u64> = self.residents.lock().iter().map(|(k, _)| *k).collect();
         for k in keys {
             self.removed(k);
         }

@@ -7,8 +7,8 @@
 
 use std::time::{Duration, Instant};
 
-use locus::policy::{
-    Actor, FaultPolicy, LoadOptions, PolicySource, Request, RouterPolicy, rendezvous, workers,
+use locus_policy::{
+    Actor, Ask, FaultPolicy, LoadOptions, PolicySource, Request, RouterPolicy, rendezvous, workers,
 };
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -36,7 +36,7 @@ fn main() {
         RouterPolicy::load(&hash, &LoadOptions::default(), FaultPolicy::default()).unwrap();
     // The boundary alone: a policy that does (almost) no work and answers worker 0.
     let idle = RouterPolicy::load(
-        &PolicySource::File(locus::guests::FAULTY_PATH.into()),
+        &PolicySource::File(locus_policy::guests::FAULTY_PATH.into()),
         &LoadOptions::default(),
         FaultPolicy::default(),
     )
@@ -48,6 +48,7 @@ fn main() {
             Request::new(i, prompt, 64)
         })
         .collect();
+    let mut prompts_asks: Vec<Ask> = prompts.iter().map(|r| Ask::new(r.clone())).collect();
 
     println!("route latency, ns per call ({rounds} interleaved rounds x {per_round} calls each)");
     println!(
@@ -60,7 +61,7 @@ fn main() {
         let mut check = 0usize;
         for _ in 0..rounds {
             wasm.extend(sample(per_round, |i| {
-                let d = policy.route(&prompts[i % prompts.len()], &workers).unwrap();
+                let d = policy.route(&mut prompts_asks[i % prompts.len()], &workers).unwrap();
                 check ^= d.index;
             }));
             native.extend(sample(per_round, |i| {
@@ -68,7 +69,10 @@ fn main() {
                 check ^= rendezvous(&r.prompt, workers.ids.iter().copied()).unwrap();
             }));
             noop.extend(sample(per_round, |i| {
-                assert_eq!(idle.route(&prompts[i % prompts.len()], &workers).unwrap().index, 0);
+                assert_eq!(
+                    idle.route(&mut prompts_asks[i % prompts.len()], &workers).unwrap().index,
+                    0
+                );
             }));
         }
         assert_eq!(check, 0, "wasm and native disagree");
@@ -138,7 +142,7 @@ fn contract_versions(rounds: usize, per_round: usize) {
         RouterPolicy::load(&src, &LoadOptions::default(), FaultPolicy::default()).unwrap()
     };
     let v1 = load(PolicySource::Builtin("hash"));
-    let v2 = load(PolicySource::File(locus::guests::PROBE_PATH.into()));
+    let v2 = load(PolicySource::File(locus_policy::guests::PROBE_PATH.into()));
     let prompts: Vec<Request> = (0..1024u64)
         .map(|i| {
             let mut r = Request::new(i, format!("conversation {i}: a prompt of 64 blocks"), 64);
@@ -150,6 +154,7 @@ fn contract_versions(rounds: usize, per_round: usize) {
             r
         })
         .collect();
+    let mut prompts_asks: Vec<Ask> = prompts.iter().map(|r| Ask::new(r.clone())).collect();
     println!();
     println!(
         "route latency by contract version, ns per call, 64-block prompts ({rounds} interleaved rounds x {per_round} calls)"
@@ -185,17 +190,18 @@ fn contract_versions(rounds: usize, per_round: usize) {
             .iter()
             .map(|r| Request { session: Some("pin:0".into()), ..r.clone() })
             .collect();
+        let mut pinned_asks: Vec<Ask> = pinned.iter().map(|r| Ask::new(r.clone())).collect();
         let (mut a, mut b, mut c, mut d) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut i0 = 0;
         for _ in 0..rounds {
             a.extend(sample(per_round, |i| {
-                v1.route(&prompts[i % prompts.len()], &ws).unwrap();
+                v1.route(&mut prompts_asks[i % prompts.len()], &ws).unwrap();
             }));
             d.extend(sample(per_round, |i| {
-                v2.route(&pinned[i % pinned.len()], &ws).unwrap();
+                v2.route(&mut pinned_asks[i % pinned.len()], &ws).unwrap();
             }));
             b.extend(sample(per_round, |i| {
-                v2.route(&prompts[i % prompts.len()], &ws).unwrap();
+                v2.route(&mut prompts_asks[i % prompts.len()], &ws).unwrap();
             }));
             // Between routes, one worker stores 4 new blocks and drops the 4 it stored n
             // routes ago, so the index keeps its size.
@@ -213,7 +219,7 @@ fn contract_versions(rounds: usize, per_round: usize) {
                     removed,
                     (0..4).map(|k| block(i, k)).collect(),
                 );
-                v2.route(&prompts[j % prompts.len()], &ws).unwrap();
+                v2.route(&mut prompts_asks[j % prompts.len()], &ws).unwrap();
             }));
             i0 += per_round as u64;
         }
@@ -281,10 +287,11 @@ fn prefix_aware(rounds: usize, per_round: usize) {
                 r
             })
             .collect();
+        let mut prompts_asks: Vec<Ask> = prompts.iter().map(|r| Ask::new(r.clone())).collect();
         let mut v = Vec::new();
         for _ in 0..rounds {
             v.extend(sample(per_round, |i| {
-                p.route(&prompts[i % prompts.len()], &ws).unwrap();
+                p.route(&mut prompts_asks[i % prompts.len()], &ws).unwrap();
             }));
         }
         v.sort_unstable();

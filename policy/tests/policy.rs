@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use locus::guests;
-use locus::policy::{
-    Actor, CachePolicy, Entry, EntryKind, Fault, FaultPolicy, LoadOptions, LoadStep, PolicySource,
-    Request, RouterPolicy, Workers, rendezvous,
+use locus_policy::guests;
+use locus_policy::{
+    Actor, Ask, BlockFill, Blocks, CachePolicy, Decision, Entry, EntryKind, Fault, FaultPolicy,
+    LoadOptions, LoadStep, PolicySource, Request, RouterPolicy, Workers, rendezvous,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -27,11 +27,37 @@ fn router(source: PolicySource, kv: &[(&str, &str)]) -> RouterPolicy {
 }
 
 fn workers(ids: &[u64]) -> Workers {
-    locus::policy::workers(ids.iter().map(|&id| (id, 0)))
+    locus_policy::workers(ids.iter().map(|&id| (id, 0)))
 }
 
 fn ids(w: &Workers) -> impl Iterator<Item = u64> + '_ {
     w.ids.iter().copied()
+}
+
+/// Routes `r` as the router does, its block hashes given.
+fn route(p: &RouterPolicy, r: &Request, ws: &Workers) -> Option<Decision> {
+    p.route(&mut Ask::new(r.clone()), ws)
+}
+
+/// Counts the times the facade asks for a request's block hashes.
+#[derive(Default)]
+struct CountedBlocks(AtomicU64);
+
+impl Blocks for CountedBlocks {
+    fn fill(&self, _req: &mut Request) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn deferred(&self) -> Option<BlockFill> {
+        None
+    }
+}
+
+/// Whether routing with `p` has the router tokenize the prompt.
+fn tokenizes(p: &RouterPolicy) -> bool {
+    let blocks = CountedBlocks::default();
+    p.route(&mut Ask::with_blocks(req("x"), &blocks), &workers(&[1, 2])).unwrap();
+    blocks.0.load(Ordering::Relaxed) == 1
 }
 
 fn req(prompt: &str) -> Request {
@@ -40,7 +66,7 @@ fn req(prompt: &str) -> Request {
 
 /// Routes `prompt`, asserting the policy itself decided, and returns the worker id.
 fn route_id(p: &RouterPolicy, prompt: &str, ws: &Workers) -> u64 {
-    let d = p.route(&req(prompt), ws).expect("a worker exists");
+    let d = route(&p, &req(prompt), ws).expect("a worker exists");
     assert_eq!(d.fault, None, "policy faulted on {prompt:?}");
     ws.ids[d.index]
 }
@@ -95,7 +121,7 @@ fn hash_guest_and_native_fallback_agree() {
     for k in 0..500 {
         let prompt = format!("prompt {k} with a tail that does not matter");
         let native = rendezvous(&prompt, ids(&ws)).unwrap();
-        assert_eq!(p.route(&req(&prompt), &ws).unwrap().index, native);
+        assert_eq!(route(&p, &req(&prompt), &ws).unwrap().index, native);
     }
 }
 
@@ -241,7 +267,7 @@ fn lru_matches_a_reference_model_on_random_operations() {
     }
 }
 
-fn load_err(source: PolicySource, kv: &[(&str, &str)]) -> locus::policy::LoadError {
+fn load_err(source: PolicySource, kv: &[(&str, &str)]) -> locus_policy::LoadError {
     RouterPolicy::load(&source, &settings(kv), FaultPolicy::default())
         .err()
         .expect("the module must be rejected")
@@ -250,7 +276,7 @@ fn load_err(source: PolicySource, kv: &[(&str, &str)]) -> locus::policy::LoadErr
 #[test]
 fn faulty_modules_are_rejected_at_load_with_the_step_and_reason() {
     let faulty = || file(guests::FAULTY_PATH);
-    let cases: Vec<(locus::policy::LoadError, LoadStep, &str)> = vec![
+    let cases: Vec<(locus_policy::LoadError, LoadStep, &str)> = vec![
         (
             load_err(faulty(), &[("fault", "trap"), ("trigger", "always")]),
             LoadStep::Smoke,
@@ -328,7 +354,7 @@ fn contained(fault: &str, check: impl Fn(&Fault)) {
     let ws = workers(&[1, 2, 3, 4]);
     let prompt = "FAULT: please misbehave";
     let started = Instant::now();
-    let d = p.route(&req(prompt), &ws).unwrap();
+    let d = route(&p, &req(prompt), &ws).unwrap();
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "{fault}: the sandbox did not stop the call"
@@ -339,7 +365,7 @@ fn contained(fault: &str, check: impl Fn(&Fault)) {
     assert_eq!(d.index, native, "{fault}: the native fallback decided");
     assert_eq!(p.info().faults, 1);
     for _ in 0..3 {
-        let d = p.route(&req("a normal prompt"), &ws).unwrap();
+        let d = route(&p, &req("a normal prompt"), &ws).unwrap();
         assert_eq!((d.index, d.fault), (2, None), "{fault}: the policy serves again");
     }
 }
@@ -383,7 +409,7 @@ fn repeated_faults_roll_back_to_the_previous_version_then_a_good_swap_works() {
     assert_eq!(p.info().name, guests::FAULTY_PATH);
     let ws = workers(&[1, 2, 3]);
     for i in 1..=3 {
-        let d = p.route(&req("FAULT now"), &ws).unwrap();
+        let d = route(&p, &req("FAULT now"), &ws).unwrap();
         assert!(d.fault.is_some());
         if i < 3 {
             assert_eq!(p.info().name, guests::FAULTY_PATH, "rolled back too early");
@@ -392,17 +418,17 @@ fn repeated_faults_roll_back_to_the_previous_version_then_a_good_swap_works() {
     assert_eq!(p.info().name, "hash", "three faults in the window roll back");
     assert_eq!(p.rollbacks(), 1);
     assert_eq!(p.total_faults(), 3);
-    assert_eq!(p.route(&req("FAULT now"), &ws).unwrap().fault, None);
+    assert_eq!(route(&p, &req("FAULT now"), &ws).unwrap().fault, None);
 
     let info = p
         .swap(&PolicySource::Builtin("random"), &settings(&[("seed", "1")]), &Actor::default())
         .unwrap();
     assert_eq!(info.name, "random");
-    assert_eq!(p.route(&req("x"), &ws).unwrap().fault, None);
+    assert_eq!(route(&p, &req("x"), &ws).unwrap().fault, None);
     // With nothing before it, a rollback lands on the native fallback.
     assert_eq!(p.rollback(&Actor::default()).name, "hash");
     assert_eq!(p.rollback(&Actor::default()).name, "native");
-    let d = p.route(&req("abc"), &ws).unwrap();
+    let d = route(&p, &req("abc"), &ws).unwrap();
     assert_eq!(d.index, rendezvous("abc", ids(&ws)).unwrap());
 }
 
@@ -418,7 +444,7 @@ async fn faults_inside_a_tokio_runtime_do_not_panic_the_host() {
             let p = p.clone();
             tokio::spawn(async move {
                 let ws = workers(&[1, 2]);
-                (0..20).filter(|_| p.route(&req("FAULT"), &ws).unwrap().fault.is_some()).count()
+                (0..20).filter(|_| route(&p, &req("FAULT"), &ws).unwrap().fault.is_some()).count()
             })
         })
         .collect();
@@ -474,7 +500,7 @@ async fn swapping_100_times_under_8_routing_tasks_fails_no_call() {
                 let mut calls = 0u64;
                 while !stop.load(Ordering::Acquire) {
                     let floor = committed.load(Ordering::Acquire);
-                    let d = p.route(&req("steady traffic"), &ws).expect("workers exist");
+                    let d = route(&p, &req("steady traffic"), &ws).expect("workers exist");
                     assert_eq!(d.fault, None, "a call failed during a swap");
                     assert!(
                         d.index as u64 >= floor,
@@ -519,7 +545,7 @@ fn probe() -> RouterPolicy {
 fn probe_says(p: &RouterPolicy, session: &str, ws: &Workers) -> String {
     let mut r = req("probe");
     r.session = Some(session.into());
-    match p.route(&r, ws).expect("workers").fault {
+    match route(&p, &r, ws).expect("workers").fault {
         Some(Fault::Error(msg)) => msg,
         other => panic!("the probe answered {other:?}"),
     }
@@ -528,7 +554,7 @@ fn probe_says(p: &RouterPolicy, session: &str, ws: &Workers) -> String {
 fn route_blocks(p: &RouterPolicy, blocks: &[u64], ws: &Workers) -> usize {
     let mut r = req("blocks");
     r.block_hashes = blocks.to_vec();
-    let d = p.route(&r, ws).expect("workers");
+    let d = route(&p, &r, ws).expect("workers");
     assert_eq!(d.fault, None);
     d.index
 }
@@ -537,24 +563,24 @@ fn route_blocks(p: &RouterPolicy, blocks: &[u64], ws: &Workers) -> usize {
 fn components_of_both_contract_versions_load_and_say_which() {
     let old = router(PolicySource::Builtin("hash"), &[]);
     assert_eq!(old.info().version, "0.1.0");
-    assert!(!old.wants_blocks(), "a 0.1.0 policy makes the router tokenize nothing");
+    assert!(!tokenizes(&old), "a 0.1.0 policy makes the router tokenize nothing");
     let new = probe();
     assert_eq!(new.info().version, "0.2.0");
-    assert!(new.wants_blocks());
-    let report = locus::policy::inspect(&file(guests::PROBE_PATH), &LoadOptions::default());
+    assert!(tokenizes(&new));
+    let report = locus_policy::inspect(&file(guests::PROBE_PATH), &LoadOptions::default());
     assert!(report.usable(), "{report}");
     assert!(report.to_string().contains("locus:policy/router@0.2.0"), "{report}");
-    let report = locus::policy::inspect(&PolicySource::Builtin("random"), &LoadOptions::default());
+    let report = locus_policy::inspect(&PolicySource::Builtin("random"), &LoadOptions::default());
     assert!(report.to_string().contains("locus:policy/router@0.1.0"), "{report}");
-    let report = locus::policy::inspect(&PolicySource::Builtin("lru"), &LoadOptions::default());
+    let report = locus_policy::inspect(&PolicySource::Builtin("lru"), &LoadOptions::default());
     assert!(report.to_string().contains("locus:policy/cache@0.2.0"), "{report}");
     // A 0.1.0 policy still routes, observes and gets no KV events.
     old.kv().apply(11, false, vec![], vec![1, 2]);
     let ws = workers(&[11, 22, 33]);
-    let d = old.route(&req("still works"), &ws).unwrap();
+    let d = route(&old, &req("still works"), &ws).unwrap();
     assert_eq!(d.fault, None);
     old.observe(
-        &locus::policy::Completion::new(1, 11, locus::policy::Outcome::Broken),
+        &locus_policy::Completion::new(1, 11, locus_policy::Outcome::Broken),
         true,
         Default::default(),
     );
@@ -585,18 +611,18 @@ fn every_load_list_crosses_the_boundary_intact() {
     ] {
         let mut r = req("load");
         r.session = Some(format!("argmax:{field}"));
-        let d = p.route(&r, &ws).unwrap();
+        let d = route(&p, &r, &ws).unwrap();
         assert_eq!((d.index, d.fault), (want, None), "argmax {field}");
     }
     // Lists of unequal lengths never reach the policy.
     ws.waiting.pop();
-    assert!(p.route(&req("x"), &ws).is_none());
+    assert!(route(&p, &req("x"), &ws).is_none());
 }
 
 #[test]
 fn the_completion_crosses_the_boundary_intact() {
     let p = router(file(guests::PROBE_PATH), &[("locus.instances", "1")]);
-    let mut done = locus::policy::Completion::new(77, 22, locus::policy::Outcome::Broken);
+    let mut done = locus_policy::Completion::new(77, 22, locus_policy::Outcome::Broken);
     done.status = 200;
     done.attempt = 1;
     done.latency_us = 123_456;
@@ -634,7 +660,7 @@ fn every_instance_learns_the_kv_events_and_a_fresh_one_is_told_everything() {
     // A trap replaces the instance; the fresh one is told every worker's blocks.
     let mut trap = req("x");
     trap.session = Some("trap".into());
-    assert!(matches!(p.route(&trap, &ws).unwrap().fault, Some(Fault::Trap(_))));
+    assert!(matches!(route(&p, &trap, &ws).unwrap().fault, Some(Fault::Trap(_))));
     assert_eq!(route_blocks(&p, &[1, 2, 3, 4], &ws), 2);
     assert_eq!(probe_says(&p, "blocks:33", &ws), "3");
     // Removals apply (a tie goes to the lowest index), and so does a clear.
@@ -644,16 +670,16 @@ fn every_instance_learns_the_kv_events_and_a_fresh_one_is_told_everything() {
     assert_eq!(route_blocks(&p, &[1, 2, 3], &ws), 2);
     // An instance further behind than the log reaches is told everything again, and a
     // worker that holds nothing now is cleared in it too.
-    for i in 0..locus::policy::LOG_BATCHES as u64 + 10 {
+    for i in 0..locus_policy::LOG_BATCHES as u64 + 10 {
         p.kv().apply(11, false, vec![], vec![1000 + i]);
     }
     p.kv().apply(11, false, vec![], vec![1, 2, 3, 4]);
     p.kv().clear(33);
     assert_eq!(route_blocks(&p, &[1, 2, 3, 4], &ws), 0);
-    assert_eq!(probe_says(&p, "blocks:11", &ws), (locus::policy::LOG_BATCHES + 14).to_string());
+    assert_eq!(probe_says(&p, "blocks:11", &ws), (locus_policy::LOG_BATCHES + 14).to_string());
     assert_eq!(probe_says(&p, "blocks:33", &ws), "0");
     assert_eq!(probe_says(&p, "blocks:22", &ws), "0");
-    assert_eq!(p.kv().head(), 4 + locus::policy::LOG_BATCHES as u64 + 10 + 2);
+    assert_eq!(p.kv().head(), 4 + locus_policy::LOG_BATCHES as u64 + 10 + 2);
 }
 
 // ---- the built-in 0.2.0 policies through the boundary ----
@@ -684,15 +710,15 @@ fn bounded_hash_keeps_a_prefix_home_until_its_worker_is_over_capacity() {
     let mut ws = workers(&[11, 22, 33, 44]);
     let mut r = req("tenant 7's system prompt");
     r.block_hashes = vec![7, 8, 9];
-    let home = p.route(&r, &ws).unwrap().index;
+    let home = route(&p, &r, &ws).unwrap().index;
     ws.in_flight[home] = 3;
     ws.in_flight[(home + 1) % 4] = 3;
     // Total 6 + 1 over 4 workers at c = 1.25: capacity 3, so home is full.
-    let spilled = p.route(&r, &ws).unwrap().index;
+    let spilled = route(&p, &r, &ws).unwrap().index;
     assert_ne!(spilled, home);
     // Total 4 + 1: capacity 2, and home holds 1.
     ws.in_flight[home] = 1;
-    assert_eq!(p.route(&r, &ws).unwrap().index, home);
+    assert_eq!(route(&p, &r, &ws).unwrap().index, home);
     let err = load_err(PolicySource::Builtin("bounded-hash"), &[("c", "0.5")]);
     assert_eq!(err.step, LoadStep::Configure);
 }
@@ -706,33 +732,6 @@ fn least_loaded_with_every_worker_drawn_takes_the_least_loaded() {
     ws.running = vec![1, 2, 0, 0];
     ws.in_flight = vec![0, 0, 0, 4];
     for _ in 0..50 {
-        assert_eq!(p.route(&req("x"), &ws).unwrap().index, 1);
+        assert_eq!(route(&p, &req("x"), &ws).unwrap().index, 1);
     }
-}
-
-/// A second process loads the policy the first one compiled from the disk cache, and a
-/// corrupt cache file is compiled again rather than loaded.
-#[test]
-fn a_new_process_loads_a_compiled_policy_from_the_disk_cache() {
-    let dir = std::env::temp_dir().join(format!("locus-policy-cache-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let inspect = || {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_locus"))
-            .args(["--policy-cache-dir", dir.to_str().unwrap(), "policy", "inspect", "hash"])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let text = String::from_utf8(out.stdout).unwrap();
-        text.lines().find(|l| l.starts_with("code:")).unwrap().to_string()
-    };
-    assert!(inspect().contains("compiled in"));
-    assert!(inspect().contains("from the disk cache"));
-    let file = std::fs::read_dir(&dir).unwrap().next().unwrap().unwrap().path();
-    let mut data = std::fs::read(&file).unwrap();
-    let last = data.len() - 1;
-    data[last] ^= 1;
-    std::fs::write(&file, &data).unwrap();
-    assert!(inspect().contains("compiled in"), "a corrupt file was loaded");
-    assert!(inspect().contains("from the disk cache"), "the file was not rewritten");
-    std::fs::remove_dir_all(&dir).ok();
 }

@@ -1,0 +1,13 @@
+//! The two worlds of `wit/policy.wit` on top of the runtime: routing (both contract
+//! versions, the native fallback, the router's record of the workers' KV blocks) and
+//! caching. Imports [`crate::runtime`] and nothing above it.
+
+pub(crate) mod cache;
+pub(crate) mod fallback;
+pub(crate) mod kv_feed;
+pub(crate) mod router;
+
+pub use cache::{CachePolicy, Entry, EntryKind, PreparedCache};
+pub use fallback::rendezvous;
+pub use kv_feed::{KvBatch, KvFeed, LOG_BATCHES};
+pub use router::{Completion, Outcome, Request, Workers, workers};

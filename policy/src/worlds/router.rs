@@ -1,0 +1,364 @@
+//! Routing policies: the `router` world.
+
+use std::sync::Arc;
+
+use wasmtime::Store;
+use wasmtime::component::InstancePre;
+
+use super::fallback;
+use super::kv_feed::{KvFeed, Missed};
+use crate::runtime::Fault;
+use crate::runtime::sandbox::{Limits, State};
+use crate::runtime::slot::{Feed, Slot, World};
+
+#[allow(missing_docs)]
+mod v2 {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "router",
+        additional_derives: [serde::Serialize],
+    });
+}
+
+#[allow(missing_docs)]
+mod v1 {
+    wasmtime::component::bindgen!({ path: "../wit/0.1.0", world: "router" });
+}
+
+pub use v2::locus::policy::types::{Completion, Outcome, Request, Workers};
+
+/// Builds [`Workers`] from `(id, in_flight)` pairs, with no load reported yet.
+pub fn workers(iter: impl IntoIterator<Item = (u64, u32)>) -> Workers {
+    let (ids, in_flight): (Vec<u64>, Vec<u32>) = iter.into_iter().unzip();
+    let n = ids.len();
+    Workers {
+        ids,
+        in_flight,
+        load_known: vec![false; n],
+        load_age_ms: vec![0; n],
+        waiting: vec![0; n],
+        running: vec![0; n],
+        kv_used_blocks: vec![0; n],
+        kv_total_blocks: vec![0; n],
+        tokens_per_second: vec![0.0; n],
+    }
+}
+
+impl Workers {
+    /// An empty list with room for `n` workers.
+    pub fn with_capacity(n: usize) -> Self {
+        Self {
+            ids: Vec::with_capacity(n),
+            in_flight: Vec::with_capacity(n),
+            load_known: Vec::with_capacity(n),
+            load_age_ms: Vec::with_capacity(n),
+            waiting: Vec::with_capacity(n),
+            running: Vec::with_capacity(n),
+            kv_used_blocks: Vec::with_capacity(n),
+            kv_total_blocks: Vec::with_capacity(n),
+            tokens_per_second: Vec::with_capacity(n),
+        }
+    }
+
+    /// Whether every list has one entry per worker.
+    pub fn consistent(&self) -> bool {
+        let n = self.ids.len();
+        [
+            self.in_flight.len(),
+            self.load_known.len(),
+            self.load_age_ms.len(),
+            self.waiting.len(),
+            self.running.len(),
+            self.kv_used_blocks.len(),
+            self.kv_total_blocks.len(),
+            self.tokens_per_second.len(),
+        ]
+        .iter()
+        .all(|&l| l == n)
+    }
+}
+
+impl Request {
+    /// A request with only a prompt (no block hashes, token count or session).
+    pub fn new(id: u64, prompt: impl Into<String>, max_new_tokens: u32) -> Self {
+        Self {
+            id,
+            prompt: prompt.into(),
+            max_new_tokens,
+            block_hashes: Vec::new(),
+            prompt_tokens: None,
+            session: None,
+        }
+    }
+}
+
+impl Completion {
+    /// A completion of `outcome` with nothing measured yet.
+    pub fn new(request_id: u64, worker_id: u64, outcome: Outcome) -> Self {
+        Self {
+            request_id,
+            worker_id,
+            outcome,
+            status: 0,
+            attempt: 0,
+            latency_us: 0,
+            ttft_us: None,
+            prompt_tokens: None,
+            cached_tokens: None,
+            response_cache_hit: None,
+            generated_tokens: None,
+        }
+    }
+}
+
+/// A router component of either contract version.
+pub(crate) enum Pre {
+    V2(v2::RouterPre<State>),
+    V1(v1::RouterPre<State>),
+}
+
+pub(crate) enum Bindings {
+    V2(v2::Router),
+    V1(v1::Router),
+}
+
+fn to_v1_request(r: &Request) -> v1::locus::policy::types::Request {
+    v1::locus::policy::types::Request {
+        id: r.id,
+        prompt: r.prompt.clone(),
+        max_new_tokens: r.max_new_tokens,
+    }
+}
+
+fn to_v1_workers(w: &Workers) -> v1::locus::policy::types::Workers {
+    v1::locus::policy::types::Workers { ids: w.ids.clone(), in_flight: w.in_flight.clone() }
+}
+
+fn to_v1_completion(c: &Completion) -> v1::locus::policy::types::Completion {
+    v1::locus::policy::types::Completion {
+        request_id: c.request_id,
+        worker_id: c.worker_id,
+        ok: c.outcome == Outcome::Ok,
+        latency_us: c.latency_us,
+        // 0.1.0 has no "unknown": what it always got for a count it could not know.
+        prompt_tokens: c.prompt_tokens.unwrap_or(0),
+        cached_tokens: c.cached_tokens.unwrap_or(0),
+    }
+}
+
+impl Bindings {
+    fn route(
+        &self,
+        store: &mut Store<State>,
+        req: &Request,
+        workers: &Workers,
+    ) -> wasmtime::Result<Result<u32, String>> {
+        match self {
+            Self::V2(b) => b.call_route(store, req, workers),
+            Self::V1(b) => b.call_route(store, &to_v1_request(req), &to_v1_workers(workers)),
+        }
+    }
+
+    fn observe(
+        &self,
+        store: &mut Store<State>,
+        done: &Completion,
+        answered: bool,
+    ) -> wasmtime::Result<()> {
+        match self {
+            Self::V2(b) => b.call_observe(store, *done),
+            // 0.1.0 promised one completion per request, once a worker answered it.
+            Self::V1(b) if answered => b.call_observe(store, to_v1_completion(done)),
+            Self::V1(_) => Ok(()),
+        }
+    }
+
+    fn kv_events(
+        &self,
+        store: &mut Store<State>,
+        worker: u64,
+        cleared: bool,
+        removed: &[u64],
+        stored: &[u64],
+    ) -> wasmtime::Result<()> {
+        match self {
+            Self::V2(b) => b.call_kv_events(store, worker, cleared, removed, stored),
+            // 0.1.0 has no KV events.
+            Self::V1(_) => Ok(()),
+        }
+    }
+}
+
+pub(crate) struct RouterWorld;
+
+impl World for RouterWorld {
+    const NAME: &'static str = "router";
+    const STATEFUL: bool = false;
+    type Pre = Pre;
+    type Bindings = Bindings;
+
+    fn pre(ip: InstancePre<State>) -> wasmtime::Result<Self::Pre> {
+        match v2::RouterPre::new(ip.clone()) {
+            Ok(p) => Ok(Pre::V2(p)),
+            // Not 0.2.0: a 0.1.0 component keeps working; if it is neither, 0.2.0's
+            // complaint is the one to read.
+            Err(e2) => v1::RouterPre::new(ip).map(Pre::V1).map_err(|_| e2),
+        }
+    }
+
+    fn instantiate(pre: &Self::Pre, store: &mut Store<State>) -> wasmtime::Result<Self::Bindings> {
+        Ok(match pre {
+            Pre::V2(p) => Bindings::V2(p.instantiate(store)?),
+            Pre::V1(p) => Bindings::V1(p.instantiate(store)?),
+        })
+    }
+
+    fn configure(
+        b: &Self::Bindings,
+        store: &mut Store<State>,
+        settings: &[(String, String)],
+    ) -> wasmtime::Result<Result<(), String>> {
+        match b {
+            Bindings::V2(b) => b.call_configure(store, &settings.to_vec()),
+            Bindings::V1(b) => b.call_configure(store, &settings.to_vec()),
+        }
+    }
+
+    fn smoke(b: &Self::Bindings, store: &mut Store<State>) -> wasmtime::Result<Result<(), Fault>> {
+        let mut workers = workers((1..=4).map(|id| (id, id as u32)));
+        workers.load_known[1] = true;
+        workers.waiting[1] = 2;
+        workers.kv_total_blocks[1] = 1024;
+        let prompt = "locus smoke call: the quick brown fox jumps over the lazy dog";
+        let mut req = Request::new(0, prompt, 16);
+        req.block_hashes = vec![0x1234_5678_9abc_def0, 0x0fed_cba9_8765_4321];
+        req.prompt_tokens = Some(40);
+        b.kv_events(&mut *store, 2, true, &[], &req.block_hashes)?;
+        let index = match b.route(&mut *store, &req, &workers)? {
+            Ok(i) => i,
+            Err(msg) => return Ok(Err(Fault::Error(msg))),
+        };
+        if let Err(f) = check_index(index, &workers) {
+            return Ok(Err(f));
+        }
+        let mut done = Completion::new(0, workers.ids[index as usize], Outcome::Ok);
+        done.status = 200;
+        done.latency_us = 1000;
+        done.ttft_us = Some(400);
+        done.prompt_tokens = Some(40);
+        done.cached_tokens = Some(0);
+        done.response_cache_hit = Some(false);
+        done.generated_tokens = Some(16);
+        b.observe(&mut *store, &done, true)?;
+        b.kv_events(store, 2, true, &[], &[])?;
+        Ok(Ok(()))
+    }
+
+    fn version(pre: &Self::Pre) -> &'static str {
+        match pre {
+            Pre::V2(_) => "0.2.0",
+            Pre::V1(_) => "0.1.0",
+        }
+    }
+}
+
+fn check_index(index: u32, workers: &Workers) -> Result<usize, Fault> {
+    let len = workers.ids.len();
+    if (index as usize) < len { Ok(index as usize) } else { Err(Fault::OutOfRange { index, len }) }
+}
+
+/// Brings each instance up to date with the workers' KV events before its next call.
+pub(crate) struct KvEvents(pub(crate) Arc<KvFeed>);
+
+impl KvEvents {
+    fn tell_everything(
+        b: &Bindings,
+        store: &mut Store<State>,
+        limits: &Limits,
+        sets: Vec<(u64, Vec<u64>)>,
+    ) -> wasmtime::Result<()> {
+        for (worker, blocks) in sets {
+            State::arm(store, limits);
+            b.kv_events(&mut *store, worker, true, &[], &blocks)?;
+        }
+        Ok(())
+    }
+}
+
+impl Feed<RouterWorld> for KvEvents {
+    fn replay(
+        &self,
+        b: &Bindings,
+        store: &mut Store<State>,
+        limits: &Limits,
+    ) -> wasmtime::Result<u64> {
+        if let Bindings::V1(_) = b {
+            return Ok(self.0.head());
+        }
+        let (sets, head) = self.0.everything();
+        Self::tell_everything(b, store, limits, sets)?;
+        Ok(head)
+    }
+
+    fn catch_up(
+        &self,
+        b: &Bindings,
+        store: &mut Store<State>,
+        limits: &Limits,
+        cursor: u64,
+    ) -> wasmtime::Result<u64> {
+        if let Bindings::V1(_) = b {
+            return Ok(cursor);
+        }
+        match self.0.since(cursor) {
+            None => Ok(cursor),
+            Some(Missed::Batches(batches)) => {
+                let mut at = cursor;
+                for batch in batches {
+                    State::arm(store, limits);
+                    b.kv_events(
+                        &mut *store,
+                        batch.worker,
+                        batch.cleared,
+                        &batch.removed,
+                        &batch.stored,
+                    )?;
+                    at = batch.seq;
+                }
+                Ok(at)
+            }
+            Some(Missed::Everything(sets, head)) => {
+                // Every worker ever heard of comes with `cleared` and its whole set
+                // (empty for one that holds nothing now), so no stale block survives.
+                Self::tell_everything(b, store, limits, sets)?;
+                Ok(head)
+            }
+        }
+    }
+}
+
+/// Asks `slot`'s policy to choose; the native fallback decides when it faults.
+pub(crate) fn decide(
+    slot: &Slot<RouterWorld>,
+    req: &Request,
+    workers: &Workers,
+) -> (usize, Option<Fault>) {
+    let native = || fallback::rendezvous(&req.prompt, workers.ids.iter().copied());
+    slot.call(
+        |b, store| {
+            Ok(b.route(store, req, workers)?
+                .map_err(Fault::Error)
+                .and_then(|i| check_index(i, workers)))
+        },
+        || native().expect("the worker list is not empty"),
+    )
+}
+
+/// Tells `slot`'s policy how an attempt ended; returns the fault, if any.
+pub(crate) fn observe_in(
+    slot: &Slot<RouterWorld>,
+    done: &Completion,
+    answered: bool,
+) -> Option<Fault> {
+    slot.call(|b, store| b.observe(store, done, answered).map(Ok), || ()).1
+}
