@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::generation::LogitsProcessor;
+use locus_tokens::Tokenizer;
 
 use crate::gpt2::{Config, Gpt2, KvCache};
 use crate::prefix::{
@@ -18,7 +19,6 @@ use crate::prefix::{
 };
 use crate::scheduler::{self, Counters, Event, Handle, Limits, SchedulerStats, Submission};
 use crate::source::{self, ModelSource, Weights};
-use crate::tokenizer::Tokenizer;
 use crate::{EngineError, Result};
 
 /// Options of [`Engine::load`].

@@ -1,5 +1,7 @@
 //! locus-engine: GPT-2-family inference on CPU with candle, with a prefix KV store whose
-//! admission and eviction are decided by an external [`CachePolicy`].
+//! admission and eviction are decided by an external [`CachePolicy`]. It imports
+//! locus-tokens (the tokenizer and the block hashes it shares with routers, re-exported so
+//! that its callers see one API) and no host code.
 //!
 //! ```no_run
 //! use locus_engine::{Engine, EngineOptions, GenerateRequest, ModelSource};
@@ -18,7 +20,9 @@ pub mod prefix;
 mod scheduler;
 pub mod skinny;
 pub mod source;
-pub mod tokenizer;
+
+/// GPT-2's tokenizer, from locus-tokens (kept at this path for the engine's callers).
+pub use locus_tokens::tokenizer;
 
 pub use engine::{Engine, EngineOptions, FinishReason, GenerateRequest, Generation, ModelInfo};
 pub use error::EngineError;

@@ -20,10 +20,10 @@ use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
 use candle_transformers::generation::LogitsProcessor;
+use locus_tokens::Utf8Stream;
 
 use crate::engine::{FinishReason, Shared};
 use crate::gpt2::{KvCache, Step};
-use crate::tokenizer::Utf8Stream;
 use crate::{EngineError, Result};
 
 /// How the scheduler shares the machine. Defaults measured on a 2-core machine
