@@ -5,13 +5,14 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, mpsc};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::generation::LogitsProcessor;
 use locus_tokens::Tokenizer;
+use parking_lot::{Mutex, MutexGuard};
 
 use crate::gpt2::{Config, Gpt2, KvCache};
 use crate::prefix::{
@@ -138,12 +139,14 @@ pub(crate) struct Shared {
     pub(crate) model: Gpt2,
     pub(crate) tokenizer: Tokenizer,
     pub(crate) info: ModelInfo,
+    // A lock without poisoning: generation state lives outside it, so a panicked request
+    // leaves nothing half-done and the store keeps serving.
     store: Mutex<PrefixStore>,
 }
 
 impl Shared {
     pub(crate) fn store(&self) -> MutexGuard<'_, PrefixStore> {
-        lock(&self.store)
+        self.store.lock()
     }
 
     /// A cache for `ids` with room for `positions` tokens, starting from the longest prefix
@@ -184,11 +187,6 @@ pub struct Engine {
     shared: Arc<Shared>,
     scheduler: Handle,
     seeds: AtomicU64,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Generation state lives outside the locks; a panicked request leaves nothing half-done.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// How often a waiting caller of [`Engine::generate_until`] is asked whether to go on when no
@@ -479,7 +477,9 @@ impl Engine {
             cancel: cancel.clone(),
         };
         let submitted = Instant::now();
-        lock(&self.scheduler.tx)
+        self.scheduler
+            .tx
+            .lock()
             .send((sub, submitted))
             .map_err(|_| EngineError::Internal("the scheduler loop has stopped".into()))?;
 

@@ -15,10 +15,11 @@
 //! crate routers share with workers). It is re-exported here, where the keys are used.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use candle_core::Tensor;
 use lru::LruCache;
+use parking_lot::Mutex;
 
 use crate::gpt2::KvCache;
 
@@ -47,6 +48,8 @@ pub trait CachePolicy: Send + Sync {
 /// Least-recently-used policy: admits everything, evicts the oldest blocks first.
 pub struct LruPolicy {
     // Unbounded: the store enforces the byte budget; this only keeps the order and sizes.
+    // A lock without poisoning: a panic elsewhere cannot leave the order inconsistent, so
+    // the policy keeps serving after one.
     order: Mutex<LruCache<u64, u64>>,
 }
 
@@ -70,23 +73,18 @@ impl LruPolicy {
         }
         p
     }
-
-    fn order(&self) -> std::sync::MutexGuard<'_, LruCache<u64, u64>> {
-        // A panic elsewhere cannot leave the order inconsistent: keep serving.
-        self.order.lock().unwrap_or_else(|e| e.into_inner())
-    }
 }
 
 impl CachePolicy for LruPolicy {
     fn admit(&self, key: u64, size: u64) -> bool {
-        self.order().put(key, size);
+        self.order.lock().put(key, size);
         true
     }
     fn hit(&self, key: u64) {
-        self.order().get(&key);
+        self.order.lock().get(&key);
     }
     fn evict(&self, bytes_needed: u64) -> Vec<u64> {
-        let mut order = self.order();
+        let mut order = self.order.lock();
         let (mut freed, mut keys) = (0u64, Vec::new());
         while freed < bytes_needed {
             match order.pop_lru() {
@@ -100,7 +98,7 @@ impl CachePolicy for LruPolicy {
         keys
     }
     fn removed(&self, key: u64) {
-        self.order().pop(&key);
+        self.order.lock().pop(&key);
     }
 }
 
@@ -528,19 +526,19 @@ mod tests {
 
     impl Recorder {
         fn take(&self) -> Vec<Heard> {
-            std::mem::take(&mut *self.0.lock().unwrap())
+            std::mem::take(&mut *self.0.lock())
         }
     }
 
     impl KvListener for Recorder {
         fn stored(&self, hashes: &[u64]) {
-            self.0.lock().unwrap().push(Heard::Stored(hashes.to_vec()));
+            self.0.lock().push(Heard::Stored(hashes.to_vec()));
         }
         fn removed(&self, hashes: &[u64]) {
-            self.0.lock().unwrap().push(Heard::Removed(hashes.to_vec()));
+            self.0.lock().push(Heard::Removed(hashes.to_vec()));
         }
         fn cleared(&self) {
-            self.0.lock().unwrap().push(Heard::Cleared);
+            self.0.lock().push(Heard::Cleared);
         }
     }
 

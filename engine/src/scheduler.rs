@@ -15,12 +15,13 @@
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
 use candle_transformers::generation::LogitsProcessor;
 use locus_tokens::Utf8Stream;
+use parking_lot::Mutex;
 
 use crate::engine::{FinishReason, Shared};
 use crate::gpt2::{KvCache, Step};
@@ -502,6 +503,8 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 
 /// The loop's handle: where requests go in, and its counters.
 pub(crate) struct Handle {
+    // A lock without poisoning, as the store's: a caller that panicked must not stop every
+    // later caller from submitting.
     pub tx: Mutex<mpsc::Sender<(Submission, Instant)>>,
     pub counters: Arc<Counters>,
     pub limits: Limits,
