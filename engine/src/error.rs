@@ -1,3 +1,5 @@
+//! What can go wrong in loading and generation, and which of it is the request's fault.
+
 use thiserror::Error;
 
 /// Errors of loading and generation. [`EngineError::is_client_error`] separates the ones caused
@@ -78,3 +80,6 @@ impl EngineError {
         )
     }
 }
+
+/// Result of this crate.
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;

@@ -9,7 +9,7 @@ use std::str::FromStr;
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
-use crate::EngineError;
+use crate::error::EngineError;
 use crate::gpt2::Config;
 
 /// CLI name of the synthetic default.

@@ -12,122 +12,28 @@
 //! chunk is computed alone): greedy output is the same alone or in a batch. The price is one
 //! more read of the weights per prefill step, small beside the chunk's compute.
 
+mod messages;
+mod panics;
+mod stats;
+
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
-use candle_transformers::generation::LogitsProcessor;
+use locus_tokens::Utf8Stream;
 
-use crate::engine::{FinishReason, Shared};
+pub(crate) use messages::{Event, Handle, Submission};
+use panics::{caught, panic_message};
+pub(crate) use stats::Counters;
+pub use stats::{Limits, SchedulerStats};
+
+use crate::error::{EngineError, Result};
 use crate::gpt2::{KvCache, Step};
-use crate::tokenizer::Utf8Stream;
-use crate::{EngineError, Result};
-
-/// How the scheduler shares the machine. Defaults measured on a 2-core machine
-/// (BENCHMARKS.md, issue 8).
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Most sequences decoding together.
-    pub max_batch: usize,
-    /// Most prompt tokens run in one step: a longer prompt is prefilled over several steps,
-    /// so running streams keep producing tokens meanwhile.
-    pub prefill_chunk: usize,
-    /// KV memory for running sequences, in bytes; each reserves prompt + `max_new_tokens`
-    /// positions at admission. The prefix store has its own budget.
-    pub kv_bytes: u64,
-    /// Longest a request waits for admission before it fails with
-    /// [`EngineError::QueueTimeout`].
-    pub queue_timeout: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_batch: 16,
-            prefill_chunk: 128,
-            kv_bytes: 1 << 30,
-            queue_timeout: Duration::from_secs(60),
-        }
-    }
-}
-
-/// Counters and gauges of the scheduler, read by metrics and load reports.
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    waiting: AtomicUsize,
-    running: AtomicUsize,
-    kv_reserved: AtomicU64,
-    generated: AtomicU64,
-    cancelled: AtomicU64,
-    steps: AtomicU64,
-    failed: AtomicU64,
-}
-
-/// A snapshot of the scheduler's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SchedulerStats {
-    /// Requests waiting for admission.
-    pub waiting: usize,
-    /// Sequences admitted (prefilling or decoding).
-    pub running: usize,
-    /// Bytes of KV reserved by running sequences.
-    pub kv_reserved_bytes: u64,
-    /// The running sequences' KV budget.
-    pub kv_capacity_bytes: u64,
-    /// Tokens generated since start.
-    pub generated_tokens: u64,
-    /// Requests ended because their caller went away, since start.
-    pub cancelled: u64,
-    /// Sequences ended by an error while stepping, since start.
-    pub failed: u64,
-    /// Model passes run (decode passes and prompt chunks), since start.
-    pub steps: u64,
-}
-
-impl Counters {
-    pub(crate) fn snapshot(&self, limits: &Limits) -> SchedulerStats {
-        SchedulerStats {
-            waiting: self.waiting.load(Ordering::Relaxed),
-            running: self.running.load(Ordering::Relaxed),
-            kv_reserved_bytes: self.kv_reserved.load(Ordering::Relaxed),
-            kv_capacity_bytes: limits.kv_bytes,
-            generated_tokens: self.generated.load(Ordering::Relaxed),
-            cancelled: self.cancelled.load(Ordering::Relaxed),
-            failed: self.failed.load(Ordering::Relaxed),
-            steps: self.steps.load(Ordering::Relaxed),
-        }
-    }
-}
-
-/// A request handed to the loop (already checked against the context).
-pub(crate) struct Submission {
-    pub ids: Vec<u32>,
-    pub max_new: usize,
-    pub sampler: LogitsProcessor,
-    pub ignore_eos: bool,
-    pub stop_token_ids: Vec<u32>,
-    pub events: mpsc::Sender<Event>,
-    pub cancel: Arc<AtomicBool>,
-}
-
-/// What the loop tells a request's caller; the caller assembles the `Generation` from
-/// these, so that a caller that stops early has the same figures as one that waits.
-pub(crate) enum Event {
-    /// Admitted to the batch after waiting this long.
-    Admitted { queue_ms: f64 },
-    /// The prompt ran, this long after admission; this many of its tokens came from the
-    /// prefix store.
-    Started { cached_tokens: usize, prefill_ms: f64 },
-    /// New text and the tokens it came from (a token can end mid-character, so its id may
-    /// come with the next one's text).
-    Text { piece: String, ids: Vec<u32> },
-    /// The end: why, and the token that ended it ([`FinishReason::Stop`]); or why it failed.
-    /// Not sent to a caller that left.
-    Done { end: Result<FinishReason>, stop_token: Option<u32> },
-}
+use crate::request::FinishReason;
+use crate::shared::Shared;
 
 struct Seq {
     sub: Submission,
@@ -478,31 +384,6 @@ impl Seq {
     }
 }
 
-/// A step's outcome with its error or panic as a message.
-fn caught<T, E: std::fmt::Display>(r: std::thread::Result<Result<T, E>>) -> Result<T, String> {
-    match r {
-        Ok(Ok(t)) => Ok(t),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(p) => Err(panic_message(&*p)),
-    }
-}
-
 fn ms(from: Instant, to: Instant) -> f64 {
     to.duration_since(from).as_secs_f64() * 1e3
-}
-
-fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    let msg = p
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".into());
-    format!("panicked: {msg}")
-}
-
-/// The loop's handle: where requests go in, and its counters.
-pub(crate) struct Handle {
-    pub tx: Mutex<mpsc::Sender<(Submission, Instant)>>,
-    pub counters: Arc<Counters>,
-    pub limits: Limits,
 }

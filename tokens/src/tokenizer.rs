@@ -89,12 +89,14 @@ impl Tokenizer {
 /// Turns a stream of token bytes into text pieces that never split a character: bytes of an
 /// incomplete UTF-8 sequence wait for the next token.
 #[derive(Default)]
-pub(crate) struct Utf8Stream {
+pub struct Utf8Stream {
     pending: Vec<u8>,
 }
 
 impl Utf8Stream {
-    pub(crate) fn push(&mut self, bytes: &[u8]) -> String {
+    /// Adds one token's bytes; returns the text now complete (empty while a character is
+    /// unfinished).
+    pub fn push(&mut self, bytes: &[u8]) -> String {
         self.pending.extend_from_slice(bytes);
         let valid = match std::str::from_utf8(&self.pending) {
             Ok(_) => self.pending.len(),
@@ -108,7 +110,9 @@ impl Utf8Stream {
         out
     }
 
-    pub(crate) fn finish(&mut self) -> String {
+    /// The bytes still waiting (an unfinished character at the end of the stream), lossily;
+    /// the stream is then empty.
+    pub fn finish(&mut self) -> String {
         let out = String::from_utf8_lossy(&self.pending).into_owned();
         self.pending.clear();
         out
