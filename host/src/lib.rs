@@ -4,12 +4,15 @@
 
 pub mod admin_client;
 pub mod api;
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod clock;
+#[cfg(feature = "worker")]
 pub mod cluster;
 pub mod http;
 pub mod router;
 pub mod serve;
+#[cfg(feature = "worker")]
 pub mod worker;
 
 pub use locus_policy::guests;

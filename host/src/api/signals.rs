@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 /// A worker's load, as `GET /load` answers it (one JSON object with these fields).
 ///
 /// KV figures are in blocks of 16 tokens (`locus_tokens::BLOCK_TOKENS`), each
-/// `locus_engine::prefix::block_bytes(n_layer, n_embd)` bytes, so that they compare with the
+/// `block_bytes(n_layer, n_embd)` bytes (the worker's engine), so that they compare with the
 /// block hashes of `/kv_events`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LoadReport {

@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 
-use locus_engine::{BLOCK_TOKENS, Tokenizer};
+use locus_tokens::{BLOCK_TOKENS, Tokenizer};
 use serde::Serialize;
 
 use super::BenchRequest;

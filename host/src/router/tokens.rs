@@ -12,8 +12,7 @@ use std::hash::{Hash, Hasher};
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 
-use locus_engine::Tokenizer;
-use locus_engine::prefix::{BLOCK_TOKENS, block_hashes};
+use locus_tokens::{BLOCK_TOKENS, Tokenizer, block_hashes};
 use lru::LruCache;
 
 use locus_policy::{BlockFill, Blocks, Request};
