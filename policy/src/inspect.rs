@@ -8,7 +8,7 @@ use crate::load::PolicySource;
 use crate::runtime::LoadOptions;
 use crate::runtime::Origin;
 use crate::runtime::sandbox::Runtime;
-use crate::runtime::slot::Version;
+use crate::runtime::version::Version;
 use crate::worlds::cache::CacheWorld;
 use crate::worlds::router::RouterWorld;
 

@@ -8,7 +8,8 @@ use parking_lot::Mutex;
 use crate::info::PolicyInfo;
 use crate::load::{LoadError, PolicySource};
 use crate::runtime::LoadOptions;
-use crate::runtime::slot::{Slot, Version};
+use crate::runtime::slot::Slot;
+use crate::runtime::version::Version;
 use crate::runtime::{Actor, AuditEvent, AuditLog, Fault, FaultPolicy};
 use crate::trial::{
     BlockFill, Side, Trial, TrialMode, TrialOutcome, TrialReport, TrialRules, TrialRunning, Trials,

@@ -202,7 +202,7 @@ fn canary_rules_abort_on_slower_ttft_and_on_errors_and_promotion_makes_it_serve(
             if p.trial().unwrap().ended.is_some() {
                 return i;
             }
-            let d = route(&p, &Request::new(i, format!("key {i}"), 4), &ws).unwrap();
+            let d = route(p, &Request::new(i, format!("key {i}"), 4), &ws).unwrap();
             let mut done = Completion::new(i, ws.ids[d.index], Outcome::Ok);
             done.ttft_us = Some(ttft_live);
             if d.side == Side::Candidate {

@@ -9,6 +9,8 @@ mod fault;
 mod options;
 pub(crate) mod sandbox;
 pub(crate) mod slot;
+pub(crate) mod version;
+pub(crate) mod world;
 
 pub use audit::{AUDIT_KEPT, Actor, AuditEntry, AuditEvent, AuditLog};
 pub use compiled_cache::{CompiledCache, Origin, default_dir as default_compiled_cache_dir};

@@ -41,7 +41,8 @@ pub use shadow::SHADOW_QUEUE;
 pub use table::render_trial;
 
 use crate::info::{PolicyInfo, unix_time};
-use crate::runtime::slot::{Slot, Version};
+use crate::runtime::slot::Slot;
+use crate::runtime::version::Version;
 use crate::runtime::{Actor, AuditEvent, AuditLog};
 use crate::worlds::router::RouterWorld;
 use crate::worlds::{Completion, KvFeed, Outcome, Request, Workers};

@@ -14,7 +14,9 @@ use crate::info::PolicyInfo;
 use crate::load::{LoadError, PolicySource};
 use crate::runtime::LoadOptions;
 use crate::runtime::sandbox::{Limits, State};
-use crate::runtime::slot::{Feed, Slot, Version, World};
+use crate::runtime::slot::Slot;
+use crate::runtime::version::Version;
+use crate::runtime::world::{Feed, World};
 use crate::runtime::{AuditLog, Fault, FaultPolicy};
 
 #[allow(missing_docs)]

@@ -9,7 +9,8 @@ use super::fallback;
 use super::kv_feed::{KvFeed, Missed};
 use crate::runtime::Fault;
 use crate::runtime::sandbox::{Limits, State};
-use crate::runtime::slot::{Feed, Slot, World};
+use crate::runtime::slot::Slot;
+use crate::runtime::world::{Feed, World};
 
 #[allow(missing_docs)]
 mod v2 {
