@@ -19,7 +19,7 @@
 //!    the router's record of the workers' KV blocks;
 //! 3. [`trial`]: a candidate routing policy tried beside the live one, as a shadow or a
 //!    canary;
-//! 4. [`RouterPolicy`], the one facade the router's request path asks, and [`inspect`].
+//! 4. [`RouterPolicy`], the one facade the router's request path asks, and [`inspect()`].
 #![deny(missing_docs)]
 
 pub mod info;

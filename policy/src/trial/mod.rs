@@ -16,7 +16,7 @@
 //! of the live policy (a swap, or a rollback asked for or made by the fault rules).
 
 //!
-//! The two kinds differ only in what they do beside the live policy ([`TrialKind`]:
+//! The two kinds differ only in what they do beside the live policy (`TrialKind`:
 //! `shadow.rs`, `canary.rs`); what they share is here: the trial's record (`record.rs`),
 //! its report (`report.rs`), its settings (`rules.rs`), and its life from start to
 //! promotion or abort, each change in the audit log.

@@ -6,7 +6,7 @@
 pub const PREFIX_CHARS: usize = 20;
 
 /// The index of the worker (by id) with the highest rendezvous weight for the first
-/// [`PREFIX_CHARS`] characters of `prompt`; `None` if there is no worker.
+/// `PREFIX_CHARS` (20) characters of `prompt`; `None` if there is no worker.
 pub fn rendezvous(prompt: &str, ids: impl IntoIterator<Item = u64>) -> Option<usize> {
     locus_policy_kit::rendezvous(locus_policy_kit::prefix(prompt, PREFIX_CHARS), ids)
 }
