@@ -9,7 +9,8 @@ use crate::guests::BUILTINS;
 /// Where a policy comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PolicySource {
-    /// A policy built into the binary (`random`, `hash`, `lru`).
+    /// A policy built into the binary: one of [`builtin_names`] (the crates under
+    /// `guest-router/` and `guest-cache/` listed in `policy/build.rs`).
     Builtin(&'static str),
     /// A component file.
     File(PathBuf),
