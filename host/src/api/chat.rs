@@ -22,7 +22,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::ApiError;
+use super::error::ApiError;
 
 /// Stop sequences every chat request gets, so that the model answers one turn.
 pub const STOPS: &[&str] = &["\n\nUser:"];

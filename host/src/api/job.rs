@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use super::ApiError;
+use super::error::ApiError;
 
 /// Which API a request came through: it decides the answer's shape and how fields are
 /// named in errors.

@@ -1,7 +1,8 @@
 //! The wire types of both servers, shared by worker, router and bench: SGLang's
 //! `/generate`, OpenAI's `/v1/completions` and `/v1/chat/completions`, the one error
 //! shape, how a body is read, the admin answers clients read back, and what workers tell
-//! routers (load and KV events). Imports no server code. One rule for fields: unknown ones are accepted and
+//! routers (load and KV events). It may import locus-policy's report types and nothing of
+//! the servers (router/, worker/, http.rs): both servers import it. One rule for fields: unknown ones are accepted and
 //! ignored, as the field's servers do; one that would change the answer and that locus
 //! cannot honour is refused with 400 naming it.
 

@@ -5,7 +5,7 @@
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 
-use super::ApiError;
+use super::error::ApiError;
 
 /// Parses `body` as one `T`. Empty, malformed or trailing input is 400 without a param; a
 /// value of the wrong type is 400 naming its path (`sampling_params.temperature`).

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::ApiError;
+use super::error::ApiError;
 use super::job::{Endpoint, Job, OneOrMany, Prompt, nullable, seed, stops, with_unsupported};
 
 /// A `/generate` request. Fields SGLang takes and locus does not know are ignored; the
