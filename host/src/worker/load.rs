@@ -2,7 +2,7 @@
 //! measured token rate behind it.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::Worker;
@@ -10,6 +10,7 @@ use crate::api::signals::LoadReport;
 use crate::clock::unix_micros;
 use axum::Json;
 use axum::extract::State;
+use parking_lot::Mutex;
 
 /// How often the sampler reads the engine's generated-token count.
 const SAMPLE_EVERY: Duration = Duration::from_millis(250);
@@ -28,13 +29,8 @@ impl Throughput {
         Self { samples: Mutex::new(VecDeque::from([(Instant::now(), generated)])) }
     }
 
-    fn samples(&self) -> std::sync::MutexGuard<'_, VecDeque<(Instant, u64)>> {
-        // Only plain numbers inside: a panic elsewhere cannot leave them inconsistent.
-        self.samples.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     fn record(&self, at: Instant, generated: u64) {
-        let mut s = self.samples();
+        let mut s = self.samples.lock();
         s.push_back((at, generated));
         // Keep the newest sample at least WINDOW old as the start of the window.
         while s.len() > 1 && s.get(1).is_some_and(|&(t, _)| at.duration_since(t) >= WINDOW) {
@@ -44,7 +40,7 @@ impl Throughput {
 
     /// Tokens per second from the window's first sample to (`at`, `generated`).
     fn rate(&self, at: Instant, generated: u64) -> f64 {
-        let Some(&(since, from)) = self.samples().front() else { return 0.0 };
+        let Some(&(since, from)) = self.samples.lock().front() else { return 0.0 };
         let secs = at.saturating_duration_since(since).as_secs_f64();
         // Too short a span says nothing (and the first report after a start would divide by
         // almost nothing).
@@ -110,14 +106,14 @@ mod tests {
     #[test]
     fn the_rate_spans_about_the_window() {
         let t = Throughput::new(0);
-        let t0 = t.samples().front().unwrap().0;
+        let t0 = t.samples.lock().front().unwrap().0;
         assert_eq!(t.rate(t0, 100), 0.0, "no span yet");
         // 100 tokens a second for 4 s, sampled every 250 ms.
         for i in 1..=16u64 {
             t.record(t0 + SAMPLE_EVERY * i as u32, 25 * i);
         }
         let end = t0 + Duration::from_secs(4);
-        let s = t.samples();
+        let s = t.samples.lock();
         let first = s.front().unwrap().0;
         assert_eq!(end.duration_since(first), WINDOW);
         drop(s);
@@ -127,6 +123,6 @@ mod tests {
             t.record(t0 + SAMPLE_EVERY * i as u32, 400);
         }
         assert_eq!(t.rate(t0 + Duration::from_secs(6), 400), 0.0);
-        assert!(t.samples().len() <= 10);
+        assert!(t.samples.lock().len() <= 10);
     }
 }
