@@ -5,7 +5,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry,
 };
 
-use super::run::{Finish, Outcome};
+use super::outcome::{Finish, Outcome};
 use crate::api::{ApiError, Endpoint};
 
 pub(super) struct Metrics {

@@ -8,12 +8,14 @@
 //! (`GET /kv_events`) tell a router how busy the worker is and which prefix blocks it holds.
 
 mod admin;
+mod answer;
 mod caches;
 mod handlers;
 mod info;
 mod kv_events;
 mod load;
 mod metrics;
+mod outcome;
 mod responses;
 mod run;
 mod stop;
@@ -32,8 +34,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 pub use caches::{Caches, LevelInfo};
+pub use outcome::Finish;
 pub use responses::{Cached, ResponseCache};
-pub use run::Finish;
 pub use stop::StopMatcher;
 
 use crate::api::Endpoint;

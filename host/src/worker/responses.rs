@@ -7,7 +7,7 @@ use std::sync::Arc;
 use locus_policy::{CachePolicy, Entry, EntryKind};
 use parking_lot::Mutex;
 
-use super::run::Finish;
+use super::outcome::Finish;
 
 /// A cached answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
