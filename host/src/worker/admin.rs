@@ -14,7 +14,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::Worker;
+use super::state::Worker;
 use crate::api::admin::AuditAnswer;
 use crate::http::{actor, swap_uploaded};
 

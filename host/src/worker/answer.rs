@@ -4,8 +4,8 @@
 
 use serde_json::Value;
 
-use super::Worker;
 use super::outcome::{Finish, Outcome};
+use super::state::Worker;
 use crate::api::openai::{
     ChatChoice, ChatCompletion, ChatMessageOut, Completion, CompletionChoice, Usage,
 };

@@ -10,7 +10,8 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 
 use super::answer::Answer;
-use super::{Worker, stream};
+use super::state::Worker;
+use super::stream;
 use crate::api::{ApiError, Endpoint, read_job};
 use crate::http::{RequestId, tagged};
 

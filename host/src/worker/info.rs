@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::Worker;
+use super::state::Worker;
 use crate::api::openai::{ModelCard, ModelList};
 use crate::clock::unix_secs;
 use crate::http::render_metrics;

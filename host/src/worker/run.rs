@@ -11,9 +11,9 @@ use axum::http::StatusCode;
 use locus_engine::{EngineError, FinishReason, GenerateRequest};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
-use super::Worker;
 use super::outcome::{Finish, Outcome, Piece};
 use super::responses::Cached;
+use super::state::Worker;
 use super::stop::StopMatcher;
 use crate::api::{ApiError, Job, Prompt};
 
