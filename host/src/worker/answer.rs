@@ -14,8 +14,11 @@ use crate::clock::now_secs;
 
 /// A finished outcome rendered in each API's shape.
 pub(super) struct Answer<'a> {
+    /// The worker that ran it (its id and model name go into the answer).
     pub w: &'a Worker,
+    /// The request's id.
     pub id: &'a str,
+    /// What the run produced.
     pub outcome: &'a Outcome,
 }
 

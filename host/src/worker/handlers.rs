@@ -15,14 +15,17 @@ use super::stream;
 use crate::api::{ApiError, Endpoint, read_job};
 use crate::http::{RequestId, tagged};
 
+/// `POST /generate` (SGLang).
 pub(super) async fn generate(w: State<Arc<Worker>>, id: RequestId, body: Bytes) -> Response {
     answer(w.0, Endpoint::Generate, id, body).await
 }
 
+/// `POST /v1/completions` (OpenAI).
 pub(super) async fn completions(w: State<Arc<Worker>>, id: RequestId, body: Bytes) -> Response {
     answer(w.0, Endpoint::Completions, id, body).await
 }
 
+/// `POST /v1/chat/completions` (OpenAI).
 pub(super) async fn chat(w: State<Arc<Worker>>, id: RequestId, body: Bytes) -> Response {
     answer(w.0, Endpoint::Chat, id, body).await
 }

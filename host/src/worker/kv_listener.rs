@@ -25,6 +25,7 @@ pub(super) struct KvEvents {
 }
 
 impl KvEvents {
+    /// A listener counting its operations, by kind, in `counter`.
     pub(super) fn new(counter: &IntCounterVec) -> Self {
         let kinds = [KvEventKind::Stored, KvEventKind::Removed, KvEventKind::Cleared];
         Self {

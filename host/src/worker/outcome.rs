@@ -18,18 +18,26 @@ pub enum Finish {
 /// A piece of generated text and the tokens generated so far.
 #[derive(Debug, Clone)]
 pub struct Piece {
+    /// New text, already cut at stop sequences.
     pub text: String,
+    /// Tokens generated so far.
     pub tokens: usize,
 }
 
 /// A finished request.
 #[derive(Debug, Clone)]
 pub struct Outcome {
+    /// The whole generated text, cut at the stop sequence if one matched.
     pub text: String,
+    /// Tokens in the prompt.
     pub prompt_tokens: usize,
+    /// Tokens generated.
     pub completion_tokens: usize,
+    /// Prompt tokens that came from a cache instead of being computed.
     pub cached_tokens: usize,
+    /// Answered from the response cache.
     pub cache_hit: bool,
+    /// Why it ended.
     pub finish: Finish,
     /// Seconds since the request arrived.
     pub latency: f64,

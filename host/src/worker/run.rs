@@ -19,6 +19,7 @@ use crate::api::{ApiError, Job, Prompt};
 
 /// A checked request holding its place in the queue.
 pub struct Admitted {
+    /// The request as read.
     pub job: Job,
     started: Instant,
     key: Option<u64>,

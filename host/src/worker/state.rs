@@ -16,13 +16,21 @@ use super::throughput::{self, Throughput};
 
 /// A worker's state, shared by its handlers.
 pub struct Worker {
+    /// The model, its scheduler and its prefix store.
     pub(super) engine: Arc<Engine>,
+    /// Both cache levels.
     pub(super) caches: Caches,
+    /// One permit per request waiting or running; none left means 429.
     pub(super) queue: Arc<Semaphore>,
+    /// How it was set up.
     pub(super) options: WorkerOptions,
+    /// What `/metrics` reports.
     pub(super) metrics: Metrics,
+    /// When it was built (reported as its start time).
     pub(super) started: SystemTime,
+    /// The engine's KV listener, which `/kv_events` subscribes to.
     pub(super) kv_events: Arc<KvEvents>,
+    /// The token rate `/load` reports.
     pub(super) throughput: Throughput,
     /// Set when the worker stops, to end the streams that never end by themselves
     /// (`/kv_events`), which a graceful shutdown would otherwise wait for.
@@ -92,6 +100,7 @@ impl Worker {
         &self.caches
     }
 
+    /// The served model's name, as the answers and `/v1/models` give it.
     pub(super) fn model_name(&self) -> String {
         self.engine.model_info().name.clone()
     }

@@ -20,6 +20,7 @@ pub(super) struct Throughput {
 }
 
 impl Throughput {
+    /// Samples starting from the count `generated` read now.
     pub(super) fn new(generated: u64) -> Self {
         Self { samples: Mutex::new(VecDeque::from([(Instant::now(), generated)])) }
     }
