@@ -1,8 +1,7 @@
 //! The worker's admin endpoints: flush both caches, show and swap the cache policy, show
-//! the audit log. With
-//! an admin token configured every one of them needs it; without one, swapping is
-//! disabled and flushing and showing stay open (SGLang's `/flush_cache` is open). The
-//! token is checked by a layer (see `Worker::router`), before any body is read.
+//! the audit log. With an admin token configured every one of them needs it; without one,
+//! swapping is disabled and flushing and showing stay open (SGLang's `/flush_cache` is
+//! open). The token is checked by a layer (see `routes`), before any body is read.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,15 +13,17 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::Worker;
+use super::state::Worker;
 use crate::api::admin::AuditAnswer;
 use crate::http::{actor, swap_uploaded};
 
+/// `POST /flush_cache`: empties both cache levels.
 pub(super) async fn flush_cache(State(w): State<Arc<Worker>>) -> Response {
     w.caches.flush();
     Json(json!({"flushed": true})).into_response()
 }
 
+/// `GET /admin/cache-policy`: what serves each cache level.
 pub(super) async fn cache_policy_info(State(w): State<Arc<Worker>>) -> Response {
     Json(w.caches.info()).into_response()
 }

@@ -3,9 +3,10 @@
 //! the candidate for both levels first and installs both under one lock, so both levels
 //! change together or neither does.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use locus_engine::Engine;
+use parking_lot::Mutex;
 
 use super::responses::{Cached, ResponseCache};
 use locus_policy::{
@@ -103,7 +104,7 @@ impl Caches {
         let pcap = self.engine.cache_stats().capacity_bytes;
         let response = CachePolicy::prepare(source, &level_options(settings, rcap))?;
         let prefix = CachePolicy::prepare(source, &level_options(settings, pcap))?;
-        let _one_at_a_time = self.swapping.lock().unwrap_or_else(|e| e.into_inner());
+        let _one_at_a_time = self.swapping.lock();
         let before = self.prefix.info();
         let info = LevelInfo {
             response: self.responses.policy().install(response),

@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::Worker;
+use super::state::Worker;
 use crate::api::openai::{ModelCard, ModelList};
 use crate::clock::unix_secs;
 use crate::http::render_metrics;
@@ -27,6 +27,7 @@ pub(super) async fn health(State(w): State<Arc<Worker>>) -> Response {
     "ok".into_response()
 }
 
+/// `GET /v1/models`: the one model served.
 pub(super) async fn models(State(w): State<Arc<Worker>>) -> Json<ModelList> {
     Json(ModelList {
         object: "list".into(),
@@ -39,6 +40,7 @@ pub(super) async fn models(State(w): State<Arc<Worker>>) -> Json<ModelList> {
     })
 }
 
+/// `GET /server_info`: the caches', queue's and scheduler's state now.
 pub(super) async fn server_info(State(w): State<Arc<Worker>>) -> Json<Value> {
     let (entries, bytes, capacity) = w.caches.response_stats();
     let prefix = w.engine.cache_stats();
@@ -63,6 +65,7 @@ pub(super) async fn server_info(State(w): State<Arc<Worker>>) -> Json<Value> {
     }))
 }
 
+/// `GET /model_info`: the model's name, source and shape.
 pub(super) async fn model_info(State(w): State<Arc<Worker>>) -> Json<Value> {
     let info = w.engine.model_info();
     let c = &info.config;
@@ -75,6 +78,8 @@ pub(super) async fn model_info(State(w): State<Arc<Worker>>) -> Json<Value> {
     }))
 }
 
+/// `GET /metrics`: Prometheus text; the gauges that follow the engine are read now, at
+/// scrape time, rather than kept up to date on every step.
 pub(super) async fn metrics(State(w): State<Arc<Worker>>) -> Response {
     let (_, bytes, _) = w.caches.response_stats();
     w.metrics.cache_bytes.with_label_values(&["response"]).set(bytes as i64);

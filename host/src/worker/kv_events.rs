@@ -1,89 +1,31 @@
-//! `GET /kv_events`: the worker's prefix KV store as a stream of Server-Sent Events; the
-//! protocol and its types are in [`crate::api::signals`].
+//! `GET /kv_events`: the worker's prefix KV store as a stream of Server-Sent Events, a
+//! snapshot first and then the operations `kv_listener` broadcasts; the protocol and its
+//! types are in [`crate::api::signals`].
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use locus_engine::KvListener;
-use prometheus::{IntCounter, IntCounterVec};
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::watch;
 
-use super::Worker;
+use super::state::Worker;
 use crate::api::signals::{KvEvent, KvEventKind};
 use crate::clock::unix_micros;
 
-/// Events buffered for each subscriber before it counts as lagging.
-pub const CHANNEL_CAPACITY: usize = 4096;
-
 /// Comment lines sent on an idle stream, so that proxies and the client see it alive.
 const KEEP_ALIVE: Duration = Duration::from_secs(5);
-
-/// The engine's KV listener: numbers the store's operations and broadcasts them.
-pub(super) struct KvEvents {
-    tx: broadcast::Sender<Arc<KvEvent>>,
-    /// The last operation's number. Written only under the store's lock (listener calls), so
-    /// a reader holding that lock (`with_resident_blocks`) sees a settled value.
-    last_seq: AtomicU64,
-    counted: [IntCounter; 3],
-}
-
-impl KvEvents {
-    pub(super) fn new(counter: &IntCounterVec) -> Self {
-        let kinds = [KvEventKind::Stored, KvEventKind::Removed, KvEventKind::Cleared];
-        Self {
-            tx: broadcast::channel(CHANNEL_CAPACITY).0,
-            last_seq: AtomicU64::new(0),
-            counted: kinds.map(|k| counter.with_label_values(&[k.name()])),
-        }
-    }
-
-    /// Streams connected now.
-    pub(super) fn subscribers(&self) -> usize {
-        self.tx.receiver_count()
-    }
-
-    fn publish(&self, kind: KvEventKind, hashes: &[u64]) {
-        let seq = self.last_seq.fetch_add(1, Ordering::Relaxed) + 1;
-        self.counted[kind as usize].inc();
-        let event = KvEvent {
-            seq,
-            kind,
-            hashes: hashes.to_vec(),
-            ts_us: unix_micros(SystemTime::now()),
-            snapshot: false,
-            worker_id: None,
-            started_at_us: None,
-        };
-        // An error only means that nobody is subscribed.
-        let _ = self.tx.send(Arc::new(event));
-    }
-}
-
-impl KvListener for KvEvents {
-    fn stored(&self, hashes: &[u64]) {
-        self.publish(KvEventKind::Stored, hashes);
-    }
-    fn removed(&self, hashes: &[u64]) {
-        self.publish(KvEventKind::Removed, hashes);
-    }
-    fn cleared(&self) {
-        self.publish(KvEventKind::Cleared, &[]);
-    }
-}
 
 /// Subscribes to the live events and takes the snapshot they continue, atomically (under
 /// the store's lock, so no operation falls between them).
 fn subscribe(w: &Worker) -> (broadcast::Receiver<Arc<KvEvent>>, [KvEvent; 2]) {
     let (rx, seq, hashes) = w.engine.with_resident_blocks(|hashes| {
-        let rx = w.kv_events.tx.subscribe();
-        (rx, w.kv_events.last_seq.load(Ordering::Relaxed), hashes.to_vec())
+        let (rx, seq) = w.kv_events.subscribe();
+        (rx, seq, hashes.to_vec())
     });
     let snapshot = |kind, hashes| KvEvent {
         seq,

@@ -5,9 +5,11 @@ use prometheus::{
     IntGaugeVec, Opts, Registry,
 };
 
-use super::run::{Finish, Outcome};
+use super::outcome::{Finish, Outcome};
 use crate::api::{ApiError, Endpoint};
 
+/// The worker's metrics and the registry `/metrics` renders; each one's name and help text
+/// are in [`Metrics::new`].
 pub(super) struct Metrics {
     pub registry: Registry,
     requests: IntCounterVec,
@@ -31,6 +33,7 @@ pub(super) struct Metrics {
 }
 
 impl Metrics {
+    /// Every metric, registered.
     pub fn new() -> Self {
         let requests = IntCounterVec::new(
             Opts::new("locus_worker_requests_total", "Requests by endpoint and status"),

@@ -1,46 +1,53 @@
 //! `locus worker`: one model behind SGLang's and OpenAI's HTTP APIs, with two cache levels
 //! (whole responses, the engine's prefix KV store) governed by a cache policy component.
+//! This folder's one job is serving a model; it builds on `crate::api` (the wire types),
+//! `crate::http`, `crate::serve`, `crate::clock`, `locus_engine` and `locus_policy`, and
+//! never on `crate::router`: a router finds workers over HTTP only, so either side can be
+//! deployed, and changed, alone.
 //!
-//! Files: `handlers` reads a request and answers it whole, `stream` answers it as
-//! Server-Sent Events, `run` queues and runs it (response cache, then engine), `stop`
-//! cuts text at stop sequences, `caches` holds both cache levels, `admin` swaps the cache
-//! policy and flushes, `info` and `metrics` report, `load` (`GET /load`) and `kv_events`
-//! (`GET /kv_events`) tell a router how busy the worker is and which prefix blocks it holds.
+//! Files, each with one job: `state` is the worker's shared state and how it is built,
+//! `routes` maps paths to handlers, `handle` starts, stops and drains a running worker.
+//! `handlers` reads a request and answers it whole, `stream` answers it as Server-Sent
+//! Events, `answer` renders an outcome in each API's shape, `run` queues and runs it
+//! (response cache, then engine) and `outcome` is what a run hands back, `stop` cuts text
+//! at stop sequences. `caches` holds both cache levels and `responses` is the response
+//! level, `admin` swaps the cache policy and flushes, `info` and `metrics` report.
+//! `load` (`GET /load`, with the token rate measured in `throughput`) and `kv_events`
+//! (`GET /kv_events`, fed by the engine's listener in `kv_listener`) tell a router how busy
+//! the worker is and which prefix blocks it holds.
+//!
+//! Imports point one way: the endpoint files use `state`, `state` uses the parts it is
+//! made of (`caches`, `metrics`, `kv_listener`, `throughput`), and this file only
+//! declares, re-exports and holds [`WorkerOptions`].
 
 mod admin;
+mod answer;
 mod caches;
+mod handle;
 mod handlers;
 mod info;
 mod kv_events;
+mod kv_listener;
 mod load;
 mod metrics;
+mod outcome;
 mod responses;
+mod routes;
 mod run;
+mod state;
 mod stop;
 mod stream;
-
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime};
-
-use axum::Router;
-use axum::middleware::from_fn_with_state;
-use axum::routing::{get, post, put};
-use locus_engine::Engine;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+mod throughput;
 
 pub use caches::{Caches, LevelInfo};
+pub use handle::{WorkerHandle, spawn};
+pub use outcome::Finish;
 pub use responses::{Cached, ResponseCache};
-pub use run::Finish;
+pub use state::Worker;
 pub use stop::StopMatcher;
 
-use crate::api::Endpoint;
-use crate::http::{Access, AdminAuth, require_admin};
-use crate::serve::{ServeLimits, limit_bodies, serve};
+use crate::serve::ServeLimits;
 use locus_policy::PolicySource;
-use metrics::Metrics;
 
 /// How a worker is set up.
 #[derive(Debug, Clone)]
@@ -81,200 +88,4 @@ impl Default for WorkerOptions {
             audit_log: None,
         }
     }
-}
-
-/// A worker's state, shared by its handlers.
-pub struct Worker {
-    engine: Arc<Engine>,
-    caches: Caches,
-    queue: Arc<Semaphore>,
-    options: WorkerOptions,
-    metrics: Metrics,
-    started: SystemTime,
-    kv_events: Arc<kv_events::KvEvents>,
-    throughput: load::Throughput,
-    /// Set when the worker stops, to end the streams that never end by themselves
-    /// (`/kv_events`), which a graceful shutdown would otherwise wait for.
-    closing: tokio::sync::watch::Sender<bool>,
-    /// Set on shutdown: `/health` fails.
-    draining: AtomicBool,
-    /// Set once a shutdown stops accepting: requests still arriving get 503.
-    refusing: AtomicBool,
-}
-
-impl Worker {
-    /// A worker serving `engine`. It becomes the engine's KV listener (replacing any worker
-    /// built on it before) and, inside a Tokio runtime, starts sampling its token rate.
-    pub fn new(engine: Arc<Engine>, options: WorkerOptions) -> anyhow::Result<Arc<Self>> {
-        let audit = locus_policy::AuditLog::open(options.audit_log.as_deref())?;
-        let caches = Caches::new(
-            engine.clone(),
-            &options.cache_policy,
-            &options.cache_settings,
-            options.response_cache_bytes,
-            Arc::new(audit),
-        )?;
-        let metrics = Metrics::new();
-        let kv_events = Arc::new(kv_events::KvEvents::new(&metrics.kv_events));
-        engine.set_kv_listener(Some(kv_events.clone()));
-        let worker = Arc::new(Self {
-            caches,
-            queue: Arc::new(Semaphore::new(options.max_queue.max(1))),
-            throughput: load::Throughput::new(engine.scheduler_stats().generated_tokens),
-            engine,
-            options,
-            metrics,
-            started: SystemTime::now(),
-            kv_events,
-            closing: tokio::sync::watch::channel(false).0,
-            draining: AtomicBool::new(false),
-            refusing: AtomicBool::new(false),
-        });
-        load::spawn_sampler(&worker);
-        Ok(worker)
-    }
-
-    /// Ends the streams that only end with the worker (`/kv_events`).
-    fn close_streams(&self) {
-        self.closing.send_replace(true);
-    }
-
-    /// Whether the worker is shutting down (its `/health` fails).
-    pub fn draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
-    }
-
-    /// Whether the worker has stopped taking requests.
-    pub fn refusing(&self) -> bool {
-        self.refusing.load(Ordering::Relaxed)
-    }
-
-    /// How it was set up.
-    pub fn options(&self) -> &WorkerOptions {
-        &self.options
-    }
-
-    /// Both cache levels.
-    pub fn caches(&self) -> &Caches {
-        &self.caches
-    }
-
-    /// The HTTP routes.
-    pub fn router(self: &Arc<Self>) -> Router {
-        let limits = &self.options.limits;
-        let auth = |access| AdminAuth { token: self.options.admin_token.clone(), access };
-        let api = Router::new()
-            .route(Endpoint::Generate.path(), post(handlers::generate))
-            .route(Endpoint::Completions.path(), post(handlers::completions))
-            .route(Endpoint::Chat.path(), post(handlers::chat))
-            .route("/v1/models", get(info::models))
-            .route("/health", get(info::health))
-            .route("/server_info", get(info::server_info))
-            .route("/get_server_info", get(info::server_info))
-            .route("/model_info", get(info::model_info))
-            .route("/get_model_info", get(info::model_info))
-            .route("/metrics", get(info::metrics))
-            .route("/load", get(load::load));
-        let open_admin = Router::new()
-            .route("/flush_cache", post(admin::flush_cache))
-            .route("/kv_events", get(kv_events::kv_events))
-            .route("/admin/cache-policy", get(admin::cache_policy_info))
-            .route("/admin/audit", get(admin::audit))
-            .layer(from_fn_with_state(auth(Access::OpenWithoutToken), require_admin));
-        // The token is checked before the body is read: an upload may be tens of MB.
-        let upload = limit_bodies(
-            Router::new().route("/admin/cache-policy", put(admin::swap_cache_policy)),
-            limits,
-            self.options.max_upload_bytes,
-        )
-        .layer(from_fn_with_state(auth(Access::TokenRequired), require_admin));
-        limit_bodies(api.merge(open_admin), limits, limits.max_body_bytes)
-            .merge(upload)
-            .fallback(crate::http::not_found)
-            .method_not_allowed_fallback(crate::http::method_not_allowed)
-            .with_state(self.clone())
-    }
-
-    fn model_name(&self) -> String {
-        self.engine.model_info().name.clone()
-    }
-}
-
-/// A running worker.
-pub struct WorkerHandle {
-    /// Where it listens.
-    pub addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-    /// Its state.
-    pub worker: Arc<Worker>,
-}
-
-impl WorkerHandle {
-    /// Stops accepting connections, lets in-flight requests finish, closes idle
-    /// connections, and waits until the listener is gone.
-    pub async fn stop(mut self) -> std::io::Result<()> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        self.task.await.unwrap_or_else(|e| Err(std::io::Error::other(e)))
-    }
-
-    /// Serves until SIGTERM or Ctrl-C, then drains: `/health` fails at once while the
-    /// worker goes on serving for `delay` (time for load balancers and DNS to take it out
-    /// of rotation), then it stops accepting connections, refuses requests that still
-    /// arrive on open ones (503, which a router retries elsewhere) and gives those in
-    /// flight up to `grace` to finish. A second signal ends it at once.
-    pub async fn until_signal(mut self, delay: Duration, grace: Duration) -> std::io::Result<()> {
-        let signal = tokio::select! {
-            r = &mut self.task => return r.unwrap_or_else(|e| Err(std::io::Error::other(e))),
-            s = crate::serve::shutdown_signal() => s?,
-        };
-        let in_flight = self
-            .worker
-            .options
-            .max_queue
-            .max(1)
-            .saturating_sub(self.worker.queue.available_permits());
-        tracing::info!(%signal, in_flight, delay_s = delay.as_secs_f64(), grace_s = grace.as_secs_f64(), "draining");
-        self.worker.draining.store(true, Ordering::Relaxed);
-        let worker = self.worker.clone();
-        let drain = async move {
-            tokio::time::sleep(delay).await;
-            worker.refusing.store(true, Ordering::Relaxed);
-            match tokio::time::timeout(grace, self.stop()).await {
-                Ok(r) => r,
-                Err(_) => {
-                    tracing::warn!("requests still in flight after the grace period; exiting");
-                    Ok(())
-                }
-            }
-        };
-        tokio::select! {
-            r = drain => r,
-            s = crate::serve::shutdown_signal() => {
-                tracing::warn!(signal = %s?, "second signal; exiting without waiting");
-                Ok(())
-            }
-        }
-    }
-}
-
-/// Serves a worker for `engine` on `addr` (port 0 picks one).
-pub async fn spawn(
-    engine: Arc<Engine>,
-    options: WorkerOptions,
-    addr: SocketAddr,
-) -> anyhow::Result<WorkerHandle> {
-    let limits = options.limits.clone();
-    let worker = Worker::new(engine, options)?;
-    let listener = TcpListener::bind(addr).await?;
-    let local = listener.local_addr()?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let closing = worker.clone();
-    let task = tokio::spawn(serve(listener, worker.router(), limits, async move {
-        let _ = stopped.await;
-        closing.close_streams();
-    }));
-    Ok(WorkerHandle { addr: local, stop: Some(stop), task, worker })
 }

@@ -2,10 +2,12 @@
 //! holds the bytes under a hard budget; the cache policy decides what stays.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use super::run::Finish;
 use locus_policy::{CachePolicy, Entry, EntryKind};
+use parking_lot::Mutex;
+
+use super::outcome::Finish;
 
 /// A cached answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,7 +54,7 @@ impl ResponseCache {
 
     /// The cached answer for `key`, if any (and tells the policy it was used).
     pub fn get(&self, key: u64) -> Option<Cached> {
-        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let inner = self.inner.lock();
         let hit = inner.map.get(&key).cloned();
         if hit.is_some() {
             self.policy.hit(key);
@@ -63,7 +65,7 @@ impl ResponseCache {
     /// Offers `value` to the cache; true if it was kept.
     pub fn insert(&self, key: u64, value: Cached) -> bool {
         let size = value.size();
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut inner = self.inner.lock();
         if let Some(old) = inner.map.remove(&key) {
             inner.bytes -= old.size();
             self.policy.removed(key);
@@ -94,7 +96,7 @@ impl ResponseCache {
 
     /// Drops everything.
     pub fn flush(&self) {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut inner = self.inner.lock();
         inner.map.clear();
         inner.bytes = 0;
         self.policy.flushed();
@@ -102,7 +104,7 @@ impl ResponseCache {
 
     /// (entries, bytes, capacity).
     pub fn stats(&self) -> (usize, u64, u64) {
-        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let inner = self.inner.lock();
         (inner.map.len(), inner.bytes, inner.capacity)
     }
 }

@@ -13,9 +13,10 @@ use futures_util::Stream;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use super::Worker;
-use super::handlers::Answer;
-use super::run::{Admitted, Piece};
+use super::answer::Answer;
+use super::outcome::Piece;
+use super::run::Admitted;
+use super::state::Worker;
 use crate::api::openai::{ChatChoice, ChatCompletion, ChatDelta, Completion, CompletionChoice};
 use crate::api::sglang::GenerateResponse;
 use crate::api::{ApiError, Endpoint};
