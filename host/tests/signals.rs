@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use locus::cluster::{self, Cluster, ClusterOptions};
 use locus::worker::{self, WorkerOptions};
+use locus_policy::{Completion, Outcome, PolicySource, Request};
 use locus_tokens::Tokenizer;
 use locus_tokens::block_hashes;
-use locus_policy::{Completion, Outcome, PolicySource, Request};
 use serde_json::{Value, json};
 
 const TOKEN: &str = "signals-token";

@@ -5,8 +5,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::error::ApiError;
 use super::chat::{self, ChatMessage};
+use super::error::ApiError;
 use super::job::{Endpoint, Job, OneOrMany, Prompt, nullable, seed, stops, with_unsupported};
 use super::sglang::MetaInfo;
 
