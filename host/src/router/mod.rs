@@ -20,12 +20,15 @@ mod watch;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{get, post};
+// Locks without poisoning: none guards state a panic could leave half-changed, and one
+// panicked request must not stop the router.
+use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -133,7 +136,7 @@ pub const FEEDBACK_KEPT: usize = 256;
 
 impl Feedback {
     fn record(&self, done: &Completion) {
-        let mut q = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut q = self.0.lock();
         if q.len() == FEEDBACK_KEPT {
             q.pop_front();
         }
@@ -142,7 +145,7 @@ impl Feedback {
 
     /// The kept completions, oldest first.
     pub fn recent(&self) -> Vec<Completion> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter().copied().collect()
+        self.0.lock().iter().copied().collect()
     }
 }
 
@@ -241,8 +244,7 @@ impl Gateway {
         self.draining.store(true, Ordering::Relaxed);
         tokio::time::sleep(delay).await;
         self.stop.send_replace(true);
-        let served: Vec<_> =
-            std::mem::take(&mut *self.served.lock().unwrap_or_else(PoisonError::into_inner));
+        let served: Vec<_> = std::mem::take(&mut *self.served.lock());
         tokio::time::timeout(grace, futures_util::future::join_all(served)).await.is_ok()
     }
 
@@ -279,7 +281,7 @@ pub async fn spawn(
     let limits = gw.options.limits.clone();
     let public = tokio::spawn(serve(listener, gw.router(), limits.clone(), gw.stopped()));
     let admin = tokio::spawn(serve(admin, admin_router(gw.clone()), limits, gw.stopped()));
-    gw.served.lock().unwrap_or_else(PoisonError::into_inner).extend([public, admin]);
+    gw.served.lock().extend([public, admin]);
     let interval = gw.options.health_interval.max(Duration::from_millis(10));
     tokio::spawn(gw.registry.clone().health_loop(gw.client.clone(), interval));
     let load_interval = gw.options.load_interval.max(Duration::from_millis(10));
