@@ -1,11 +1,19 @@
 //! `locus router`: the gateway. Routes each request to a worker chosen by the routing
 //! policy component and relays the answer; serves an admin API on its own listener.
 //!
-//! Files: `routes` reads the public requests, `proxy` routes, retries and relays them,
+//! It may import `crate::api` (the wire types), `crate::http` and `crate::serve` (handler
+//! helpers, listeners), `crate::clock`, `locus_policy` and `locus_tokens`; never
+//! `crate::worker` or `locus_engine`, so that the gateway builds without the model
+//! (`--no-default-features`).
+//!
+//! Files: `routes` reads the public requests, `proxy/` routes, retries and relays them,
 //! `registry` keeps the workers and their health, `discovery` finds workers by DNS or a
 //! file, `signals` follows the workers' load and KV events, `tokens` turns prompts into KV
 //! block hashes, `admin` is the admin API, `watch` follows files (the policy's: swapped
-//! when it changes), `metrics` counts.
+//! when it changes), `metrics` counts. They share the [`Gateway`] defined here; among
+//! themselves imports point one way (`discovery` uses `watch` and `registry`; `admin`,
+//! `signals` and `proxy` use `registry`; `proxy` uses `tokens`; `registry`, `tokens`,
+//! `watch` and `metrics` use no other file).
 
 mod admin;
 mod discovery;
