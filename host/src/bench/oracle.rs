@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use locus_tokens::{BLOCK_TOKENS, Tokenizer};
 use serde::Serialize;
 
-use super::BenchRequest;
+use super::workload::BenchRequest;
 
 /// Hit rates of the ideal single cache.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]

@@ -8,7 +8,8 @@ use std::path::Path;
 use plotters::prelude::*;
 use serde::Serialize;
 
-use super::run::Report;
+use super::pacing::pass_rates;
+use super::record::Report;
 
 /// One policy's passes at one rate (all rounds), summarized from their records.
 #[derive(Debug, Clone, Serialize)]
@@ -83,7 +84,7 @@ fn sorted(mut v: Vec<f64>) -> Vec<f64> {
 /// The summaries, by rate (as swept), then policy (as given).
 pub fn summarize(report: &Report) -> Vec<Summary> {
     let mut out = Vec::new();
-    for rate in super::run::pass_rates(&report.rates) {
+    for rate in pass_rates(&report.rates) {
         for policy in &report.policies {
             let recs: Vec<_> =
                 report.records.iter().filter(|r| &r.policy == policy && r.rate == rate).collect();

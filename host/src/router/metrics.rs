@@ -28,8 +28,9 @@ pub(super) struct Metrics {
     pub trial_ratio: GaugeVec,
     /// TTFT p90 per side over the canary rules' window.
     pub trial_ttft_p90: GaugeVec,
-    /// Held by a scrape while it sets and renders the gauges.
-    pub scrape: std::sync::Mutex<()>,
+    /// Held by a scrape while it sets and renders the gauges (no poisoning: a panicked
+    /// scrape's half-set gauges are reset by the next).
+    pub scrape: parking_lot::Mutex<()>,
 }
 
 impl Metrics {
@@ -160,7 +161,7 @@ impl Metrics {
             trial_decisions,
             trial_ratio,
             trial_ttft_p90,
-            scrape: std::sync::Mutex::new(()),
+            scrape: parking_lot::Mutex::new(()),
         }
     }
 

@@ -1,11 +1,19 @@
 //! `locus router`: the gateway. Routes each request to a worker chosen by the routing
 //! policy component and relays the answer; serves an admin API on its own listener.
 //!
-//! Files: `routes` reads the public requests, `proxy` routes, retries and relays them,
+//! It may import `crate::api` (the wire types), `crate::http` and `crate::serve` (handler
+//! helpers, listeners), `crate::clock`, `locus_policy` and `locus_tokens`; never
+//! `crate::worker` or `locus_engine`, so that the gateway builds without the model
+//! (`--no-default-features`).
+//!
+//! Files: `routes` reads the public requests, `proxy/` routes, retries and relays them,
 //! `registry` keeps the workers and their health, `discovery` finds workers by DNS or a
 //! file, `signals` follows the workers' load and KV events, `tokens` turns prompts into KV
 //! block hashes, `admin` is the admin API, `watch` follows files (the policy's: swapped
-//! when it changes), `metrics` counts.
+//! when it changes), `metrics` counts. They share the [`Gateway`] defined here; among
+//! themselves imports point one way (`discovery` uses `watch` and `registry`; `admin`,
+//! `signals` and `proxy` use `registry`; `proxy` uses `tokens`; `registry`, `tokens`,
+//! `watch` and `metrics` use no other file).
 
 mod admin;
 mod discovery;
@@ -20,12 +28,15 @@ mod watch;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{get, post};
+// Locks without poisoning: none guards state a panic could leave half-changed, and one
+// panicked request must not stop the router.
+use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -133,7 +144,7 @@ pub const FEEDBACK_KEPT: usize = 256;
 
 impl Feedback {
     fn record(&self, done: &Completion) {
-        let mut q = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut q = self.0.lock();
         if q.len() == FEEDBACK_KEPT {
             q.pop_front();
         }
@@ -142,7 +153,7 @@ impl Feedback {
 
     /// The kept completions, oldest first.
     pub fn recent(&self) -> Vec<Completion> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter().copied().collect()
+        self.0.lock().iter().copied().collect()
     }
 }
 
@@ -241,8 +252,7 @@ impl Gateway {
         self.draining.store(true, Ordering::Relaxed);
         tokio::time::sleep(delay).await;
         self.stop.send_replace(true);
-        let served: Vec<_> =
-            std::mem::take(&mut *self.served.lock().unwrap_or_else(PoisonError::into_inner));
+        let served: Vec<_> = std::mem::take(&mut *self.served.lock());
         tokio::time::timeout(grace, futures_util::future::join_all(served)).await.is_ok()
     }
 
@@ -279,7 +289,7 @@ pub async fn spawn(
     let limits = gw.options.limits.clone();
     let public = tokio::spawn(serve(listener, gw.router(), limits.clone(), gw.stopped()));
     let admin = tokio::spawn(serve(admin, admin_router(gw.clone()), limits, gw.stopped()));
-    gw.served.lock().unwrap_or_else(PoisonError::into_inner).extend([public, admin]);
+    gw.served.lock().extend([public, admin]);
     let interval = gw.options.health_interval.max(Duration::from_millis(10));
     tokio::spawn(gw.registry.clone().health_loop(gw.client.clone(), interval));
     let load_interval = gw.options.load_interval.max(Duration::from_millis(10));

@@ -89,7 +89,7 @@ pub(super) async fn health(State(gw): State<Arc<Gateway>>) -> Response {
 pub(super) async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
     // The gauges set here are reset first: one scrape at a time, so that no scrape renders
     // another's half-set gauges.
-    let _one_scrape = gw.metrics.scrape.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _one_scrape = gw.metrics.scrape.lock();
     let info = gw.policy.info();
     gw.metrics.policy_info.reset();
     gw.metrics.policy_info.with_label_values(&[&info.name, &info.sha256]).set(1);

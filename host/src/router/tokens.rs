@@ -10,10 +10,11 @@
 
 use std::hash::{Hash, Hasher};
 use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use locus_tokens::{BLOCK_TOKENS, Tokenizer, block_hashes};
 use lru::LruCache;
+use parking_lot::Mutex;
 
 use locus_policy::{BlockFill, Blocks, Request};
 
@@ -36,7 +37,8 @@ type Chunk = Arc<(String, Vec<u32>)>;
 pub struct PromptTokens {
     tokenizer: Tokenizer,
     /// FNV hash of a chunk's text -> the text and its tokens (the text is compared on a hit,
-    /// so a hash collision can never give wrong tokens).
+    /// so a hash collision can never give wrong tokens). A parking_lot lock, without poisoning:
+    /// a get or a put is never left half-done, so a panicked request must not stop routing.
     chunks: Mutex<LruCache<u64, Chunk>>,
 }
 
@@ -135,17 +137,13 @@ impl PromptTokens {
         let mut h = fnv::FnvHasher::default();
         chunk.hash(&mut h);
         let key = h.finish();
-        if let Some(hit) = self.lock().get(&key).filter(|c| c.0 == chunk) {
+        if let Some(hit) = self.chunks.lock().get(&key).filter(|c| c.0 == chunk) {
             return hit.clone();
         }
         // Tokenized outside the lock: the costly part.
         let entry = Arc::new((chunk.to_string(), self.tokenizer.encode(chunk)));
-        self.lock().put(key, entry.clone());
+        self.chunks.lock().put(key, entry.clone());
         entry
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<u64, Chunk>> {
-        self.chunks.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

@@ -1,0 +1,152 @@
+//! Sending a request on: the policy picks a worker, the body goes there unchanged (with
+//! the request id), a refused connection or a 5xx answer is retried on the policy's next
+//! choice among the rest, and the answer comes back (streams relayed as they arrive).
+//!
+//! This file is the attempt loop. Its parts import one way, each only those listed after
+//! it: `relay` passes an answer back (a whole JSON answer itself, an event stream through
+//! `stream`), `attempt` reports each attempt once, `counts` reads what an answer says
+//! about its request, and `outcome` classifies what happened to an attempt, for all of
+//! them.
+
+mod attempt;
+mod counts;
+mod outcome;
+mod relay;
+mod stream;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::Gateway;
+use super::registry::Backend;
+use super::tokens::PromptBlocks;
+use crate::api::{ApiError, Job, REQUEST_ID};
+use attempt::Attempt;
+use locus_policy::{Ask, Completion, Outcome, Request, Workers};
+use outcome::Seen;
+
+pub use relay::ROUTE_US;
+
+/// Prompts longer than this are shown to the policy by their leading part only.
+pub const ROUTING_PROMPT_BYTES: usize = 8192;
+
+impl Gateway {
+    /// What the policy is told about `candidates`: live in-flight counts and each one's
+    /// last load report.
+    fn view(candidates: &[Arc<Backend>]) -> Workers {
+        let mut w = Workers::with_capacity(candidates.len());
+        for b in candidates {
+            w.ids.push(b.id());
+            w.in_flight.push(b.in_flight());
+            let clamp = |n: u64| n.min(u64::from(u32::MAX)) as u32;
+            // An unknown load is all zeros beside `load-known` false.
+            let (age, waiting, running, used, total, tps) = match b.load() {
+                Some(r) => {
+                    let l = &r.load;
+                    let age = r.at.elapsed().as_millis().min(u128::from(u32::MAX)) as u32;
+                    let (used, total) = (clamp(l.kv_blocks_used), clamp(l.kv_blocks_total));
+                    (Some(age), l.waiting, l.running, used, total, l.tokens_per_second as f32)
+                }
+                None => (None, 0, 0, 0, 0, 0.0),
+            };
+            w.load_known.push(age.is_some());
+            w.load_age_ms.push(age.unwrap_or(0));
+            w.waiting.push(waiting);
+            w.running.push(running);
+            w.kv_used_blocks.push(used);
+            w.kv_total_blocks.push(total);
+            w.tokens_per_second.push(tps);
+        }
+        w
+    }
+
+    /// Routes `job` (read from `body`) and relays the chosen worker's answer.
+    pub(super) async fn forward(
+        self: &Arc<Self>,
+        job: &Job,
+        request_id: &str,
+        session: Option<String>,
+        body: Bytes,
+    ) -> Response {
+        let started = Instant::now();
+        let endpoint = job.endpoint;
+        let mut req = Request::new(
+            self.next_id.fetch_add(1, Ordering::Relaxed),
+            job.routing_prompt(ROUTING_PROMPT_BYTES),
+            job.max_new_tokens,
+        );
+        req.session = session;
+        let max = self.options.route_tokens;
+        let blocks = PromptBlocks { tokens: &self.tokens, prompt: &job.prompt, max };
+        let mut ask = Ask::with_blocks(req, &blocks);
+        let mut candidates = self.registry.healthy();
+        let mut last_error = None;
+        // The first attempt's routing time includes tokenizing; retries add only theirs.
+        let mut route_from = started;
+        let mut route_us = 0u64;
+        let mut routed = None;
+        for attempt in 0..=self.options.max_retries {
+            let ws = Self::view(&candidates);
+            let decided = self.policy.route(&mut ask, &ws);
+            let spent = route_from.elapsed();
+            self.metrics.route.observe(spent.as_secs_f64());
+            route_us += spent.as_micros() as u64;
+            let Some(decision) = decided else { break };
+            routed = Some(decision.routed());
+            if decision.fault.is_some() {
+                self.metrics.fallbacks.inc();
+            }
+            let backend = candidates.remove(decision.index);
+            self.metrics.decisions.with_label_values(&[&backend.url]).inc();
+            if attempt > 0 {
+                self.metrics.retries.inc();
+            }
+            let guard = backend.begin();
+            let mut done = Completion::new(ask.request.id, backend.id(), Outcome::Failed);
+            done.attempt = attempt as u32;
+            let mut pending = Attempt::new(self, done, started, route_us, decision.routed());
+            let sent = self
+                .client
+                .post(format!("{}{}", backend.url, endpoint.path()))
+                .header(header::CONTENT_TYPE, "application/json")
+                .header(REQUEST_ID, request_id)
+                .body(body.clone())
+                .send()
+                .await;
+            let seen = match &sent {
+                Ok(r) => Seen::Answer(r.status()),
+                Err(e) => Seen::SendError(e),
+            };
+            let verdict = seen.verdict();
+            if let Some(mark) = &verdict.mark {
+                backend.failed(mark.threshold(self.registry.fail_threshold), &mark.reason);
+            }
+            match sent {
+                Ok(r) if !verdict.retry => return self.relay(endpoint, pending, guard, r).await,
+                Ok(r) => {
+                    last_error = Some(format!("{} answered {}", backend.url, r.status()));
+                    pending.done.status = r.status().as_u16();
+                }
+                Err(e) => last_error = Some(format!("{}: {e}", backend.url)),
+            }
+            pending.done.outcome = verdict.outcome;
+            drop(guard);
+            pending.end(false);
+            route_from = Instant::now();
+        }
+        self.metrics.requests.with_label_values(&[endpoint.name(), "503"]).inc();
+        if let Some(r) = routed {
+            self.policy.unserved(r);
+        }
+        let msg = match last_error {
+            Some(e) => format!("no worker could serve the request (last error: {e})"),
+            None => "no healthy worker".into(),
+        };
+        ApiError::overloaded(StatusCode::SERVICE_UNAVAILABLE, msg, 1).into_response()
+    }
+}
