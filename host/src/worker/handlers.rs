@@ -1,4 +1,4 @@
-//! The generation endpoints: read the body into a [`Job`], admit it, and answer whole in
+//! The generation endpoints: read the body into a [`Job`](crate::api::Job), admit it, and answer whole in
 //! the endpoint's own shape (or hand it to [`super::stream`]).
 
 use std::sync::Arc;
