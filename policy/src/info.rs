@@ -4,7 +4,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::runtime::Origin;
+use crate::runtime::compiled_cache::Origin;
 
 /// What a slot is serving.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -22,6 +22,7 @@
 //! 4. [`RouterPolicy`], the one facade the router's request path asks, and [`inspect()`].
 #![deny(missing_docs)]
 
+pub mod guests;
 pub mod info;
 pub mod inspect;
 pub mod load;
@@ -48,8 +49,3 @@ pub use worlds::{
     CachePolicy, Completion, Entry, EntryKind, KvBatch, KvFeed, LOG_BATCHES, Outcome,
     PreparedCache, Request, Workers, rendezvous, workers,
 };
-
-/// The policy guests built from source by `build.rs`.
-pub mod guests {
-    include!(concat!(env!("OUT_DIR"), "/guests.rs"));
-}

@@ -13,6 +13,7 @@ use crate::runtime::version::Version;
 use crate::runtime::{Actor, AuditEvent, AuditLog, Fault, FaultPolicy};
 use crate::trial::{
     BlockFill, Side, Trial, TrialMode, TrialOutcome, TrialReport, TrialRules, TrialRunning, Trials,
+    kind_for,
 };
 use crate::worlds::router::{KvEvents, RouterWorld, decide, observe_in};
 use crate::worlds::{Completion, KvFeed, Outcome, Request, Workers};
@@ -140,7 +141,7 @@ impl RouterPolicy {
         let kv = Arc::new(KvFeed::default());
         slot.set_feed(Box::new(KvEvents(kv.clone())));
         slot.set_audit(audit.clone());
-        let trials = Arc::new(Trials::new(audit, kv.clone()));
+        let trials = Arc::new(Trials::new(audit));
         let p = Self { slot, trials, kv, faults, changing: Mutex::new(()) };
         p.audit_change(AuditEvent::Load, &p.info(), None, &Actor::locus("the router started"));
         Ok(p)
@@ -235,7 +236,8 @@ impl RouterPolicy {
         slot.set_feed(Box::new(KvEvents(self.kv.clone())));
         let _one_change = self.changing.lock();
         let live_rollbacks = self.slot.rollbacks();
-        Ok(self.trials.begin(mode, rules, slot, self.info(), live_rollbacks, by)?)
+        let kind = kind_for(mode, &self.kv);
+        Ok(self.trials.begin(mode, kind, rules, slot, self.info(), live_rollbacks, by)?)
     }
 
     /// Makes the candidate on trial serve everything. Refused when no trial runs, and when

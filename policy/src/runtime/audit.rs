@@ -185,7 +185,7 @@ impl Default for AuditLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::Origin;
+    use crate::runtime::compiled_cache::Origin;
 
     fn info() -> PolicyInfo {
         PolicyInfo {

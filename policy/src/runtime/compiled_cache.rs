@@ -239,7 +239,7 @@ pub fn default_dir() -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::PolicySource;
+    use crate::load::PolicySource;
 
     fn engine() -> Engine {
         let mut config = wasmtime::Config::new();

@@ -4,7 +4,7 @@
 //! [`crate::info`].
 
 mod audit;
-mod compiled_cache;
+pub(crate) mod compiled_cache;
 mod fault;
 mod options;
 pub(crate) mod sandbox;

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use wasmtime::Store;
 
-use super::Fault;
 use super::audit::{Actor, AuditEvent, AuditLog};
+use super::fault::Fault;
 use super::sandbox::State;
 use super::version::Version;
 use super::world::{Feed, World};

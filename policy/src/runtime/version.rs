@@ -10,9 +10,9 @@ use std::time::{Instant, SystemTime};
 use sha2::{Digest, Sha256};
 use wasmtime::{Store, Trap};
 
-use super::Fault;
-use super::LoadOptions;
 use super::compiled_cache::Origin;
+use super::fault::Fault;
+use super::options::LoadOptions;
 use super::sandbox::{Limits, Runtime, State};
 use super::world::{Feed, World};
 use crate::info::PolicyInfo;

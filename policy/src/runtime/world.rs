@@ -5,7 +5,7 @@
 use wasmtime::Store;
 use wasmtime::component::InstancePre;
 
-use super::Fault;
+use super::fault::Fault;
 use super::sandbox::{Limits, State};
 
 /// What the slot needs to know about a world: how to type-check, instantiate, configure

@@ -144,6 +144,44 @@ impl Outcomes {
     }
 }
 
+/// The canary rule that the candidate breaks now, if any.
+pub(super) fn broken_rule(r: &TrialRules, o: &Outcomes) -> Option<String> {
+    let (l, c) = o.compared(r);
+    if l.len() < r.min_requests || c.len() < r.min_requests {
+        return None;
+    }
+    let pct = |x: f64| format!("{:.1}%", x * 100.0);
+    let rates: [(&str, Counted, f64); 2] = [
+        ("error rate", |s| s.error, r.error_margin),
+        ("fallback rate", |s| s.fallback, r.fallback_margin),
+    ];
+    for (what, counted, margin) in rates {
+        let (lr, cr) = (rate(l.iter().copied(), counted)?, rate(c.iter().copied(), counted)?);
+        if cr - lr > margin {
+            return Some(format!(
+                "{what} {} against the live side's {} over the candidate's last {} \
+                 requests and the live side's {} of the same span (margin {})",
+                pct(cr),
+                pct(lr),
+                c.len(),
+                l.len(),
+                pct(margin)
+            ));
+        }
+    }
+    let timed = |s: &[&Sample]| s.iter().filter(|x| x.ttft_us.is_some()).count();
+    if timed(&l) >= r.min_requests && timed(&c) >= r.min_requests {
+        let (lt, ct) = (ttft_ms(l.iter().copied(), 0.9)?, ttft_ms(c.iter().copied(), 0.9)?);
+        if ct > lt * (1.0 + r.ttft_margin) {
+            return Some(format!(
+                "TTFT p90 {ct:.1} ms against the live side's {lt:.1} ms (margin {:.0}%)",
+                r.ttft_margin * 100.0
+            ));
+        }
+    }
+    None
+}
+
 /// A side's report from its record; `window` is what its window statistics read.
 pub(super) fn side_report(
     d: &SideDecisions,

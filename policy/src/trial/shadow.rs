@@ -11,7 +11,7 @@ use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
 
 use super::rules::TrialRules;
-use super::{BlockFill, Trial, TrialKind, Trials};
+use super::state::{BlockFill, Trial, TrialKind, Trials};
 use crate::worlds::router::{decide, observe_in};
 use crate::worlds::{Completion, KvFeed, Request, Workers};
 
