@@ -1,4 +1,5 @@
-//! Checks of the command line: the deploy files' commands and settings parse.
+//! Checks of the command line: the deploy files' commands and settings parse, and the
+//! flags left out give the library's defaults.
 
 use super::*;
 use clap::CommandFactory;
@@ -150,4 +151,78 @@ fn a_bad_setting_in_a_deploy_file_would_be_caught() {
     let unknown = [("LOCUS_NO_SUCH".to_string(), "1".to_string())];
     let caught = std::panic::catch_unwind(|| with_env(&args, &unknown, "test"));
     assert!(caught.is_err());
+}
+
+/// `{:?}` of the options `args` give, for comparing whole structs (the options have no
+/// `PartialEq`).
+fn parsed(args: &[&str]) -> (String, String) {
+    match Cli::try_parse_from(args).unwrap().command {
+        Command::Router(a) => (format!("{:?}", a.options().unwrap()), String::new()),
+        Command::Worker(a) => (format!("{:?}", a.options("host").unwrap()), String::new()),
+        Command::Run(a) => {
+            let c = a.options("t").unwrap();
+            (format!("{:?}", c.router), format!("{:?}", c.worker))
+        }
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn flags_left_out_give_the_options_defaults() {
+    use locus::router::RouterOptions;
+    use locus::worker::WorkerOptions;
+    let (router, _) = parsed(&["locus", "router", "--workers", "http://w"]);
+    let want = RouterOptions { workers: vec!["http://w".into()], ..RouterOptions::default() };
+    assert_eq!(router, format!("{want:?}"));
+    let (worker, _) = parsed(&["locus", "worker", "--port", "7"]);
+    let want = WorkerOptions { worker_id: "host:7".into(), ..WorkerOptions::default() };
+    assert_eq!(worker, format!("{want:?}"));
+    // `locus run` gives both the same admin token, its own or a random one.
+    let token = Some("t".to_string());
+    let (router, worker) = parsed(&["locus", "run"]);
+    let want = RouterOptions { admin_token: token.clone(), ..RouterOptions::default() };
+    assert_eq!(router, format!("{want:?}"));
+    let want = WorkerOptions { admin_token: token, ..WorkerOptions::default() };
+    assert_eq!(worker, format!("{want:?}"));
+}
+
+#[test]
+fn flags_are_raised_refused_or_emptied_as_they_always_were() {
+    let (router, _) = parsed(&[
+        "locus",
+        "router",
+        "--workers=http://w",
+        "--health-interval-ms=1",
+        "--fail-threshold=0",
+        "--success-threshold=0",
+        "--max-faults=0",
+        "--header-timeout-s=0",
+        "--body-timeout-s=0",
+        "--max-body-bytes=1",
+        "--worker-token=",
+        "--session-header=X-Session",
+    ]);
+    for part in [
+        "health_interval: 10ms",
+        "fail_threshold: 1",
+        "success_threshold: 1",
+        "max_faults: 1",
+        "header_read_timeout: 1s",
+        "body_read_timeout: 1s",
+        "max_body_bytes: 1024",
+        "worker_token: None",
+        "session_header: \"x-session\"",
+    ] {
+        assert!(router.contains(part), "{part} in {router}");
+    }
+    for refused in [
+        ["locus", "router", "--workers=http://w", "--load-interval-ms=9"],
+        ["locus", "router", "--workers=http://w", "--discover-interval-ms=9"],
+        ["locus", "router", "--workers=http://w", "--audit-log="],
+    ] {
+        assert!(Cli::try_parse_from(refused).is_err(), "{refused:?}");
+    }
+    let watch = Cli::try_parse_from(["locus", "router", "--workers=http://w", "--watch"]);
+    let Command::Router(a) = watch.unwrap().command else { unreachable!() };
+    assert!(a.options().is_err(), "--watch needs a policy file");
 }
