@@ -7,7 +7,6 @@ use locus_engine::{Engine, EngineOptions, ModelSource};
 
 use crate::router::{self, Gateway, RouterOptions};
 use crate::worker::{self, WorkerHandle, WorkerOptions};
-use locus_policy::PolicySource;
 
 /// How the local cluster is set up.
 #[derive(Debug, Clone)]
@@ -110,19 +109,21 @@ pub async fn start_router(
 }
 
 impl ClusterOptions {
-    /// The defaults of `locus run`: 3 workers on 8001-8003, router on 8000, admin on
-    /// 127.0.0.1:8100, the synthetic distilgpt2, `hash` routing and `lru` caches.
+    /// The defaults of `locus run`: 3 workers on the ports after the router's, the router
+    /// and its admin API where a standalone router listens ([`router::DEFAULT_ADDR`],
+    /// [`router::DEFAULT_ADMIN_ADDR`]), the synthetic distilgpt2, and the engine's, the
+    /// workers' and the router's own defaults.
     pub fn local() -> Self {
         Self {
-            host: IpAddr::from([127, 0, 0, 1]),
-            port: 8000,
-            worker_port: 8001,
-            admin_addr: SocketAddr::from(([127, 0, 0, 1], 8100)),
+            host: router::DEFAULT_ADDR.ip(),
+            port: router::DEFAULT_ADDR.port(),
+            worker_port: router::DEFAULT_ADDR.port() + 1,
+            admin_addr: router::DEFAULT_ADMIN_ADDR,
             workers: 3,
             model: ModelSource::Synthetic,
             engine: EngineOptions::default(),
             worker: WorkerOptions::default(),
-            router: RouterOptions { policy: PolicySource::Builtin("hash"), ..Default::default() },
+            router: RouterOptions::default(),
         }
     }
 }

@@ -1,0 +1,62 @@
+//! Flags that several commands take alike: the admin token, a server's limits and how it
+//! drains on shutdown.
+
+use std::time::Duration;
+
+use clap::Args;
+use locus::serve::ServeLimits;
+
+/// How long a server drains on SIGTERM or Ctrl-C.
+#[derive(Args, Clone)]
+pub struct ShutdownArgs {
+    /// Seconds the requests in flight get to finish after SIGTERM or Ctrl-C (the server
+    /// stops accepting and fails /health at once); keep it under the orchestrator's own
+    /// grace period (Docker's stop timeout, Kubernetes' terminationGracePeriodSeconds).
+    #[arg(long, env = "LOCUS_SHUTDOWN_GRACE_S", default_value_t = 25.0)]
+    pub shutdown_grace_s: f64,
+    /// Seconds the server goes on serving after SIGTERM with /health failing, before it
+    /// stops accepting: time for a load balancer (a Kubernetes Service, DNS) to take it
+    /// out of rotation. A second signal ends the drain at once.
+    #[arg(long, env = "LOCUS_SHUTDOWN_DELAY_S", default_value_t = 0.0)]
+    pub shutdown_delay_s: f64,
+}
+
+impl ShutdownArgs {
+    /// The delay before the server stops accepting, and the grace period after.
+    pub fn times(&self) -> anyhow::Result<(Duration, Duration)> {
+        let secs = |v: f64, flag: &str| {
+            Duration::try_from_secs_f64(v)
+                .map_err(|_| anyhow::anyhow!("--{flag} must be a non-negative number of seconds"))
+        };
+        Ok((
+            secs(self.shutdown_delay_s, "shutdown-delay-s")?,
+            secs(self.shutdown_grace_s, "shutdown-grace-s")?,
+        ))
+    }
+}
+
+/// The admin token, shared by every command that serves or calls an admin API.
+#[derive(Args, Clone, Default)]
+pub struct AdminTokenArg {
+    /// Bearer token of the admin APIs. A router without one disables its admin API; a
+    /// worker without one disables cache-policy swaps (flush and info stay open, as
+    /// SGLang's are). With one, every admin endpoint needs it.
+    #[arg(
+        long = "admin-token",
+        env = "LOCUS_ADMIN_TOKEN",
+        hide_env_values = true,
+        value_parser = clap::builder::NonEmptyStringValueParser::new()
+    )]
+    pub token: Option<String>,
+}
+
+/// Connection and body limits of a server. In `locus run` the router and the workers share
+/// them, which is why they are flattened here once rather than in each one's options.
+#[derive(Args, Clone)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub limits: ServeLimits,
+    /// Largest policy component accepted by the admin upload endpoints, in bytes.
+    #[arg(long, default_value_t = locus::http::MAX_UPLOAD_BYTES)]
+    pub max_upload_bytes: usize,
+}
