@@ -21,7 +21,7 @@
 //! from start to promotion or abort, each change in the audit log), its record
 //! (`record.rs`), its report (`report.rs`, rendered by `table.rs`) and its settings
 //! (`rules.rs`). The kinds import the state; the state never imports a kind (it is handed
-//! one, made here by [`kind_for`]).
+//! one, made here by `kind_for`).
 
 mod canary;
 mod record;
