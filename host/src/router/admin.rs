@@ -14,7 +14,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::Gateway;
+use super::gateway::Gateway;
 use super::registry::{BackendInfo, Registry};
 use crate::api::admin::{AuditAnswer, TrialAnswer};
 use crate::http::{Access, AdminAuth, ApiError, actor, parse_json, require_admin, uploaded_policy};

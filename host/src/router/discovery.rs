@@ -10,7 +10,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use super::Gateway;
+use super::gateway::Gateway;
 use super::registry::Backend;
 use crate::api::signals::LoadReport;
 

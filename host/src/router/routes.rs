@@ -3,16 +3,18 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
 use serde_json::json;
 
-use super::Gateway;
+use super::gateway::Gateway;
 use crate::api::{ApiError, Endpoint, read_job};
 use crate::http::{RequestId, render_metrics, tagged};
+use crate::serve::limit_bodies;
 
 async fn route(
     gw: Arc<Gateway>,
@@ -98,4 +100,22 @@ pub(super) async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
     let trial = gw.policy.trial().filter(|t| t.ended.is_none());
     gw.metrics.set_trial(trial.as_ref());
     render_metrics(&gw.metrics.registry)
+}
+
+impl Gateway {
+    /// The public HTTP routes.
+    pub fn router(self: &Arc<Self>) -> Router {
+        let routes = Router::new()
+            .route(Endpoint::Generate.path(), post(generate))
+            .route(Endpoint::Completions.path(), post(completions))
+            .route(Endpoint::Chat.path(), post(chat))
+            .route("/v1/models", get(models))
+            .route("/health", get(health))
+            .route("/metrics", get(metrics));
+        let limits = &self.options.limits;
+        limit_bodies(routes, limits, limits.max_body_bytes)
+            .fallback(crate::http::not_found)
+            .method_not_allowed_fallback(crate::http::method_not_allowed)
+            .with_state(self.clone())
+    }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use futures_util::StreamExt;
 use tokio::task::JoinHandle;
 
-use super::Gateway;
+use super::gateway::Gateway;
 use super::registry::Backend;
 use crate::api::signals::{KvEvent, KvEventKind, LoadReport};
 use crate::clock::unix_micros;
@@ -83,10 +83,6 @@ async fn poll_load(gw: &Gateway, b: &Backend, interval: Duration) {
         Err(e) => tracing::debug!(worker = %b.url, error = %e, "load poll failed"),
     }
 }
-
-/// A KV event stream silent for this long is taken as lost (workers send a keep-alive
-/// every 5 s), so a worker cut off without a reset is forgotten within it.
-pub(super) const SILENT_STREAM: Duration = Duration::from_secs(15);
 
 /// The longest event accepted (a snapshot of ~8M blocks); past it the stream is dropped.
 const MAX_EVENT_BYTES: usize = 64 << 20;

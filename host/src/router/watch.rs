@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::Gateway;
+use super::gateway::Gateway;
 use locus_policy::{Actor, LoadOptions, PolicySource};
 
 /// Sends the contents of `path` each time they change (not the contents it has now).

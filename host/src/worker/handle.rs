@@ -8,7 +8,7 @@ use std::time::Duration;
 use locus_engine::Engine;
 use tokio::net::TcpListener;
 
-use super::WorkerOptions;
+use super::options::WorkerOptions;
 use super::state::Worker;
 use crate::serve::serve;
 

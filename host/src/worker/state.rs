@@ -8,10 +8,10 @@ use std::time::{Instant, SystemTime};
 use locus_engine::Engine;
 use tokio::sync::Semaphore;
 
-use super::WorkerOptions;
 use super::caches::Caches;
 use super::kv_listener::KvEvents;
 use super::metrics::Metrics;
+use super::options::WorkerOptions;
 use super::throughput::{self, Throughput};
 
 /// A worker's state, shared by its handlers.

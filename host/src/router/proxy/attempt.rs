@@ -6,7 +6,7 @@ use std::time::Instant;
 use locus_policy::{Completion, Outcome, Routed};
 
 use super::outcome::Seen;
-use crate::router::Gateway;
+use crate::router::gateway::Gateway;
 
 impl Gateway {
     /// Tells the policy how an attempt ended, and counts it. `answered`: a worker's answer

@@ -22,7 +22,7 @@ use axum::body::Bytes;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::Gateway;
+use super::gateway::Gateway;
 use super::registry::Backend;
 use super::tokens::PromptBlocks;
 use crate::api::{ApiError, Job, REQUEST_ID};

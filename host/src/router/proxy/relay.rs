@@ -13,7 +13,7 @@ use super::counts::Counts;
 use super::outcome::Seen;
 use super::stream;
 use crate::api::{ApiError, Endpoint};
-use crate::router::Gateway;
+use crate::router::gateway::Gateway;
 use crate::router::registry::{Backend, InFlightGuard};
 
 /// Response header with the microseconds the router spent choosing the worker (tokenizing,

@@ -16,7 +16,7 @@ use super::attempt::Attempt;
 use super::counts::Counts;
 use super::outcome::Seen;
 use crate::api::{ApiError, Endpoint};
-use crate::router::Gateway;
+use crate::router::gateway::Gateway;
 use crate::router::registry::InFlightGuard;
 
 /// Answers with `builder` (the answer's head, made by the relay) and a body that relays

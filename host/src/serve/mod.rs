@@ -1,0 +1,21 @@
+//! Serving a [`Router`](axum::Router) with the limits `axum::serve` lacks: a deadline for the request
+//! head (which is also how long an idle keep-alive connection is kept), a deadline for the
+//! body and a body size limit checked before the body is read.
+//!
+//! A client that sends slowly holds no worker: until its head and body are complete it is
+//! only a connection (a socket and a small task), and the handler runs once the whole body
+//! is buffered. The deadlines bound how long such a connection may exist.
+
+//! Files: `limits` (the limits and their flags), `listen` (the accept loop, shutdown
+//! signals), `bodies` (buffering bodies under the limits). This folder may import
+//! `crate::http` (the error shape) and nothing of the servers that use it.
+
+mod bodies;
+mod limits;
+mod listen;
+#[cfg(test)]
+mod tests;
+
+pub use bodies::limit_bodies;
+pub use limits::ServeLimits;
+pub use listen::{serve, shutdown_signal};
