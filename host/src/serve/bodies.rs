@@ -14,7 +14,7 @@ use super::limits::ServeLimits;
 use crate::http::ApiError;
 
 /// Buffers the body of every request to `router`'s routes under `max` bytes and
-/// `limits.body_read_timeout` before its handler runs (see [`serve`]). Applied per group
+/// `limits.body_read_timeout` before its handler runs (see [`serve`](super::serve)). Applied per group
 /// of routes, so that an upload endpoint can take more than the API endpoints.
 pub fn limit_bodies<S: Clone + Send + Sync + 'static>(
     router: Router<S>,

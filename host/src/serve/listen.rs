@@ -17,7 +17,7 @@ use super::limits::ServeLimits;
 ///
 /// A client that trickles its head, or leaves a keep-alive connection idle, is dropped
 /// after `header_read_timeout` (hyper's own timer). Bodies are limited by the routes' own
-/// [`limit_bodies`] (this applies none): there a trickled body gets 408 after
+/// [`limit_bodies`](super::limit_bodies) (this applies none): there a trickled body gets 408 after
 /// `body_read_timeout` and one over the limit 413 (at once when `Content-Length` says so),
 /// and handlers see the whole body, buffered.
 ///
