@@ -35,30 +35,30 @@ pub trait Blocks: Sync {
 pub struct Ask<'a> {
     /// What the policy sees.
     pub request: Request,
+    /// Where its block hashes come from until they are made (`None` once made, or when
+    /// they were given).
     blocks: Option<&'a dyn Blocks>,
-    filled: bool,
 }
 
 impl<'a> Ask<'a> {
     /// A request whose block hashes are given already (or never read).
     pub fn new(request: Request) -> Self {
-        Self { request, blocks: None, filled: true }
+        Self { request, blocks: None }
     }
 
     /// A request whose block hashes `blocks` makes when they are read.
     pub fn with_blocks(request: Request, blocks: &'a dyn Blocks) -> Self {
-        Self { request, blocks: Some(blocks), filled: false }
+        Self { request, blocks: Some(blocks) }
     }
 
     fn fill(&mut self) {
-        if let (false, Some(b)) = (self.filled, self.blocks) {
+        if let Some(b) = self.blocks.take() {
             b.fill(&mut self.request);
-            self.filled = true;
         }
     }
 
     fn deferred(&self) -> Option<BlockFill> {
-        if self.filled { None } else { self.blocks.and_then(Blocks::deferred) }
+        self.blocks.and_then(Blocks::deferred)
     }
 }
 
@@ -230,14 +230,14 @@ impl RouterPolicy {
     ) -> Result<TrialReport, TrialError> {
         // Refused before the compile when it can be; checked again once loaded.
         if let Some(t) = &*self.trials.current() {
-            return Err(TrialRunning(t.mode.name()).into());
+            return Err(TrialRunning(t.mode().name()).into());
         }
         let slot = Slot::new(load(source, opts)?, self.faults);
         slot.set_feed(Box::new(KvEvents(self.kv.clone())));
         let _one_change = self.changing.lock();
         let live_rollbacks = self.slot.rollbacks();
         let kind = kind_for(mode, &self.kv);
-        Ok(self.trials.begin(mode, kind, rules, slot, self.info(), live_rollbacks, by)?)
+        Ok(self.trials.begin(kind, rules, slot, self.info(), live_rollbacks, by)?)
     }
 
     /// Makes the candidate on trial serve everything. Refused when no trial runs, and when

@@ -158,7 +158,9 @@ fn a_bad_setting_in_a_deploy_file_would_be_caught() {
 fn parsed(args: &[&str]) -> (String, String) {
     match Cli::try_parse_from(args).unwrap().command {
         Command::Router(a) => (format!("{:?}", a.options().unwrap()), String::new()),
-        Command::Worker(a) => (format!("{:?}", a.options("host").unwrap()), String::new()),
+        Command::Worker(a) => {
+            (format!("{:?}", a.options(|| "host".into()).unwrap()), String::new())
+        }
         Command::Run(a) => {
             let c = a.options("t").unwrap();
             (format!("{:?}", c.router), format!("{:?}", c.worker))

@@ -204,10 +204,14 @@ pub struct WorkerArgs {
 }
 
 impl WorkerArgs {
-    /// The worker's options; `host` names it when `--worker-id` does not.
-    pub fn options(&self, host: &str) -> anyhow::Result<WorkerOptions> {
+    /// The worker's options; `host` names it when `--worker-id` does not (asked only
+    /// then).
+    pub fn options(&self, host: impl FnOnce() -> String) -> anyhow::Result<WorkerOptions> {
         Ok(WorkerOptions {
-            worker_id: self.worker_id.clone().unwrap_or_else(|| format!("{host}:{}", self.port)),
+            worker_id: self
+                .worker_id
+                .clone()
+                .unwrap_or_else(|| format!("{}:{}", host(), self.port)),
             audit_log: self.audit_log.clone(),
             ..self.cache.options(self.admin_token.token.clone(), &self.serve)?
         })

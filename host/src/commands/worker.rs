@@ -13,7 +13,7 @@ pub async fn serve(a: WorkerArgs) -> anyhow::Result<()> {
     let engine = engines.into_iter().next().expect("one engine");
     tracing::info!(model = %engine.describe(), "model loaded");
     let (delay, grace) = a.shutdown.times()?;
-    let options = a.options(&host_name())?;
+    let options = a.options(host_name)?;
     let handle = worker::spawn(engine, options, SocketAddr::new(a.host, a.port)).await?;
     println!(
         "locus worker {} listening on http://{}",

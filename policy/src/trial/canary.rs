@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::report::Side;
-use super::rules::TrialRules;
+use super::rules::{TrialMode, TrialRules};
 use super::state::{BlockFill, Trial, TrialKind, Trials};
 use crate::worlds::router::observe_in;
 use crate::worlds::{Completion, Request, Workers};
@@ -15,6 +15,10 @@ pub(super) struct Canary {
 }
 
 impl TrialKind for Canary {
+    fn mode(&self) -> TrialMode {
+        TrialMode::Canary { percent: self.percent }
+    }
+
     fn takes(&self, req: &Request) -> bool {
         let bucket = locus_policy_kit::mix(routing_key(req)) % 1_000_000;
         (bucket as f64) < self.percent * 10_000.0

@@ -10,7 +10,7 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
 
-use super::rules::TrialRules;
+use super::rules::{TrialMode, TrialRules};
 use super::state::{BlockFill, Trial, TrialKind, Trials};
 use crate::worlds::router::{decide, observe_in};
 use crate::worlds::{Completion, KvFeed, Request, Workers};
@@ -67,6 +67,10 @@ impl Shadow {
 }
 
 impl TrialKind for Shadow {
+    fn mode(&self) -> TrialMode {
+        TrialMode::Shadow
+    }
+
     fn start(&self, trials: &Arc<Trials>, t: &Arc<Trial>) {
         let Some(rx) = self.rx.lock().take() else { return };
         let (trials, t, queue) = (trials.clone(), t.clone(), self.queue.clone());

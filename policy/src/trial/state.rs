@@ -25,6 +25,8 @@ pub type BlockFill = Arc<dyn Fn(&mut Request) + Send + Sync>;
 
 /// What a shadow and a canary each do beside the live policy.
 pub(crate) trait TrialKind: Send + Sync {
+    /// Shadow or canary (with its share).
+    fn mode(&self) -> TrialMode;
     /// Starts what runs beside the request path (a shadow's thread).
     fn start(&self, _trials: &Arc<Trials>, _t: &Arc<Trial>) {}
     /// Whether the candidate routes `req` itself (a canary's share).
@@ -57,7 +59,6 @@ pub(crate) trait TrialKind: Send + Sync {
 pub(crate) struct Trial {
     /// Tells this trial's requests from another's ([`crate::Routed::trial`]).
     pub(crate) id: u64,
-    pub(crate) mode: TrialMode,
     rules: TrialRules,
     pub(crate) slot: Slot<RouterWorld>,
     /// The version on trial (what a promotion installs).
@@ -74,6 +75,11 @@ pub(crate) struct Trial {
 }
 
 impl Trial {
+    /// Shadow or canary (with its share): what its kind is.
+    pub(crate) fn mode(&self) -> TrialMode {
+        self.kind.mode()
+    }
+
     /// Records a decision a canary trial's side made.
     pub(crate) fn decided(&self, side: Side, workers: &Workers, worker: u64, fallback: bool) {
         let mut d = self.decisions.lock();
@@ -87,7 +93,7 @@ impl Trial {
         let o = self.outcomes.lock();
         let (live_window, candidate_window) = o.compared(&self.rules);
         TrialReport {
-            mode: self.mode,
+            mode: self.mode(),
             rules: self.rules,
             live_policy: self.live_policy.clone(),
             candidate_policy: self.candidate.info.clone(),
@@ -134,10 +140,8 @@ impl Trials {
     }
 
     /// Starts trying `slot` beside `live` (the caller serializes changes).
-    #[allow(clippy::too_many_arguments)] // a trial's whole description, each part distinct
     pub(crate) fn begin(
         self: &Arc<Self>,
-        mode: TrialMode,
         kind: Box<dyn TrialKind>,
         rules: TrialRules,
         slot: Slot<RouterWorld>,
@@ -146,12 +150,12 @@ impl Trials {
         actor: &Actor,
     ) -> Result<TrialReport, TrialRunning> {
         if let Some(t) = &*self.current.load() {
-            return Err(TrialRunning(t.mode.name()));
+            return Err(TrialRunning(t.mode().name()));
         }
+        let mode = kind.mode();
         let candidate = slot.current();
         let trial = Arc::new(Trial {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            mode,
             rules,
             slot,
             candidate: candidate.clone(),
@@ -204,7 +208,7 @@ impl Trials {
         *self.last.lock() = Some(report.clone());
         self.current.store(None);
         trial.kind.stop();
-        let (mode, how_name) = (trial.mode.name(), how.name());
+        let (mode, how_name) = (trial.mode().name(), how.name());
         let why = match actor.why.as_str() {
             "" => format!("{mode} {how_name}"),
             why => format!("{mode} {how_name}: {why}"),
