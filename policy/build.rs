@@ -20,10 +20,14 @@ const GUESTS: &[(&str, &str, bool)] = &[
     ("bounded-hash", "locus-guest-router-bounded-hash", true),
     ("prefix-aware", "locus-guest-router-prefix-aware", true),
     ("lru", "locus-guest-cache-lru", true),
+    ("fifo", "locus-guest-admission-fifo", true),
+    ("fair", "locus-guest-admission-fair", true),
+    ("priority", "locus-guest-admission-priority", true),
     ("faulty", "locus-test-guest-faulty", false),
     ("wrong-world", "locus-test-guest-wrong-world", false),
     ("faulty-cache", "locus-test-guest-faulty-cache", false),
     ("probe", "locus-test-guest-probe", false),
+    ("faulty-admission", "locus-test-guest-faulty-admission", false),
 ];
 
 const TARGET: &str = "wasm32-wasip2";
@@ -35,7 +39,9 @@ fn main() {
     let out_dir = PathBuf::from(env::var("OUT_DIR").unwrap());
     let target_dir = out_dir.join("guests");
 
-    for dir in ["wit", "policy-kit", "guest-router", "guest-cache", "host/tests/guests"] {
+    for dir in
+        ["wit", "policy-kit", "guest-router", "guest-cache", "guest-admission", "host/tests/guests"]
+    {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     println!("cargo:rerun-if-changed={}", root.join("Cargo.lock").display());

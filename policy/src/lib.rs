@@ -15,8 +15,8 @@
 //!
 //! 1. [`runtime`]: the sandbox, compiled-code caches, slots (versions, faults, rollback) and
 //!    the audit log, for any world;
-//! 2. [`worlds`]: the bindings of the `router` and `cache` worlds, the native fallback and
-//!    the router's record of the workers' KV blocks;
+//! 2. [`worlds`]: the bindings of the `router`, `cache` and `admission` worlds, the native
+//!    fallbacks and the router's record of the workers' KV blocks;
 //! 3. [`trial`]: a candidate routing policy tried beside the live one, as a shadow or a
 //!    canary;
 //! 4. [`RouterPolicy`], the one facade the router's request path asks, and [`inspect()`].
@@ -46,6 +46,7 @@ pub use trial::{
     TrialRules, TrialRunning, TrialSettingError, render_trial, take_trial_settings,
 };
 pub use worlds::{
-    CachePolicy, Completion, Entry, EntryKind, KvBatch, KvFeed, LOG_BATCHES, Outcome,
-    PreparedCache, Request, Workers, rendezvous, workers,
+    AbandonReason, AdmissionPolicy, Arrival, BANDS, CachePolicy, Completion, Entry, EntryKind,
+    KvBatch, KvFeed, LOG_BATCHES, Outcome, PreparedCache, Refusal, RefusalKind, Request,
+    Saturation, Served, TENANTS_KEPT, Workers, rendezvous, workers,
 };

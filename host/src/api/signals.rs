@@ -51,6 +51,10 @@ pub struct LoadReport {
     pub max_queue: usize,
     /// Places left in that queue.
     pub queue_available: usize,
+    /// Sequences the worker's engine runs in one batch at most: what a router dispatches
+    /// to it at once by default. Absent from workers older than flow control.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_batch: Option<u32>,
     /// When this report was made, Unix microseconds.
     pub ts_us: u64,
 }

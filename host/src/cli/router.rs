@@ -24,6 +24,15 @@ pub struct RoutingArgs {
     /// A `key=value` setting for the routing policy (repeatable), e.g. prefix-chars=20.
     #[arg(long = "policy-setting", value_parser = policy::parse_setting)]
     pub policy_settings: Vec<(String, String)>,
+    /// Admission policy, which orders the router's queue: `fifo` (arrival order), `fair`
+    /// (each tenant's fair share of tokens, VTC), `priority` (strict bands with aging),
+    /// `native` (first in, first out without wasm), or a .wasm component of the
+    /// `admission` world.
+    #[arg(long, env = "LOCUS_ADMISSION", default_value_t = locus::router::FlowOptions::default().admission.name())]
+    pub admission: String,
+    /// A `key=value` setting for the admission policy (repeatable), e.g. weight.chat=2.
+    #[arg(long = "admission-setting", value_parser = policy::parse_setting)]
+    pub admission_settings: Vec<(String, String)>,
     /// Swap the policy whenever its file changes on disk.
     #[arg(long, env = "LOCUS_WATCH", value_parser = clap::builder::BoolishValueParser::new())]
     pub watch: bool,
@@ -49,7 +58,11 @@ impl RoutingArgs {
             (_, true) => anyhow::bail!("--watch needs --policy to be a file path"),
             _ => None,
         };
+        let mut flow = self.router.flow.clone();
+        flow.admission = PolicySource::parse(&self.admission)?;
+        flow.admission_settings = self.admission_settings.clone();
         Ok(RouterOptions {
+            flow,
             policy,
             settings: self.policy_settings.clone(),
             watch,

@@ -32,8 +32,13 @@ pub fn admin_router(gw: Arc<Gateway>) -> Router {
         .route("/admin/policy/abort", post(abort))
         .route("/admin/audit", get(audit))
         .route("/admin/workers", get(list_workers).post(add_worker).delete(remove_worker))
-        .route("/admin/feedback", get(feedback));
-    let upload = Router::new().route("/admin/policy", put(swap_policy));
+        .route("/admin/feedback", get(feedback))
+        .route("/admin/admission", get(admission_info))
+        .route("/admin/admission/rollback", post(admission_rollback))
+        .route("/admin/api-keys/reload", post(reload_keys));
+    let upload = Router::new()
+        .route("/admin/policy", put(swap_policy))
+        .route("/admin/admission", put(swap_admission));
     let auth = AdminAuth { token: gw.options.admin_token.clone(), access: Access::TokenRequired };
     // The token is checked before a body is read: an upload may be tens of MB.
     limit_bodies(rest, limits, limits.max_body_bytes)
@@ -92,6 +97,75 @@ async fn swap_policy(
             .with_code("trial_running")
             .into_response(),
         Err(e) => ApiError::internal(e.to_string()).into_response(),
+    }
+}
+
+/// The admission policy, the queue and the slots.
+async fn admission_info(State(gw): State<Arc<Gateway>>) -> Response {
+    let a = gw.queue.admission();
+    Json(json!({
+        "policy": a.info(),
+        "total_faults": a.total_faults(),
+        "queueing": gw.queueing(),
+        "queued": gw.queue.queued(),
+        "dispatched": gw.queue.dispatched(),
+        "slots": gw.slots().total,
+    }))
+    .into_response()
+}
+
+/// `PUT /admin/admission`: a component of the `admission` world (or empty with
+/// `?name=<built-in>`), query parameters as its settings. Shadow and canary are not
+/// offered: one queue has one order.
+async fn swap_admission(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    Query(mut q): Query<BTreeMap<String, String>>,
+    body: Bytes,
+) -> Response {
+    let source = match uploaded_policy(&body, &mut q) {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    let settings: Vec<(String, String)> = q.into_iter().collect();
+    if let Some((k, _)) = settings.iter().find(|(k, _)| k == "locus.shadow" || k == "locus.canary")
+    {
+        let msg =
+            "an admission policy cannot be tried as a shadow or canary: one queue has one order";
+        return ApiError::invalid(k.as_str(), msg).into_response();
+    }
+    let by = actor(&headers);
+    let opts = LoadOptions::with_settings(settings);
+    let g = gw.clone();
+    // Compiling takes tens of milliseconds: off the async threads.
+    let done =
+        tokio::task::spawn_blocking(move || g.queue.admission().swap(&source, &opts, &by)).await;
+    match done {
+        Ok(Ok(info)) => Json(json!({"swapped": true, "policy": info})).into_response(),
+        Ok(Err(e)) => ApiError::new(StatusCode::BAD_REQUEST, e.to_string())
+            .with_code("policy_rejected")
+            .into_response(),
+        Err(e) => ApiError::internal(e.to_string()).into_response(),
+    }
+}
+
+async fn admission_rollback(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    let info = gw.queue.admission().rollback(&actor(&headers));
+    Json(json!({"rolled_back": true, "policy": info})).into_response()
+}
+
+/// Re-reads `--api-keys`; on an error the keys in use are kept.
+async fn reload_keys(State(gw): State<Arc<Gateway>>) -> Response {
+    if !gw.keys.enabled() {
+        return ApiError::new(StatusCode::CONFLICT, "the router runs without --api-keys")
+            .with_code("no_api_keys")
+            .into_response();
+    }
+    match gw.keys.reload() {
+        Ok(n) => Json(json!({"reloaded": true, "keys": n})).into_response(),
+        Err(e) => ApiError::new(StatusCode::BAD_REQUEST, e.to_string())
+            .with_code("api_keys_rejected")
+            .into_response(),
     }
 }
 

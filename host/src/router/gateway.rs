@@ -11,15 +11,19 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 
+use super::flow::{ApiKeys, Queue, Slots};
 use super::metrics::Metrics;
 use super::options::RouterOptions;
-use super::registry::Registry;
+use super::registry::{Backend, Registry};
 use super::tokens::PromptTokens;
-use locus_policy::{AuditLog, Completion, LoadOptions, RouterPolicy};
+use locus_policy::{AdmissionPolicy, AuditLog, Completion, LoadOptions, RouterPolicy};
 
 /// A KV event stream silent for this long is taken as lost (workers send a keep-alive
 /// every 5 s), so a worker cut off without a reset is forgotten within it.
 pub(super) const SILENT_STREAM: Duration = Duration::from_secs(15);
+
+/// Requests dispatched at once to a worker that has not reported its batch size yet.
+pub const UNREPORTED_DISPATCH_LIMIT: u32 = 8;
 
 /// The last completions told to the policy, for `GET /admin/feedback`: what the policy
 /// saw, readable by an operator (and by tests).
@@ -56,6 +60,10 @@ pub struct Gateway {
     pub(super) options: RouterOptions,
     pub(super) feedback: Feedback,
     pub(super) tokens: Arc<PromptTokens>,
+    /// The queue and its admission policy.
+    pub(super) queue: Arc<Queue>,
+    /// The data-plane API keys (none: tenants from a header).
+    pub(super) keys: ApiKeys,
     /// Set by [`Gateway::drain`]: `/health` fails while requests in flight finish.
     pub(super) draining: AtomicBool,
     /// Tells both listeners to stop accepting.
@@ -68,9 +76,16 @@ impl Gateway {
     /// Loads the policy and sets up the workers (all assumed up until a check fails).
     pub fn new(options: RouterOptions) -> anyhow::Result<Arc<Self>> {
         let opts = LoadOptions::with_settings(options.settings.clone());
-        let audit = AuditLog::open(options.audit_log.as_deref())?;
+        let audit = Arc::new(AuditLog::open(options.audit_log.as_deref())?);
         let policy =
-            RouterPolicy::load_audited(&options.policy, &opts, options.faults, Arc::new(audit))?;
+            RouterPolicy::load_audited(&options.policy, &opts, options.faults, audit.clone())?;
+        let flow = &options.flow;
+        let admission_opts = LoadOptions::with_settings(flow.admission_settings.clone());
+        let admission = AdmissionPolicy::load(&flow.admission, &admission_opts, options.faults)?;
+        admission.set_audit(audit);
+        let keys = ApiKeys::load(flow)?;
+        let metrics = Metrics::new();
+        let queue = Queue::new(flow.clone(), admission, metrics.flow.clone());
         let registry = Registry::new(
             &options.workers,
             options.fail_threshold.max(1),
@@ -92,11 +107,13 @@ impl Gateway {
             registry: Arc::new(registry),
             client,
             signals_client,
-            metrics: Metrics::new(),
+            metrics,
             next_id: AtomicU64::new(1),
             options,
             feedback: Feedback::default(),
             tokens: Arc::new(PromptTokens::default()),
+            queue,
+            keys,
             draining: AtomicBool::new(false),
             stop: tokio::sync::watch::channel(false).0,
             served: Mutex::new(Vec::new()),
@@ -108,6 +125,11 @@ impl Gateway {
         &self.policy
     }
 
+    /// The queue and its admission policy.
+    pub fn queue(&self) -> &Queue {
+        &self.queue
+    }
+
     /// The workers.
     pub fn registry(&self) -> &Registry {
         &self.registry
@@ -116,6 +138,25 @@ impl Gateway {
     /// The last completions told to the policy.
     pub fn feedback(&self) -> &Feedback {
         &self.feedback
+    }
+
+    /// Requests dispatched to `b` at once at most: `--dispatch-limit`, else the batch size
+    /// `b` reports, else [`UNREPORTED_DISPATCH_LIMIT`].
+    pub(super) fn dispatch_limit(&self, b: &Backend) -> u32 {
+        self.options.flow.dispatch_limit.unwrap_or_else(|| {
+            b.load().and_then(|r| r.load.max_batch).unwrap_or(UNREPORTED_DISPATCH_LIMIT).max(1)
+        })
+    }
+
+    /// Whether requests wait in the queue (`--dispatch-limit 0` sends them on at once).
+    pub(super) fn queueing(&self) -> bool {
+        self.options.flow.dispatch_limit != Some(0)
+    }
+
+    /// The healthy workers' dispatch slots.
+    pub(super) fn slots(&self) -> Slots {
+        let total = self.registry.healthy().iter().map(|b| self.dispatch_limit(b)).sum();
+        Slots { total }
     }
 
     /// Whether the router is shutting down.

@@ -1,5 +1,6 @@
 //! The router's Prometheus metrics.
 
+use super::flow::FlowCounters;
 use prometheus::{
     GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry,
@@ -7,6 +8,8 @@ use prometheus::{
 
 pub(super) struct Metrics {
     pub registry: Registry,
+    /// Flow control's counts per tenant and band.
+    pub flow: FlowCounters,
     pub decisions: IntCounterVec,
     pub fallbacks: IntCounter,
     pub retries: IntCounter,
@@ -14,6 +17,9 @@ pub(super) struct Metrics {
     pub latency: HistogramVec,
     pub policy_faults: IntGauge,
     pub policy_info: IntGaugeVec,
+    /// The serving admission policy (value 1), set at each scrape.
+    pub admission_info: IntGaugeVec,
+    pub admission_faults: IntGauge,
     pub kv_events: IntCounterVec,
     pub kv_event_lag: Histogram,
     /// Time to a routing decision: tokenizing, block hashes and the policy's call.
@@ -66,6 +72,14 @@ impl Metrics {
             &["name", "sha256"],
         )
         .unwrap();
+        let admission_info = IntGaugeVec::new(
+            Opts::new("locus_router_admission_info", "The serving admission policy (value 1)"),
+            &["name", "sha256"],
+        )
+        .unwrap();
+        let admission_faults =
+            IntGauge::new("locus_router_admission_faults", "Admission policy faults so far")
+                .unwrap();
         let kv_events = IntCounterVec::new(
             Opts::new("locus_router_kv_events_total", "KV events received from workers, by type"),
             &["type"],
@@ -125,7 +139,9 @@ impl Metrics {
             &["side"],
         )
         .unwrap();
-        let registry = crate::http::registry(vec![
+        let flow = FlowCounters::new();
+        let mut collectors = flow.collectors();
+        collectors.extend(vec![
             Box::new(decisions.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(fallbacks.clone()),
             Box::new(retries.clone()),
@@ -133,6 +149,8 @@ impl Metrics {
             Box::new(latency.clone()),
             Box::new(policy_faults.clone()),
             Box::new(policy_info.clone()),
+            Box::new(admission_info.clone()),
+            Box::new(admission_faults.clone()),
             Box::new(kv_events.clone()),
             Box::new(kv_event_lag.clone()),
             Box::new(route.clone()),
@@ -143,8 +161,10 @@ impl Metrics {
             Box::new(trial_ratio.clone()),
             Box::new(trial_ttft_p90.clone()),
         ]);
+        let registry = crate::http::registry(collectors);
         Self {
             registry,
+            flow,
             decisions,
             fallbacks,
             retries,
@@ -152,6 +172,8 @@ impl Metrics {
             latency,
             policy_faults,
             policy_info,
+            admission_info,
+            admission_faults,
             kv_events,
             kv_event_lag,
             route,

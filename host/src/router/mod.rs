@@ -18,6 +18,7 @@
 
 mod admin;
 mod discovery;
+mod flow;
 mod gateway;
 mod metrics;
 mod options;
@@ -31,7 +32,11 @@ mod watch;
 
 pub use admin::admin_router;
 pub use discovery::{Discover, parse_workers_file};
-pub use gateway::{FEEDBACK_KEPT, Feedback, Gateway};
+pub use flow::{
+    ApiKeys, DEFAULT_PRIORITY_HEADER, DEFAULT_TENANT_HEADER, FlowCounters, FlowOptions, Identity,
+    KeysError, LABELLED_TENANTS, MAX_TENANT_BYTES, Queue, Slots, Ticket, Waiting,
+};
+pub use gateway::{FEEDBACK_KEPT, Feedback, Gateway, UNREPORTED_DISPATCH_LIMIT};
 pub use options::{
     DEFAULT_ADDR, DEFAULT_ADMIN_ADDR, DEFAULT_ROUTE_TOKENS, DEFAULT_SESSION_HEADER, RouterOptions,
 };

@@ -7,6 +7,7 @@ use std::time::Duration;
 use locus_policy::{FaultPolicy, PolicySource};
 
 use super::discovery::Discover;
+use super::flow::FlowOptions;
 use crate::serve::ServeLimits;
 
 /// How a router is set up.
@@ -133,7 +134,7 @@ pub struct RouterOptions {
     #[arg(
         long,
         help = "Request header whose value is given to the policy as the session key",
-        value_parser = lower_case(),
+        value_parser = super::flow::lower_case(),
         default_value = RouterOptions::default().session_header
     )]
     pub session_header: String,
@@ -147,6 +148,9 @@ pub struct RouterOptions {
                 last ones either way"
     )]
     pub audit_log: Option<PathBuf>,
+    /// Tenants, priorities and the queue.
+    #[command(flatten)]
+    pub flow: FlowOptions,
 }
 
 impl Default for RouterOptions {
@@ -173,6 +177,7 @@ impl Default for RouterOptions {
             worker_token: None,
             session_header: DEFAULT_SESSION_HEADER.into(),
             audit_log: None,
+            flow: FlowOptions::default(),
         }
     }
 }
@@ -222,13 +227,5 @@ fn count_raised_to_one() -> impl clap::builder::TypedValueParser<Value = u32> {
 fn token_or_none() -> impl clap::builder::TypedValueParser<Value = Option<String>> {
     clap::builder::TypedValueParser::map(clap::builder::StringValueParser::new(), |t| {
         Some(t).filter(|t| !t.is_empty())
-    })
-}
-
-/// A header name from a flag, in lower case: names are case-insensitive, and one spelling
-/// is kept.
-fn lower_case() -> impl clap::builder::TypedValueParser<Value = String> {
-    clap::builder::TypedValueParser::map(clap::builder::StringValueParser::new(), |h| {
-        h.to_ascii_lowercase()
     })
 }

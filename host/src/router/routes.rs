@@ -23,13 +23,22 @@ async fn route(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    // Who asks comes first: a request without a valid key is refused before its body is
+    // read.
+    let who = match gw.keys.identify(&headers, &gw.options.flow) {
+        Ok(who) => who,
+        Err(e) => {
+            gw.metrics.requests.with_label_values(&[endpoint.name(), e.status.as_str()]).inc();
+            return tagged(e.into_response(), &id);
+        }
+    };
     let session = headers
         .get(gw.options.session_header.as_str())
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty())
         .map(str::to_string);
     let resp = match read_job(endpoint, &body) {
-        Ok(job) => gw.forward(&job, &id.0, session, body).await,
+        Ok(job) => gw.forward(&job, &id.0, &who, session, body).await,
         Err(e) => {
             gw.metrics.requests.with_label_values(&[endpoint.name(), e.status.as_str()]).inc();
             e.into_response()
@@ -97,6 +106,14 @@ pub(super) async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
     gw.metrics.policy_info.with_label_values(&[&info.name, &info.sha256]).set(1);
     gw.metrics.policy_faults.set(gw.policy.total_faults() as i64);
     gw.metrics.kv_blocks.set(gw.policy.kv().total_blocks() as i64);
+    let queued = gw.queue.queued();
+    for (band, n) in queued.iter().enumerate() {
+        gw.metrics.flow.waiting.with_label_values(&[&band.to_string()]).set(i64::from(*n));
+    }
+    let admission = gw.queue.admission().info();
+    gw.metrics.admission_info.reset();
+    gw.metrics.admission_info.with_label_values(&[&admission.name, &admission.sha256]).set(1);
+    gw.metrics.admission_faults.set(gw.queue.admission().total_faults() as i64);
     let trial = gw.policy.trial().filter(|t| t.ended.is_none());
     gw.metrics.set_trial(trial.as_ref());
     render_metrics(&gw.metrics.registry)

@@ -30,6 +30,10 @@ pub async fn spawn(
     let public = tokio::spawn(serve(listener, gw.router(), limits.clone(), gw.stopped()));
     let admin = tokio::spawn(serve(admin, admin_router(gw.clone()), limits, gw.stopped()));
     gw.served.lock().extend([public, admin]);
+    if gw.queueing() {
+        let weak = Arc::downgrade(&gw);
+        gw.queue.spawn_dispatcher(move || weak.upgrade().map(|g| g.slots()).unwrap_or_default());
+    }
     let interval = gw.options.health_interval.max(Duration::from_millis(10));
     tokio::spawn(gw.registry.clone().health_loop(gw.client.clone(), interval));
     let load_interval = gw.options.load_interval.max(Duration::from_millis(10));

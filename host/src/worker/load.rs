@@ -31,6 +31,7 @@ impl Worker {
             generated_tokens: sched.generated_tokens,
             max_queue: self.options.max_queue,
             queue_available: self.queue.available_permits(),
+            max_batch: Some(to_u32(self.engine.limits().max_batch)),
             ts_us: unix_micros(SystemTime::now()),
         }
     }

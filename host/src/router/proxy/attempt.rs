@@ -15,6 +15,10 @@ impl Gateway {
         self.metrics.outcomes.with_label_values(&[outcome_name(done.outcome)]).inc();
         self.feedback.record(done);
         self.policy.observe(done, answered, routed);
+        // The request's end: answered, or its client gone (a retry is not the end).
+        if answered || done.outcome == Outcome::Cancelled {
+            self.queue.completed(done.request_id, done.generated_tokens);
+        }
     }
 }
 

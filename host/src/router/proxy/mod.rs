@@ -22,12 +22,14 @@ use axum::body::Bytes;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use super::flow::{Identity, Ticket};
 use super::gateway::Gateway;
 use super::registry::Backend;
 use super::tokens::PromptBlocks;
 use crate::api::{ApiError, Job, REQUEST_ID};
 use attempt::Attempt;
 use locus_policy::{Ask, Completion, Outcome, Request, Workers};
+use locus_tokens::BLOCK_TOKENS;
 use outcome::Seen;
 
 pub use relay::ROUTE_US;
@@ -65,11 +67,53 @@ impl Gateway {
         w
     }
 
-    /// Routes `job` (read from `body`) and relays the chosen worker's answer.
+    /// Prompt tokens of `req` that no worker (or `worker`) holds, as the router predicts
+    /// them from the KV events; `None` when the prompt was not counted whole.
+    fn uncached(&self, req: &Request, worker: Option<u64>) -> Option<u32> {
+        let total = req.prompt_tokens?;
+        let kv = self.policy.kv();
+        let held = match worker {
+            Some(w) => kv.leading(w, &req.block_hashes),
+            None => {
+                let ids: Vec<u64> = self.registry.healthy().iter().map(|b| b.id()).collect();
+                kv.leading_each(&ids, &req.block_hashes).into_iter().max().unwrap_or(0) as usize
+            }
+        };
+        Some(total.saturating_sub((held * BLOCK_TOKENS).min(u32::MAX as usize) as u32))
+    }
+
+    /// Waits in the queue for a dispatch slot, telling the admission policy what the
+    /// request is (its prompt counted now: the routing policy is given the same hashes).
+    async fn wait_turn(
+        self: &Arc<Self>,
+        req: &mut Request,
+        job: &Job,
+        who: &Identity,
+        bytes: usize,
+    ) -> Result<Ticket, ApiError> {
+        let max = self.options.route_tokens;
+        (req.block_hashes, req.prompt_tokens) = self.tokens.prompt_blocks(&job.prompt, max);
+        let uncached = self.uncached(req, None);
+        let slots = self.slots();
+        let waiting = self.queue.enter(
+            req.id,
+            who,
+            req.prompt_tokens,
+            uncached,
+            job.max_new_tokens,
+            bytes,
+            slots,
+        )?;
+        waiting.wait().await
+    }
+
+    /// Routes `job` (read from `body`) and relays the chosen worker's answer, after its
+    /// turn in the queue.
     pub(super) async fn forward(
         self: &Arc<Self>,
         job: &Job,
         request_id: &str,
+        who: &Identity,
         session: Option<String>,
         body: Bytes,
     ) -> Response {
@@ -83,11 +127,43 @@ impl Gateway {
         req.session = session;
         let max = self.options.route_tokens;
         let blocks = PromptBlocks { tokens: &self.tokens, prompt: &job.prompt, max };
-        let mut ask = Ask::with_blocks(req, &blocks);
+        let ticket = if self.queueing() {
+            match self.wait_turn(&mut req, job, who, body.len()).await {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    self.metrics
+                        .requests
+                        .with_label_values(&[endpoint.name(), e.status.as_str()])
+                        .inc();
+                    return e.into_response();
+                }
+            }
+        } else {
+            None
+        };
+        let id = req.id;
+        let mut ask = match ticket {
+            // Counted for the queue already.
+            Some(_) => Ask::new(req),
+            None => Ask::with_blocks(req, &blocks),
+        };
         let mut candidates = self.registry.healthy();
+        if ticket.is_some() {
+            // Sent where there is room; a full worker only when none has any (a race).
+            let room: Vec<_> = candidates
+                .iter()
+                .filter(|b| b.in_flight() < self.dispatch_limit(b))
+                .cloned()
+                .collect();
+            if !room.is_empty() {
+                candidates = room;
+            }
+        }
+        let mut ticket = ticket;
         let mut last_error = None;
-        // The first attempt's routing time includes tokenizing; retries add only theirs.
-        let mut route_from = started;
+        // The first attempt's routing time includes tokenizing (after the queue, if
+        // the prompt was not counted for it); retries add only theirs.
+        let mut route_from = Instant::now();
         let mut route_us = 0u64;
         let mut routed = None;
         for attempt in 0..=self.options.max_retries {
@@ -102,6 +178,10 @@ impl Gateway {
                 self.metrics.fallbacks.inc();
             }
             let backend = candidates.remove(decision.index);
+            if attempt == 0 && ticket.is_some() {
+                let uncached = self.uncached(&ask.request, Some(backend.id()));
+                self.queue.admission().dispatched(id, uncached);
+            }
             self.metrics.decisions.with_label_values(&[&backend.url]).inc();
             if attempt > 0 {
                 self.metrics.retries.inc();
@@ -127,7 +207,9 @@ impl Gateway {
                 backend.failed(mark.threshold(self.registry.fail_threshold), &mark.reason);
             }
             match sent {
-                Ok(r) if !verdict.retry => return self.relay(endpoint, pending, guard, r).await,
+                Ok(r) if !verdict.retry => {
+                    return self.relay(endpoint, pending, guard, ticket.take(), r).await;
+                }
                 Ok(r) => {
                     last_error = Some(format!("{} answered {}", backend.url, r.status()));
                     pending.done.status = r.status().as_u16();
@@ -143,6 +225,7 @@ impl Gateway {
         if let Some(r) = routed {
             self.policy.unserved(r);
         }
+        self.queue.completed(id, None);
         let msg = match last_error {
             Some(e) => format!("no worker could serve the request (last error: {e})"),
             None => "no healthy worker".into(),

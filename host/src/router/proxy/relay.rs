@@ -13,6 +13,7 @@ use super::counts::Counts;
 use super::outcome::Seen;
 use super::stream;
 use crate::api::{ApiError, Endpoint};
+use crate::router::flow::Ticket;
 use crate::router::gateway::Gateway;
 use crate::router::registry::{Backend, InFlightGuard};
 
@@ -29,6 +30,7 @@ impl Gateway {
         endpoint: Endpoint,
         mut attempt: Attempt<'_>,
         guard: InFlightGuard,
+        ticket: Option<Ticket>,
         r: reqwest::Response,
     ) -> Response {
         let status = r.status();
@@ -50,7 +52,7 @@ impl Gateway {
         builder = builder.header("x-locus-worker", guard.0.url.as_str());
         builder = builder.header(ROUTE_US, attempt.route_us);
         if is_stream {
-            return stream::relay(self, endpoint, attempt, guard, r, builder);
+            return stream::relay(self, endpoint, attempt, guard, ticket, r, builder);
         }
         let bytes = r.bytes().await;
         let backend: Arc<Backend> = guard.0.clone();
@@ -79,6 +81,8 @@ impl Gateway {
             }
         }
         attempt.end(true);
+        // The slot is free once the answer is read.
+        drop(ticket);
         builder
             .body(Body::from(bytes))
             .unwrap_or_else(|e| ApiError::internal(e.to_string()).into_response())

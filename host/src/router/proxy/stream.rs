@@ -16,6 +16,7 @@ use super::attempt::Attempt;
 use super::counts::Counts;
 use super::outcome::Seen;
 use crate::api::{ApiError, Endpoint};
+use crate::router::flow::Ticket;
 use crate::router::gateway::Gateway;
 use crate::router::registry::InFlightGuard;
 
@@ -26,6 +27,7 @@ pub(super) fn relay(
     endpoint: Endpoint,
     attempt: Attempt<'_>,
     guard: InFlightGuard,
+    ticket: Option<Ticket>,
     r: reqwest::Response,
     builder: Builder,
 ) -> Response {
@@ -33,6 +35,8 @@ pub(super) fn relay(
     let started = attempt.started;
     let stream_done = StreamDone {
         _guard: guard,
+        _ticket: ticket,
+        told: 0,
         gw: gw.clone(),
         endpoint,
         routed: attempt.routed,
@@ -55,6 +59,7 @@ pub(super) fn relay(
             }
             Some(Ok(bytes)) => {
                 sd.counts.watch(&bytes, sd.started);
+                sd.tell_usage();
                 bytes
             }
             Some(Err(e)) => {
@@ -78,6 +83,10 @@ struct StreamDone {
     /// Counts the request as in flight until the stream ends (released after the report:
     /// fields drop after `drop`).
     _guard: InFlightGuard,
+    /// The request's dispatch slot, freed when the stream ends.
+    _ticket: Option<Ticket>,
+    /// Tokens told to the admission policy as streamed usage so far.
+    told: u32,
     gw: Arc<Gateway>,
     endpoint: Endpoint,
     routed: Routed,
@@ -89,6 +98,17 @@ struct StreamDone {
     failed: bool,
     /// The worker's stream ended (with or without its final event).
     ended: bool,
+}
+
+impl StreamDone {
+    /// Tells the admission policy the tokens streamed since it was last told.
+    fn tell_usage(&mut self) {
+        let now = self.counts.texts;
+        if now > self.told && self._ticket.is_some() {
+            self.gw.queue.usage(self.done.request_id, now - self.told);
+            self.told = now;
+        }
+    }
 }
 
 impl Drop for StreamDone {
@@ -124,6 +144,9 @@ struct FinalCounts {
     event: Vec<u8>,
     /// Time to the first event carrying generated text.
     first_text: Option<std::time::Duration>,
+    /// Events carrying generated text so far: a worker sends one per token it decodes
+    /// (text held back by a stop-sequence check comes later, fewer events than tokens).
+    texts: u32,
     /// Counts from the final event, once it has passed.
     counts: Option<Counts>,
 }
@@ -144,8 +167,11 @@ impl FinalCounts {
         while let Some(end) = self.event.windows(2).position(|w| w == b"\n\n") {
             let event: Vec<u8> = self.event.drain(..end + 2).collect();
             let Some(data) = event.strip_prefix(b"data: ") else { continue };
-            if self.first_text.is_none() && has_text(data) {
-                self.first_text = Some(started.elapsed());
+            if has_text(data) {
+                self.texts += 1;
+                if self.first_text.is_none() {
+                    self.first_text = Some(started.elapsed());
+                }
             }
             // Only a finished answer's `meta_info` (or `usage`) has `cached_tokens`.
             if data.windows(15).any(|w| w == b"\"cached_tokens\"") {

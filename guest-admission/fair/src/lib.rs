@@ -1,0 +1,417 @@
+//! Fair share by tokens: the Virtual Token Counter (VTC) of Sheng et al., "Fairness in
+//! Serving Large Language Models" (OSDI'24).
+//!
+//! Each tenant has a counter of the service it received, in weighted tokens divided by its
+//! weight: charged `input-weight` × its prompt tokens when its request is picked, and
+//! `output-weight` × each token it generates (as the router streams them, and the rest at
+//! completion). The next request is the oldest one of the backlogged tenant with the lowest
+//! counter, so backlogged tenants receive equal weighted service, and any tenant may use
+//! what the others leave (work-conserving). A tenant that comes back from idle is lifted to
+//! the lowest counter among those backlogged (to the last served tenant's when none is),
+//! so idle time is not saved up as credit for a burst.
+//!
+//! A prompt whose tokens the router did not count is charged its body bytes / 4, an
+//! estimate (GPT-2 averages about 4 bytes per token on English).
+//!
+//! Refusals: when a band's queue is at least half full, a tenant that already has its share
+//! of the band's waiting places (the host's cap divided among the tenants waiting in the
+//! band, itself included) is refused as `contention`; a tenant under its share is never
+//! refused by this policy.
+//!
+//! Charging: `input-weight` (default 1), `output-weight` (default 2, as VTC's paper),
+//! `weight.<tenant>` (default 1; a tenant of weight 2 gets twice the service when both are
+//! backlogged), `charge` = `input` (default) or `uncached` (charge only the prompt tokens
+//! no worker holds, as the router predicts them: cache hits cost a tenant nothing).
+//!
+//! A fresh instance (after a swap or a fault) is told each tenant's tokens served and
+//! starts its counters from them: the best it can know, since the previous policy's
+//! counters (with their lifts) are its own.
+
+// wit-bindgen's generated glue passes flattened records as many arguments.
+#![allow(clippy::too_many_arguments)]
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+
+wit_bindgen::generate!({ world: "admission", path: "../../wit" });
+
+use locus::policy::admission_types::RefusalKind;
+
+/// Tenants kept with a counter; past it, tenants with nothing waiting or running are
+/// forgotten (an arrival lifts them to the backlogged minimum anyway), so that made-up
+/// tenant names cannot exhaust the policy's memory.
+pub const TENANTS_KEPT: usize = 4096;
+
+/// How VTC charges (the settings).
+#[derive(Debug, Clone)]
+pub struct Charging {
+    /// Weight of a prompt token.
+    pub input_weight: f64,
+    /// Weight of a generated token.
+    pub output_weight: f64,
+    /// Per-tenant weights (default 1).
+    pub weights: BTreeMap<String, f64>,
+    /// Charge only the prompt tokens no worker holds.
+    pub charge_uncached: bool,
+}
+
+impl Default for Charging {
+    fn default() -> Self {
+        Self {
+            input_weight: 1.0,
+            output_weight: 2.0,
+            weights: BTreeMap::new(),
+            charge_uncached: false,
+        }
+    }
+}
+
+impl Charging {
+    /// Parses `key=value` settings; `locus.*` keys are the host's.
+    pub fn parse(settings: &[(String, String)]) -> Result<Self, String> {
+        let mut s = Self::default();
+        let weight = |k: &str, v: &str| match v.parse::<f64>() {
+            Ok(w) if w > 0.0 && w.is_finite() => Ok(w),
+            _ => Err(format!("`{k}` must be a number above 0, not `{v}`")),
+        };
+        for (k, v) in settings {
+            match k.as_str() {
+                "input-weight" => s.input_weight = weight(k, v)?,
+                "output-weight" => s.output_weight = weight(k, v)?,
+                "charge" => {
+                    s.charge_uncached = match v.as_str() {
+                        "input" => false,
+                        "uncached" => true,
+                        _ => return Err(format!("`charge` is `input` or `uncached`, not `{v}`")),
+                    }
+                }
+                k if k.starts_with("weight.") => {
+                    s.weights.insert(k["weight.".len()..].to_string(), weight(k, v)?);
+                }
+                k if k.starts_with("locus.") => {}
+                k => return Err(format!("unknown setting `{k}`")),
+            }
+        }
+        Ok(s)
+    }
+
+    fn weight(&self, tenant: &str) -> f64 {
+        self.weights.get(tenant).copied().unwrap_or(1.0)
+    }
+}
+
+/// A waiting request: its id, arrival sequence, band and prompt tokens to charge.
+#[derive(Debug, Clone, Copy)]
+struct Waiting {
+    id: u64,
+    seq: u64,
+    band: u8,
+    tokens: u32,
+}
+
+/// A dispatched request: whose, and the generated tokens charged so far.
+struct Running {
+    tenant: String,
+    charged: u32,
+}
+
+/// The Virtual Token Counter scheduler.
+#[derive(Default)]
+pub struct Vtc {
+    settings: Charging,
+    counters: BTreeMap<String, f64>,
+    queues: BTreeMap<String, VecDeque<Waiting>>,
+    tenant_of: BTreeMap<u64, String>,
+    running: BTreeMap<u64, Running>,
+    seq: u64,
+    /// The counter of the tenant served last, for a tenant returning to an idle system.
+    last_served: f64,
+}
+
+impl Vtc {
+    /// A scheduler charging by `settings`.
+    pub fn new(settings: Charging) -> Self {
+        Self { settings, ..Self::default() }
+    }
+
+    /// A tenant's counter now.
+    pub fn counter(&self, tenant: &str) -> f64 {
+        self.counters.get(tenant).copied().unwrap_or(0.0)
+    }
+
+    fn backlogged(&self) -> impl Iterator<Item = (&String, &VecDeque<Waiting>)> {
+        self.queues.iter().filter(|(_, q)| !q.is_empty())
+    }
+
+    fn charge(&mut self, tenant: &str, weighted: f64) {
+        let w = self.settings.weight(tenant);
+        *self.counters.entry(tenant.to_string()).or_insert(0.0) += weighted / w;
+    }
+
+    fn busy(&self, tenant: &str) -> bool {
+        self.queues.get(tenant).is_some_and(|q| !q.is_empty())
+            || self.running.values().any(|r| r.tenant == tenant)
+    }
+
+    /// A request arrives: queued, or refused with the reason. `queued` and `caps` are the
+    /// host's waiting counts and caps per band.
+    pub fn arrive(&mut self, a: &Arrival, queued: &[u32], caps: &[u32]) -> Result<(), String> {
+        let band = a.priority;
+        let b = usize::from(band);
+        let (in_band, cap) =
+            (queued.get(b).copied().unwrap_or(0), caps.get(b).copied().unwrap_or(0));
+        if cap > 0 && in_band.saturating_mul(2) >= cap {
+            let mut tenants: Vec<&String> = self
+                .backlogged()
+                .filter(|(_, q)| q.iter().any(|w| w.band == band))
+                .map(|(t, _)| t)
+                .collect();
+            if !tenants.iter().any(|t| **t == a.tenant) {
+                tenants.push(&a.tenant);
+            }
+            let share = cap / tenants.len().max(1) as u32;
+            let mine = self
+                .queues
+                .get(&a.tenant)
+                .map_or(0, |q| q.iter().filter(|w| w.band == band).count() as u32);
+            if mine >= share {
+                return Err(format!(
+                    "tenant `{}` has {mine} requests waiting in band {band}, its share of {share}",
+                    a.tenant
+                ));
+            }
+        }
+        if !self.busy(&a.tenant) {
+            // VTC's lift: no credit saved up while idle.
+            let floor = self
+                .backlogged()
+                .map(|(t, _)| self.counter(t))
+                .min_by(f64::total_cmp)
+                .unwrap_or(self.last_served);
+            let c = self.counters.entry(a.tenant.clone()).or_insert(0.0);
+            *c = c.max(floor);
+        }
+        if self.counters.len() > TENANTS_KEPT {
+            let keep: Vec<String> =
+                self.counters.keys().filter(|t| self.busy(t) || **t == a.tenant).cloned().collect();
+            self.counters.retain(|t, _| keep.contains(t));
+            self.queues.retain(|_, q| !q.is_empty());
+        }
+        let tokens = if self.settings.charge_uncached { a.uncached_tokens } else { a.input_tokens };
+        let tokens = tokens.unwrap_or(a.bytes / 4);
+        self.seq += 1;
+        let w = Waiting { id: a.id, seq: self.seq, band, tokens };
+        self.queues.entry(a.tenant.clone()).or_default().push_back(w);
+        self.tenant_of.insert(a.id, a.tenant.clone());
+        Ok(())
+    }
+
+    /// The oldest request of the backlogged tenant with the lowest counter, charged its
+    /// prompt.
+    pub fn pick(&mut self) -> Option<u64> {
+        let tenant = self
+            .backlogged()
+            .min_by(|(a, qa), (b, qb)| {
+                self.counter(a)
+                    .total_cmp(&self.counter(b))
+                    .then(qa.front().map(|w| w.seq).cmp(&qb.front().map(|w| w.seq)))
+            })
+            .map(|(t, _)| t.clone())?;
+        let w = self.queues.get_mut(&tenant)?.pop_front()?;
+        self.tenant_of.remove(&w.id);
+        self.charge(&tenant, self.settings.input_weight * f64::from(w.tokens));
+        self.last_served = self.counter(&tenant);
+        self.running.insert(w.id, Running { tenant, charged: 0 });
+        Some(w.id)
+    }
+
+    /// `id` generated `tokens` more tokens.
+    pub fn usage(&mut self, id: u64, tokens: u32) {
+        let Some(r) = self.running.get_mut(&id) else { return };
+        r.charged = r.charged.saturating_add(tokens);
+        let tenant = r.tenant.clone();
+        self.charge(&tenant, self.settings.output_weight * f64::from(tokens));
+    }
+
+    /// `id` ended having generated `generated` tokens: what usage did not charge is.
+    pub fn completed(&mut self, id: u64, generated: Option<u32>) {
+        let Some(r) = self.running.remove(&id) else { return };
+        let rest = generated.unwrap_or(0).saturating_sub(r.charged);
+        if rest > 0 {
+            self.charge(&r.tenant, self.settings.output_weight * f64::from(rest));
+        }
+    }
+
+    /// `id` left the queue without a worker.
+    pub fn abandon(&mut self, id: u64) {
+        if let Some(t) = self.tenant_of.remove(&id)
+            && let Some(q) = self.queues.get_mut(&t)
+        {
+            q.retain(|w| w.id != id);
+        }
+    }
+
+    /// A fresh instance learns what `tenant` was served.
+    pub fn served(&mut self, tenant: &str, input: u64, output: u64) {
+        let weighted =
+            self.settings.input_weight * input as f64 + self.settings.output_weight * output as f64;
+        let w = self.settings.weight(tenant);
+        self.counters.insert(tenant.to_string(), weighted / w);
+    }
+}
+
+thread_local! {
+    static VTC: RefCell<Vtc> = RefCell::new(Vtc::default());
+}
+
+struct Policy;
+
+impl Guest for Policy {
+    fn configure(settings: Vec<(String, String)>) -> Result<(), String> {
+        VTC.set(Vtc::new(Charging::parse(&settings)?));
+        Ok(())
+    }
+
+    fn arrive(a: Arrival, s: Saturation) -> Result<(), Refusal> {
+        VTC.with_borrow_mut(|v| v.arrive(&a, &s.queued, &s.band_caps))
+            .map_err(|reason| Refusal { kind: RefusalKind::Contention, reason })
+    }
+
+    fn pick(_s: Saturation) -> Option<u64> {
+        VTC.with_borrow_mut(Vtc::pick)
+    }
+
+    fn dispatched(_id: u64, _uncached: Option<u32>) {}
+
+    fn usage(id: u64, tokens: u32) {
+        VTC.with_borrow_mut(|v| v.usage(id, tokens));
+    }
+
+    fn completed(id: u64, generated: Option<u32>) {
+        VTC.with_borrow_mut(|v| v.completed(id, generated));
+    }
+
+    fn abandoned(id: u64, _reason: AbandonReason) {
+        VTC.with_borrow_mut(|v| v.abandon(id));
+    }
+
+    fn served(tenant: String, input: u64, output: u64) {
+        VTC.with_borrow_mut(|v| v.served(&tenant, input, output));
+    }
+}
+
+export!(Policy);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arrival(id: u64, tenant: &str, tokens: u32) -> Arrival {
+        Arrival {
+            id,
+            tenant: tenant.into(),
+            priority: 1,
+            input_tokens: Some(tokens),
+            uncached_tokens: Some(tokens / 2),
+            max_tokens: 16,
+            bytes: tokens * 4,
+            arrived_ms: 0,
+        }
+    }
+
+    const NO_CAP: [u32; 4] = [0; 4];
+
+    #[test]
+    fn the_backlogged_tenant_with_the_lower_counter_goes_first() {
+        let mut v = Vtc::new(Charging::default());
+        // A heavy tenant with long prompts, a light one with short ones, both backlogged.
+        for i in 0..4 {
+            v.arrive(&arrival(i, "heavy", 800), &[0; 4], &NO_CAP).unwrap();
+            v.arrive(&arrival(100 + i, "light", 50), &[0; 4], &NO_CAP).unwrap();
+        }
+        let order: Vec<u64> = std::iter::from_fn(|| v.pick()).collect();
+        // heavy's first prompt costs 800: light is served 4 times before heavy's second.
+        assert_eq!(order, [0, 100, 101, 102, 103, 1, 2, 3]);
+        assert_eq!(v.counter("heavy"), 3200.0);
+        assert_eq!(v.counter("light"), 200.0);
+    }
+
+    #[test]
+    fn a_tenant_back_from_idle_is_lifted_and_saves_no_credit() {
+        let mut v = Vtc::new(Charging::default());
+        for i in 0..10 {
+            v.arrive(&arrival(i, "a", 100), &[0; 4], &NO_CAP).unwrap();
+        }
+        for _ in 0..5 {
+            v.pick();
+        }
+        assert_eq!(v.counter("a"), 500.0);
+        // b arrives while a is backlogged: lifted to a's counter, then they alternate.
+        for i in 0..3 {
+            v.arrive(&arrival(100 + i, "b", 100), &[0; 4], &NO_CAP).unwrap();
+        }
+        assert_eq!(v.counter("b"), 500.0);
+        let order: Vec<u64> = (0..6).filter_map(|_| v.pick()).collect();
+        assert_eq!(order, [5, 100, 6, 101, 7, 102]);
+    }
+
+    #[test]
+    fn output_is_charged_once_through_usage_and_completion() {
+        let s = Charging { output_weight: 2.0, ..Charging::default() };
+        let mut v = Vtc::new(s);
+        v.arrive(&arrival(1, "a", 10), &[0; 4], &NO_CAP).unwrap();
+        assert_eq!(v.pick(), Some(1));
+        v.usage(1, 3);
+        v.usage(1, 2);
+        assert_eq!(v.counter("a"), 10.0 + 10.0);
+        // 8 generated in all: 3 more than usage told.
+        v.completed(1, Some(8));
+        assert_eq!(v.counter("a"), 10.0 + 16.0);
+        // Told again, or of an unknown id: nothing.
+        v.completed(1, Some(8));
+        v.usage(1, 5);
+        assert_eq!(v.counter("a"), 26.0);
+    }
+
+    #[test]
+    fn a_tenant_of_weight_two_gets_twice_the_service() {
+        let s = Charging::parse(&[("weight.gold".into(), "2".into())]).unwrap();
+        let mut v = Vtc::new(s);
+        for i in 0..30 {
+            v.arrive(&arrival(i, "gold", 100), &[0; 4], &NO_CAP).unwrap();
+            v.arrive(&arrival(100 + i, "plain", 100), &[0; 4], &NO_CAP).unwrap();
+        }
+        let picked: Vec<u64> = (0..30).filter_map(|_| v.pick()).collect();
+        let gold = picked.iter().filter(|id| **id < 100).count();
+        assert_eq!((gold, 30 - gold), (20, 10));
+    }
+
+    #[test]
+    fn only_a_tenant_past_its_share_is_refused() {
+        let mut v = Vtc::new(Charging::default());
+        let caps = [0, 8, 0, 0];
+        for i in 0..4 {
+            v.arrive(&arrival(i, "heavy", 100), &[0, i as u32, 0, 0], &caps).unwrap();
+        }
+        // The band is half full; heavy alone holds 4 of the 8 places: with a second tenant
+        // its share is 4, so its 5th is refused, and the light tenant's requests are not.
+        v.arrive(&arrival(50, "light", 10), &[0, 4, 0, 0], &caps).unwrap();
+        let e = v.arrive(&arrival(5, "heavy", 100), &[0, 5, 0, 0], &caps).unwrap_err();
+        assert!(e.contains("heavy") && e.contains("share of 4"), "{e}");
+        v.arrive(&arrival(51, "light", 10), &[0, 5, 0, 0], &caps).unwrap();
+        v.arrive(&arrival(52, "light", 10), &[0, 6, 0, 0], &caps).unwrap();
+    }
+
+    #[test]
+    fn uncached_charging_and_settings_errors() {
+        let s = Charging::parse(&[("charge".into(), "uncached".into())]).unwrap();
+        let mut v = Vtc::new(s);
+        v.arrive(&arrival(1, "a", 100), &[0; 4], &NO_CAP).unwrap();
+        v.pick();
+        assert_eq!(v.counter("a"), 50.0);
+        for bad in [("charge", "all"), ("weight.x", "0"), ("input-weight", "-1"), ("typo", "1")] {
+            assert!(Charging::parse(&[(bad.0.into(), bad.1.into())]).is_err(), "{bad:?}");
+        }
+        assert!(Charging::parse(&[("locus.instance".into(), "0".into())]).is_ok());
+    }
+}
