@@ -9,6 +9,7 @@ use crate::runtime::LoadOptions;
 use crate::runtime::Origin;
 use crate::runtime::sandbox::Runtime;
 use crate::runtime::version::Version;
+use crate::worlds::admission::AdmissionWorld;
 use crate::worlds::cache::CacheWorld;
 use crate::worlds::router::RouterWorld;
 
@@ -83,11 +84,14 @@ pub fn inspect(source: &PolicySource, opts: &LoadOptions) -> Inspection {
         Some("router")
     } else if has("admit") || has("evict") {
         Some("cache")
+    } else if has("pick") {
+        Some("admission")
     } else {
         None
     };
     let loaded = match report.world {
         Some("cache") => Version::<CacheWorld>::load(source, opts).map(|v| v.info),
+        Some("admission") => Version::<AdmissionWorld>::load(source, opts).map(|v| v.info),
         _ => Version::<RouterWorld>::load(source, opts).map(|v| v.info),
     };
     match loaded {

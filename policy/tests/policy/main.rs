@@ -1,6 +1,7 @@
 //! The policy runtime against real components built from `guest-router/`, `guest-cache/`
 //! and the test-only guests in `host/tests/guests/`. One test binary, a module per subject.
 
+mod admission;
 mod builtins;
 mod common;
 mod contract;
