@@ -233,6 +233,7 @@ async fn load_reports_queue_kv_blocks_and_the_measured_token_rate() {
     assert_eq!(load.prefix_blocks, info["prefix_cache"]["entries"].as_u64().unwrap());
     assert_eq!(load.worker_id, "worker");
     assert_eq!(load.max_queue as u64, info["max_queue"].as_u64().unwrap());
+    assert_eq!(load.max_batch.map(u64::from), info["scheduler"]["max_batch"].as_u64());
     assert_eq!(load.queue_available as u64, info["queue_available"].as_u64().unwrap());
     assert_eq!((load.waiting, load.running, load.kv_blocks_used), (0, 0, 0));
     assert_eq!(load.tokens_per_second, 0.0);
@@ -244,6 +245,7 @@ async fn load_reports_queue_kv_blocks_and_the_measured_token_rate() {
         "generated_tokens",
         "kv_blocks_total",
         "kv_blocks_used",
+        "max_batch",
         "max_queue",
         "prefix_blocks",
         "prefix_blocks_total",

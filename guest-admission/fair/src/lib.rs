@@ -15,8 +15,11 @@
 //!
 //! Refusals: when a band's queue is at least half full, a tenant that already has its share
 //! of the band's waiting places (the host's cap divided among the tenants waiting in the
-//! band, itself included) is refused as `contention`; a tenant under its share is never
-//! refused by this policy.
+//! band, itself included, and never less than 1) is refused as `contention`; a tenant under
+//! its share, or with nothing waiting in the band, is never refused by this policy. An
+//! arrival the host counts as waiting already (a fresh instance being told the queue: the
+//! host's count for the band exceeds this instance's) is always queued, since the host
+//! ignores that answer and a refused one would never be picked.
 //!
 //! Charging: `input-weight` (default 1), `output-weight` (default 2, as VTC's paper),
 //! `weight.<tenant>` (default 1; a tenant of weight 2 gets twice the service when both are
@@ -31,7 +34,7 @@
 #![allow(clippy::too_many_arguments)]
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 wit_bindgen::generate!({ world: "admission", path: "../../wit" });
 
@@ -124,8 +127,9 @@ pub struct Vtc {
     tenant_of: BTreeMap<u64, String>,
     running: BTreeMap<u64, Running>,
     seq: u64,
-    /// The counter of the tenant served last, for a tenant returning to an idle system.
-    last_served: f64,
+    /// The tenant served last and its counter then, for a tenant arriving when none is
+    /// backlogged (VTC lifts it to the last served tenant's counter).
+    last_served: Option<(String, f64)>,
 }
 
 impl Vtc {
@@ -153,6 +157,14 @@ impl Vtc {
             || self.running.values().any(|r| r.tenant == tenant)
     }
 
+    /// The counter a tenant arriving when none is backlogged is lifted to: the last served
+    /// tenant's, as it is now (as it was when served, if it has been forgotten since).
+    fn last_served_counter(&self) -> f64 {
+        self.last_served
+            .as_ref()
+            .map_or(0.0, |(t, then)| self.counters.get(t).map_or(*then, |c| c.max(*then)))
+    }
+
     /// A request arrives: queued, or refused with the reason. `queued` and `caps` are the
     /// host's waiting counts and caps per band.
     pub fn arrive(&mut self, a: &Arrival, queued: &[u32], caps: &[u32]) -> Result<(), String> {
@@ -160,20 +172,23 @@ impl Vtc {
         let b = usize::from(band);
         let (in_band, cap) =
             (queued.get(b).copied().unwrap_or(0), caps.get(b).copied().unwrap_or(0));
-        if cap > 0 && in_band.saturating_mul(2) >= cap {
-            let mut tenants: Vec<&String> = self
-                .backlogged()
-                .filter(|(_, q)| q.iter().any(|w| w.band == band))
-                .map(|(t, _)| t)
-                .collect();
-            if !tenants.iter().any(|t| **t == a.tenant) {
-                tenants.push(&a.tenant);
+        // Waiting in the band as this instance knows it, and per tenant.
+        let mut known = 0u32;
+        let mut tenants = 0u32;
+        let mut mine = 0u32;
+        for (t, q) in self.backlogged() {
+            let n = q.iter().filter(|w| w.band == band).count() as u32;
+            known += n;
+            tenants += u32::from(n > 0 && *t != a.tenant);
+            if *t == a.tenant {
+                mine = n;
             }
-            let share = cap / tenants.len().max(1) as u32;
-            let mine = self
-                .queues
-                .get(&a.tenant)
-                .map_or(0, |q| q.iter().filter(|w| w.band == band).count() as u32);
+        }
+        // Fewer known than the host counts: this is a fresh instance being told requests
+        // already waiting, whose refusal the host ignores. Queue it.
+        let replayed = known < in_band;
+        if !replayed && cap > 0 && in_band.saturating_mul(2) >= cap {
+            let share = (cap / (tenants + 1)).max(1);
             if mine >= share {
                 return Err(format!(
                     "tenant `{}` has {mine} requests waiting in band {band}, its share of {share}",
@@ -187,13 +202,15 @@ impl Vtc {
                 .backlogged()
                 .map(|(t, _)| self.counter(t))
                 .min_by(f64::total_cmp)
-                .unwrap_or(self.last_served);
+                .unwrap_or_else(|| self.last_served_counter());
             let c = self.counters.entry(a.tenant.clone()).or_insert(0.0);
             *c = c.max(floor);
         }
         if self.counters.len() > TENANTS_KEPT {
-            let keep: Vec<String> =
-                self.counters.keys().filter(|t| self.busy(t) || **t == a.tenant).cloned().collect();
+            let mut keep: BTreeSet<String> =
+                self.running.values().map(|r| r.tenant.clone()).collect();
+            keep.extend(self.backlogged().map(|(t, _)| t.clone()));
+            keep.insert(a.tenant.clone());
             self.counters.retain(|t, _| keep.contains(t));
             self.queues.retain(|_, q| !q.is_empty());
         }
@@ -220,7 +237,7 @@ impl Vtc {
         let w = self.queues.get_mut(&tenant)?.pop_front()?;
         self.tenant_of.remove(&w.id);
         self.charge(&tenant, self.settings.input_weight * f64::from(w.tokens));
-        self.last_served = self.counter(&tenant);
+        self.last_served = Some((tenant.clone(), self.counter(&tenant)));
         self.running.insert(w.id, Running { tenant, charged: 0 });
         Some(w.id)
     }
@@ -400,6 +417,65 @@ mod tests {
         assert!(e.contains("heavy") && e.contains("share of 4"), "{e}");
         v.arrive(&arrival(51, "light", 10), &[0, 5, 0, 0], &caps).unwrap();
         v.arrive(&arrival(52, "light", 10), &[0, 6, 0, 0], &caps).unwrap();
+    }
+
+    #[test]
+    fn a_tenant_with_nothing_waiting_in_the_band_is_never_refused() {
+        // A cap of 4 among 6 tenants rounds the share down to 0: it is 1 nonetheless.
+        let mut v = Vtc::new(Charging::default());
+        let caps = [0, 4, 0, 0];
+        for (i, t) in ["a", "b", "c", "d", "e"].into_iter().enumerate() {
+            v.arrive(&arrival(i as u64, t, 10), &[0, i as u32, 0, 0], &caps).unwrap();
+        }
+        v.arrive(&arrival(9, "f", 10), &[0, 5, 0, 0], &caps).unwrap();
+        let e = v.arrive(&arrival(10, "f", 10), &[0, 6, 0, 0], &caps).unwrap_err();
+        assert!(e.contains("`f`") && e.contains("share of 1"), "{e}");
+    }
+
+    #[test]
+    fn requests_the_host_already_counts_are_queued_even_past_the_share() {
+        // A fresh instance is told the waiting requests with the host's last figure: its
+        // refusals would be ignored, and a request it did not queue would never be picked.
+        let mut v = Vtc::new(Charging::default());
+        let caps = [0, 10, 0, 0];
+        v.arrive(&arrival(0, "light", 10), &[0, 8, 0, 0], &caps).unwrap();
+        for i in 1..8 {
+            v.arrive(&arrival(i, "heavy", 10), &[0, 8, 0, 0], &caps).unwrap();
+        }
+        // Told them all, it judges live arrivals by the share again (10 / 2 tenants).
+        let e = v.arrive(&arrival(8, "heavy", 10), &[0, 8, 0, 0], &caps).unwrap_err();
+        assert!(e.contains("share of 5"), "{e}");
+        assert_eq!(std::iter::from_fn(|| v.pick()).count(), 8);
+    }
+
+    #[test]
+    fn with_nobody_backlogged_an_arrival_is_lifted_to_the_last_served_tenant() {
+        let mut v = Vtc::new(Charging::default());
+        v.arrive(&arrival(1, "a", 300), &[0; 4], &NO_CAP).unwrap();
+        assert_eq!(v.pick(), Some(1));
+        v.usage(1, 50);
+        // Nobody waits: b starts from a's counter as it is now (300 + 2 × 50).
+        v.arrive(&arrival(2, "b", 10), &[0; 4], &NO_CAP).unwrap();
+        assert_eq!(v.counter("b"), 400.0);
+        // A tenant with a request still running is not lifted (it has not been idle).
+        v.counters.insert("a".into(), 0.0);
+        v.arrive(&arrival(3, "a", 10), &[0; 4], &NO_CAP).unwrap();
+        assert_eq!(v.counter("a"), 0.0);
+    }
+
+    #[test]
+    fn a_fresh_instance_starts_from_the_tokens_served() {
+        let s = Charging::parse(&[("weight.gold".into(), "2".into())]).unwrap();
+        let mut v = Vtc::new(s);
+        // (input + 2 × output) / weight.
+        v.served("gold", 1000, 500);
+        assert_eq!(v.counter("gold"), 1000.0);
+        // b (never served) waits; gold arrives above b's counter and is not lowered, so b's
+        // later request still goes before gold's.
+        v.arrive(&arrival(1, "b", 10), &[0; 4], &NO_CAP).unwrap();
+        v.arrive(&arrival(2, "gold", 10), &[0; 4], &NO_CAP).unwrap();
+        v.arrive(&arrival(3, "b", 10), &[0; 4], &NO_CAP).unwrap();
+        assert_eq!(std::iter::from_fn(|| v.pick()).collect::<Vec<_>>(), [1, 3, 2]);
     }
 
     #[test]

@@ -287,6 +287,11 @@ impl AdmissionPolicy {
         self.mirror.lock().served.peek(tenant).copied()
     }
 
+    /// Tokens served to every tenant remembered so far: (tenant, input, output).
+    pub fn served_all(&self) -> Vec<(String, u64, u64)> {
+        self.mirror.lock().served.iter().map(|(t, (i, o))| (t.clone(), *i, *o)).collect()
+    }
+
     /// Queue `a`, or refuse it. Returns the fault, if the policy faulted (then it is
     /// queued: first in, first out refuses nothing).
     pub fn arrive(&self, a: Arrival, s: &Saturation) -> (Result<(), Refusal>, Option<Fault>) {

@@ -21,6 +21,8 @@ pub struct FlowCounters {
     tokens: IntCounterVec,
     /// Requests waiting per band, set at each scrape.
     pub waiting: IntGaugeVec,
+    /// VTC's service gap over the last whole window.
+    pub gap: prometheus::Gauge,
     named: std::sync::Arc<Mutex<HashSet<String>>>,
 }
 
@@ -68,7 +70,14 @@ impl FlowCounters {
             &["band"],
         )
         .unwrap();
-        Self { dispatched, refused, wait, tokens, waiting, named: Default::default() }
+        let gap = prometheus::Gauge::new(
+            "locus_router_service_gap",
+            "VTC's service gap over the last whole 60 s window, in weighted tokens (input x 1, \
+             output x 2): for each tenant, the least of (the best-served tenant's service less \
+             its own) and (its waiting requests' demand), summed",
+        )
+        .unwrap();
+        Self { dispatched, refused, wait, tokens, waiting, gap, named: Default::default() }
     }
 
     /// The collectors, to register.
@@ -79,6 +88,7 @@ impl FlowCounters {
             Box::new(self.wait.clone()),
             Box::new(self.tokens.clone()),
             Box::new(self.waiting.clone()),
+            Box::new(self.gap.clone()),
         ]
     }
 

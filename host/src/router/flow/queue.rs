@@ -28,6 +28,12 @@ const DRAIN_WINDOW: Duration = Duration::from_secs(30);
 /// workers coming and going, a policy that left slots empty.
 const TICK: Duration = Duration::from_millis(50);
 
+/// The service gap is measured over windows this long (VTC's evaluation used 60 s).
+const GAP_WINDOW: Duration = Duration::from_secs(60);
+
+/// Generated tokens counted in a request's demand at most: the model's context.
+const DEMAND_TOKENS_CAP: u32 = 1024;
+
 /// What a waiting request is told when it leaves the queue.
 enum Go {
     /// A slot is its own: route it.
@@ -42,7 +48,12 @@ struct Waiter {
     bytes: u64,
     tenant: Arc<str>,
     arrived: Instant,
+    /// Weighted tokens it asks for: input + 2 x max tokens (capped at the model's context).
+    demand: u64,
 }
+
+/// Each tenant's (input, output) tokens served, as the admission component counts them.
+type Served = HashMap<String, (u64, u64)>;
 
 #[derive(Default)]
 struct Inner {
@@ -51,6 +62,8 @@ struct Inner {
     bytes: [u64; BANDS],
     /// When recent requests were dispatched (the last `DRAIN_WINDOW`).
     dispatches: VecDeque<Instant>,
+    /// The service gap's window: when it began, and each tenant's tokens served then.
+    window: Option<(Instant, Served)>,
 }
 
 impl Inner {
@@ -284,7 +297,9 @@ impl Queue {
             return Err(ApiError::overloaded(status, msg, secs).with_code(reason_code(label)));
         }
         let (tx, rx) = oneshot::channel();
-        let w = Waiter { go: tx, band, bytes, tenant: who.tenant.clone(), arrived: now };
+        let demand = u64::from(input_tokens.unwrap_or((bytes / 4) as u32))
+            + 2 * u64::from(max_tokens.min(DEMAND_TOKENS_CAP));
+        let w = Waiter { go: tx, band, bytes, tenant: who.tenant.clone(), arrived: now, demand };
         inner.waiting.insert(id, w);
         inner.queued[band] += 1;
         inner.bytes[band] += bytes;
@@ -347,6 +362,44 @@ impl Queue {
         }
     }
 
+    /// Closes the service gap's window when it is due: each tenant's weighted service in
+    /// it (from the tokens served), against the demand of its requests still waiting.
+    fn measure_gap(&self) {
+        let now = Instant::now();
+        let mut inner = self.inner.lock();
+        let due = match &inner.window {
+            None => true,
+            Some((start, _)) => now.duration_since(*start) >= GAP_WINDOW,
+        };
+        if !due {
+            return;
+        }
+        let served: Served =
+            self.admission.served_all().into_iter().map(|(t, i, o)| (t, (i, o))).collect();
+        if let Some((_, before)) = &inner.window {
+            let mut unmet: HashMap<&str, u64> = HashMap::new();
+            for w in inner.waiting.values() {
+                *unmet.entry(&w.tenant).or_default() += w.demand;
+            }
+            let service = |t: &str| {
+                let (i, o) = served.get(t).copied().unwrap_or_default();
+                let (i0, o0) = before.get(t).copied().unwrap_or_default();
+                (i.saturating_sub(i0) + 2 * o.saturating_sub(o0)) as f64
+            };
+            let tenants: Vec<&str> =
+                served.keys().map(String::as_str).chain(unmet.keys().copied()).collect();
+            let best = tenants.iter().map(|t| service(t)).fold(0.0, f64::max);
+            let mut seen = std::collections::HashSet::new();
+            let gap: f64 = tenants
+                .iter()
+                .filter(|t| seen.insert(**t))
+                .map(|t| (best - service(t)).min(unmet.get(t).copied().unwrap_or(0) as f64))
+                .sum();
+            self.metrics.gap.set(gap);
+        }
+        inner.window = Some((now, served));
+    }
+
     /// Starts the dispatcher: it hands out slots whenever one may be free (`slots` tells
     /// how many the healthy workers have), and expires requests. Ends with the queue.
     pub fn spawn_dispatcher(self: &Arc<Self>, slots: impl Fn() -> Slots + Send + 'static) {
@@ -356,6 +409,7 @@ impl Queue {
                 let Some(q) = weak.upgrade() else { return };
                 q.pump(slots());
                 q.expire();
+                q.measure_gap();
                 let wake = q.wake.clone();
                 drop(q);
                 tokio::select! {
