@@ -448,8 +448,10 @@ def report(a, load):
         rs = [r for r in reqs if r.tenant == name]
         ok = [r for r in rs if r.outcome == "200"]
         statuses = Counter(str(at["status"]) for r in rs for at in r.attempts)
+        # Answers other than 200; an attempt cancelled before its answer (status None,
+        # counted as `unfinished`) or that failed to connect (`conn`) is not a refusal.
         refusals = Counter(f"{at['status']} {at.get('code')}" for r in rs for at in r.attempts
-                           if at["status"] != 200)
+                           if isinstance(at["status"], int) and at["status"] != 200)
         ras = [at["retry_after"] for r in rs for at in r.attempts
                if at["status"] in RETRY_STATUSES and at.get("retry_after") is not None]
         no_ra = sum(1 for r in rs for at in r.attempts

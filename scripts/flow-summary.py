@@ -85,13 +85,13 @@ def main(root):
         print(f"\n### {s}\n")
         print(f"| config | rounds | {v} TTFT p50 s | {v} TTFT p99 s | p99 / solo p99 | "
               "gap max | gap mean | gap mean / fifo | Jain | tokens/s | / fifo | "
-              "refusals (tenant: status code x n) | attempts per success (others) | "
-              "5xx not 503 |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|")
+              "refusals (tenant: status code x n) | unfinished at the end (tenant: n) | "
+              "attempts per success (others) | 5xx not 503 |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|")
         for cfg, rs in sorted(runs.items()):
             base_cfg = "fifo" + cfg[cfg.index("-"):] if "-" in cfg else "fifo"
             p50, p99, ratio, gmax, gmean, grel, jain, tps, rel, att, fx = ([] for _ in range(11))
-            refusals = {}
+            refusals, unfinished = {}, {}
             for rnd, d in rs.items():
                 t = d["tenants"].get(v, {})
                 p50.append(t.get("ttft_p50"))
@@ -110,14 +110,20 @@ def main(root):
                         grel.append(d["gap_mean"] / base["gap_mean"])
                 for n, tt in d["tenants"].items():
                     for code, k in tt["refusals"].items():
-                        refusals[(n, code)] = refusals.get((n, code), 0) + k
+                        # Earlier reports counted attempts cancelled before an answer.
+                        if code.split()[0].isdigit():
+                            refusals[(n, code)] = refusals.get((n, code), 0) + k
+                    left = tt["outcomes"].get("unfinished", 0)
+                    unfinished[n] = unfinished.get(n, 0) + left
                     if n != v:
                         att.append(tt["attempts_per_success"])
                 fx.append(d["five_xx_not_503"])
             refs = ", ".join(f"{n}: {c} x {k}" for (n, c), k in sorted(refusals.items()))
+            left = ", ".join(f"{n}: {k}" for n, k in sorted(unfinished.items()) if k)
             print(f"| {cfg} | {len(rs)} | {fmt(p50)} | {fmt(p99)} | {fmt(ratio)} | "
                   f"{fmt(gmax, 0)} | {fmt(gmean, 0)} | {fmt(grel)} | {fmt(jain)} | "
-                  f"{fmt(tps, 1)} | {fmt(rel)} | {refs or 'none'} | {fmt(att)} | {sum(fx)} |")
+                  f"{fmt(tps, 1)} | {fmt(rel)} | {refs or 'none'} | {left or 'none'} | {fmt(att)} | "
+                  f"{sum(fx)} |")
 
 
 if __name__ == "__main__":
