@@ -326,6 +326,7 @@ impl Engine {
             sampler,
             ignore_eos: req.ignore_eos,
             stop_token_ids: req.stop_token_ids.clone(),
+            priority: req.priority,
             events,
             cancel: cancel.clone(),
         };

@@ -28,6 +28,10 @@ pub struct GenerateRequest {
     pub ignore_eos: bool,
     /// Tokens that end the generation like end-of-text (not part of the output).
     pub stop_token_ids: Vec<u32>,
+    /// Scheduling priority, higher first: a waiting request of a higher priority is
+    /// admitted to the batch first, and a prefilling one runs its prompt chunks first
+    /// (equal priorities keep arrival order and take turns). 0 by default.
+    pub priority: u8,
 }
 
 impl Default for GenerateRequest {
@@ -41,6 +45,7 @@ impl Default for GenerateRequest {
             truncate_left: false,
             ignore_eos: false,
             stop_token_ids: Vec::new(),
+            priority: 0,
         }
     }
 }

@@ -160,3 +160,131 @@ fn stop_token_ids_end_the_generation() {
     assert_eq!(stopped.finish_reason, FinishReason::Stop);
     assert_eq!(stopped.token_ids, free.token_ids[..first]);
 }
+
+/// Runs `req` on `ids` in a thread; sends `tag` on `firsts` at its first text.
+fn spawn_tagged(
+    engine: &Arc<Engine>,
+    ids: Vec<u32>,
+    req: GenerateRequest,
+    tag: &'static str,
+    firsts: std::sync::mpsc::Sender<&'static str>,
+) -> std::thread::JoinHandle<()> {
+    let engine = engine.clone();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        engine
+            .generate_until(&ids, &req, |piece, _| {
+                if !piece.is_empty() && !sent {
+                    sent = true;
+                    let _ = firsts.send(tag);
+                }
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+    })
+}
+
+fn wait_for(engine: &Engine, what: impl Fn(&locus_engine::SchedulerStats) -> bool) {
+    for _ in 0..2000 {
+        if what(&engine.scheduler_stats()) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    panic!("the scheduler never reached the state waited for");
+}
+
+#[test]
+fn a_higher_priority_goes_first_into_the_batch_and_through_its_prompt() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let req = |priority, n| GenerateRequest {
+        max_new_tokens: n,
+        ignore_eos: true,
+        priority,
+        ..Default::default()
+    };
+    // Admission: one place in the batch, held by a running request; a low-priority request
+    // arrives, then a high one: the high one is admitted first when the place frees.
+    let engine = load(Limits { max_batch: 1, ..Limits::default() });
+    let ids: Vec<u32> = (0..20).map(|j| 900 + j).collect();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let blocker = {
+        let (engine, ids, stop) = (engine.clone(), ids.clone(), stop.clone());
+        std::thread::spawn(move || {
+            engine
+                .generate_until(&ids, &req(0, 500), |_, _| {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                })
+                .unwrap();
+        })
+    };
+    wait_for(&engine, |s| s.running == 1);
+    let low = spawn_tagged(&engine, ids.clone(), req(0, 2), "low", tx.clone());
+    wait_for(&engine, |s| s.waiting == 1);
+    let high = spawn_tagged(&engine, ids.clone(), req(3, 2), "high", tx.clone());
+    wait_for(&engine, |s| s.waiting == 2);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in [blocker, low, high] {
+        t.join().unwrap();
+    }
+    assert_eq!(rx.try_iter().collect::<Vec<_>>(), ["high", "low"], "admission order");
+
+    // Prefill: both in the batch, each prompt 40 chunks long; the low one started first, yet
+    // the high one's chunks run before the rest of the low one's (taking turns, the low one
+    // would finish first).
+    let engine = load(Limits { max_batch: 2, prefill_chunk: 16, ..Limits::default() });
+    let long = |base: u32| (0..640).map(|j| base + j).collect::<Vec<u32>>();
+    let low = spawn_tagged(&engine, long(1000), req(0, 1), "low", tx.clone());
+    wait_for(&engine, |s| s.running == 1);
+    let high = spawn_tagged(&engine, long(3000), req(3, 1), "high", tx.clone());
+    for t in [low, high] {
+        t.join().unwrap();
+    }
+    assert_eq!(rx.try_iter().collect::<Vec<_>>(), ["high", "low"], "prefill order");
+}
+
+#[test]
+fn a_shorter_prompt_runs_its_chunks_first_and_a_long_one_still_moves() {
+    let engine = load(Limits { max_batch: 4, prefill_chunk: 16, ..Limits::default() });
+    let req = GenerateRequest { max_new_tokens: 1, ignore_eos: true, ..Default::default() };
+    let (tx, rx) = std::sync::mpsc::channel();
+    // 40 chunks, then (once it runs) 10 chunks: the short one's chunks go first, with a turn
+    // of the long one after every 4 (it waits `max_batch` = 4 chunks at most), about 12 in
+    // all (a few more: the long one runs until the short one is admitted); taking turns
+    // chunk by chunk would take about 20.
+    let long = spawn_tagged(
+        &engine,
+        (0..640).map(|j| 1000 + j).collect(),
+        req.clone(),
+        "long",
+        tx.clone(),
+    );
+    wait_for(&engine, |s| s.running == 1);
+    let short_ids: Vec<u32> = (0..160).map(|j| 5000 + j).collect();
+    let from = engine.scheduler_stats().steps;
+    let (stx, srx) = std::sync::mpsc::channel();
+    let short = {
+        let engine = engine.clone();
+        std::thread::spawn(move || {
+            engine
+                .generate_until(&short_ids, &req, |piece, _| {
+                    if !piece.is_empty() {
+                        let _ = stx.send(engine.scheduler_stats().steps);
+                    }
+                    ControlFlow::Continue(())
+                })
+                .unwrap();
+        })
+    };
+    let at = srx.recv().unwrap();
+    for t in [long, short] {
+        t.join().unwrap();
+    }
+    assert_eq!(rx.try_iter().collect::<Vec<_>>(), ["long"]);
+    let took = at - from;
+    assert!((10..=16).contains(&took), "the short prompt's first token after {took} chunks");
+}

@@ -1,6 +1,7 @@
 //! Flow control end to end, through a real router and worker: API keys, the priority a
 //! key allows, the queue's caps and time-to-live, a client hanging up while it waits, the
-//! order the admission policy sets, and a trapping admission component.
+//! order the admission policy sets, the worker keeping the router's bands, and a trapping
+//! admission component.
 //!
 //! Every test holds the cluster's one dispatch slot with a long generation (a "blocker"),
 //! so that the requests after it wait in the router's queue where the test can see them.
@@ -279,4 +280,52 @@ async fn a_trapping_admission_component_falls_back_to_fifo_without_failing_a_req
     assert!(a.total_faults() >= 5, "faults: {}", a.total_faults());
     // Five faults in a minute: rolled back to the native first in, first out.
     assert_eq!(a.info().name, "native");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_admits_the_routers_higher_band_first() {
+    // The router sends all three on (3 slots), the worker batches one at a time: the order
+    // is the worker's, from the band the router sends in `x-locus-priority`.
+    let mut o = ClusterOptions::local();
+    o.port = 0;
+    o.worker_port = 0;
+    o.admin_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+    o.workers = 1;
+    o.router.admin_token = Some(TOKEN.into());
+    o.router.flow = FlowOptions { dispatch_limit: Some(3), ..FlowOptions::default() };
+    o.engine.limits.max_batch = 1;
+    let c = Arc::new(cluster::start(o).await.expect("cluster starts"));
+    let engine = c.engines[0].clone();
+    let block = blocker(&c, &[]);
+    until("the blocker runs", || engine.scheduler_stats().running == 1).await;
+    let done = Arc::new(Mutex::new(Vec::new()));
+    let send = |band: &'static str| {
+        let (c, done) = (c.clone(), done.clone());
+        tokio::spawn(async move {
+            let r = post(&c, &[("x-priority", band)], generate(2)).await;
+            assert_eq!(r.status(), 200);
+            r.bytes().await.unwrap();
+            done.lock().push(band);
+        })
+    };
+    let low = send("0");
+    until("the low band waits in the worker", || engine.scheduler_stats().waiting == 1).await;
+    let high = send("3");
+    until("both wait in the worker", || engine.scheduler_stats().waiting == 2).await;
+    block.abort();
+    low.await.unwrap();
+    high.await.unwrap();
+    assert_eq!(*done.lock(), ["3", "0"], "the worker kept arrival order");
+
+    // The header is checked where a worker reads it.
+    let r = client()
+        .post(format!("http://{}/generate", c.worker_addrs[0]))
+        .header("x-locus-priority", "9")
+        .json(&generate(2))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["param"], "x-locus-priority", "{e}");
 }

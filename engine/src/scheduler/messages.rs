@@ -19,6 +19,8 @@ pub(crate) struct Submission {
     pub sampler: LogitsProcessor,
     pub ignore_eos: bool,
     pub stop_token_ids: Vec<u32>,
+    /// Higher first, at admission and for prompt chunks.
+    pub priority: u8,
     pub events: mpsc::Sender<Event>,
     pub cancel: Arc<AtomicBool>,
 }

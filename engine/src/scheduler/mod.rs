@@ -2,12 +2,17 @@
 //! sequence's next token together while admitting waiting requests and prefilling them a
 //! chunk at a time.
 //!
-//! A step is (1) intake of new requests, dropping cancelled and expired ones; (2) admission in
-//! arrival order while the batch has room and the KV budget covers the newcomer's whole
-//! reservation (prompt + `max_new_tokens`, as TGI reserves: a running sequence is never
-//! preempted); (3) one decode pass over all sequences that have a next token to feed;
-//! (4) one prompt chunk of at most `prefill_chunk` tokens, the prefilling sequences taking
-//! turns. Decode and prefill are separate passes so that a sequence's numbers never depend
+//! A step is (1) intake of new requests, dropping cancelled and expired ones; (2) admission,
+//! highest priority first and then in arrival order, while the batch has room and the KV
+//! budget covers the newcomer's whole reservation (prompt + `max_new_tokens`, as TGI
+//! reserves: a running sequence is never preempted); (3) one decode pass over all sequences
+//! that have a next token to feed; (4) one prompt chunk of at most `prefill_chunk` tokens,
+//! from the highest priority prefilling, and within it the prompt with the fewest chunks
+//! left (a short prompt is not stuck behind a long one's chunks, the complaint of SGLang
+//! #10063), unless one has waited `max_batch` chunks for its turn. Priority is
+//! what the router's admission policy decided before dispatch (its band): without it, the
+//! worker's own order would undo the router's, since a request dispatched ahead of a batch
+//! job would still wait behind that job's prompt chunks here. Decode and prefill are separate passes so that a sequence's numbers never depend
 //! on what else runs (the decode rows go through a kernel whose rows are independent; a prompt
 //! chunk is computed alone): greedy output is the same alone or in a batch. The price is one
 //! more read of the weights per prefill step, small beside the chunk's compute.
@@ -45,7 +50,7 @@ struct Seq {
     cached: usize,
     /// The token to feed at the next decode pass.
     next: Option<u32>,
-    /// When its last prompt chunk ran (the scheduler's chunk count; 0: never).
+    /// The scheduler's chunk count when its last prompt chunk ran, or when it was admitted.
     last_chunk: u64,
     out: Vec<u32>,
     /// Tokens of `out` already sent to the caller.
@@ -174,22 +179,31 @@ impl Scheduler {
         }
     }
 
-    /// Admits waiting requests in arrival order while the batch and the KV budget have room;
-    /// the first that does not fit stops admission, so a large request is not starved by
-    /// smaller ones behind it.
+    /// The waiting request to admit next: the oldest of the highest priority.
+    fn next_waiting(&self) -> Option<usize> {
+        // `max_by_key` keeps the last of equals: compare on (priority, earlier first).
+        let n = self.waiting.len();
+        (0..n).max_by_key(|&i| (self.waiting[i].sub.priority, n - i))
+    }
+
+    /// Admits waiting requests, highest priority first and then in arrival order, while the
+    /// batch and the KV budget have room; the next that does not fit stops admission, so a
+    /// large request is not starved by smaller ones behind it.
     fn admit(&mut self) {
         let per_token = self.shared.info.kv_bytes_per_token;
         let mut reserved = self.reserved();
         while self.running.len() < self.limits.max_batch {
-            let Some(front) = self.waiting.front() else { break };
+            let Some(next) = self.next_waiting() else { break };
+            let front = &self.waiting[next];
             let positions = front.sub.ids.len() + front.sub.max_new;
             let need = positions as u64 * per_token;
             if reserved + need > self.limits.kv_bytes {
                 break;
             }
-            let mut seq = self.waiting.pop_front().expect("front exists");
+            let mut seq = self.waiting.remove(next).expect("index checked");
             let now = Instant::now();
             seq.admitted = Some(now);
+            seq.last_chunk = self.chunks;
             let queue_ms = ms(seq.submitted, now);
             let _ = seq.sub.events.send(Event::Admitted { queue_ms });
             match self.shared.cache_for(&seq.sub.ids, positions, true) {
@@ -268,11 +282,19 @@ impl Scheduler {
 
     /// One chunk of a prompt that is not fully run yet.
     fn prefill(&mut self) {
-        // The prefilling sequence served least recently (the oldest first): prompts take turns
-        // chunk by chunk, so a short one that arrives during a long one's prefill is not
-        // stuck behind all of it.
+        // Of the highest priority prefilling, the prompt with the fewest chunks left (the
+        // shortest remaining first gives the lowest mean time to first token); one that has
+        // waited `max_batch` chunks goes first, so a long prompt is delayed, never starved.
+        // Ties: the one served least recently (the oldest first).
+        let (now, chunk) = (self.chunks, self.limits.prefill_chunk.max(1));
+        let starved_after = self.limits.max_batch.max(1) as u64;
         let prefilling = self.running.iter().enumerate().filter(|(_, s)| s.next.is_none());
-        let Some((i, _)) = prefilling.min_by_key(|(_, s)| (s.last_chunk, s.admitted)) else {
+        let turn = |s: &Seq| {
+            let left = (s.sub.ids.len() - s.prefilled).div_ceil(chunk);
+            let fresh = now - s.last_chunk < starved_after;
+            (std::cmp::Reverse(s.sub.priority), fresh, left, s.last_chunk, s.admitted)
+        };
+        let Some((i, _)) = prefilling.min_by_key(|(_, s)| turn(s)) else {
             return;
         };
         self.chunks += 1;

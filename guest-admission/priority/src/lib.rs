@@ -6,13 +6,16 @@
 //! still moves when interactive traffic never stops. While no more than `reserved` dispatch
 //! slots are free, only a top-band request may take one: interactive requests find room
 //! even while batch work fills the cluster (never more than all slots but one are kept, so
-//! a small cluster still serves the lower bands).
+//! a small cluster still serves the lower bands). By default one slot in 8 is kept (one
+//! per worker that batches 8), since a single kept slot serves one interactive request at
+//! a time, and batch work frees slots only as fast as its long requests end.
 //!
 //! Ceilings: while the cluster is saturated (more dispatched and waiting than it has
 //! slots), a band below the top may fill at most half of the host's cap for it; past that
 //! it is refused as `contention`, which keeps queue places for the top band.
 //!
-//! Settings: `aging-s` (default 30; 0 turns aging off), `reserved` (default 1).
+//! Settings: `aging-s` (default 30; 0 turns aging off), `reserved` (a count of slots;
+//! default: one in 8 of the cluster's slots, at least 1).
 
 // wit-bindgen's generated glue passes flattened records as many arguments.
 #![allow(clippy::too_many_arguments)]
@@ -38,14 +41,15 @@ struct Waiting {
 /// Strict bands with aging and reserved slots.
 pub struct Bands {
     aging_ms: u64,
-    reserved: u32,
+    /// `None`: one in 8 of the slots.
+    reserved: Option<u32>,
     waiting: Vec<Waiting>,
     seq: u64,
 }
 
 impl Default for Bands {
     fn default() -> Self {
-        Self { aging_ms: 30_000, reserved: 1, waiting: Vec::new(), seq: 0 }
+        Self { aging_ms: 30_000, reserved: None, waiting: Vec::new(), seq: 0 }
     }
 }
 
@@ -63,8 +67,9 @@ impl Bands {
                     b.aging_ms = (s * 1000.0) as u64;
                 }
                 "reserved" => {
-                    b.reserved =
-                        v.parse().map_err(|_| format!("`reserved` must be a count, not `{v}`"))?
+                    b.reserved = Some(
+                        v.parse().map_err(|_| format!("`reserved` must be a count, not `{v}`"))?,
+                    )
                 }
                 k if k.starts_with("locus.") => {}
                 k => return Err(format!("unknown setting `{k}`")),
@@ -101,7 +106,8 @@ impl Bands {
 
     /// The oldest request of the highest effective band that may take a free slot.
     pub fn pick(&mut self, s: &Saturation) -> Option<u64> {
-        let reserved = self.reserved.min(s.total_slots.saturating_sub(1));
+        let reserved = self.reserved.unwrap_or((s.total_slots / 8).max(1));
+        let reserved = reserved.min(s.total_slots.saturating_sub(1));
         let lower_may = s.free_slots > reserved;
         let (i, _) = self
             .waiting
@@ -218,6 +224,13 @@ mod tests {
         // A cluster of one slot does not keep it.
         b.arrive(&arrival(3, 0, 0), &sat(0, 1, 1)).unwrap();
         assert_eq!(b.pick(&sat(0, 1, 1)), Some(3));
+        // One in 8 by default: 3 of 24 kept; a setting names the count.
+        b.arrive(&arrival(4, 0, 0), &sat(0, 3, 24)).unwrap();
+        assert_eq!(b.pick(&sat(0, 3, 24)), None);
+        assert_eq!(b.pick(&sat(0, 4, 24)), Some(4));
+        let mut b = Bands::configure(&[("reserved".into(), "1".into())]).unwrap();
+        b.arrive(&arrival(5, 0, 0), &sat(0, 2, 24)).unwrap();
+        assert_eq!(b.pick(&sat(0, 2, 24)), Some(5));
     }
 
     #[test]

@@ -95,6 +95,9 @@ pub struct Job {
     pub include_usage: bool,
     /// The client's own id for the request (SGLang's `rid`).
     pub rid: Option<String>,
+    /// Scheduling priority on the worker, higher first: the band a router's admission gave
+    /// it ([`super::PRIORITY`]); 0 when sent by no router.
+    pub priority: u8,
 }
 
 impl Job {
@@ -121,6 +124,7 @@ impl Job {
             stream: false,
             include_usage: false,
             rid: None,
+            priority: 0,
         }
     }
 

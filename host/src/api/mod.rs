@@ -22,6 +22,21 @@ pub use parse::parse_json;
 /// The header carrying a request's id from client to router to worker and back.
 pub const REQUEST_ID: &str = "x-request-id";
 
+/// The header a router sets on every request it dispatches: the priority band (0-3) its
+/// admission decided, so that the worker's scheduler keeps the router's order (admission to
+/// the batch and prompt chunks go highest first). Never copied from a client's request.
+pub const PRIORITY: &str = "x-locus-priority";
+
+/// The priority a request's headers give ([`PRIORITY`]); 0 without it.
+pub fn read_priority(headers: &axum::http::HeaderMap) -> Result<u8, ApiError> {
+    let Some(v) = headers.get(PRIORITY) else { return Ok(0) };
+    v.to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<u8>().ok())
+        .filter(|p| *p <= 3)
+        .ok_or_else(|| ApiError::invalid(PRIORITY, format!("`{PRIORITY}` must be 0 to 3")))
+}
+
 /// Reads a body of `endpoint` into a [`Job`].
 pub fn read_job(endpoint: Endpoint, body: &[u8]) -> Result<Job, ApiError> {
     match endpoint {

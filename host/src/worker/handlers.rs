@@ -7,27 +7,43 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 
 use super::answer::Answer;
 use super::state::Worker;
 use super::stream;
-use crate::api::{ApiError, Endpoint, read_job};
+use crate::api::{ApiError, Endpoint, Job, read_job, read_priority};
 use crate::http::{RequestId, tagged};
 
 /// `POST /generate` (SGLang).
-pub(super) async fn generate(w: State<Arc<Worker>>, id: RequestId, body: Bytes) -> Response {
-    answer(w.0, Endpoint::Generate, id, body).await
+pub(super) async fn generate(
+    w: State<Arc<Worker>>,
+    id: RequestId,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    answer(w.0, Endpoint::Generate, id, &headers, body).await
 }
 
 /// `POST /v1/completions` (OpenAI).
-pub(super) async fn completions(w: State<Arc<Worker>>, id: RequestId, body: Bytes) -> Response {
-    answer(w.0, Endpoint::Completions, id, body).await
+pub(super) async fn completions(
+    w: State<Arc<Worker>>,
+    id: RequestId,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    answer(w.0, Endpoint::Completions, id, &headers, body).await
 }
 
 /// `POST /v1/chat/completions` (OpenAI).
-pub(super) async fn chat(w: State<Arc<Worker>>, id: RequestId, body: Bytes) -> Response {
-    answer(w.0, Endpoint::Chat, id, body).await
+pub(super) async fn chat(
+    w: State<Arc<Worker>>,
+    id: RequestId,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    answer(w.0, Endpoint::Chat, id, &headers, body).await
 }
 
 /// Sets its flag when dropped: a handler future dropped before it finished means that its
@@ -40,13 +56,27 @@ impl Drop for CancelOnDrop {
     }
 }
 
-async fn answer(w: Arc<Worker>, endpoint: Endpoint, rid: RequestId, body: Bytes) -> Response {
-    let resp = respond(w, endpoint, &rid, body).await;
+async fn answer(
+    w: Arc<Worker>,
+    endpoint: Endpoint,
+    rid: RequestId,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Response {
+    let resp = respond(w, endpoint, &rid, headers, body).await;
     tagged(resp, &rid)
 }
 
-async fn respond(w: Arc<Worker>, endpoint: Endpoint, rid: &RequestId, body: Bytes) -> Response {
-    let admitted = match read_job(endpoint, &body) {
+async fn respond(
+    w: Arc<Worker>,
+    endpoint: Endpoint,
+    rid: &RequestId,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Response {
+    let job = read_priority(headers)
+        .and_then(|priority| Ok(Job { priority, ..read_job(endpoint, &body)? }));
+    let admitted = match job {
         Ok(job) => w.admit(job).await,
         Err(e) => Err(e),
     };

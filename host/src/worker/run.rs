@@ -126,6 +126,7 @@ impl Worker {
             truncate_left: false,
             ignore_eos: job.ignore_eos,
             stop_token_ids: job.stop_token_ids.clone(),
+            priority: job.priority,
         };
         let engine = self.engine.clone();
         let ids = match &job.prompt {

@@ -26,7 +26,7 @@ use super::flow::{Identity, Ticket};
 use super::gateway::Gateway;
 use super::registry::Backend;
 use super::tokens::PromptBlocks;
-use crate::api::{ApiError, Job, REQUEST_ID};
+use crate::api::{ApiError, Job, PRIORITY, REQUEST_ID};
 use attempt::Attempt;
 use locus_policy::{Ask, Completion, Outcome, Request, Workers};
 use locus_tokens::BLOCK_TOKENS;
@@ -195,6 +195,7 @@ impl Gateway {
                 .post(format!("{}{}", backend.url, endpoint.path()))
                 .header(header::CONTENT_TYPE, "application/json")
                 .header(REQUEST_ID, request_id)
+                .header(PRIORITY, who.priority.to_string())
                 .body(body.clone())
                 .send()
                 .await;
