@@ -6,9 +6,9 @@
 //! still moves when interactive traffic never stops. While no more than `reserved` dispatch
 //! slots are free, only a top-band request may take one: interactive requests find room
 //! even while batch work fills the cluster (never more than all slots but one are kept, so
-//! a small cluster still serves the lower bands). By default one slot in 8 is kept (one
-//! per worker that batches 8), since a single kept slot serves one interactive request at
-//! a time, and batch work frees slots only as fast as its long requests end.
+//! a small cluster still serves the lower bands). By default one slot in 8 is kept (6 of
+//! 48 for three workers that batch 16), since a single kept slot serves one interactive
+//! request at a time, and batch work frees slots only as fast as its long requests end.
 //!
 //! Ceilings: while the cluster is saturated (more dispatched and waiting than it has
 //! slots), a band below the top may fill at most half of the host's cap for it; past that
