@@ -18,7 +18,8 @@ use serde_json::{Value, json};
 
 const TOKEN: &str = "flow-token";
 
-async fn start(flow: FlowOptions) -> Cluster {
+/// One worker on ephemeral ports, with `flow`.
+fn options(flow: FlowOptions) -> ClusterOptions {
     let mut o = ClusterOptions::local();
     o.port = 0;
     o.worker_port = 0;
@@ -27,7 +28,12 @@ async fn start(flow: FlowOptions) -> Cluster {
     o.router.admin_token = Some(TOKEN.into());
     o.router.health_interval = Duration::from_millis(100);
     o.router.load_interval = Duration::from_millis(50);
-    o.router.flow = FlowOptions { dispatch_limit: Some(1), ..flow };
+    o.router.flow = flow;
+    o
+}
+
+async fn start(flow: FlowOptions) -> Cluster {
+    let o = options(FlowOptions { dispatch_limit: Some(1), ..flow });
     cluster::start(o).await.expect("cluster starts")
 }
 
@@ -286,13 +292,7 @@ async fn a_trapping_admission_component_falls_back_to_fifo_without_failing_a_req
 async fn the_worker_admits_the_routers_higher_band_first() {
     // The router sends all three on (3 slots), the worker batches one at a time: the order
     // is the worker's, from the band the router sends in `x-locus-priority`.
-    let mut o = ClusterOptions::local();
-    o.port = 0;
-    o.worker_port = 0;
-    o.admin_addr = SocketAddr::from(([127, 0, 0, 1], 0));
-    o.workers = 1;
-    o.router.admin_token = Some(TOKEN.into());
-    o.router.flow = FlowOptions { dispatch_limit: Some(3), ..FlowOptions::default() };
+    let mut o = options(FlowOptions { dispatch_limit: Some(3), ..FlowOptions::default() });
     o.engine.limits.max_batch = 1;
     let c = Arc::new(cluster::start(o).await.expect("cluster starts"));
     let engine = c.engines[0].clone();

@@ -9,10 +9,12 @@
 //! that have a next token to feed; (4) one prompt chunk of at most `prefill_chunk` tokens,
 //! from the highest priority prefilling, and within it the prompt with the fewest chunks
 //! left (a short prompt is not stuck behind a long one's chunks, the complaint of SGLang
-//! #10063), unless one has waited `max_batch` chunks for its turn. Priority is
-//! what the router's admission policy decided before dispatch (its band): without it, the
-//! worker's own order would undo the router's, since a request dispatched ahead of a batch
-//! job would still wait behind that job's prompt chunks here. Decode and prefill are separate passes so that a sequence's numbers never depend
+//! #10063), unless one has waited `max_batch` chunks for its turn. Priority is what the
+//! router's admission policy decided before dispatch (its band): without it, the worker's
+//! own order would undo the router's, since a request dispatched ahead of a batch job would
+//! still wait behind that job's prompt chunks here.
+//!
+//! Decode and prefill are separate passes so that a sequence's numbers never depend
 //! on what else runs (the decode rows go through a kernel whose rows are independent; a prompt
 //! chunk is computed alone): greedy output is the same alone or in a batch. The price is one
 //! more read of the weights per prefill step, small beside the chunk's compute.
