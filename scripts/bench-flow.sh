@@ -208,6 +208,11 @@ run_pass() {
     --window "$WINDOW" --seed "$seed" --label "$(basename "$file" .json)" --out "$file" \
     --tenant-header "$TENANT_HEADER" --priority-header "$PRIORITY_HEADER" "${targs[@]}" |
     tee "${file%.json}.txt"
+  # Where the time went (the router's queue wait per tenant, the workers' own timings).
+  if [[ $config != sglang ]]; then
+    { curl_ "$URL/metrics"; for u in "${urls[@]}"; do curl_ "$u/metrics"; done; } \
+      >"${file%.json}.metrics" || true
+  fi
   stop_router
 }
 

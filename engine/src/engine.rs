@@ -94,10 +94,10 @@ impl Engine {
     ) -> Result<Self> {
         config.validate().map_err(EngineError::ModelUnavailable)?;
         let limits = options.limits;
-        if limits.max_batch == 0 || limits.prefill_chunk == 0 {
+        if limits.max_batch == 0 || limits.prefill_chunk == 0 || limits.yield_chunk == 0 {
             return Err(EngineError::InvalidParam {
                 field: "limits",
-                reason: "max_batch and prefill_chunk must be at least 1".into(),
+                reason: "max_batch, prefill_chunk and yield_chunk must be at least 1".into(),
             });
         }
         let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);

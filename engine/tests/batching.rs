@@ -288,3 +288,61 @@ fn a_shorter_prompt_runs_its_chunks_first_and_a_long_one_still_moves() {
     let took = at - from;
     assert!((10..=16).contains(&took), "the short prompt's first token after {took} chunks");
 }
+
+#[test]
+fn a_lower_bands_prompt_moves_in_smaller_chunks_while_a_higher_band_decodes() {
+    // One sequence decodes while a 320-token prompt of band 0 is prefilled beside it; the
+    // decoder gets one token per step, so its tokens meanwhile count the prompt's chunks:
+    // 5 of 64 tokens beside a decoder of the same band, 20 of 16 beside a higher band's.
+    let during_prefill = |decoder_priority: u8| {
+        let limits =
+            Limits { max_batch: 2, prefill_chunk: 64, yield_chunk: 16, ..Limits::default() };
+        let engine = load(limits);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let decoder = {
+            let (engine, stop) = (engine.clone(), stop.clone());
+            let req = GenerateRequest {
+                max_new_tokens: 500,
+                ignore_eos: true,
+                priority: decoder_priority,
+                ..Default::default()
+            };
+            std::thread::spawn(move || {
+                let ids: Vec<u32> = (0..8).map(|j| 700 + j).collect();
+                engine
+                    .generate_until(&ids, &req, |_, _| {
+                        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            ControlFlow::Break(())
+                        } else {
+                            ControlFlow::Continue(())
+                        }
+                    })
+                    .unwrap();
+            })
+        };
+        wait_for(&engine, |s| s.generated_tokens >= 2);
+        let from = engine.scheduler_stats().generated_tokens;
+        let req = GenerateRequest { max_new_tokens: 1, ignore_eos: true, ..Default::default() };
+        let ids: Vec<u32> = (0..320).map(|j| 2000 + j).collect();
+        let mut at = None;
+        engine
+            .generate_until(&ids, &req, |piece, _| {
+                if !piece.is_empty() && at.is_none() {
+                    at = Some(engine.scheduler_stats().generated_tokens);
+                }
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        decoder.join().unwrap();
+        // Less the prompt's own first token.
+        at.expect("the prompt's first token") - from - 1
+    };
+    let same = during_prefill(0);
+    assert!((4..=8).contains(&same), "beside band 0: {same} decode steps, 5 chunks expected");
+    let yielding = during_prefill(3);
+    assert!(
+        (19..=24).contains(&yielding),
+        "beside band 3: {yielding} decode steps, 20 chunks expected"
+    );
+}

@@ -9,15 +9,23 @@
 //! that have a next token to feed; (4) one prompt chunk of at most `prefill_chunk` tokens,
 //! from the highest priority prefilling, and within it the prompt with the fewest chunks
 //! left (a short prompt is not stuck behind a long one's chunks, the complaint of SGLang
-//! #10063), unless one has waited `max_batch` chunks for its turn. Priority is what the
-//! router's admission policy decided before dispatch (its band): without it, the worker's
-//! own order would undo the router's, since a request dispatched ahead of a batch job would
-//! still wait behind that job's prompt chunks here.
+//! #10063), unless one has waited `max_batch` chunks for its turn.
 //!
-//! Decode and prefill are separate passes so that a sequence's numbers never depend
-//! on what else runs (the decode rows go through a kernel whose rows are independent; a prompt
-//! chunk is computed alone): greedy output is the same alone or in a batch. The price is one
-//! more read of the weights per prefill step, small beside the chunk's compute.
+//! Priority is what the router's admission policy decided before dispatch (its band):
+//! without it, the worker's own order would undo the router's, since a request dispatched
+//! ahead of a batch job would still wait behind that job's prompt chunks here. Bands also
+//! shape the step: when the prompt to run has a priority above every decoding sequence's,
+//! (4) runs before (3), so its first token does not wait for a lower band's tokens; while a
+//! sequence of a higher priority than the prompt's decodes, the chunk is at most
+//! `yield_chunk` tokens (a per-step token budget by band, after Sarathi-Serve's), so a
+//! batch job's long prompts do not stretch the higher band's time between tokens, which
+//! would hold its places in the batch (and the router's dispatch slots) longer.
+//!
+//! Decode and prefill are separate passes so that a sequence's numbers never depend on what
+//! else runs (the decode rows go through a kernel whose rows are independent; a prompt chunk
+//! is computed alone): greedy output is the same alone or in a batch, and a prompt run in
+//! chunks gives the same greedy tokens as one run whole (tested). The price is
+//! one more read of the weights per prefill step, small beside the chunk's compute.
 
 mod messages;
 mod panics;
@@ -94,8 +102,13 @@ pub(crate) fn run(
         let step = catch_unwind(AssertUnwindSafe(|| {
             s.drop_gone();
             s.admit();
-            s.decode();
-            s.prefill();
+            if s.prefill_goes_first() {
+                s.prefill();
+                s.decode();
+            } else {
+                s.decode();
+                s.prefill();
+            }
         }));
         if let Err(p) = step {
             s.counters.failed.fetch_add(1, Ordering::Relaxed);
@@ -282,12 +295,16 @@ impl Scheduler {
         }
     }
 
-    /// One chunk of a prompt that is not fully run yet.
-    fn prefill(&mut self) {
-        // Of the highest priority prefilling, the prompt with the fewest chunks left (the
-        // shortest remaining first gives the lowest mean time to first token); one that has
-        // waited `max_batch` chunks goes first, so a long prompt is delayed, never starved.
-        // Ties: the one served least recently (the oldest first).
+    /// The highest priority among the sequences decoding, if any is.
+    fn decoding_priority(&self) -> Option<u8> {
+        self.running.iter().filter(|s| s.next.is_some()).map(|s| s.sub.priority).max()
+    }
+
+    /// The prompt whose chunk runs next: of the highest priority prefilling, the one with
+    /// the fewest chunks left (the shortest remaining first gives the lowest mean time to
+    /// first token); one that has waited `max_batch` chunks goes first, so a long prompt is
+    /// delayed, never starved. Ties: the one served least recently (the oldest first).
+    fn next_prefill(&self) -> Option<usize> {
         let (now, chunk) = (self.chunks, self.limits.prefill_chunk.max(1));
         let starved_after = self.limits.max_batch.max(1) as u64;
         let prefilling = self.running.iter().enumerate().filter(|(_, s)| s.next.is_none());
@@ -296,15 +313,35 @@ impl Scheduler {
             let fresh = now - s.last_chunk < starved_after;
             (std::cmp::Reverse(s.sub.priority), fresh, left, s.last_chunk, s.admitted)
         };
-        let Some((i, _)) = prefilling.min_by_key(|(_, s)| turn(s)) else {
+        prefilling.min_by_key(|(_, s)| turn(s)).map(|(i, _)| i)
+    }
+
+    /// Whether this step's prompt chunk runs before its decode pass: when its priority is
+    /// above every decoding sequence's, so a higher band's first token does not wait for a
+    /// lower band's tokens.
+    fn prefill_goes_first(&self) -> bool {
+        match (self.next_prefill(), self.decoding_priority()) {
+            (Some(i), Some(decoding)) => self.running[i].sub.priority > decoding,
+            _ => false,
+        }
+    }
+
+    /// One chunk of a prompt that is not fully run yet: at most `prefill_chunk` tokens, or
+    /// `yield_chunk` while a sequence of a higher priority decodes.
+    fn prefill(&mut self) {
+        let Some(i) = self.next_prefill() else {
             return;
         };
+        let mut size = self.limits.prefill_chunk.max(1);
+        if self.decoding_priority().is_some_and(|p| p > self.running[i].sub.priority) {
+            size = size.min(self.limits.yield_chunk.max(1));
+        }
         self.chunks += 1;
         self.counters.steps.fetch_add(1, Ordering::Relaxed);
         let seq = &mut self.running[i];
         seq.last_chunk = self.chunks;
         let total = seq.sub.ids.len();
-        let end = (seq.prefilled + self.limits.prefill_chunk).min(total);
+        let end = (seq.prefilled + size).min(total);
         let last = end == total;
         let want_logits = last && seq.sub.max_new > 0;
         let model = &self.shared.model;

@@ -13,6 +13,10 @@ pub struct Limits {
     /// Most prompt tokens run in one step: a longer prompt is prefilled over several steps,
     /// so running streams keep producing tokens meanwhile.
     pub prefill_chunk: usize,
+    /// Most prompt tokens in one step while a sequence of a higher priority is decoding: a
+    /// lower band's prompt then moves in smaller chunks, so that the higher band's time
+    /// between tokens (and so how soon its places in the batch free) stays short.
+    pub yield_chunk: usize,
     /// KV memory for running sequences, in bytes; each reserves prompt + `max_new_tokens`
     /// positions at admission. The prefix store has its own budget.
     pub kv_bytes: u64,
@@ -26,6 +30,7 @@ impl Default for Limits {
         Self {
             max_batch: 16,
             prefill_chunk: 128,
+            yield_chunk: 32,
             kv_bytes: 1 << 30,
             queue_timeout: Duration::from_secs(60),
         }

@@ -13,10 +13,22 @@
 //! A prompt whose tokens the router did not count is charged its body bytes / 4, an
 //! estimate (GPT-2 averages about 4 bytes per token on English).
 //!
+//! Headroom: while no more than `headroom` dispatch slots are free, a tenant already holding
+//! its share of the slots (all slots divided among the tenants waiting or running) may not
+//! take one; the next tenant by counter that holds less may. VTC orders the queue, but a
+//! tenant under its share still waits for a slot to free when a backlogged one has taken
+//! them all, and slots free only as fast as requests end (tens of seconds each on a loaded
+//! CPU worker); with a few slots kept, its request is dispatched on arrival. The cost is
+//! those slots idle while nobody under share asks: one in 16 by default.
+//!
 //! Refusals: when a band's queue is at least half full, a tenant that already has its share
 //! of the band's waiting places (the host's cap divided among the tenants waiting in the
-//! band, itself included, and never less than 1) is refused as `contention`; a tenant under
-//! its share, or with nothing waiting in the band, is never refused by this policy. An
+//! band or running requests of it, itself included, and never less than 1) is refused as
+//! `contention`; a tenant under its share, or with nothing waiting in the band, is never
+//! refused by this policy. Counting the tenants that run requests, not only those waiting,
+//! keeps places for a light tenant whose requests are dispatched as they come (so it
+//! rarely has one waiting): otherwise a backlogged tenant would take every place, and the
+//! light one's next arrival would meet the host's own cap. An
 //! arrival the host counts as waiting already (a fresh instance being told the queue: the
 //! host's count for the band exceeds this instance's) is always queued, since the host
 //! ignores that answer and a refused one would never be picked.
@@ -24,7 +36,9 @@
 //! Charging: `input-weight` (default 1), `output-weight` (default 2, as VTC's paper),
 //! `weight.<tenant>` (default 1; a tenant of weight 2 gets twice the service when both are
 //! backlogged), `charge` = `input` (default) or `uncached` (charge only the prompt tokens
-//! no worker holds, as the router predicts them: cache hits cost a tenant nothing).
+//! no worker holds, as the router predicts them: cache hits cost a tenant nothing),
+//! `headroom` (a count of dispatch slots; default one in 16 of the cluster's, at least 1; 0
+//! turns it off, and at most all slots but one are kept).
 //!
 //! A fresh instance (after a swap or a fault) is told each tenant's tokens served and
 //! starts its counters from them: the best it can know, since the previous policy's
@@ -56,6 +70,8 @@ pub struct Charging {
     pub weights: BTreeMap<String, f64>,
     /// Charge only the prompt tokens no worker holds.
     pub charge_uncached: bool,
+    /// Slots kept for tenants under their share; `None`: one in 16.
+    pub headroom: Option<u32>,
 }
 
 impl Default for Charging {
@@ -65,6 +81,7 @@ impl Default for Charging {
             output_weight: 2.0,
             weights: BTreeMap::new(),
             charge_uncached: false,
+            headroom: None,
         }
     }
 }
@@ -87,6 +104,11 @@ impl Charging {
                         "uncached" => true,
                         _ => return Err(format!("`charge` is `input` or `uncached`, not `{v}`")),
                     }
+                }
+                "headroom" => {
+                    s.headroom = Some(
+                        v.parse().map_err(|_| format!("`headroom` must be a count, not `{v}`"))?,
+                    )
                 }
                 k if k.starts_with("weight.") => {
                     s.weights.insert(k["weight.".len()..].to_string(), weight(k, v)?);
@@ -112,9 +134,10 @@ struct Waiting {
     tokens: u32,
 }
 
-/// A dispatched request: whose, and the generated tokens charged so far.
+/// A dispatched request: whose, its band, and the generated tokens charged so far.
 struct Running {
     tenant: String,
+    band: u8,
     charged: u32,
 }
 
@@ -174,16 +197,25 @@ impl Vtc {
             (queued.get(b).copied().unwrap_or(0), caps.get(b).copied().unwrap_or(0));
         // Waiting in the band as this instance knows it, and per tenant.
         let mut known = 0u32;
-        let mut tenants = 0u32;
         let mut mine = 0u32;
+        let mut others: BTreeSet<&str> = BTreeSet::new();
         for (t, q) in self.backlogged() {
             let n = q.iter().filter(|w| w.band == band).count() as u32;
             known += n;
-            tenants += u32::from(n > 0 && *t != a.tenant);
+            if n > 0 && *t != a.tenant {
+                others.insert(t);
+            }
             if *t == a.tenant {
                 mine = n;
             }
         }
+        others.extend(
+            self.running
+                .values()
+                .filter(|r| r.band == band && r.tenant != a.tenant)
+                .map(|r| &*r.tenant),
+        );
+        let tenants = others.len() as u32;
         // Fewer known than the host counts: this is a fresh instance being told requests
         // already waiting, whose refusal the host ignores. Queue it.
         let replayed = known < in_band;
@@ -224,10 +256,21 @@ impl Vtc {
     }
 
     /// The oldest request of the backlogged tenant with the lowest counter, charged its
-    /// prompt.
-    pub fn pick(&mut self) -> Option<u64> {
+    /// prompt; of `total` dispatch slots `free` are free, and the last `headroom` of them go
+    /// only to a tenant holding less than its share.
+    pub fn pick(&mut self, total: u32, free: u32) -> Option<u64> {
+        let headroom = self.settings.headroom.unwrap_or((total / 16).max(1));
+        let tight = free <= headroom.min(total.saturating_sub(1));
+        let mut held: BTreeMap<&str, u32> = BTreeMap::new();
+        for r in self.running.values() {
+            *held.entry(&r.tenant).or_default() += 1;
+        }
+        let busy =
+            self.backlogged().filter(|(t, _)| !held.contains_key(t.as_str())).count() + held.len();
+        let share = total / (busy.max(1) as u32);
         let tenant = self
             .backlogged()
+            .filter(|(t, _)| !tight || held.get(t.as_str()).copied().unwrap_or(0) < share)
             .min_by(|(a, qa), (b, qb)| {
                 self.counter(a)
                     .total_cmp(&self.counter(b))
@@ -238,7 +281,7 @@ impl Vtc {
         self.tenant_of.remove(&w.id);
         self.charge(&tenant, self.settings.input_weight * f64::from(w.tokens));
         self.last_served = Some((tenant.clone(), self.counter(&tenant)));
-        self.running.insert(w.id, Running { tenant, charged: 0 });
+        self.running.insert(w.id, Running { tenant, band: w.band, charged: 0 });
         Some(w.id)
     }
 
@@ -294,8 +337,8 @@ impl Guest for Policy {
             .map_err(|reason| Refusal { kind: RefusalKind::Contention, reason })
     }
 
-    fn pick(_s: Saturation) -> Option<u64> {
-        VTC.with_borrow_mut(Vtc::pick)
+    fn pick(s: Saturation) -> Option<u64> {
+        VTC.with_borrow_mut(|v| v.pick(s.total_slots, s.free_slots))
     }
 
     fn dispatched(_id: u64, _uncached: Option<u32>) {}
@@ -338,6 +381,11 @@ mod tests {
 
     const NO_CAP: [u32; 4] = [0; 4];
 
+    /// A pick with every slot of a large cluster free.
+    fn pick(v: &mut Vtc) -> Option<u64> {
+        v.pick(1000, 1000)
+    }
+
     #[test]
     fn the_backlogged_tenant_with_the_lower_counter_goes_first() {
         let mut v = Vtc::new(Charging::default());
@@ -346,7 +394,7 @@ mod tests {
             v.arrive(&arrival(i, "heavy", 800), &[0; 4], &NO_CAP).unwrap();
             v.arrive(&arrival(100 + i, "light", 50), &[0; 4], &NO_CAP).unwrap();
         }
-        let order: Vec<u64> = std::iter::from_fn(|| v.pick()).collect();
+        let order: Vec<u64> = std::iter::from_fn(|| pick(&mut v)).collect();
         // heavy's first prompt costs 800: light is served 4 times before heavy's second.
         assert_eq!(order, [0, 100, 101, 102, 103, 1, 2, 3]);
         assert_eq!(v.counter("heavy"), 3200.0);
@@ -360,7 +408,7 @@ mod tests {
             v.arrive(&arrival(i, "a", 100), &[0; 4], &NO_CAP).unwrap();
         }
         for _ in 0..5 {
-            v.pick();
+            pick(&mut v);
         }
         assert_eq!(v.counter("a"), 500.0);
         // b arrives while a is backlogged: lifted to a's counter, then they alternate.
@@ -368,7 +416,7 @@ mod tests {
             v.arrive(&arrival(100 + i, "b", 100), &[0; 4], &NO_CAP).unwrap();
         }
         assert_eq!(v.counter("b"), 500.0);
-        let order: Vec<u64> = (0..6).filter_map(|_| v.pick()).collect();
+        let order: Vec<u64> = (0..6).filter_map(|_| pick(&mut v)).collect();
         assert_eq!(order, [5, 100, 6, 101, 7, 102]);
     }
 
@@ -377,7 +425,7 @@ mod tests {
         let s = Charging { output_weight: 2.0, ..Charging::default() };
         let mut v = Vtc::new(s);
         v.arrive(&arrival(1, "a", 10), &[0; 4], &NO_CAP).unwrap();
-        assert_eq!(v.pick(), Some(1));
+        assert_eq!(pick(&mut v), Some(1));
         v.usage(1, 3);
         v.usage(1, 2);
         assert_eq!(v.counter("a"), 10.0 + 10.0);
@@ -398,7 +446,7 @@ mod tests {
             v.arrive(&arrival(i, "gold", 100), &[0; 4], &NO_CAP).unwrap();
             v.arrive(&arrival(100 + i, "plain", 100), &[0; 4], &NO_CAP).unwrap();
         }
-        let picked: Vec<u64> = (0..30).filter_map(|_| v.pick()).collect();
+        let picked: Vec<u64> = (0..30).filter_map(|_| pick(&mut v)).collect();
         let gold = picked.iter().filter(|id| **id < 100).count();
         assert_eq!((gold, 30 - gold), (20, 10));
     }
@@ -445,14 +493,14 @@ mod tests {
         // Told them all, it judges live arrivals by the share again (10 / 2 tenants).
         let e = v.arrive(&arrival(8, "heavy", 10), &[0, 8, 0, 0], &caps).unwrap_err();
         assert!(e.contains("share of 5"), "{e}");
-        assert_eq!(std::iter::from_fn(|| v.pick()).count(), 8);
+        assert_eq!(std::iter::from_fn(|| pick(&mut v)).count(), 8);
     }
 
     #[test]
     fn with_nobody_backlogged_an_arrival_is_lifted_to_the_last_served_tenant() {
         let mut v = Vtc::new(Charging::default());
         v.arrive(&arrival(1, "a", 300), &[0; 4], &NO_CAP).unwrap();
-        assert_eq!(v.pick(), Some(1));
+        assert_eq!(pick(&mut v), Some(1));
         v.usage(1, 50);
         // Nobody waits: b starts from a's counter as it is now (300 + 2 × 50).
         v.arrive(&arrival(2, "b", 10), &[0; 4], &NO_CAP).unwrap();
@@ -475,7 +523,62 @@ mod tests {
         v.arrive(&arrival(1, "b", 10), &[0; 4], &NO_CAP).unwrap();
         v.arrive(&arrival(2, "gold", 10), &[0; 4], &NO_CAP).unwrap();
         v.arrive(&arrival(3, "b", 10), &[0; 4], &NO_CAP).unwrap();
-        assert_eq!(std::iter::from_fn(|| v.pick()).collect::<Vec<_>>(), [1, 3, 2]);
+        assert_eq!(std::iter::from_fn(|| pick(&mut v)).collect::<Vec<_>>(), [1, 3, 2]);
+    }
+
+    #[test]
+    fn the_last_free_slots_go_to_a_tenant_under_its_share() {
+        let mut v = Vtc::new(Charging::default());
+        // heavy runs 10 requests, light 2; heavy's counter is the lower one.
+        for i in 0..10 {
+            v.arrive(&arrival(i, "heavy", 10), &[0; 4], &NO_CAP).unwrap();
+        }
+        for i in 0..2 {
+            v.arrive(&arrival(100 + i, "light", 100), &[0; 4], &NO_CAP).unwrap();
+        }
+        assert_eq!(std::iter::from_fn(|| pick(&mut v)).count(), 12);
+        v.arrive(&arrival(10, "heavy", 10), &[0; 4], &NO_CAP).unwrap();
+        v.arrive(&arrival(11, "heavy", 10), &[0; 4], &NO_CAP).unwrap();
+        v.arrive(&arrival(102, "light", 100), &[0; 4], &NO_CAP).unwrap();
+        assert!(v.counter("heavy") < v.counter("light"));
+        // 16 slots, 2 free: above the headroom of 1, VTC's order (heavy first).
+        assert_eq!(v.pick(16, 2), Some(10));
+        // 1 free: heavy holds 11, past its share of 8; light (2) takes it.
+        assert_eq!(v.pick(16, 1), Some(102));
+        // Only heavy waits, past its share: the last slot stays free.
+        assert_eq!(v.pick(16, 1), None);
+        // Headroom 0 keeps nothing; a tenant alone is never held back.
+        let mut off = Vtc::new(Charging::parse(&[("headroom".into(), "0".into())]).unwrap());
+        off.arrive(&arrival(1, "a", 10), &[0; 4], &NO_CAP).unwrap();
+        off.arrive(&arrival(2, "b", 10), &[0; 4], &NO_CAP).unwrap();
+        assert_eq!(off.pick(2, 1), Some(1));
+        assert_eq!(off.pick(2, 1), Some(2));
+        let mut alone = Vtc::new(Charging::default());
+        for i in 0..3 {
+            alone.arrive(&arrival(i, "a", 10), &[0; 4], &NO_CAP).unwrap();
+        }
+        assert_eq!(
+            (alone.pick(3, 3), alone.pick(3, 2), alone.pick(3, 1)),
+            (Some(0), Some(1), Some(2))
+        );
+    }
+
+    #[test]
+    fn a_tenant_running_requests_keeps_its_share_of_the_waiting_places() {
+        let mut v = Vtc::new(Charging::default());
+        let caps = [0, 8, 0, 0];
+        // light's request was dispatched at once: it waits for nothing, but runs in band 1.
+        v.arrive(&arrival(100, "light", 10), &[0; 4], &caps).unwrap();
+        assert_eq!(pick(&mut v), Some(100));
+        for i in 0..4 {
+            v.arrive(&arrival(i, "heavy", 10), &[0, i as u32, 0, 0], &caps).unwrap();
+        }
+        // The band is half full; heavy's share is 8 / 2, not the whole band.
+        let e = v.arrive(&arrival(4, "heavy", 10), &[0, 4, 0, 0], &caps).unwrap_err();
+        assert!(e.contains("share of 4"), "{e}");
+        // Once light's request ends, heavy may fill the band.
+        v.completed(100, Some(16));
+        v.arrive(&arrival(5, "heavy", 10), &[0, 4, 0, 0], &caps).unwrap();
     }
 
     #[test]
@@ -483,9 +586,15 @@ mod tests {
         let s = Charging::parse(&[("charge".into(), "uncached".into())]).unwrap();
         let mut v = Vtc::new(s);
         v.arrive(&arrival(1, "a", 100), &[0; 4], &NO_CAP).unwrap();
-        v.pick();
+        pick(&mut v);
         assert_eq!(v.counter("a"), 50.0);
-        for bad in [("charge", "all"), ("weight.x", "0"), ("input-weight", "-1"), ("typo", "1")] {
+        for bad in [
+            ("charge", "all"),
+            ("weight.x", "0"),
+            ("input-weight", "-1"),
+            ("headroom", "-1"),
+            ("typo", "1"),
+        ] {
             assert!(Charging::parse(&[(bad.0.into(), bad.1.into())]).is_err(), "{bad:?}");
         }
         assert!(Charging::parse(&[("locus.instance".into(), "0".into())]).is_ok());

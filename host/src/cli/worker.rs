@@ -38,6 +38,11 @@ pub struct ModelArgs {
     /// so that running streams keep producing tokens meanwhile.
     #[arg(long, default_value_t = Limits::default().prefill_chunk, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
     pub prefill_chunk: usize,
+    /// Most prompt tokens a worker runs in one step while a request of a higher priority
+    /// band is decoding: a lower band's prompts then move in smaller chunks, so that the
+    /// higher band's tokens keep coming.
+    #[arg(long, default_value_t = Limits::default().yield_chunk, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    pub prefill_chunk_yield: usize,
     /// Byte budget of the running sequences' KV memory per worker, apart from the prefix
     /// store: each request reserves prompt + max tokens at admission and waits while it
     /// does not fit.
@@ -63,6 +68,7 @@ impl ModelArgs {
             ("--prefix-cache-bytes", self.prefix_cache_bytes.to_string()),
             ("--max-batch", self.max_batch.to_string()),
             ("--prefill-chunk", self.prefill_chunk.to_string()),
+            ("--prefill-chunk-yield", self.prefill_chunk_yield.to_string()),
             ("--kv-cache-bytes", self.kv_cache_bytes.to_string()),
             ("--queue-timeout", self.queue_timeout.to_string()),
         ] {
@@ -81,6 +87,7 @@ impl ModelArgs {
             limits: Limits {
                 max_batch: self.max_batch,
                 prefill_chunk: self.prefill_chunk,
+                yield_chunk: self.prefill_chunk_yield,
                 kv_bytes: self.kv_cache_bytes,
                 queue_timeout,
             },
