@@ -49,7 +49,7 @@ read -r -a RETRY_LOCUS_FLAGS <<<"${RETRY_LOCUS_FLAGS:---queue-max 32 --band-max 
 read -r -a RETRY_SGLANG_FLAGS <<<"${RETRY_SGLANG_FLAGS:---max-concurrent-requests 48 --queue-size 16}"
 
 # --- the runs ---------------------------------------------------------------------------
-CONFIGS=(${CONFIGS:-fifo fair priority sglang})    # admission policies, and the peer
+CONFIGS=(${CONFIGS:-fifo fair priority sglang})    # admission policies (POLICY+KEY=VALUE...), and the peer
 RETRY_CONFIGS=(${RETRY_CONFIGS:-fifo fair})        # each with retry=immediate and =honour
 SOLO_CONFIG=${SOLO_CONFIG:-fifo}
 # Which solo runs (scenario.tenant); all of them by default. The summary compares only the
@@ -153,7 +153,8 @@ idle_and_flush() {
   done
 }
 
-# start_router CONFIG LOG [extra flags...]: CONFIG is an admission policy or `sglang`;
+# start_router CONFIG LOG [extra flags...]: CONFIG is an admission policy (with settings
+# after `+`, e.g. fair+input-weight=4) or `sglang`;
 # sets URL and RPID.
 start_router() {
   local config=$1 log=$2; shift 2
@@ -169,9 +170,13 @@ start_router() {
     wait_up "$URL/health"
   else
     port_free $ROUTER_PORT
+    # CONFIG is POLICY[+KEY=VALUE...]: the admission policy and its settings.
+    local settings=() kv st
+    IFS=+ read -r -a kv <<<"$config"
+    for st in "${kv[@]:1}"; do settings+=(--admission-setting "$st"); done
     LOCUS_ADMIN_TOKEN=$TOKEN LOCUS_WORKER_TOKEN=$TOKEN "$LOCUS" router --port $ROUTER_PORT \
       --admin-addr 127.0.0.1:$ADMIN_PORT --workers "$LIST" --policy $ROUTER_POLICY \
-      $ADMISSION_FLAG "$config" "${FLOW_FLAGS[@]}" "${LOCUS_ROUTER_FLAGS[@]}" "$@" \
+      $ADMISSION_FLAG "${kv[0]}" "${settings[@]}" "${FLOW_FLAGS[@]}" "${LOCUS_ROUTER_FLAGS[@]}" "$@" \
       >"$log" 2>&1 &
     RPID=$!
     URL=http://127.0.0.1:$ROUTER_PORT

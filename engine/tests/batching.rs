@@ -4,6 +4,7 @@
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use locus_engine::{
@@ -184,6 +185,27 @@ fn spawn_tagged(
     })
 }
 
+/// Runs `req` on `ids` in a thread until `stop` is set (it decodes until then).
+fn spawn_until_stopped(
+    engine: &Arc<Engine>,
+    ids: Vec<u32>,
+    req: GenerateRequest,
+    stop: &Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    let (engine, stop) = (engine.clone(), stop.clone());
+    std::thread::spawn(move || {
+        engine
+            .generate_until(&ids, &req, |_, _| {
+                if stop.load(Ordering::Relaxed) {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            })
+            .unwrap();
+    })
+}
+
 fn wait_for(engine: &Engine, what: impl Fn(&locus_engine::SchedulerStats) -> bool) {
     for _ in 0..2000 {
         if what(&engine.scheduler_stats()) {
@@ -207,27 +229,14 @@ fn a_higher_priority_goes_first_into_the_batch_and_through_its_prompt() {
     // arrives, then a high one: the high one is admitted first when the place frees.
     let engine = load(Limits { max_batch: 1, ..Limits::default() });
     let ids: Vec<u32> = (0..20).map(|j| 900 + j).collect();
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let blocker = {
-        let (engine, ids, stop) = (engine.clone(), ids.clone(), stop.clone());
-        std::thread::spawn(move || {
-            engine
-                .generate_until(&ids, &req(0, 500), |_, _| {
-                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        ControlFlow::Break(())
-                    } else {
-                        ControlFlow::Continue(())
-                    }
-                })
-                .unwrap();
-        })
-    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let blocker = spawn_until_stopped(&engine, ids.clone(), req(0, 500), &stop);
     wait_for(&engine, |s| s.running == 1);
     let low = spawn_tagged(&engine, ids.clone(), req(0, 2), "low", tx.clone());
     wait_for(&engine, |s| s.waiting == 1);
     let high = spawn_tagged(&engine, ids.clone(), req(3, 2), "high", tx.clone());
     wait_for(&engine, |s| s.waiting == 2);
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
     for t in [blocker, low, high] {
         t.join().unwrap();
     }
@@ -298,28 +307,14 @@ fn a_lower_bands_prompt_moves_in_smaller_chunks_while_a_higher_band_decodes() {
         let limits =
             Limits { max_batch: 2, prefill_chunk: 64, yield_chunk: 16, ..Limits::default() };
         let engine = load(limits);
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let decoder = {
-            let (engine, stop) = (engine.clone(), stop.clone());
-            let req = GenerateRequest {
-                max_new_tokens: 500,
-                ignore_eos: true,
-                priority: decoder_priority,
-                ..Default::default()
-            };
-            std::thread::spawn(move || {
-                let ids: Vec<u32> = (0..8).map(|j| 700 + j).collect();
-                engine
-                    .generate_until(&ids, &req, |_, _| {
-                        if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                            ControlFlow::Break(())
-                        } else {
-                            ControlFlow::Continue(())
-                        }
-                    })
-                    .unwrap();
-            })
+        let stop = Arc::new(AtomicBool::new(false));
+        let req = GenerateRequest {
+            max_new_tokens: 500,
+            ignore_eos: true,
+            priority: decoder_priority,
+            ..Default::default()
         };
+        let decoder = spawn_until_stopped(&engine, (700..708).collect(), req, &stop);
         wait_for(&engine, |s| s.generated_tokens >= 2);
         let from = engine.scheduler_stats().generated_tokens;
         let req = GenerateRequest { max_new_tokens: 1, ignore_eos: true, ..Default::default() };
@@ -333,7 +328,7 @@ fn a_lower_bands_prompt_moves_in_smaller_chunks_while_a_higher_band_decodes() {
                 ControlFlow::Continue(())
             })
             .unwrap();
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        stop.store(true, Ordering::Relaxed);
         decoder.join().unwrap();
         // Less the prompt's own first token.
         at.expect("the prompt's first token") - from - 1

@@ -329,3 +329,43 @@ async fn the_worker_admits_the_routers_higher_band_first() {
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["error"]["param"], "x-locus-priority", "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fair_sends_a_tenant_under_its_share_ahead_in_the_worker() {
+    // 3 slots, a worker that batches one at a time. heavy holds the batch and sends one
+    // more (alone busy: not ahead); light's request comes after it, under its share (0 of
+    // 3 / 2 slots), so fair sends it ahead and the worker admits it first. With `ahead`
+    // off the worker keeps arrival order.
+    for (ahead, expect) in [("true", ["light", "heavy"]), ("false", ["heavy", "light"])] {
+        let flow = FlowOptions {
+            dispatch_limit: Some(3),
+            admission: PolicySource::Builtin("fair"),
+            admission_settings: vec![("ahead".into(), ahead.into())],
+            ..FlowOptions::default()
+        };
+        let mut o = options(flow);
+        o.engine.limits.max_batch = 1;
+        let c = Arc::new(cluster::start(o).await.expect("cluster starts"));
+        let engine = c.engines[0].clone();
+        let block = blocker(&c, &[("x-tenant-id", "heavy")]);
+        until("the blocker runs", || engine.scheduler_stats().running == 1).await;
+        let done = Arc::new(Mutex::new(Vec::new()));
+        let send = |tenant: &'static str| {
+            let (c, done) = (c.clone(), done.clone());
+            tokio::spawn(async move {
+                let r = post(&c, &[("x-tenant-id", tenant)], generate(2)).await;
+                assert_eq!(r.status(), 200);
+                r.bytes().await.unwrap();
+                done.lock().push(tenant);
+            })
+        };
+        let heavy = send("heavy");
+        until("heavy's second waits in the worker", || engine.scheduler_stats().waiting == 1).await;
+        let light = send("light");
+        until("both wait in the worker", || engine.scheduler_stats().waiting == 2).await;
+        block.abort();
+        heavy.await.unwrap();
+        light.await.unwrap();
+        assert_eq!(*done.lock(), expect, "ahead={ahead}");
+    }
+}

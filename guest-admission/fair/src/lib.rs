@@ -21,6 +21,13 @@
 //! CPU worker); with a few slots kept, its request is dispatched on arrival. The cost is
 //! those slots idle while nobody under share asks: one in 16 by default.
 //!
+//! Ahead: a request picked for a tenant holding less than its share of the slots (while
+//! another tenant is busy) is sent ahead of its band's others in the worker. The worker
+//! otherwise treats every dispatched request of a band alike: a victim dispatched at once
+//! still waits there behind the prompts of the backlogged tenant's sixteen requests, and
+//! its tokens come one per step of a batch whose steps those prompts' chunks lengthen. Ahead,
+//! its prompt runs first and the others' chunks shrink while it decodes.
+//!
 //! Refusals: when a band's queue is at least half full, a tenant that already has its share
 //! of the band's waiting places (the host's cap divided among the tenants waiting in the
 //! band or running requests of it, itself included, and never less than 1) is refused as
@@ -38,7 +45,8 @@
 //! backlogged), `charge` = `input` (default) or `uncached` (charge only the prompt tokens
 //! no worker holds, as the router predicts them: cache hits cost a tenant nothing),
 //! `headroom` (a count of dispatch slots; default one in 16 of the cluster's, at least 1; 0
-//! turns it off, and at most all slots but one are kept).
+//! turns it off, and at most all slots but one are kept), `ahead` (`true`, the default, or
+//! `false`: never send a request ahead).
 //!
 //! A fresh instance (after a swap or a fault) is told each tenant's tokens served and
 //! starts its counters from them: the best it can know, since the previous policy's
@@ -72,6 +80,8 @@ pub struct Charging {
     pub charge_uncached: bool,
     /// Slots kept for tenants under their share; `None`: one in 16.
     pub headroom: Option<u32>,
+    /// Send a tenant under its share ahead of its band in the worker.
+    pub ahead: bool,
 }
 
 impl Default for Charging {
@@ -82,6 +92,7 @@ impl Default for Charging {
             weights: BTreeMap::new(),
             charge_uncached: false,
             headroom: None,
+            ahead: true,
         }
     }
 }
@@ -109,6 +120,10 @@ impl Charging {
                     s.headroom = Some(
                         v.parse().map_err(|_| format!("`headroom` must be a count, not `{v}`"))?,
                     )
+                }
+                "ahead" => {
+                    s.ahead =
+                        v.parse().map_err(|_| format!("`ahead` is `true` or `false`, not `{v}`"))?
                 }
                 k if k.starts_with("weight.") => {
                     s.weights.insert(k["weight.".len()..].to_string(), weight(k, v)?);
@@ -256,9 +271,10 @@ impl Vtc {
     }
 
     /// The oldest request of the backlogged tenant with the lowest counter, charged its
-    /// prompt; of `total` dispatch slots `free` are free, and the last `headroom` of them go
-    /// only to a tenant holding less than its share.
-    pub fn pick(&mut self, total: u32, free: u32) -> Option<u64> {
+    /// prompt, and whether it goes ahead in its worker (its tenant holds less than its share
+    /// of the slots while another tenant is busy); of `total` dispatch slots `free` are
+    /// free, and the last `headroom` of them go only to a tenant holding less than its share.
+    pub fn pick(&mut self, total: u32, free: u32) -> Option<(u64, bool)> {
         let headroom = self.settings.headroom.unwrap_or((total / 16).max(1));
         let tight = free <= headroom.min(total.saturating_sub(1));
         let mut held: BTreeMap<&str, u32> = BTreeMap::new();
@@ -277,12 +293,15 @@ impl Vtc {
                     .then(qa.front().map(|w| w.seq).cmp(&qb.front().map(|w| w.seq)))
             })
             .map(|(t, _)| t.clone())?;
+        let ahead = self.settings.ahead
+            && busy > 1
+            && held.get(tenant.as_str()).copied().unwrap_or(0) < share;
         let w = self.queues.get_mut(&tenant)?.pop_front()?;
         self.tenant_of.remove(&w.id);
         self.charge(&tenant, self.settings.input_weight * f64::from(w.tokens));
         self.last_served = Some((tenant.clone(), self.counter(&tenant)));
         self.running.insert(w.id, Running { tenant, band: w.band, charged: 0 });
-        Some(w.id)
+        Some((w.id, ahead))
     }
 
     /// `id` generated `tokens` more tokens.
@@ -337,8 +356,9 @@ impl Guest for Policy {
             .map_err(|reason| Refusal { kind: RefusalKind::Contention, reason })
     }
 
-    fn pick(s: Saturation) -> Option<u64> {
+    fn pick(s: Saturation) -> Option<Choice> {
         VTC.with_borrow_mut(|v| v.pick(s.total_slots, s.free_slots))
+            .map(|(id, ahead)| Choice { id, ahead })
     }
 
     fn dispatched(_id: u64, _uncached: Option<u32>) {}
@@ -383,7 +403,7 @@ mod tests {
 
     /// A pick with every slot of a large cluster free.
     fn pick(v: &mut Vtc) -> Option<u64> {
-        v.pick(1000, 1000)
+        v.pick(1000, 1000).map(|(id, _)| id)
     }
 
     #[test]
@@ -541,25 +561,26 @@ mod tests {
         v.arrive(&arrival(11, "heavy", 10), &[0; 4], &NO_CAP).unwrap();
         v.arrive(&arrival(102, "light", 100), &[0; 4], &NO_CAP).unwrap();
         assert!(v.counter("heavy") < v.counter("light"));
-        // 16 slots, 2 free: above the headroom of 1, VTC's order (heavy first).
-        assert_eq!(v.pick(16, 2), Some(10));
-        // 1 free: heavy holds 11, past its share of 8; light (2) takes it.
-        assert_eq!(v.pick(16, 1), Some(102));
+        // 16 slots, 2 free: above the headroom of 1, VTC's order (heavy first), not ahead:
+        // heavy holds 10, past its share of 8.
+        assert_eq!(v.pick(16, 2), Some((10, false)));
+        // 1 free: heavy holds 11; light (2, under its share) takes it, and goes ahead.
+        assert_eq!(v.pick(16, 1), Some((102, true)));
         // Only heavy waits, past its share: the last slot stays free.
         assert_eq!(v.pick(16, 1), None);
-        // Headroom 0 keeps nothing; a tenant alone is never held back.
+        // Headroom 0 keeps nothing; a tenant alone is never held back, nor sent ahead.
         let mut off = Vtc::new(Charging::parse(&[("headroom".into(), "0".into())]).unwrap());
         off.arrive(&arrival(1, "a", 10), &[0; 4], &NO_CAP).unwrap();
         off.arrive(&arrival(2, "b", 10), &[0; 4], &NO_CAP).unwrap();
-        assert_eq!(off.pick(2, 1), Some(1));
-        assert_eq!(off.pick(2, 1), Some(2));
+        assert_eq!(off.pick(2, 1), Some((1, true)));
+        assert_eq!(off.pick(2, 1), Some((2, true)));
         let mut alone = Vtc::new(Charging::default());
         for i in 0..3 {
             alone.arrive(&arrival(i, "a", 10), &[0; 4], &NO_CAP).unwrap();
         }
         assert_eq!(
             (alone.pick(3, 3), alone.pick(3, 2), alone.pick(3, 1)),
-            (Some(0), Some(1), Some(2))
+            (Some((0, false)), Some((1, false)), Some((2, false)))
         );
     }
 
@@ -593,10 +614,16 @@ mod tests {
             ("weight.x", "0"),
             ("input-weight", "-1"),
             ("headroom", "-1"),
+            ("ahead", "yes"),
             ("typo", "1"),
         ] {
             assert!(Charging::parse(&[(bad.0.into(), bad.1.into())]).is_err(), "{bad:?}");
         }
         assert!(Charging::parse(&[("locus.instance".into(), "0".into())]).is_ok());
+        // `ahead=false`: a tenant under its share is still picked, never sent ahead.
+        let mut v = Vtc::new(Charging::parse(&[("ahead".into(), "false".into())]).unwrap());
+        v.arrive(&arrival(1, "a", 10), &[0; 4], &NO_CAP).unwrap();
+        v.arrive(&arrival(2, "b", 10), &[0; 4], &NO_CAP).unwrap();
+        assert_eq!(v.pick(2, 2), Some((1, false)));
     }
 }

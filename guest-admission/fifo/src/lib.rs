@@ -55,8 +55,8 @@ impl Guest for Policy {
         Ok(())
     }
 
-    fn pick(_s: Saturation) -> Option<u64> {
-        FIFO.with_borrow_mut(Fifo::pick)
+    fn pick(_s: Saturation) -> Option<Choice> {
+        FIFO.with_borrow_mut(Fifo::pick).map(|id| Choice { id, ahead: false })
     }
 
     fn dispatched(_id: u64, _uncached: Option<u32>) {}

@@ -14,6 +14,9 @@
 //! slots), a band below the top may fill at most half of the host's cap for it; past that
 //! it is refused as `contention`, which keeps queue places for the top band.
 //!
+//! A request that has aged above its band is sent ahead of its band's others in the worker
+//! too (the worker still keeps it below the higher bands).
+//!
 //! Settings: `aging-s` (default 30; 0 turns aging off), `reserved` (a count of slots;
 //! default: one in 8 of the cluster's slots, at least 1).
 
@@ -104,8 +107,9 @@ impl Bands {
         Ok(())
     }
 
-    /// The oldest request of the highest effective band that may take a free slot.
-    pub fn pick(&mut self, s: &Saturation) -> Option<u64> {
+    /// The oldest request of the highest effective band that may take a free slot, and
+    /// whether it has aged above its band (then its worker serves it ahead of the band).
+    pub fn pick(&mut self, s: &Saturation) -> Option<(u64, bool)> {
         let reserved = self.reserved.unwrap_or((s.total_slots / 8).max(1));
         let reserved = reserved.min(s.total_slots.saturating_sub(1));
         let lower_may = s.free_slots > reserved;
@@ -116,7 +120,8 @@ impl Bands {
             .map(|(i, w)| (i, (self.effective(w, s.now_ms), w.seq)))
             .filter(|(_, (band, _))| *band == TOP || lower_may)
             .max_by(|(_, (ba, sa)), (_, (bb, sb))| ba.cmp(bb).then(sb.cmp(sa)))?;
-        Some(self.waiting.swap_remove(i).id)
+        let w = self.waiting.swap_remove(i);
+        Some((w.id, self.effective(&w, s.now_ms) > w.band))
     }
 
     /// `id` left the queue without a worker.
@@ -143,8 +148,8 @@ impl Guest for Policy {
             .map_err(|reason| Refusal { kind: RefusalKind::Contention, reason })
     }
 
-    fn pick(s: Saturation) -> Option<u64> {
-        BANDS.with_borrow_mut(|b| b.pick(&s))
+    fn pick(s: Saturation) -> Option<Choice> {
+        BANDS.with_borrow_mut(|b| b.pick(&s)).map(|(id, ahead)| Choice { id, ahead })
     }
 
     fn dispatched(_id: u64, _uncached: Option<u32>) {}
@@ -196,8 +201,8 @@ mod tests {
         for (id, band) in [(1, 0), (2, 2), (3, 1), (4, 2)] {
             b.arrive(&arrival(id, band, 0), &sat(0, 8, 8)).unwrap();
         }
-        let order: Vec<u64> = (0..4).filter_map(|_| b.pick(&sat(0, 8, 8))).collect();
-        assert_eq!(order, [2, 4, 3, 1]);
+        let order: Vec<_> = (0..4).filter_map(|_| b.pick(&sat(0, 8, 8))).collect();
+        assert_eq!(order, [(2, false), (4, false), (3, false), (1, false)]);
     }
 
     #[test]
@@ -205,12 +210,13 @@ mod tests {
         let mut b = Bands::configure(&[("aging-s".into(), "10".into())]).unwrap();
         b.arrive(&arrival(1, 0, 0), &sat(0, 8, 8)).unwrap();
         b.arrive(&arrival(2, 2, 25_000), &sat(25_000, 8, 8)).unwrap();
-        // At 25 s the band-0 request counts as band 2 and is older.
-        assert_eq!(b.pick(&sat(25_000, 8, 8)), Some(1));
+        // At 25 s the band-0 request counts as band 2 and is older; aged above its band, it
+        // goes ahead of its band in the worker too.
+        assert_eq!(b.pick(&sat(25_000, 8, 8)), Some((1, true)));
         let mut b = Bands::configure(&[("aging-s".into(), "0".into())]).unwrap();
         b.arrive(&arrival(1, 0, 0), &sat(0, 8, 8)).unwrap();
         b.arrive(&arrival(2, 2, 25_000), &sat(25_000, 8, 8)).unwrap();
-        assert_eq!(b.pick(&sat(1_000_000, 8, 8)), Some(2));
+        assert_eq!(b.pick(&sat(1_000_000, 8, 8)), Some((2, false)));
     }
 
     #[test]
@@ -218,19 +224,19 @@ mod tests {
         let mut b = Bands::default();
         b.arrive(&arrival(1, 1, 0), &sat(0, 1, 8)).unwrap();
         assert_eq!(b.pick(&sat(0, 1, 8)), None, "one slot free: kept for band 3");
-        assert_eq!(b.pick(&sat(0, 2, 8)), Some(1));
+        assert_eq!(b.pick(&sat(0, 2, 8)), Some((1, false)));
         b.arrive(&arrival(2, 3, 0), &sat(0, 1, 8)).unwrap();
-        assert_eq!(b.pick(&sat(0, 1, 8)), Some(2));
+        assert_eq!(b.pick(&sat(0, 1, 8)), Some((2, false)));
         // A cluster of one slot does not keep it.
         b.arrive(&arrival(3, 0, 0), &sat(0, 1, 1)).unwrap();
-        assert_eq!(b.pick(&sat(0, 1, 1)), Some(3));
+        assert_eq!(b.pick(&sat(0, 1, 1)), Some((3, false)));
         // One in 8 by default: 3 of 24 kept; a setting names the count.
         b.arrive(&arrival(4, 0, 0), &sat(0, 3, 24)).unwrap();
         assert_eq!(b.pick(&sat(0, 3, 24)), None);
-        assert_eq!(b.pick(&sat(0, 4, 24)), Some(4));
+        assert_eq!(b.pick(&sat(0, 4, 24)), Some((4, false)));
         let mut b = Bands::configure(&[("reserved".into(), "1".into())]).unwrap();
         b.arrive(&arrival(5, 0, 0), &sat(0, 2, 24)).unwrap();
-        assert_eq!(b.pick(&sat(0, 2, 24)), Some(5));
+        assert_eq!(b.pick(&sat(0, 2, 24)), Some((5, false)));
     }
 
     #[test]

@@ -95,8 +95,8 @@ pub struct Job {
     pub include_usage: bool,
     /// The client's own id for the request (SGLang's `rid`).
     pub rid: Option<String>,
-    /// Scheduling priority on the worker, higher first: the band a router's admission gave
-    /// it ([`super::PRIORITY`]); 0 when sent by no router.
+    /// Scheduling priority on the worker, higher first: the rank a router's admission gave
+    /// it ([`super::rank`], sent in [`super::PRIORITY`]); 0 when sent by no router.
     pub priority: u8,
 }
 

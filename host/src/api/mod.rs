@@ -22,19 +22,30 @@ pub use parse::parse_json;
 /// The header carrying a request's id from client to router to worker and back.
 pub const REQUEST_ID: &str = "x-request-id";
 
-/// The header a router sets on every request it dispatches: the priority band (0-3) its
-/// admission decided, so that the worker's scheduler keeps the router's order (admission to
-/// the batch and prompt chunks go highest first). Never copied from a client's request.
+/// The header a router sets on every request it dispatches: the request's rank in the
+/// worker's scheduler, from what its admission decided ([`rank`]), so that the worker keeps
+/// the router's order (admission to the batch and prompt chunks go highest first). Never
+/// copied from a client's request.
 pub const PRIORITY: &str = "x-locus-priority";
 
-/// The priority a request's headers give ([`PRIORITY`]); 0 without it.
+/// The highest rank: band 3, sent ahead.
+pub const TOP_RANK: u8 = 7;
+
+/// A dispatched request's rank in its worker: twice its band (0-3), plus 1 when the
+/// admission policy sent it ahead of its band's others. Bands never mix: a request sent
+/// ahead still goes after every request of a higher band.
+pub fn rank(band: u8, ahead: bool) -> u8 {
+    band.min(3) * 2 + u8::from(ahead)
+}
+
+/// The rank a request's headers give ([`PRIORITY`]); 0 without it.
 pub fn read_priority(headers: &axum::http::HeaderMap) -> Result<u8, ApiError> {
     let Some(v) = headers.get(PRIORITY) else { return Ok(0) };
     v.to_str()
         .ok()
         .and_then(|v| v.trim().parse::<u8>().ok())
-        .filter(|p| *p <= 3)
-        .ok_or_else(|| ApiError::invalid(PRIORITY, format!("`{PRIORITY}` must be 0 to 3")))
+        .filter(|p| *p <= TOP_RANK)
+        .ok_or_else(|| ApiError::invalid(PRIORITY, format!("`{PRIORITY}` must be 0 to {TOP_RANK}")))
 }
 
 /// Reads a body of `endpoint` into a [`Job`].

@@ -30,7 +30,7 @@ mod bindings {
 }
 
 pub use bindings::locus::policy::admission_types::{
-    AbandonReason, Arrival, Refusal, RefusalKind, Saturation,
+    AbandonReason, Arrival, Choice, Refusal, RefusalKind, Saturation,
 };
 
 /// Priority bands: 0 (lowest) to `BANDS - 1` (highest).
@@ -98,7 +98,7 @@ impl World for AdmissionWorld {
             return Ok(Err(Fault::Error(format!("refused into an empty queue: {}", r.reason))));
         }
         s.queued[1] = 1;
-        match b.call_pick(&mut *store, &s)? {
+        match b.call_pick(&mut *store, &s)?.map(|c| c.id) {
             Some(1) => {
                 b.call_dispatched(&mut *store, 1, Some(24))?;
                 b.call_usage(&mut *store, 1, 8)?;
@@ -305,15 +305,15 @@ impl AdmissionPolicy {
     }
 
     /// The waiting request to dispatch next, if any; it leaves the waiting record. An id
-    /// that is not waiting is a fault (then the oldest waiting request goes).
-    pub fn pick(&self, s: &Saturation) -> (Option<u64>, Option<Fault>) {
+    /// that is not waiting is a fault (then the oldest waiting request goes, not ahead).
+    pub fn pick(&self, s: &Saturation) -> (Option<Choice>, Option<Fault>) {
         let mirror = &self.mirror;
-        let oldest = || mirror.lock().waiting.keys().next().copied();
-        let (id, fault) = self.slot.call(
+        let oldest = || mirror.lock().waiting.keys().next().map(|&id| Choice { id, ahead: false });
+        let (choice, fault) = self.slot.call(
             |b, st| {
                 Ok(match b.call_pick(st, s)? {
-                    Some(id) if !mirror.lock().waiting.contains_key(&id) => {
-                        Err(Fault::Error(format!("picked request {id}, which is not waiting")))
+                    Some(c) if !mirror.lock().waiting.contains_key(&c.id) => {
+                        Err(Fault::Error(format!("picked request {}, which is not waiting", c.id)))
                     }
                     picked => Ok(picked),
                 })
@@ -322,12 +322,12 @@ impl AdmissionPolicy {
         );
         let mut m = self.mirror.lock();
         m.last = s.clone();
-        if let Some(a) = id.and_then(|id| m.waiting.remove(&id)) {
+        if let Some(a) = choice.and_then(|c| m.waiting.remove(&c.id)) {
             let input = u64::from(a.input_tokens.unwrap_or(a.bytes / 4));
             m.serve(&a.tenant, input, 0);
             m.running.insert(a.id, Running { tenant: a.tenant, input, output: 0 });
         }
-        (id, fault)
+        (choice, fault)
     }
 
     /// The picked request `id` was sent to a worker that lacks `uncached` of its tokens.

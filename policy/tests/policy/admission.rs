@@ -31,9 +31,9 @@ fn sat(free: u32) -> Saturation {
 /// Picks until the policy gives none; every pick is checked to come without a fault.
 fn drain(p: &AdmissionPolicy) -> Vec<u64> {
     std::iter::from_fn(|| {
-        let (id, fault) = p.pick(&sat(8));
+        let (choice, fault) = p.pick(&sat(8));
         assert_eq!(fault, None);
-        id
+        choice.map(|c| c.id)
     })
     .collect()
 }
@@ -66,9 +66,9 @@ fn priority_takes_the_top_band_first_and_keeps_the_last_slot_for_it() {
     for (id, band) in [(1, 0), (2, 3), (3, 1), (4, 3)] {
         p.arrive(arrival(id, "", band, 10), &sat(0)).0.unwrap();
     }
-    assert_eq!(p.pick(&sat(8)).0, Some(2));
-    assert_eq!(p.pick(&sat(1)).0, Some(4), "the last free slot: band 3");
-    assert_eq!(p.pick(&sat(1)).0, None, "band 1 may not take the last slot");
+    assert_eq!(p.pick(&sat(8)).0.map(|c| c.id), Some(2));
+    assert_eq!(p.pick(&sat(1)).0.map(|c| c.id), Some(4), "the last free slot: band 3");
+    assert_eq!(p.pick(&sat(1)).0.map(|c| c.id), None, "band 1 may not take the last slot");
     assert_eq!(drain(&p), [3, 1]);
 }
 
@@ -78,7 +78,7 @@ fn a_swap_keeps_every_waiting_request_and_the_new_policy_orders_them() {
     for (id, t) in [(1, "heavy"), (2, "heavy"), (3, "light")] {
         p.arrive(arrival(id, t, 1, 100), &sat(0)).0.unwrap();
     }
-    assert_eq!(p.pick(&sat(8)).0, Some(1));
+    assert_eq!(p.pick(&sat(8)).0.map(|c| c.id), Some(1));
     let by = Actor::new("test", "a swap with requests waiting");
     p.swap(&PolicySource::Builtin("fair"), &settings(&[]), &by).unwrap();
     assert_eq!(p.info().name, "fair");
@@ -115,17 +115,18 @@ fn a_faulting_pick_is_decided_first_in_first_out_and_rolled_back_by_the_rules() 
     p.arrive(arrival(1, "a", 1, 10), &sat(0)).0.unwrap();
     p.arrive(arrival(2, "FAULT", 1, 10), &sat(0)).0.unwrap();
     p.arrive(arrival(3, "b", 1, 10), &sat(0)).0.unwrap();
-    let (id, fault) = p.pick(&sat(8));
-    assert_eq!(id, Some(1), "the oldest waiting");
+    let (choice, fault) = p.pick(&sat(8));
+    assert_eq!(choice.map(|c| (c.id, c.ahead)), Some((1, false)), "the oldest waiting");
     assert!(matches!(fault, Some(Fault::Trap(_))), "{fault:?}");
-    let (id, fault) = p.pick(&sat(8));
-    assert_eq!((id, fault.is_some()), (Some(2), true));
+    let (choice, fault) = p.pick(&sat(8));
+    assert_eq!((choice.map(|c| c.id), fault.is_some()), (Some(2), true));
     // FAULT is gone: the fresh instance (told 3 is waiting) decides again.
-    assert_eq!(p.pick(&sat(8)), (Some(3), None));
+    let (choice, fault) = p.pick(&sat(8));
+    assert_eq!((choice.map(|c| c.id), fault), (Some(3), None));
     assert_eq!(p.total_faults(), 2);
     // A third fault within the window rolls it back to the native first in, first out.
     p.arrive(arrival(4, "FAULT", 1, 10), &sat(0)).0.unwrap();
-    assert_eq!(p.pick(&sat(8)).0, Some(4));
+    assert_eq!(p.pick(&sat(8)).0.map(|c| c.id), Some(4));
     assert_eq!(p.info().name, "native");
     // A bad id is a fault too.
     let bad = AdmissionPolicy::load(
@@ -135,8 +136,8 @@ fn a_faulting_pick_is_decided_first_in_first_out_and_rolled_back_by_the_rules() 
     )
     .unwrap();
     bad.arrive(arrival(7, "FAULT", 1, 10), &sat(0)).0.unwrap();
-    let (id, fault) = bad.pick(&sat(8));
-    assert_eq!(id, Some(7));
+    let (choice, fault) = bad.pick(&sat(8));
+    assert_eq!(choice.map(|c| c.id), Some(7));
     assert!(matches!(&fault, Some(Fault::Error(m)) if m.contains("not waiting")), "{fault:?}");
 }
 

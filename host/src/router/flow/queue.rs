@@ -36,8 +36,8 @@ const DEMAND_TOKENS_CAP: u32 = 1024;
 
 /// What a waiting request is told when it leaves the queue.
 enum Go {
-    /// A slot is its own: route it.
-    Dispatch,
+    /// A slot is its own: route it (ahead of its band in the worker, if so chosen).
+    Dispatch { ahead: bool },
     /// It will not be served: answer this.
     Refused(ApiError),
 }
@@ -108,6 +108,8 @@ pub struct Waiting {
 /// A dispatch slot, held until the request's answer has been relayed whole.
 pub struct Ticket {
     queue: Arc<Queue>,
+    /// The admission policy sent it ahead of its band's others in the worker.
+    pub ahead: bool,
 }
 
 impl Drop for Ticket {
@@ -128,7 +130,7 @@ impl Waiting {
         };
         self.rx = None;
         match got {
-            Ok(Go::Dispatch) => Ok(Ticket { queue: self.queue.clone() }),
+            Ok(Go::Dispatch { ahead }) => Ok(Ticket { queue: self.queue.clone(), ahead }),
             Ok(Go::Refused(e)) => Err(e),
             // The queue went away (the router is stopping).
             Err(_) => Err(ApiError::overloaded(
@@ -152,8 +154,8 @@ impl Drop for Waiting {
         }
         // It left the queue meanwhile (the dispatcher sends under the lock just taken, so
         // what it sent is here): a slot given to a client that left is free again.
-        if let Ok(Go::Dispatch) = rx.try_recv() {
-            drop(Ticket { queue: self.queue.clone() });
+        if let Ok(Go::Dispatch { ahead }) = rx.try_recv() {
+            drop(Ticket { queue: self.queue.clone(), ahead });
             self.queue.admission.completed(self.id, None);
         }
     }
@@ -313,7 +315,8 @@ impl Queue {
         let mut inner = self.inner.lock();
         while !inner.waiting.is_empty() && self.dispatched() < slots.total {
             let sat = self.saturation(&inner, slots);
-            let Some(id) = self.admission.pick(&sat).0 else { break };
+            let Some(choice) = self.admission.pick(&sat).0 else { break };
+            let id = choice.id;
             let Some(w) = inner.take(id) else {
                 // The policy's record and the queue disagree: cannot happen while both
                 // change under this lock; stop rather than spin.
@@ -324,7 +327,7 @@ impl Queue {
             let now = Instant::now();
             inner.dispatches.push_back(now);
             self.metrics.dispatched(&w.tenant, w.band, now.duration_since(w.arrived));
-            if w.go.send(Go::Dispatch).is_err() {
+            if w.go.send(Go::Dispatch { ahead: choice.ahead }).is_err() {
                 // Its client left between the pick and now.
                 self.dispatched.fetch_sub(1, Ordering::AcqRel);
                 self.admission.completed(id, None);

@@ -26,7 +26,7 @@ use super::flow::{Identity, Ticket};
 use super::gateway::Gateway;
 use super::registry::Backend;
 use super::tokens::PromptBlocks;
-use crate::api::{ApiError, Job, PRIORITY, REQUEST_ID};
+use crate::api::{ApiError, Job, PRIORITY, REQUEST_ID, rank};
 use attempt::Attempt;
 use locus_policy::{Ask, Completion, Outcome, Request, Workers};
 use locus_tokens::BLOCK_TOKENS;
@@ -159,6 +159,7 @@ impl Gateway {
                 candidates = room;
             }
         }
+        let ahead = ticket.as_ref().is_some_and(|t| t.ahead);
         let mut ticket = ticket;
         let mut last_error = None;
         // The first attempt's routing time includes tokenizing (after the queue, if
@@ -195,7 +196,7 @@ impl Gateway {
                 .post(format!("{}{}", backend.url, endpoint.path()))
                 .header(header::CONTENT_TYPE, "application/json")
                 .header(REQUEST_ID, request_id)
-                .header(PRIORITY, who.priority.to_string())
+                .header(PRIORITY, rank(who.priority, ahead).to_string())
                 .body(body.clone())
                 .send()
                 .await;

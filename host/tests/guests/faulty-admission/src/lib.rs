@@ -41,7 +41,7 @@ impl Guest for Faulty {
         Ok(())
     }
 
-    fn pick(_s: Saturation) -> Option<u64> {
+    fn pick(_s: Saturation) -> Option<Choice> {
         let (front, marked, fault) = STATE.with_borrow(|s| {
             (s.waiting.front().map(|w| w.0), s.waiting.iter().any(|w| w.1), s.fault.clone())
         });
@@ -53,12 +53,12 @@ impl Guest for Faulty {
                         x = std::hint::black_box(x.wrapping_mul(3));
                     }
                 }
-                "bad-pick" => return Some(u64::MAX),
+                "bad-pick" => return Some(Choice { id: u64::MAX, ahead: false }),
                 _ => panic!("pick panicked on purpose"),
             }
         }
         STATE.with_borrow_mut(|s| s.waiting.pop_front());
-        front
+        front.map(|id| Choice { id, ahead: false })
     }
 
     fn dispatched(_id: u64, _uncached: Option<u32>) {}
