@@ -288,34 +288,49 @@ async fn a_trapping_admission_component_falls_back_to_fifo_without_failing_a_req
     assert_eq!(a.info().name, "native");
 }
 
+/// On one worker that batches one request at a time, held by a blocker sent with
+/// `held_by`: sends `first`, then `second` (each as the value of `header`), each waiting in
+/// the worker before the next, releases the blocker and returns the order they were
+/// answered in (and the cluster).
+async fn answer_order(
+    flow: FlowOptions,
+    held_by: &'static [(&'static str, &'static str)],
+    header: &'static str,
+    [first, second]: [&'static str; 2],
+) -> (Arc<Cluster>, Vec<&'static str>) {
+    let mut o = options(FlowOptions { dispatch_limit: Some(3), ..flow });
+    o.engine.limits.max_batch = 1;
+    let c = Arc::new(cluster::start(o).await.expect("cluster starts"));
+    let engine = c.engines[0].clone();
+    let block = blocker(&c, held_by);
+    until("the blocker runs", || engine.scheduler_stats().running == 1).await;
+    let done = Arc::new(Mutex::new(Vec::new()));
+    let send = |value: &'static str| {
+        let (c, done) = (c.clone(), done.clone());
+        tokio::spawn(async move {
+            let r = post(&c, &[(header, value)], generate(2)).await;
+            assert_eq!(r.status(), 200);
+            r.bytes().await.unwrap();
+            done.lock().push(value);
+        })
+    };
+    let a = send(first);
+    until("the first waits in the worker", || engine.scheduler_stats().waiting == 1).await;
+    let b = send(second);
+    until("both wait in the worker", || engine.scheduler_stats().waiting == 2).await;
+    block.abort();
+    a.await.unwrap();
+    b.await.unwrap();
+    let order = done.lock().clone();
+    (c, order)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_worker_admits_the_routers_higher_band_first() {
     // The router sends all three on (3 slots), the worker batches one at a time: the order
     // is the worker's, from the band the router sends in `x-locus-priority`.
-    let mut o = options(FlowOptions { dispatch_limit: Some(3), ..FlowOptions::default() });
-    o.engine.limits.max_batch = 1;
-    let c = Arc::new(cluster::start(o).await.expect("cluster starts"));
-    let engine = c.engines[0].clone();
-    let block = blocker(&c, &[]);
-    until("the blocker runs", || engine.scheduler_stats().running == 1).await;
-    let done = Arc::new(Mutex::new(Vec::new()));
-    let send = |band: &'static str| {
-        let (c, done) = (c.clone(), done.clone());
-        tokio::spawn(async move {
-            let r = post(&c, &[("x-priority", band)], generate(2)).await;
-            assert_eq!(r.status(), 200);
-            r.bytes().await.unwrap();
-            done.lock().push(band);
-        })
-    };
-    let low = send("0");
-    until("the low band waits in the worker", || engine.scheduler_stats().waiting == 1).await;
-    let high = send("3");
-    until("both wait in the worker", || engine.scheduler_stats().waiting == 2).await;
-    block.abort();
-    low.await.unwrap();
-    high.await.unwrap();
-    assert_eq!(*done.lock(), ["3", "0"], "the worker kept arrival order");
+    let (c, order) = answer_order(FlowOptions::default(), &[], "x-priority", ["0", "3"]).await;
+    assert_eq!(order, ["3", "0"], "the worker kept arrival order");
 
     // The header is checked where a worker reads it.
     let r = client()
@@ -338,34 +353,12 @@ async fn fair_sends_a_tenant_under_its_share_ahead_in_the_worker() {
     // off the worker keeps arrival order.
     for (ahead, expect) in [("true", ["light", "heavy"]), ("false", ["heavy", "light"])] {
         let flow = FlowOptions {
-            dispatch_limit: Some(3),
             admission: PolicySource::Builtin("fair"),
             admission_settings: vec![("ahead".into(), ahead.into())],
             ..FlowOptions::default()
         };
-        let mut o = options(flow);
-        o.engine.limits.max_batch = 1;
-        let c = Arc::new(cluster::start(o).await.expect("cluster starts"));
-        let engine = c.engines[0].clone();
-        let block = blocker(&c, &[("x-tenant-id", "heavy")]);
-        until("the blocker runs", || engine.scheduler_stats().running == 1).await;
-        let done = Arc::new(Mutex::new(Vec::new()));
-        let send = |tenant: &'static str| {
-            let (c, done) = (c.clone(), done.clone());
-            tokio::spawn(async move {
-                let r = post(&c, &[("x-tenant-id", tenant)], generate(2)).await;
-                assert_eq!(r.status(), 200);
-                r.bytes().await.unwrap();
-                done.lock().push(tenant);
-            })
-        };
-        let heavy = send("heavy");
-        until("heavy's second waits in the worker", || engine.scheduler_stats().waiting == 1).await;
-        let light = send("light");
-        until("both wait in the worker", || engine.scheduler_stats().waiting == 2).await;
-        block.abort();
-        heavy.await.unwrap();
-        light.await.unwrap();
-        assert_eq!(*done.lock(), expect, "ahead={ahead}");
+        let held_by = &[("x-tenant-id", "heavy")];
+        let (_, order) = answer_order(flow, held_by, "x-tenant-id", ["heavy", "light"]).await;
+        assert_eq!(order, expect, "ahead={ahead}");
     }
 }

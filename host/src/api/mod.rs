@@ -28,14 +28,18 @@ pub const REQUEST_ID: &str = "x-request-id";
 /// copied from a client's request.
 pub const PRIORITY: &str = "x-locus-priority";
 
-/// The highest rank: band 3, sent ahead.
-pub const TOP_RANK: u8 = 7;
+/// The highest priority band.
+pub const TOP_BAND: u8 = (locus_policy::BANDS - 1) as u8;
 
-/// A dispatched request's rank in its worker: twice its band (0-3), plus 1 when the
-/// admission policy sent it ahead of its band's others. Bands never mix: a request sent
-/// ahead still goes after every request of a higher band.
-pub fn rank(band: u8, ahead: bool) -> u8 {
-    band.min(3) * 2 + u8::from(ahead)
+/// The highest rank: the top band, sent ahead.
+pub const TOP_RANK: u8 = rank(TOP_BAND, true);
+
+/// A dispatched request's rank in its worker: twice its band (0 to [`TOP_BAND`]), plus 1
+/// when the admission policy sent it ahead of its band's others. Bands never mix: a request
+/// sent ahead still goes after every request of a higher band.
+pub const fn rank(band: u8, ahead: bool) -> u8 {
+    let band = if band > TOP_BAND { TOP_BAND } else { band };
+    band * 2 + ahead as u8
 }
 
 /// The rank a request's headers give ([`PRIORITY`]); 0 without it.

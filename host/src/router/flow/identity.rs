@@ -9,13 +9,10 @@ use axum::http::{HeaderMap, StatusCode, header};
 use sha2::{Digest, Sha256};
 
 use super::options::FlowOptions;
-use crate::api::ApiError;
+use crate::api::{ApiError, TOP_BAND};
 
 /// Longest tenant name taken from a header or a key file, in bytes.
 pub const MAX_TENANT_BYTES: usize = 128;
-
-/// The highest band.
-const TOP_BAND: u8 = (locus_policy::BANDS - 1) as u8;
 
 /// Who asks, and in which band.
 #[derive(Debug, Clone, PartialEq, Eq)]
