@@ -210,7 +210,9 @@ async fn the_policy_is_told_the_true_outcome_of_every_path() {
     })
     .await;
     let done = last_feedback(&c);
-    assert!(done.latency_us >= 300_000 && done.prompt_tokens.is_none(), "{done:?}");
+    // The router's clock starts once it has the request, a little after the client's
+    // 300 ms timer (299.9 ms was seen on a loaded machine): allow it 50 ms.
+    assert!(done.latency_us >= 250_000 && done.prompt_tokens.is_none(), "{done:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
