@@ -24,6 +24,8 @@ use crate::request::{self, GenerateRequest, Generation, ModelInfo};
 use crate::scheduler::{self, Counters, Handle, Limits, SchedulerStats, Submission};
 use crate::shared::Shared;
 use crate::source::{self, ModelSource, Weights};
+use crate::transfer::wire::KvBlock;
+use crate::transfer::{ImportedPrefix, KvFingerprint};
 
 /// Options of [`Engine::load`].
 #[derive(Debug, Clone)]
@@ -49,6 +51,7 @@ pub struct Engine {
     shared: Arc<Shared>,
     scheduler: Handle,
     seeds: AtomicU64,
+    fingerprint: KvFingerprint,
 }
 
 impl Engine {
@@ -100,6 +103,7 @@ impl Engine {
                 reason: "max_batch, prefill_chunk and yield_chunk must be at least 1".into(),
             });
         }
+        let fingerprint = KvFingerprint::of(config, &tensors)?;
         let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
         let model = Gpt2::load(config, vb)?;
         let info = ModelInfo {
@@ -130,6 +134,7 @@ impl Engine {
             shared,
             scheduler: Handle { tx: Mutex::new(tx), counters, limits },
             seeds: AtomicU64::new(RandomState::new().hash_one(0u8)),
+            fingerprint,
         })
     }
 
@@ -307,6 +312,18 @@ impl Engine {
         req: &GenerateRequest,
         on_text: impl FnMut(&str, usize) -> ControlFlow<()>,
     ) -> Result<Generation> {
+        self.generate_with_prefix(prompt_ids, req, None, on_text)
+    }
+
+    /// [`Self::generate_until`] starting from `prefix`, blocks imported for this prompt
+    /// ([`Self::import_prefix`]) when the store holds no longer prefix by then.
+    pub fn generate_with_prefix(
+        &self,
+        prompt_ids: &[u32],
+        req: &GenerateRequest,
+        prefix: Option<ImportedPrefix>,
+        on_text: impl FnMut(&str, usize) -> ControlFlow<()>,
+    ) -> Result<Generation> {
         let (ids, truncated, max_new) = self.checked(prompt_ids, req)?;
         // As vLLM: below 1e-5 the logits divided by it overflow; that is greedy anyway.
         let greedy = req.temperature < 1e-5;
@@ -329,6 +346,7 @@ impl Engine {
             priority: req.priority,
             events,
             cancel: cancel.clone(),
+            pinned: prefix.map(|p| p.hit),
         };
         let submitted = Instant::now();
         self.scheduler
@@ -338,6 +356,53 @@ impl Engine {
             .map_err(|_| EngineError::Internal("the scheduler loop has stopped".into()))?;
 
         caller::follow(rx, &cancel, submitted, ids.len(), truncated, on_text)
+    }
+
+    /// This worker's KV identity: blocks move only between workers whose fingerprints are
+    /// equal.
+    pub fn kv_fingerprint(&self) -> KvFingerprint {
+        self.fingerprint
+    }
+
+    /// Blocks of the longest resident chain from the start of `ids` (not counted as a hit).
+    pub fn cached_prefix_blocks(&self, ids: &[u32]) -> usize {
+        self.shared.store().resident_chain(ids, usize::MAX).len()
+    }
+
+    /// What another worker asked for with its prompt's `ids`: the keys and K/V of the
+    /// longest chain of resident blocks from their start whose stored tokens equal them
+    /// (never any token id). Holding the result holds the blocks' bytes (the transfer's
+    /// lease), whatever the store evicts meanwhile.
+    pub fn export_prefix(&self, ids: &[u32]) -> Vec<(u64, KvBlock)> {
+        self.shared.store().export(ids)
+    }
+
+    /// Offers `blocks`, verified K and V of the first blocks of `ids` computed by another
+    /// worker ([`wire::Decoder`](crate::transfer::wire::Decoder)), to the prefix store through
+    /// the cache policy's `admit` (the listener hears of the blocks kept, as of computed
+    /// ones), and returns them pinned for the request: pass them to
+    /// [`Self::generate_with_prefix`], which uses them even if the store has evicted them
+    /// by then (a generation uses at most the blocks before its prompt's last token).
+    /// Blocks beyond the full blocks of `ids` are ignored.
+    pub fn import_prefix(&self, ids: &[u32], blocks: Vec<KvBlock>) -> Result<ImportedPrefix> {
+        let usable = ids.len() / BLOCK_TOKENS;
+        let blocks = &blocks[..blocks.len().min(usable)];
+        let shape = self.fingerprint.block_shape();
+        for b in blocks {
+            let ok = b.len() == self.fingerprint.n_layer as usize
+                && b.iter().all(|(k, v)| k.dims() == shape && v.dims() == shape);
+            if !ok {
+                return Err(EngineError::InvalidParam {
+                    field: "blocks",
+                    reason: format!(
+                        "each must be {} layers of {shape:?}",
+                        self.fingerprint.n_layer
+                    ),
+                });
+            }
+        }
+        self.shared.store().import(ids, blocks)?;
+        Ok(ImportedPrefix::from_blocks(blocks, BLOCK_TOKENS))
     }
 
     /// Last-position logits of `prompt_ids` and how many prompt tokens came from the prefix
@@ -360,7 +425,7 @@ impl Engine {
         use_cache: bool,
         positions: usize,
     ) -> Result<((KvCache, Tensor), usize)> {
-        let (mut cache, cached) = self.shared.cache_for(ids, positions, use_cache)?;
+        let (mut cache, cached) = self.shared.cache_for(ids, positions, use_cache, None)?;
         let logits = self.shared.model.forward(&ids[cached..], &mut cache)?;
         if use_cache {
             self.shared.keep_prefix(ids, &cache, cached)?;

@@ -23,6 +23,7 @@ mod scheduler;
 mod shared;
 pub mod skinny;
 pub mod source;
+pub mod transfer;
 
 /// GPT-2's tokenizer, from locus-tokens (kept at this path for the engine's callers).
 pub use locus_tokens::tokenizer;

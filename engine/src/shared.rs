@@ -6,7 +6,7 @@ use locus_tokens::{BLOCK_TOKENS, Tokenizer};
 use parking_lot::{Mutex, MutexGuard};
 
 use crate::gpt2::{Gpt2, KvCache};
-use crate::prefix::PrefixStore;
+use crate::prefix::{PrefixHit, PrefixStore};
 use crate::request::ModelInfo;
 
 /// What the scheduler loop and callers share: the model, the tokenizer, the prefix store.
@@ -30,15 +30,24 @@ impl Shared {
     }
 
     /// A cache for `ids` with room for `positions` tokens, starting from the longest prefix
-    /// the store holds (at most all but the last token, whose logits must be computed), and
-    /// that prefix's length. `use_cache` false skips the store.
+    /// the store holds or `pinned` holds (at most all but the last token, whose logits must
+    /// be computed), and that prefix's length. `use_cache` false skips the store.
     pub(crate) fn cache_for(
         &self,
         ids: &[u32],
         positions: usize,
         use_cache: bool,
+        pinned: Option<&PrefixHit>,
     ) -> candle_core::Result<(KvCache, usize)> {
-        let hit = use_cache.then(|| self.store().lookup(ids, ids.len() - 1));
+        let max = ids.len() - 1;
+        let mut hit = use_cache.then(|| self.store().lookup(ids, max));
+        if let Some(p) = pinned {
+            let blocks = p.tokens.min(max) / BLOCK_TOKENS;
+            if blocks * BLOCK_TOKENS > hit.as_ref().map_or(0, |h| h.tokens) {
+                let layers = p.layers.iter().map(|l| l[..blocks].to_vec()).collect();
+                hit = Some(PrefixHit { tokens: blocks * BLOCK_TOKENS, layers });
+            }
+        }
         match hit {
             // Copied outside the store's lock: the block tensors are shared handles.
             Some(hit) if hit.tokens > 0 => {

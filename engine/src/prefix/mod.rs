@@ -19,4 +19,5 @@ mod store;
 
 pub use locus_tokens::blocks::{BLOCK_HASH_SEED, BLOCK_TOKENS, block_hash, block_hashes};
 pub use policy::{CacheEntry, CachePolicy, LruPolicy};
+pub(crate) use store::PrefixHit;
 pub use store::{CacheStats, KvListener, PrefixStore, block_bytes};

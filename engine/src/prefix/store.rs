@@ -28,6 +28,10 @@ pub struct CacheStats {
     pub dropped: u64,
     /// Blocks the policy refused, or that did not fit after eviction.
     pub rejected: u64,
+    /// Blocks inserted that another worker computed (counted in `inserted` too).
+    pub imported: u64,
+    /// Blocks sent to other workers.
+    pub exported: u64,
 }
 
 struct Block {
@@ -68,6 +72,7 @@ pub struct PrefixStore {
 }
 
 /// Reused prefix: its length in tokens, keys, and per-layer block tensors to concatenate.
+#[derive(Clone)]
 pub(crate) struct PrefixHit {
     pub tokens: usize,
     pub layers: Vec<Vec<(Tensor, Tensor)>>,
@@ -136,9 +141,10 @@ impl PrefixStore {
         }
     }
 
-    /// The longest resident chain covering at most `max_tokens` of `tokens`; reports hits.
-    pub(crate) fn lookup(&mut self, tokens: &[u32], max_tokens: usize) -> PrefixHit {
-        let usable = max_tokens.min(tokens.len()) / BLOCK_TOKENS;
+    /// Keys of the longest resident chain from the start of `tokens`, at most `blocks` long,
+    /// whose stored tokens and parents equal the prompt's.
+    pub(crate) fn resident_chain(&self, tokens: &[u32], blocks: usize) -> Vec<u64> {
+        let usable = blocks.min(tokens.len() / BLOCK_TOKENS);
         let keys = block_hashes(&tokens[..usable * BLOCK_TOKENS]);
         let mut matched = Vec::new();
         let mut parent = None;
@@ -155,6 +161,12 @@ impl PrefixStore {
                 _ => break,
             }
         }
+        matched
+    }
+
+    /// The longest resident chain covering at most `max_tokens` of `tokens`; reports hits.
+    pub(crate) fn lookup(&mut self, tokens: &[u32], max_tokens: usize) -> PrefixHit {
+        let matched = self.resident_chain(tokens, max_tokens / BLOCK_TOKENS);
         let n_layer = matched.first().map_or(0, |k| self.blocks[k].kv.len());
         let mut layers = vec![Vec::with_capacity(matched.len()); n_layer];
         for key in &matched {
@@ -163,15 +175,54 @@ impl PrefixStore {
             }
         }
         for key in matched.iter().rev() {
-            self.clock += 1;
-            if let Some(b) = self.blocks.get_mut(key) {
-                b.last_use = self.clock;
-            }
-            self.policy.hit(*key);
+            self.touch(*key);
         }
         let hit = matched.len() * BLOCK_TOKENS;
         self.stats.hit_tokens += hit as u64;
         PrefixHit { tokens: hit, layers }
+    }
+
+    /// Marks `key` used now, for the store's clock and the policy.
+    fn touch(&mut self, key: u64) {
+        self.clock += 1;
+        if let Some(b) = self.blocks.get_mut(&key) {
+            b.last_use = self.clock;
+        }
+        self.policy.hit(key);
+    }
+
+    /// The resident blocks another worker asked for by its prompt's `tokens`: the longest
+    /// chain from their start whose stored tokens equal them, each with its key and its
+    /// per-layer K and V. The tensors are shared handles: holding them is the transfer's
+    /// lease, since a block evicted meanwhile keeps its bytes until they are dropped. Not a
+    /// hit (the store's hit counts are this worker's prompts), but the blocks count as used.
+    pub(crate) fn export(&mut self, tokens: &[u32]) -> Vec<(u64, Vec<(Tensor, Tensor)>)> {
+        let matched = self.resident_chain(tokens, usize::MAX);
+        for key in matched.iter().rev() {
+            self.touch(*key);
+        }
+        self.stats.exported += matched.len() as u64;
+        matched.into_iter().map(|k| (k, self.blocks[&k].kv.clone())).collect()
+    }
+
+    /// Offers blocks computed by another worker for the start of `tokens` (block `i` of
+    /// `blocks` is the prompt's block `i`, verified by the caller) to the store, through the
+    /// policy's `admit` and with the listener told, as computed blocks are. Returns how
+    /// many of them are resident after.
+    pub(crate) fn import(
+        &mut self,
+        tokens: &[u32],
+        blocks: &[Vec<(Tensor, Tensor)>],
+    ) -> candle_core::Result<usize> {
+        let n = blocks.len().min(tokens.len() / BLOCK_TOKENS);
+        let tokens = &tokens[..n * BLOCK_TOKENS];
+        let before = self.stats.inserted;
+        let mut kept = Vec::new();
+        let result = self.insert_blocks(tokens, n, 0, |i| Ok(blocks[i].clone()), &mut kept);
+        self.report_stored(&mut kept);
+        self.stats.imported += self.stats.inserted - before;
+        result?;
+        Ok(self.resident_chain(tokens, n).len())
     }
 
     /// Offers the full blocks of `tokens` (whose K/V `cache` holds) from block `from` on.
@@ -185,7 +236,9 @@ impl PrefixStore {
         from: usize,
     ) -> candle_core::Result<()> {
         let mut kept = Vec::new();
-        let result = self.insert_blocks(tokens, cache, from, &mut kept);
+        let n_full = tokens.len().min(cache.seq_len()) / BLOCK_TOKENS;
+        let block = |i: usize| slice_block(cache, i * BLOCK_TOKENS);
+        let result = self.insert_blocks(tokens, n_full, from, block, &mut kept);
         self.report_stored(&mut kept);
         result
     }
@@ -198,17 +251,18 @@ impl PrefixStore {
         kept.clear();
     }
 
+    /// Offers blocks `from..n_full` of `tokens`, whose K and V `block(i)` gives.
     fn insert_blocks(
         &mut self,
         tokens: &[u32],
-        cache: &KvCache,
+        n_full: usize,
         from: usize,
+        block: impl Fn(usize) -> candle_core::Result<Vec<(Tensor, Tensor)>>,
         kept: &mut Vec<u64>,
     ) -> candle_core::Result<()> {
         if self.capacity == 0 {
             return Ok(());
         }
-        let n_full = tokens.len().min(cache.seq_len()) / BLOCK_TOKENS;
         let keys = block_hashes(&tokens[..n_full * BLOCK_TOKENS]);
         for i in from..n_full {
             let key = keys[i];
@@ -219,7 +273,7 @@ impl PrefixStore {
             if self.blocks.contains_key(&key) {
                 continue;
             }
-            let kv = slice_block(cache, i * BLOCK_TOKENS)?;
+            let kv = block(i)?;
             let size: u64 = kv.iter().map(|(k, v)| tensor_bytes(k) + tensor_bytes(v)).sum();
             if !self.policy.admit(key, size) {
                 self.stats.rejected += 1;

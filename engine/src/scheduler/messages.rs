@@ -10,6 +10,7 @@ use parking_lot::Mutex;
 
 use super::stats::{Counters, Limits};
 use crate::error::Result;
+use crate::prefix::PrefixHit;
 use crate::request::FinishReason;
 
 /// A request handed to the loop (already checked against the context).
@@ -23,6 +24,8 @@ pub(crate) struct Submission {
     pub priority: u8,
     pub events: mpsc::Sender<Event>,
     pub cancel: Arc<AtomicBool>,
+    /// Prefix blocks imported for it, held until it is admitted.
+    pub pinned: Option<PrefixHit>,
 }
 
 /// What the loop tells a request's caller; the caller assembles the `Generation` from

@@ -221,7 +221,9 @@ impl Scheduler {
             seq.last_chunk = self.chunks;
             let queue_ms = ms(seq.submitted, now);
             let _ = seq.sub.events.send(Event::Admitted { queue_ms });
-            match self.shared.cache_for(&seq.sub.ids, positions, true) {
+            // The pinned blocks are copied into the cache here: their handles go with this step.
+            let pinned = seq.sub.pinned.take();
+            match self.shared.cache_for(&seq.sub.ids, positions, true, pinned.as_ref()) {
                 Ok((cache, cached)) => {
                     seq.cache = Some(cache);
                     seq.prefilled = cached;

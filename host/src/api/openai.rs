@@ -220,16 +220,31 @@ pub struct Usage {
 pub struct PromptTokensDetails {
     /// Prompt tokens served from a cache.
     pub cached_tokens: usize,
+    /// Prompt tokens whose KV another worker sent for this request (a locus extension,
+    /// present only when a router named a source).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transferred_tokens: Option<usize>,
 }
 
 impl Usage {
+    /// With `transferred` prompt tokens from another worker.
+    pub fn with_transferred(mut self, transferred: Option<usize>) -> Self {
+        if let Some(d) = &mut self.prompt_tokens_details {
+            d.transferred_tokens = transferred;
+        }
+        self
+    }
+
     /// Usage of `prompt` tokens in, `completion` out, `cached` of the prompt from a cache.
     pub fn new(prompt: usize, completion: usize, cached: usize) -> Self {
         Self {
             prompt_tokens: prompt,
             completion_tokens: completion,
             total_tokens: prompt + completion,
-            prompt_tokens_details: Some(PromptTokensDetails { cached_tokens: cached }),
+            prompt_tokens_details: Some(PromptTokensDetails {
+                cached_tokens: cached,
+                transferred_tokens: None,
+            }),
         }
     }
 }

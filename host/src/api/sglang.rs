@@ -166,6 +166,10 @@ pub struct MetaInfo {
     pub completion_tokens: usize,
     /// Prompt tokens served from a cache (all of them on a response-cache hit).
     pub cached_tokens: usize,
+    /// Prompt tokens whose KV another worker sent for this request (present only when a
+    /// router named a source).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transferred_tokens: Option<usize>,
     /// Whether the whole answer came from the response cache.
     pub cache_hit: bool,
     /// The worker that answered.

@@ -56,6 +56,7 @@ impl Answer<'_> {
             prompt_tokens: o.prompt_tokens,
             completion_tokens: o.completion_tokens,
             cached_tokens: o.cached_tokens,
+            transferred_tokens: o.transferred_tokens,
             cache_hit: o.cache_hit,
             worker_id: self.w.options.worker_id.clone(),
             e2e_latency: o.latency,
@@ -67,6 +68,7 @@ impl Answer<'_> {
     pub fn usage(&self) -> Usage {
         let o = self.outcome;
         Usage::new(o.prompt_tokens, o.completion_tokens, o.cached_tokens)
+            .with_transferred(o.transferred_tokens)
     }
 
     /// SGLang's `/generate` answer.

@@ -11,6 +11,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 
 use super::answer::Answer;
+use super::kv_transfer::{self, KV_SOURCE_USED};
 use super::state::Worker;
 use super::stream;
 use crate::api::{ApiError, Endpoint, Job, read_job, read_priority};
@@ -87,6 +88,7 @@ async fn respond(
             return e.into_response();
         }
     };
+    let admitted = admitted.with_source(kv_transfer::kv_source(&w, headers));
     let id = admitted.job.rid.clone().unwrap_or_else(|| rid.0.clone());
     if admitted.job.stream {
         return stream::respond(w, admitted, id);
@@ -105,11 +107,15 @@ async fn respond(
     match result {
         Ok(o) => {
             let answer = Answer { w: &w, id: &id, outcome: &o };
-            match job.endpoint {
+            let mut resp = match job.endpoint {
                 Endpoint::Generate => Json(answer.generate()).into_response(),
                 Endpoint::Completions => Json(answer.completion()).into_response(),
                 Endpoint::Chat => Json(answer.chat()).into_response(),
+            };
+            if let Some(v) = o.kv_source.as_deref().and_then(|s| s.parse().ok()) {
+                resp.headers_mut().insert(KV_SOURCE_USED, v);
             }
+            resp
         }
         Err(e) => e.into_response(),
     }

@@ -30,6 +30,10 @@ pub(super) struct Metrics {
     pub kv_event_subscribers: IntGauge,
     pub tokens_per_second: Gauge,
     pub kv_blocks: IntGaugeVec,
+    pub kv_transfer_blocks: IntCounterVec,
+    pub kv_transfer_bytes: IntCounterVec,
+    pub kv_pulls: IntCounterVec,
+    pub kv_pull_seconds: Histogram,
 }
 
 impl Metrics {
@@ -130,6 +134,35 @@ impl Metrics {
             &["state"],
         )
         .unwrap();
+        let kv_transfer_blocks = IntCounterVec::new(
+            Opts::new(
+                "locus_worker_kv_transfer_blocks_total",
+                "Prefix KV blocks moved between workers: pulled (verified) and served",
+            ),
+            &["direction"],
+        )
+        .unwrap();
+        let kv_transfer_bytes = IntCounterVec::new(
+            Opts::new(
+                "locus_worker_kv_transfer_bytes_total",
+                "Bytes of KV transfers received (pulled) and sent (served)",
+            ),
+            &["direction"],
+        )
+        .unwrap();
+        let kv_pulls = IntCounterVec::new(
+            Opts::new(
+                "locus_worker_kv_pulls_total",
+                "Pulls by outcome: complete, none_resident, why one ended early, why none was tried",
+            ),
+            &["outcome"],
+        )
+        .unwrap();
+        let kv_pull_seconds = Histogram::with_opts(
+            HistogramOpts::new("locus_worker_kv_pull_seconds", "Time of each pull attempted")
+                .buckets(prometheus::exponential_buckets(0.001, 2.0, 13).unwrap()),
+        )
+        .unwrap();
         let registry = crate::http::registry(vec![
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
@@ -149,6 +182,10 @@ impl Metrics {
             Box::new(kv_event_subscribers.clone()),
             Box::new(tokens_per_second.clone()),
             Box::new(kv_blocks.clone()),
+            Box::new(kv_transfer_blocks.clone()),
+            Box::new(kv_transfer_bytes.clone()),
+            Box::new(kv_pulls.clone()),
+            Box::new(kv_pull_seconds.clone()),
         ]);
         Self {
             registry,
@@ -170,6 +207,10 @@ impl Metrics {
             kv_event_subscribers,
             tokens_per_second,
             kv_blocks,
+            kv_transfer_blocks,
+            kv_transfer_bytes,
+            kv_pulls,
+            kv_pull_seconds,
         }
     }
 

@@ -14,7 +14,8 @@
 //! level, `admin` swaps the cache policy and flushes, `info` and `metrics` report.
 //! `load` (`GET /load`, with the token rate measured in `throughput`) and `kv_events`
 //! (`GET /kv_events`, fed by the engine's listener in `kv_listener`) tell a router how busy
-//! the worker is and which prefix blocks it holds.
+//! the worker is and which prefix blocks it holds; `kv_transfer` moves prefix KV between
+//! workers (`POST /kv/export`, and pulls from a source a router names).
 //!
 //! Imports point one way: the endpoint files use `state`, `state` uses the parts it is
 //! made of (`caches`, `metrics`, `kv_listener`, `throughput`), and this file only
@@ -28,6 +29,7 @@ mod handlers;
 mod info;
 mod kv_events;
 mod kv_listener;
+mod kv_transfer;
 mod load;
 mod metrics;
 mod options;
@@ -42,6 +44,7 @@ mod throughput;
 
 pub use caches::{Caches, LevelInfo};
 pub use handle::{WorkerHandle, spawn};
+pub use kv_transfer::{CLUSTER_TOKEN, ExportRequest, KV_SOURCE, KV_SOURCE_USED};
 pub use options::WorkerOptions;
 pub use outcome::Finish;
 pub use responses::{Cached, ResponseCache};

@@ -44,6 +44,33 @@ pub struct WorkerOptions {
     /// disabled and `/flush_cache` is open (as SGLang's is).
     #[arg(skip)]
     pub admin_token: Option<String>,
+    /// Token that other workers and routers of the cluster present in
+    /// `x-locus-cluster-token`: without one, this worker neither exports its prefix KV nor
+    /// pulls one from a source a request names.
+    #[arg(long, env = "LOCUS_CLUSTER_TOKEN", hide_env_values = true)]
+    pub cluster_token: Option<String>,
+    /// Most KV transfers this worker serves at once (more get 429, and their importers
+    /// compute instead), so that a popular holder does not become the new hot spot.
+    #[arg(
+        long,
+        env = "LOCUS_MAX_EXPORTS",
+        help = "Most KV transfers served at once; more get 429 and compute instead",
+        default_value_t = WorkerOptions::default().max_exports
+    )]
+    pub max_exports: usize,
+    /// Fewest missing prefix tokens worth a pull: below it, computing is cheaper.
+    #[arg(
+        long,
+        env = "LOCUS_KV_PULL_MIN_TOKENS",
+        help = "Fewest missing prefix tokens worth pulling from a source; fewer are computed",
+        default_value_t = WorkerOptions::default().kv_pull_min_tokens
+    )]
+    pub kv_pull_min_tokens: usize,
+    /// A fixed deadline for pulls, in ms; by default a pull gets the time this worker's
+    /// measured prefill speed needs for the missing tokens (and none before it has measured
+    /// one), at most 2 s.
+    #[arg(long, env = "LOCUS_KV_PULL_TIMEOUT_MS")]
+    pub kv_pull_timeout_ms: Option<u64>,
     /// Connection and body limits of the listener.
     #[arg(skip = WorkerOptions::default().limits)]
     pub limits: ServeLimits,
@@ -65,6 +92,10 @@ impl Default for WorkerOptions {
             response_cache_bytes: 64 << 20,
             max_queue: 64,
             admin_token: None,
+            cluster_token: None,
+            max_exports: 2,
+            kv_pull_min_tokens: 64,
+            kv_pull_timeout_ms: None,
             limits: ServeLimits::default(),
             max_upload_bytes: crate::http::MAX_UPLOAD_BYTES,
             audit_log: None,

@@ -33,8 +33,14 @@ pub struct Outcome {
     pub prompt_tokens: usize,
     /// Tokens generated.
     pub completion_tokens: usize,
-    /// Prompt tokens that came from a cache instead of being computed.
+    /// Prompt tokens that came from a cache instead of being computed (not counting the
+    /// transferred ones).
     pub cached_tokens: usize,
+    /// Prompt tokens whose KV was pulled from another worker for this request; `None` when
+    /// it named no source.
+    pub transferred_tokens: Option<usize>,
+    /// The worker the transferred tokens came from.
+    pub kv_source: Option<String>,
     /// Answered from the response cache.
     pub cache_hit: bool,
     /// Why it ended.

@@ -8,7 +8,7 @@ use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post, put};
 
 use super::state::Worker;
-use super::{admin, handlers, info, kv_events, load};
+use super::{admin, handlers, info, kv_events, kv_transfer, load};
 use crate::api::Endpoint;
 use crate::http::{Access, AdminAuth, require_admin};
 use crate::serve::limit_bodies;
@@ -29,7 +29,8 @@ impl Worker {
             .route("/model_info", get(info::model_info))
             .route("/get_model_info", get(info::model_info))
             .route("/metrics", get(info::metrics))
-            .route("/load", get(load::load));
+            .route("/load", get(load::load))
+            .route("/kv/export", post(kv_transfer::export));
         let open_admin = Router::new()
             .route("/flush_cache", post(admin::flush_cache))
             .route("/kv_events", get(kv_events::kv_events))

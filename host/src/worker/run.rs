@@ -25,6 +25,8 @@ pub struct Admitted {
     key: Option<u64>,
     work: Work,
     _permit: OwnedSemaphorePermit,
+    /// The worker to pull the prompt's prefix KV from, as a router named it.
+    source: Option<String>,
 }
 
 enum Work {
@@ -33,6 +35,11 @@ enum Work {
 }
 
 impl Admitted {
+    /// Names the worker to pull the prompt's prefix KV from (checked by the caller).
+    pub fn with_source(self, source: Option<String>) -> Self {
+        Self { source, ..self }
+    }
+
     /// Tokens in the prompt (known before anything runs).
     pub fn prompt_tokens(&self) -> usize {
         match &self.work {
@@ -111,7 +118,14 @@ impl Worker {
         let key = cache_key(&job);
         if let Some(hit) = key.and_then(|k| self.caches.response(k)) {
             self.metrics.response_hits.inc();
-            return Ok(Admitted { job, started, key, work: Work::Hit(hit), _permit: permit });
+            return Ok(Admitted {
+                job,
+                started,
+                key,
+                work: Work::Hit(hit),
+                _permit: permit,
+                source: None,
+            });
         }
         self.metrics.response_misses.inc();
         let req = GenerateRequest {
@@ -140,7 +154,14 @@ impl Worker {
             }
         };
         let ids = ids.map_err(|e| engine_error(&job, e))?;
-        Ok(Admitted { job, started, key, work: Work::Run { ids, req }, _permit: permit })
+        Ok(Admitted {
+            job,
+            started,
+            key,
+            work: Work::Run { ids, req },
+            _permit: permit,
+            source: None,
+        })
     }
 
     /// Runs an admitted request. Text goes to `pieces` as it is produced (already cut at
@@ -154,7 +175,7 @@ impl Worker {
         pieces: Option<mpsc::UnboundedSender<Piece>>,
         cancel: Arc<AtomicBool>,
     ) -> Result<Outcome, ApiError> {
-        let Admitted { job, started, key, work, _permit } = a;
+        let Admitted { job, started, key, work, _permit, source } = a;
         let (ids, req) = match work {
             Work::Hit(hit) => {
                 self.metrics
@@ -170,6 +191,8 @@ impl Worker {
                     prompt_tokens: hit.prompt_tokens,
                     completion_tokens: hit.completion_tokens,
                     cached_tokens: hit.prompt_tokens,
+                    transferred_tokens: None,
+                    kv_source: None,
                     cache_hit: true,
                     finish: hit.finish,
                     latency: started.elapsed().as_secs_f64(),
@@ -179,6 +202,16 @@ impl Worker {
             }
             Work::Run { ids, req } => (ids, req),
         };
+        // Before the engine: its scheduler thread never waits on the network.
+        let pulled = match &source {
+            Some(s) => self.pull(s, &ids).await,
+            None => None,
+        };
+        // What this worker held before the pull, and what the pull brought beyond it.
+        let (local, brought) = pulled
+            .as_ref()
+            .map_or((0, 0), |(p, local)| (*local, p.tokens().saturating_sub(*local)));
+        let prefix = pulled.map(|(p, _)| p);
         let engine = self.engine.clone();
         let (stops, include) = (job.stop.clone(), job.include_stop);
         let ran = tokio::task::spawn_blocking(move || {
@@ -196,7 +229,7 @@ impl Worker {
                 });
                 *gone |= closed;
             };
-            let g = engine.generate_until(&ids, &req, |piece, tokens| {
+            let g = engine.generate_with_prefix(&ids, &req, prefix, |piece, tokens| {
                 if tokens > 0 && first_token.is_none() {
                     first_token = Some(Instant::now());
                 }
@@ -227,8 +260,15 @@ impl Worker {
             (None, false, _) => Finish::Length,
         };
         let computed = g.prompt_tokens - g.cached_tokens;
-        self.metrics.prefix_tokens.with_label_values(&["cached"]).inc_by(g.cached_tokens as u64);
-        self.metrics.prefix_tokens.with_label_values(&["computed"]).inc_by(computed as u64);
+        self.pulls.measured(computed, g.prefill_ms);
+        // Of the prefix reused, what this worker did not hold before the pull came from it.
+        let transferred =
+            source.as_ref().map(|_| g.cached_tokens.saturating_sub(local).min(brought));
+        let cached = g.cached_tokens - transferred.unwrap_or(0);
+        let prefix_tokens = &self.metrics.prefix_tokens;
+        prefix_tokens.with_label_values(&["cached"]).inc_by(cached as u64);
+        prefix_tokens.with_label_values(&["transferred"]).inc_by(transferred.unwrap_or(0) as u64);
+        prefix_tokens.with_label_values(&["computed"]).inc_by(computed as u64);
         let text = matcher.text().to_string();
         if finish != Finish::Cancelled
             && let Some(first) = first_token
@@ -254,7 +294,9 @@ impl Worker {
             text,
             prompt_tokens: g.prompt_tokens,
             completion_tokens: g.completion_tokens,
-            cached_tokens: g.cached_tokens,
+            cached_tokens: cached,
+            transferred_tokens: transferred,
+            kv_source: source.filter(|_| transferred.is_some_and(|t| t > 0)),
             cache_hit: false,
             finish,
             latency: started.elapsed().as_secs_f64(),

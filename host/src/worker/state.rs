@@ -10,6 +10,7 @@ use tokio::sync::Semaphore;
 
 use super::caches::Caches;
 use super::kv_listener::KvEvents;
+use super::kv_transfer::Pulls;
 use super::metrics::Metrics;
 use super::options::WorkerOptions;
 use super::throughput::{self, Throughput};
@@ -35,6 +36,12 @@ pub struct Worker {
     /// Set when the worker stops, to end the streams that never end by themselves
     /// (`/kv_events`), which a graceful shutdown would otherwise wait for.
     pub(super) closing: tokio::sync::watch::Sender<bool>,
+    /// One permit per KV transfer served at once.
+    pub(super) exports: Arc<Semaphore>,
+    /// Pulls in flight and the prefill speed that bounds them.
+    pub(super) pulls: Pulls,
+    /// The client of pulls.
+    pub(super) http: reqwest::Client,
     /// Set on shutdown: `/health` fails.
     pub(super) draining: AtomicBool,
     /// Set once a shutdown stops accepting: requests still arriving get 503.
@@ -59,6 +66,12 @@ impl Worker {
         let worker = Arc::new(Self {
             caches,
             queue: Arc::new(Semaphore::new(options.max_queue.max(1))),
+            exports: Arc::new(Semaphore::new(options.max_exports)),
+            pulls: Pulls::default(),
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .connect_timeout(std::time::Duration::from_secs(1))
+                .build()?,
             throughput: Throughput::new(engine.scheduler_stats().generated_tokens),
             engine,
             options,

@@ -1,0 +1,245 @@
+//! KV on the move between real workers over HTTP: a worker told (with the cluster token) to
+//! pull a prompt's prefix from the worker that holds it answers as if it had computed it,
+//! reports the tokens transferred apart from the cached ones, and loses no request when the
+//! source refuses, lies or dies mid-stream; a client cannot name a source, and `/kv/export`
+//! gives nothing without the token or to another model.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use locus::cluster;
+use locus::worker::{self, CLUSTER_TOKEN, KV_SOURCE, KV_SOURCE_USED, WorkerHandle, WorkerOptions};
+use locus_engine::transfer::KvFingerprint;
+use locus_engine::{Engine, EngineOptions, ModelSource};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const TOKEN: &str = "cluster-secret";
+
+/// About 100 tokens: at least 5 full blocks before its last token.
+const PROMPT: &str = "The committee met on a cold morning in the old hall by the river, and after \
+     the minutes of the last meeting were read and approved, the treasurer reported that the \
+     accounts for the year showed a modest surplus, most of it from the autumn fair, which had \
+     drawn more visitors than any year since the bridge was rebuilt. The secretary then read \
+     letters from the mill, the school and the lending library, each asking for a share of \
+     it, and the chairman proposed that the question wait until the spring.";
+
+async fn engine() -> Arc<Engine> {
+    let opts = EngineOptions { prefix_cache_bytes: 32 << 20, ..Default::default() };
+    cluster::load_engines(&ModelSource::Synthetic, 1, opts).await.unwrap().remove(0)
+}
+
+async fn worker(token: Option<&str>) -> WorkerHandle {
+    worker_and_engine(token).await.0
+}
+
+async fn worker_and_engine(token: Option<&str>) -> (WorkerHandle, Arc<Engine>) {
+    let options = WorkerOptions {
+        cluster_token: token.map(str::to_string),
+        kv_pull_min_tokens: 16,
+        // A fixed deadline: what is asserted must not depend on this machine's speed.
+        kv_pull_timeout_ms: Some(20_000),
+        ..Default::default()
+    };
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    let engine = engine().await;
+    (worker::spawn(engine.clone(), options, any).await.unwrap(), engine)
+}
+
+fn base(w: &WorkerHandle) -> String {
+    format!("http://{}", w.addr)
+}
+
+/// `/generate` of `PROMPT`, greedy, with `headers`: the answer's JSON and headers.
+async fn generate(url: &str, headers: &[(&str, &str)]) -> (Value, reqwest::header::HeaderMap) {
+    generate_n(url, headers, 12).await
+}
+
+/// [`generate`] of `max_new_tokens` (another count is another response-cache key).
+async fn generate_n(
+    url: &str,
+    headers: &[(&str, &str)],
+    max_new_tokens: usize,
+) -> (Value, reqwest::header::HeaderMap) {
+    let params = json!({"max_new_tokens": max_new_tokens, "temperature": 0});
+    let body = json!({"text": PROMPT, "sampling_params": params});
+    let mut req = reqwest::Client::new().post(format!("{url}/generate")).json(&body);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let r = req.send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let headers = r.headers().clone();
+    (r.json().await.unwrap(), headers)
+}
+
+async fn metric(url: &str, name: &str, label: &str) -> f64 {
+    let text = reqwest::get(format!("{url}/metrics")).await.unwrap().text().await.unwrap();
+    text.lines()
+        .find(|l| l.starts_with(name) && l.contains(label))
+        .and_then(|l| l.rsplit(' ').next())
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pulled_prefix_answers_as_the_computed_one_and_is_reported_apart() {
+    let (holder, importer) = (worker(Some(TOKEN)).await, worker(Some(TOKEN)).await);
+    let (computed, _) = generate(&base(&holder), &[]).await;
+    let source = base(&holder);
+    let (pulled, headers) =
+        generate(&base(&importer), &[(KV_SOURCE, &source), (CLUSTER_TOKEN, TOKEN)]).await;
+    assert_eq!(pulled["text"], computed["text"]);
+    let meta = &pulled["meta_info"];
+    let prompt_tokens = meta["prompt_tokens"].as_u64().unwrap();
+    let blocks = (prompt_tokens - 1) / 16;
+    assert!(blocks >= 5, "{prompt_tokens} prompt tokens");
+    assert_eq!(meta["transferred_tokens"], blocks * 16);
+    assert_eq!(meta["cached_tokens"], 0);
+    assert_eq!(headers[KV_SOURCE_USED], source.as_str());
+    let url = base(&importer);
+    assert_eq!(metric(&url, "locus_worker_kv_pulls_total", "complete").await, 1.0);
+    let pulled_blocks = metric(&url, "locus_worker_kv_transfer_blocks_total", "pulled").await;
+    assert_eq!(pulled_blocks, blocks as f64);
+    let served = metric(&source, "locus_worker_kv_transfer_blocks_total", "served").await;
+    assert_eq!(served, blocks as f64);
+
+    // The blocks are now the importer's own: the next request finds them cached, pulls none.
+    let headers = [(KV_SOURCE, source.as_str()), (CLUSTER_TOKEN, TOKEN)];
+    let (again, _) = generate_n(&base(&importer), &headers, 13).await;
+    assert_eq!(again["text"], generate_n(&source, &[], 13).await.0["text"]);
+    assert_eq!(again["meta_info"]["cached_tokens"], blocks * 16);
+    assert_eq!(again["meta_info"]["transferred_tokens"], 0);
+    assert_eq!(metric(&url, "locus_worker_kv_pulls_total", "skipped_resident").await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cannot_name_a_source() {
+    let (holder, importer) = (worker(Some(TOKEN)).await, worker(Some(TOKEN)).await);
+    let (computed, _) = generate(&base(&holder), &[]).await;
+    let source = base(&holder);
+    for headers in
+        [vec![(KV_SOURCE, source.as_str())], vec![(KV_SOURCE, &source), (CLUSTER_TOKEN, "guess")]]
+    {
+        let (answer, h) = generate(&base(&importer), &headers).await;
+        assert_eq!(answer["text"], computed["text"]);
+        assert_eq!(answer["meta_info"].get("transferred_tokens"), None);
+        assert!(h.get(KV_SOURCE_USED).is_none());
+        // Both cache levels emptied: the next request runs the model again.
+        reqwest::Client::new()
+            .post(format!("{}/flush_cache", base(&importer)))
+            .send()
+            .await
+            .unwrap();
+    }
+    let url = base(&importer);
+    assert_eq!(metric(&url, "locus_worker_kv_pulls_total", "ignored_unauthorized").await, 2.0);
+    assert_eq!(metric(&source, "locus_worker_kv_transfer_blocks_total", "served").await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_gives_nothing_without_the_token_or_to_another_model() {
+    let ((holder, engine), closed) = (worker_and_engine(Some(TOKEN)).await, worker(None).await);
+    generate(&base(&holder), &[]).await;
+    let fp = engine.kv_fingerprint();
+    let ids: Vec<u32> = engine.tokenizer().encode(PROMPT);
+    let http = reqwest::Client::new();
+    let export = |url: String, token: Option<&str>, body: Value| {
+        let mut r = http.post(format!("{url}/kv/export")).json(&body);
+        if let Some(t) = token {
+            r = r.header(CLUSTER_TOKEN, t);
+        }
+        r.send()
+    };
+    let good = json!({"fingerprint": fp.to_string(), "token_ids": ids});
+    let r = export(base(&holder), None, good.clone()).await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = export(base(&holder), Some("guess"), good.clone()).await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = export(base(&closed), Some(TOKEN), good.clone()).await.unwrap();
+    assert_eq!(r.status(), 403);
+    let other = KvFingerprint { weights_digest: fp.weights_digest ^ 1, ..fp };
+    let r = export(
+        base(&holder),
+        Some(TOKEN),
+        json!({"fingerprint": other.to_string(), "token_ids": ids}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 409);
+    let err: Value = r.json().await.unwrap();
+    assert!(err["error"]["message"].as_str().unwrap().contains("weights digest"), "{err}");
+    let r = export(base(&holder), Some(TOKEN), json!({"fingerprint": "zz", "token_ids": ids}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let err: Value = r.json().await.unwrap();
+    assert_eq!(err["error"]["param"], "fingerprint");
+
+    // Token ids that differ from the stored ones in the first block: a header, no block.
+    let mut wrong = ids.clone();
+    wrong[3] += 1;
+    let r = export(
+        base(&holder),
+        Some(TOKEN),
+        json!({"fingerprint": fp.to_string(), "token_ids": wrong}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let bytes = r.bytes().await.unwrap();
+    assert_eq!(bytes.len(), 4 + 4 + locus_engine::transfer::FINGERPRINT_BYTES + 4);
+    assert_eq!(&bytes[bytes.len() - 4..], &0u32.to_le_bytes());
+}
+
+/// A source that answers with the first `keep` bytes of a real export and then drops the
+/// connection: a worker dying mid-stream, at the boundary this test cannot kill a process.
+async fn dying_source(real: Vec<u8>, keep: usize) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let mut buf = vec![0u8; 64 << 10];
+            let _ = conn.read(&mut buf).await;
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {}\r\n\r\n",
+                real.len()
+            );
+            let _ = conn.write_all(head.as_bytes()).await;
+            let _ = conn.write_all(&real[..keep]).await;
+            drop(conn);
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_dying_mid_stream_costs_no_request() {
+    let ((holder, engine), importer) =
+        (worker_and_engine(Some(TOKEN)).await, worker(Some(TOKEN)).await);
+    let (computed, _) = generate(&base(&holder), &[]).await;
+    let fp = engine.kv_fingerprint();
+    let ids: Vec<u32> = engine.tokenizer().encode(PROMPT);
+    let usable = (ids.len() - 1) / 16 * 16;
+    let body = json!({"fingerprint": fp.to_string(), "token_ids": &ids[..usable]});
+    let real = reqwest::Client::new()
+        .post(format!("{}/kv/export", base(&holder)))
+        .header(CLUSTER_TOKEN, TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .to_vec();
+    let frame = 4 + 4 + fp.block_payload_bytes() + 8;
+    let header = real.len() - usable / 16 * frame;
+    // Two whole blocks, then half of the third.
+    let source = dying_source(real, header + 2 * frame + frame / 2).await;
+    let (answer, _) =
+        generate(&base(&importer), &[(KV_SOURCE, &source), (CLUSTER_TOKEN, TOKEN)]).await;
+    assert_eq!(answer["text"], computed["text"]);
+    assert_eq!(answer["meta_info"]["transferred_tokens"], 32);
+    let url = base(&importer);
+    assert_eq!(metric(&url, "locus_worker_kv_pulls_total", "truncated").await, 1.0);
+}
