@@ -13,16 +13,19 @@
 //! A prompt whose tokens the router did not count is charged its body bytes / 4, an
 //! estimate (GPT-2 averages about 4 bytes per token on English).
 //!
-//! Headroom: while no more than `headroom` dispatch slots are free, a tenant already holding
-//! its share of the slots (all slots divided among the tenants waiting or running) may not
-//! take one; the next tenant by counter that holds less may. VTC orders the queue, but a
+//! Headroom: while no more than `headroom` dispatch slots are free, only a tenant under its
+//! share may take one: holding fewer than its share of the slots (all slots divided among
+//! the tenants waiting or running), or having received less weighted service than every
+//! other busy tenant (the lowest counter: a tenant of short requests needs more slots than
+//! one of long prompts for the same tokens, and slots alone would cap it at the long one's
+//! count). VTC orders the queue, but a
 //! tenant under its share still waits for a slot to free when a backlogged one has taken
 //! them all, and slots free only as fast as requests end (tens of seconds each on a loaded
 //! CPU worker); with a few slots kept, its request is dispatched on arrival. The cost is
 //! those slots idle while nobody under share asks: one in 16 by default.
 //!
-//! Ahead: a request picked for a tenant holding less than its share of the slots (while
-//! another tenant is busy) is sent ahead of its band's others in the worker. The worker
+//! Ahead: a request picked for a tenant under its share (as above, while another tenant is
+//! busy) is sent ahead of its band's others in the worker. The worker
 //! otherwise treats every dispatched request of a band alike: a victim dispatched at once
 //! still waits there behind the prompts of the backlogged tenant's sixteen requests, and
 //! its tokens come one per step of a batch whose steps those prompts' chunks lengthen. Ahead,
@@ -281,21 +284,28 @@ impl Vtc {
         for r in self.running.values() {
             *held.entry(&r.tenant).or_default() += 1;
         }
-        let busy =
-            self.backlogged().filter(|(t, _)| !held.contains_key(t.as_str())).count() + held.len();
+        let mut busy_tenants: BTreeSet<&str> = held.keys().copied().collect();
+        busy_tenants.extend(self.backlogged().map(|(t, _)| t.as_str()));
+        let busy = busy_tenants.len();
         let share = total / (busy.max(1) as u32);
+        // Under its share: fewer slots than its share, or less weighted service than every
+        // other busy tenant (a tenant of cheap requests may need more slots than one of
+        // costly ones to get its share of tokens).
+        let least_served = |t: &str| {
+            busy_tenants.iter().filter(|o| **o != t).all(|o| self.counter(t) < self.counter(o))
+        };
+        let under =
+            |t: &str| held.get(t).copied().unwrap_or(0) < share || (busy > 1 && least_served(t));
         let tenant = self
             .backlogged()
-            .filter(|(t, _)| !tight || held.get(t.as_str()).copied().unwrap_or(0) < share)
+            .filter(|(t, _)| !tight || under(t))
             .min_by(|(a, qa), (b, qb)| {
                 self.counter(a)
                     .total_cmp(&self.counter(b))
                     .then(qa.front().map(|w| w.seq).cmp(&qb.front().map(|w| w.seq)))
             })
             .map(|(t, _)| t.clone())?;
-        let ahead = self.settings.ahead
-            && busy > 1
-            && held.get(tenant.as_str()).copied().unwrap_or(0) < share;
+        let ahead = self.settings.ahead && busy > 1 && under(&tenant);
         let w = self.queues.get_mut(&tenant)?.pop_front()?;
         self.tenant_of.remove(&w.id);
         self.charge(&tenant, self.settings.input_weight * f64::from(w.tokens));
@@ -561,12 +571,20 @@ mod tests {
         v.arrive(&arrival(11, "heavy", 10), &[0; 4], &NO_CAP).unwrap();
         v.arrive(&arrival(102, "light", 100), &[0; 4], &NO_CAP).unwrap();
         assert!(v.counter("heavy") < v.counter("light"));
-        // 16 slots, 2 free: above the headroom of 1, VTC's order (heavy first), not ahead:
-        // heavy holds 10, past its share of 8.
-        assert_eq!(v.pick(16, 2), Some((10, false)));
-        // 1 free: heavy holds 11; light (2, under its share) takes it, and goes ahead.
+        // 16 slots, 2 free: above the headroom of 1, VTC's order (heavy first). heavy holds
+        // 10, past its share of 8 slots, but has received less service than light: ahead.
+        assert_eq!(v.pick(16, 2), Some((10, true)));
+        // 1 free: heavy, still the least served, may take it; it goes first by counter.
+        assert_eq!(v.pick(16, 1), Some((11, true)));
+        // heavy's tokens make it the more served: past its slot share, it may not take the
+        // last slot; light (2 slots, under its share) takes it, and goes ahead.
+        v.usage(11, 50);
+        v.arrive(&arrival(12, "heavy", 10), &[0; 4], &NO_CAP).unwrap();
+        assert!(v.counter("heavy") > v.counter("light"));
         assert_eq!(v.pick(16, 1), Some((102, true)));
-        // Only heavy waits, past its share: the last slot stays free.
+        // Only heavy waits, past its share and served more: the last slot stays free.
+        v.usage(11, 100);
+        assert!(v.counter("heavy") > v.counter("light"));
         assert_eq!(v.pick(16, 1), None);
         // Headroom 0 keeps nothing; a tenant alone is never held back, nor sent ahead.
         let mut off = Vtc::new(Charging::parse(&[("headroom".into(), "0".into())]).unwrap());
@@ -582,6 +600,31 @@ mod tests {
             (alone.pick(3, 3), alone.pick(3, 2), alone.pick(3, 1)),
             (Some((0, false)), Some((1, false)), Some((2, false)))
         );
+    }
+
+    #[test]
+    fn the_least_served_tenant_takes_the_last_slots_past_its_slot_share() {
+        // light's requests are short, heavy's prompts long: light runs more requests (12 of
+        // 16 slots, past its share of 8) yet has received less service; the last free slot
+        // is its, and it goes ahead.
+        let mut v = Vtc::new(Charging::default());
+        for i in 0..12 {
+            v.arrive(&arrival(100 + i, "light", 10), &[0; 4], &NO_CAP).unwrap();
+        }
+        for i in 0..3 {
+            v.arrive(&arrival(i, "heavy", 500), &[0; 4], &NO_CAP).unwrap();
+        }
+        assert_eq!(std::iter::from_fn(|| pick(&mut v)).count(), 15);
+        v.arrive(&arrival(3, "heavy", 500), &[0; 4], &NO_CAP).unwrap();
+        v.arrive(&arrival(112, "light", 10), &[0; 4], &NO_CAP).unwrap();
+        assert!(v.counter("light") < v.counter("heavy"));
+        assert_eq!(v.pick(16, 1), Some((112, true)));
+        // heavy (3 slots, under its share) takes the next; light, past its slot share and
+        // no longer the least served, waits for room.
+        v.arrive(&arrival(113, "light", 10), &[0; 4], &NO_CAP).unwrap();
+        v.usage(112, 700);
+        assert!(v.counter("light") > v.counter("heavy"));
+        assert_eq!(v.pick(17, 1), Some((3, true)));
     }
 
     #[test]
