@@ -31,6 +31,21 @@ fn stream(holder: &Engine, ids: &[u32]) -> Vec<u8> {
     out
 }
 
+/// A holder that has computed `prompt(salt)`, an importer beside it, the prompt, and the
+/// holder's answer to it on the wire.
+fn held(salt: u32) -> (Arc<Engine>, Arc<Engine>, Vec<u32>, Vec<u8>) {
+    let (holder, importer) = (load(), load());
+    let ids = prompt(salt);
+    holder.last_logits(&ids, true).unwrap();
+    let bytes = stream(&holder, &ids);
+    (holder, importer, ids, bytes)
+}
+
+/// Bytes of one block frame, length prefix included.
+fn frame_len(fp: &KvFingerprint) -> usize {
+    4 + fp.block_payload_bytes() + 12
+}
+
 /// Decodes `bytes` for `ids` in pieces of `piece` bytes: the verified blocks, and the error.
 fn decode(
     fp: KvFingerprint,
@@ -55,11 +70,8 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn imported_blocks_give_the_logits_and_tokens_of_computed_ones() {
-    let (holder, importer) = (load(), load());
+    let (holder, importer, ids, bytes) = held(1);
     assert_eq!(holder.kv_fingerprint(), importer.kv_fingerprint());
-    let ids = prompt(1);
-    holder.last_logits(&ids, true).unwrap();
-    let bytes = stream(&holder, &ids);
     // Pieces that split frames anywhere, as a network does.
     let (blocks, err) = decode(importer.kv_fingerprint(), &ids, &bytes, 7919);
     assert_eq!(err, None);
@@ -99,11 +111,8 @@ fn the_holder_sends_only_blocks_whose_tokens_equal_the_importers() {
 
 #[test]
 fn a_tampered_byte_stops_the_stream_at_its_block() {
-    let (holder, importer) = (load(), load());
-    let ids = prompt(4);
-    holder.last_logits(&ids, true).unwrap();
-    let mut bytes = stream(&holder, &ids);
-    let frame = 4 + importer.kv_fingerprint().block_payload_bytes() + 12;
+    let (_, importer, ids, mut bytes) = held(4);
+    let frame = frame_len(&importer.kv_fingerprint());
     let header = bytes.len() - 5 * frame;
     bytes[header + 3 * frame + 100] ^= 1;
     let (blocks, err) = decode(importer.kv_fingerprint(), &ids, &bytes, 65536);
@@ -115,10 +124,7 @@ fn a_tampered_byte_stops_the_stream_at_its_block() {
 fn blocks_for_other_tokens_fail_their_checksum() {
     // A holder that stored K/V for tokens other than the importer's cannot pass them off:
     // the checksum covers the importer's own block hashes.
-    let (holder, importer) = (load(), load());
-    let ids = prompt(5);
-    holder.last_logits(&ids, true).unwrap();
-    let bytes = stream(&holder, &ids);
+    let (_, importer, ids, bytes) = held(5);
     let mut mine = ids.clone();
     mine[BLOCK_TOKENS + 3] += 1;
     let (blocks, err) = decode(importer.kv_fingerprint(), &mine, &bytes, 65536);
@@ -128,10 +134,7 @@ fn blocks_for_other_tokens_fail_their_checksum() {
 
 #[test]
 fn a_different_fingerprint_is_refused_before_any_block() {
-    let (holder, importer) = (load(), load());
-    let ids = prompt(6);
-    holder.last_logits(&ids, true).unwrap();
-    let bytes = stream(&holder, &ids);
+    let (_, importer, ids, bytes) = held(6);
     for (field, fp) in [
         ("weights digest", KvFingerprint { weights_digest: 1, ..importer.kv_fingerprint() }),
         ("block hash seed", KvFingerprint { hash_seed: 7, ..importer.kv_fingerprint() }),
@@ -148,11 +151,8 @@ fn a_different_fingerprint_is_refused_before_any_block() {
 
 #[test]
 fn a_truncated_stream_keeps_the_whole_blocks_before_the_cut() {
-    let (holder, importer) = (load(), load());
-    let ids = prompt(7);
-    holder.last_logits(&ids, true).unwrap();
-    let bytes = stream(&holder, &ids);
-    let frame = 4 + importer.kv_fingerprint().block_payload_bytes() + 12;
+    let (_, importer, ids, bytes) = held(7);
+    let frame = frame_len(&importer.kv_fingerprint());
     let header = bytes.len() - 5 * frame;
     let cut = &bytes[..header + 2 * frame + frame / 2];
     let (blocks, err) = decode(importer.kv_fingerprint(), &ids, cut, 4096);

@@ -73,6 +73,17 @@ async fn generate_n(
     (r.json().await.unwrap(), headers)
 }
 
+/// `POST /kv/export` on `url` for `ids` as a worker of fingerprint `fp` (any string) asks,
+/// with `token` in the cluster token header.
+async fn export(url: &str, token: Option<&str>, fp: &str, ids: &[u32]) -> reqwest::Response {
+    let body = json!({"fingerprint": fp, "token_ids": ids});
+    let mut r = reqwest::Client::new().post(format!("{url}/kv/export")).json(&body);
+    if let Some(t) = token {
+        r = r.header(CLUSTER_TOKEN, t);
+    }
+    r.send().await.unwrap()
+}
+
 async fn metric(url: &str, name: &str, label: &str) -> f64 {
     let text = reqwest::get(format!("{url}/metrics")).await.unwrap().text().await.unwrap();
     text.lines()
@@ -142,35 +153,16 @@ async fn export_gives_nothing_without_the_token_or_to_another_model() {
     generate(&base(&holder), &[]).await;
     let fp = engine.kv_fingerprint();
     let ids: Vec<u32> = engine.tokenizer().encode(PROMPT);
-    let http = reqwest::Client::new();
-    let export = |url: String, token: Option<&str>, body: Value| {
-        let mut r = http.post(format!("{url}/kv/export")).json(&body);
-        if let Some(t) = token {
-            r = r.header(CLUSTER_TOKEN, t);
-        }
-        r.send()
-    };
-    let good = json!({"fingerprint": fp.to_string(), "token_ids": ids});
-    let r = export(base(&holder), None, good.clone()).await.unwrap();
-    assert_eq!(r.status(), 401);
-    let r = export(base(&holder), Some("guess"), good.clone()).await.unwrap();
-    assert_eq!(r.status(), 401);
-    let r = export(base(&closed), Some(TOKEN), good.clone()).await.unwrap();
-    assert_eq!(r.status(), 403);
+    let (url, good) = (base(&holder), fp.to_string());
+    assert_eq!(export(&url, None, &good, &ids).await.status(), 401);
+    assert_eq!(export(&url, Some("guess"), &good, &ids).await.status(), 401);
+    assert_eq!(export(&base(&closed), Some(TOKEN), &good, &ids).await.status(), 403);
     let other = KvFingerprint { weights_digest: fp.weights_digest ^ 1, ..fp };
-    let r = export(
-        base(&holder),
-        Some(TOKEN),
-        json!({"fingerprint": other.to_string(), "token_ids": ids}),
-    )
-    .await
-    .unwrap();
+    let r = export(&url, Some(TOKEN), &other.to_string(), &ids).await;
     assert_eq!(r.status(), 409);
     let err: Value = r.json().await.unwrap();
     assert!(err["error"]["message"].as_str().unwrap().contains("weights digest"), "{err}");
-    let r = export(base(&holder), Some(TOKEN), json!({"fingerprint": "zz", "token_ids": ids}))
-        .await
-        .unwrap();
+    let r = export(&url, Some(TOKEN), "zz", &ids).await;
     assert_eq!(r.status(), 400);
     let err: Value = r.json().await.unwrap();
     assert_eq!(err["error"]["param"], "fingerprint");
@@ -178,13 +170,7 @@ async fn export_gives_nothing_without_the_token_or_to_another_model() {
     // Token ids that differ from the stored ones in the first block: a header, no block.
     let mut wrong = ids.clone();
     wrong[3] += 1;
-    let r = export(
-        base(&holder),
-        Some(TOKEN),
-        json!({"fingerprint": fp.to_string(), "token_ids": wrong}),
-    )
-    .await
-    .unwrap();
+    let r = export(&url, Some(TOKEN), &good, &wrong).await;
     assert_eq!(r.status(), 200);
     let bytes = r.bytes().await.unwrap();
     assert_eq!(bytes.len(), 4 + 4 + locus_engine::transfer::FINGERPRINT_BYTES + 4);
@@ -220,14 +206,8 @@ async fn a_source_dying_mid_stream_costs_no_request() {
     let fp = engine.kv_fingerprint();
     let ids: Vec<u32> = engine.tokenizer().encode(PROMPT);
     let usable = (ids.len() - 1) / 16 * 16;
-    let body = json!({"fingerprint": fp.to_string(), "token_ids": &ids[..usable]});
-    let real = reqwest::Client::new()
-        .post(format!("{}/kv/export", base(&holder)))
-        .header(CLUSTER_TOKEN, TOKEN)
-        .json(&body)
-        .send()
+    let real = export(&base(&holder), Some(TOKEN), &fp.to_string(), &ids[..usable])
         .await
-        .unwrap()
         .bytes()
         .await
         .unwrap()

@@ -30,8 +30,6 @@ pub struct CacheStats {
     pub rejected: u64,
     /// Blocks inserted that another worker computed (counted in `inserted` too).
     pub imported: u64,
-    /// Blocks sent to other workers.
-    pub exported: u64,
 }
 
 struct Block {
@@ -201,7 +199,6 @@ impl PrefixStore {
         for key in matched.iter().rev() {
             self.touch(*key);
         }
-        self.stats.exported += matched.len() as u64;
         matched.into_iter().map(|k| (k, self.blocks[&k].kv.clone())).collect()
     }
 

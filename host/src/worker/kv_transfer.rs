@@ -224,10 +224,13 @@ impl Worker {
             (None, None) => return skip("skipped_unmeasured"),
         };
         let ids = ids[..usable * BLOCK_TOKENS].to_vec();
-        let key = *block_hashes(&ids).last()?;
+        let hashes = block_hashes(&ids);
+        let key = *hashes.last()?;
         let cell = self.pulls.inflight.lock().entry(key).or_default().clone();
-        let pulled =
-            cell.get_or_init(|| async { self.fetch(source, &ids, deadline).await }).await.clone();
+        let pulled = cell
+            .get_or_init(|| async { self.fetch(source, &ids, hashes, deadline).await })
+            .await
+            .clone();
         let mut inflight = self.pulls.inflight.lock();
         if inflight.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
             inflight.remove(&key);
@@ -235,17 +238,18 @@ impl Worker {
         pulled.map(|p| (p, local * BLOCK_TOKENS))
     }
 
-    /// One pull: asks `source`, verifies the stream as it comes until `deadline`, imports
-    /// what verified.
+    /// One pull of `ids` (whose block hashes are `hashes`): asks `source`, verifies the
+    /// stream as it comes until `deadline`, imports what verified.
     async fn fetch(
         self: &Arc<Self>,
         source: &str,
         ids: &[u32],
+        hashes: Vec<u64>,
         deadline: Duration,
     ) -> Option<ImportedPrefix> {
         let started = Instant::now();
         let fp = self.engine.kv_fingerprint();
-        let mut decoder = Decoder::new(fp, block_hashes(ids));
+        let mut decoder = Decoder::new(fp, hashes);
         let mut blocks: Vec<KvBlock> = Vec::new();
         let body = ExportRequest { fingerprint: fp.to_string(), token_ids: ids.to_vec() };
         let token = self.options.cluster_token.clone().unwrap_or_default();
@@ -290,17 +294,15 @@ impl Worker {
         }
         self.metrics.kv_transfer_blocks.with_label_values(&["pulled"]).inc_by(blocks.len() as u64);
         let (engine, ids) = (self.engine.clone(), ids.to_vec());
-        match tokio::task::spawn_blocking(move || engine.import_prefix(&ids, blocks)).await {
-            Ok(Ok(prefix)) => Some(prefix),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "importing pulled KV failed; computing instead");
-                None
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "importing pulled KV failed; computing instead");
-                None
-            }
-        }
+        let imported = tokio::task::spawn_blocking(move || engine.import_prefix(&ids, blocks))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        imported
+            .inspect_err(
+                |e| tracing::warn!(error = %e, "importing pulled KV failed; computing instead"),
+            )
+            .ok()
     }
 }
 
