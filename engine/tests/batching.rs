@@ -341,3 +341,29 @@ fn a_lower_bands_prompt_moves_in_smaller_chunks_while_a_higher_band_decodes() {
         "beside band 3: {yielding} decode steps, 20 chunks expected"
     );
 }
+
+#[test]
+fn a_higher_band_keeps_the_chunks_small_for_its_window_after_it_left() {
+    // A band-3 request ends, then a 320-token prompt of band 0 runs alone: within the
+    // window its chunks are 16 tokens (20 steps), else 64 (5 steps), so that the next
+    // band-3 arrival would find a short step in its way.
+    let steps_after_a_higher_band = |window: Duration| {
+        let limits = Limits {
+            max_batch: 2,
+            prefill_chunk: 64,
+            yield_chunk: 16,
+            yield_window: window,
+            ..Limits::default()
+        };
+        let engine = load(limits);
+        let high = GenerateRequest { max_new_tokens: 1, priority: 3, ..Default::default() };
+        engine.generate_until(&[700, 701], &high, |_, _| ControlFlow::Continue(())).unwrap();
+        let from = engine.scheduler_stats().steps;
+        let low = GenerateRequest { max_new_tokens: 1, ignore_eos: true, ..Default::default() };
+        let ids: Vec<u32> = (0..320).map(|j| 2000 + j).collect();
+        engine.generate_until(&ids, &low, |_, _| ControlFlow::Continue(())).unwrap();
+        engine.scheduler_stats().steps - from
+    };
+    assert_eq!(steps_after_a_higher_band(Duration::from_secs(60)), 20);
+    assert_eq!(steps_after_a_higher_band(Duration::ZERO), 5);
+}

@@ -16,10 +16,12 @@
 //! ahead of a batch job would still wait behind that job's prompt chunks here. Bands also
 //! shape the step: when the prompt to run has a priority above every decoding sequence's,
 //! (4) runs before (3), so its first token does not wait for a lower band's tokens; while a
-//! sequence of a higher priority than the prompt's decodes, the chunk is at most
-//! `yield_chunk` tokens (a per-step token budget by band, after Sarathi-Serve's), so a
-//! batch job's long prompts do not stretch the higher band's time between tokens, which
-//! would hold its places in the batch (and the router's dispatch slots) longer.
+//! request of a higher priority than the prompt's is at the worker (waiting, prefilling or
+//! decoding), or was within `yield_window`, the chunk is at most `yield_chunk` tokens (a
+//! per-step token budget by band, after Sarathi-Serve's), so a higher band's prompt that
+//! arrives finds a short step in its way, not a full chunk, and a batch job's long prompts
+//! do not stretch the higher band's time between tokens, which would hold its places in the
+//! batch (and the router's dispatch slots) longer.
 //!
 //! Decode and prefill are separate passes so that a sequence's numbers never depend on what
 //! else runs (the decode rows go through a kernel whose rows are independent; a prompt chunk
@@ -86,6 +88,8 @@ pub(crate) fn run(
         waiting: VecDeque::new(),
         running: Vec::new(),
         chunks: 0,
+        band_seen: [None; 256],
+        noted: Instant::now(),
     };
     loop {
         if s.waiting.is_empty() && s.running.is_empty() {
@@ -101,6 +105,7 @@ pub(crate) fn run(
         // under the scheduler's own code, so that no bug ends the loop for every caller.
         let step = catch_unwind(AssertUnwindSafe(|| {
             s.drop_gone();
+            s.note_bands();
             s.admit();
             if s.prefill_goes_first() {
                 s.prefill();
@@ -133,6 +138,10 @@ struct Scheduler {
     running: Vec<Seq>,
     /// Prompt chunks run so far.
     chunks: u64,
+    /// When a request of each priority was last at the worker.
+    band_seen: [Option<Instant>; 256],
+    /// When [`Scheduler::note_bands`] last ran.
+    noted: Instant,
 }
 
 impl Scheduler {
@@ -297,6 +306,22 @@ impl Scheduler {
         }
     }
 
+    /// Notes the priorities of the requests at the worker now.
+    fn note_bands(&mut self) {
+        let now = Instant::now();
+        for s in self.waiting.iter().chain(&self.running) {
+            self.band_seen[usize::from(s.sub.priority)] = Some(now);
+        }
+        self.noted = now;
+    }
+
+    /// Whether a request of a priority above `p` is at the worker or was within the yield
+    /// window (as of the last [`Self::note_bands`]).
+    fn higher_band_near(&self, p: u8) -> bool {
+        let (window, noted) = (self.limits.yield_window, self.noted);
+        self.band_seen[usize::from(p) + 1..].iter().flatten().any(|&t| noted - t <= window)
+    }
+
     /// The highest priority among the sequences decoding, if any is.
     fn decoding_priority(&self) -> Option<u8> {
         self.running.iter().filter(|s| s.next.is_some()).map(|s| s.sub.priority).max()
@@ -329,13 +354,13 @@ impl Scheduler {
     }
 
     /// One chunk of a prompt that is not fully run yet: at most `prefill_chunk` tokens, or
-    /// `yield_chunk` while a sequence of a higher priority decodes.
+    /// `yield_chunk` while a request of a higher priority is (or was lately) at the worker.
     fn prefill(&mut self) {
         let Some(i) = self.next_prefill() else {
             return;
         };
         let mut size = self.limits.prefill_chunk.max(1);
-        if self.decoding_priority().is_some_and(|p| p > self.running[i].sub.priority) {
+        if self.higher_band_near(self.running[i].sub.priority) {
             size = size.min(self.limits.yield_chunk.max(1));
         }
         self.chunks += 1;

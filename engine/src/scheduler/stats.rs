@@ -13,10 +13,16 @@ pub struct Limits {
     /// Most prompt tokens run in one step: a longer prompt is prefilled over several steps,
     /// so running streams keep producing tokens meanwhile.
     pub prefill_chunk: usize,
-    /// Most prompt tokens in one step while a sequence of a higher priority is decoding: a
-    /// lower band's prompt then moves in smaller chunks, so that the higher band's time
-    /// between tokens (and so how soon its places in the batch free) stays short.
+    /// Most prompt tokens in one step while a request of a higher priority is at the
+    /// worker, or was within `yield_window`: a lower band's prompt then moves in smaller
+    /// chunks, so that a higher band's prompt arriving meanwhile waits for a short step,
+    /// and its time between tokens (and so how soon its places in the batch free) stays
+    /// short.
     pub yield_chunk: usize,
+    /// How long a higher band keeps the lower bands' chunks small after its last request
+    /// left: interactive requests arrive one by one, and the one arriving next should not
+    /// find a full-size chunk in its way.
+    pub yield_window: Duration,
     /// KV memory for running sequences, in bytes; each reserves prompt + `max_new_tokens`
     /// positions at admission. The prefix store has its own budget.
     pub kv_bytes: u64,
@@ -31,6 +37,7 @@ impl Default for Limits {
             max_batch: 16,
             prefill_chunk: 128,
             yield_chunk: 32,
+            yield_window: Duration::ZERO,
             kv_bytes: 1 << 30,
             queue_timeout: Duration::from_secs(60),
         }

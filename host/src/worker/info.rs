@@ -58,6 +58,7 @@ pub(super) async fn server_info(State(w): State<Arc<Worker>>) -> Json<Value> {
                           "capacity_bytes": prefix.capacity_bytes, "hit_tokens": prefix.hit_tokens},
         "scheduler": {"max_batch": limits.max_batch, "prefill_chunk": limits.prefill_chunk,
                       "yield_chunk": limits.yield_chunk,
+                      "yield_window_s": limits.yield_window.as_secs_f64(),
                       "queue_timeout_s": limits.queue_timeout.as_secs_f64(),
                       "running": sched.running, "waiting": sched.waiting,
                       "kv_reserved_bytes": sched.kv_reserved_bytes,
