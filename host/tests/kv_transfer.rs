@@ -223,3 +223,104 @@ async fn a_source_dying_mid_stream_costs_no_request() {
     let url = base(&importer);
     assert_eq!(metric(&url, "locus_worker_kv_pulls_total", "truncated").await, 1.0);
 }
+
+/// A cluster of two workers behind a router with the `probe` policy (routes by session:
+/// `pin:N`, `source:N:M`); `token` is the cluster token of all three.
+async fn probed_cluster(token: Option<&str>) -> cluster::Cluster {
+    use std::time::Duration;
+    let mut o = cluster::ClusterOptions::local();
+    o.port = 0;
+    o.worker_port = 0;
+    o.admin_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+    o.workers = 2;
+    o.engine.prefix_cache_bytes = 32 << 20;
+    o.worker.cluster_token = token.map(str::to_string);
+    o.worker.kv_pull_min_tokens = 16;
+    o.worker.kv_pull_timeout_ms = Some(20_000);
+    o.router.cluster_token = token.map(str::to_string);
+    o.router.policy = locus_policy::PolicySource::File(locus::guests::PROBE_PATH.into());
+    o.router.health_interval = Duration::from_millis(100);
+    o.router.load_interval = Duration::from_millis(50);
+    cluster::start(o).await.expect("cluster starts")
+}
+
+/// `/generate` of `PROMPT` through the router with `session` and extra `headers`: the
+/// worker that answered and the body.
+async fn through(
+    c: &cluster::Cluster,
+    session: &str,
+    headers: &[(&str, &str)],
+    n: usize,
+) -> (String, Value) {
+    let params = json!({"max_new_tokens": n, "temperature": 0});
+    let body = json!({"text": PROMPT, "sampling_params": params});
+    let mut req = reqwest::Client::new()
+        .post(format!("http://{}/generate", c.router_addr))
+        .header("x-session-id", session)
+        .json(&body);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let r = req.send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let worker = r.headers()["x-locus-worker"].to_str().unwrap().to_string();
+    (worker, r.json().await.unwrap())
+}
+
+/// Waits until the router has every worker's load report, KV fingerprint included when
+/// `fingerprint`.
+async fn loads_known(c: &cluster::Cluster, fingerprint: bool) {
+    let t0 = std::time::Instant::now();
+    loop {
+        let healthy = c.gateway.registry().healthy();
+        let known = healthy
+            .iter()
+            .filter_map(|b| b.load())
+            .filter(|r| !fingerprint || r.load.kv_fingerprint.is_some());
+        if healthy.len() == c.worker_addrs.len() && known.count() == healthy.len() {
+            return;
+        }
+        assert!(t0.elapsed().as_secs() < 10, "the router never heard the workers' loads");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_passes_the_source_its_policy_names_and_clients_cannot() {
+    let c = probed_cluster(Some(TOKEN)).await;
+    loads_known(&c, true).await;
+    let urls: Vec<String> = c.worker_addrs.iter().map(|a| format!("http://{a}")).collect();
+    let (on, computed) = through(&c, "pin:0", &[], 12).await;
+    assert_eq!(on, urls[0]);
+    // A client naming a source (with a token, even the right one) is not passed on.
+    let forged = [(KV_SOURCE, urls[0].as_str()), (CLUSTER_TOKEN, TOKEN)];
+    let (on, body) = through(&c, "pin:1", &forged, 11).await;
+    assert_eq!(on, urls[1]);
+    assert_eq!(body["meta_info"].get("transferred_tokens"), None, "{body}");
+    assert_eq!(metric(&urls[1], "locus_worker_kv_pulls_total", "").await, 0.0);
+
+    // The policy's source is: worker 1 pulls from worker 0 what it did not compute itself.
+    let c2 = probed_cluster(Some(TOKEN)).await;
+    loads_known(&c2, true).await;
+    let urls: Vec<String> = c2.worker_addrs.iter().map(|a| format!("http://{a}")).collect();
+    through(&c2, "pin:0", &[], 12).await;
+    let (on, pulled) = through(&c2, "source:1:0", &[], 12).await;
+    assert_eq!(on, urls[1]);
+    assert_eq!(pulled["text"], computed["text"]);
+    let prompt_tokens = pulled["meta_info"]["prompt_tokens"].as_u64().unwrap();
+    assert_eq!(pulled["meta_info"]["transferred_tokens"], (prompt_tokens - 1) / 16 * 16);
+    let router = format!("http://{}", c2.router_addr);
+    assert_eq!(metric(&router, "locus_router_kv_sources_total", "named").await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_without_the_cluster_token_names_no_source() {
+    let c = probed_cluster(None).await;
+    loads_known(&c, false).await;
+    through(&c, "pin:0", &[], 12).await;
+    let (_, body) = through(&c, "source:1:0", &[], 12).await;
+    assert_eq!(body["meta_info"].get("transferred_tokens"), None, "{body}");
+    let router = format!("http://{}", c.router_addr);
+    assert_eq!(metric(&router, "locus_router_kv_sources_total", "incompatible").await, 1.0);
+    assert_eq!(metric(&router, "locus_router_kv_sources_total", "named").await, 0.0);
+}

@@ -48,5 +48,5 @@ pub use trial::{
 pub use worlds::{
     AbandonReason, AdmissionPolicy, Arrival, BANDS, CachePolicy, Completion, Entry, EntryKind,
     KvBatch, KvFeed, LOG_BATCHES, Outcome, PreparedCache, Refusal, RefusalKind, Request,
-    Saturation, Served, TENANTS_KEPT, Workers, rendezvous, workers,
+    RouteChoice, Saturation, Served, SourceDropped, TENANTS_KEPT, Workers, rendezvous, workers,
 };

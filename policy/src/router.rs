@@ -15,7 +15,7 @@ use crate::trial::{
     BlockFill, Side, Trial, TrialMode, TrialOutcome, TrialReport, TrialRules, TrialRunning, Trials,
     kind_for,
 };
-use crate::worlds::router::{KvEvents, RouterWorld, decide, observe_in};
+use crate::worlds::router::{Chosen, KvEvents, RouterWorld, SourceDropped, decide, observe_in};
 use crate::worlds::{Completion, KvFeed, Outcome, Request, Workers};
 
 /// Where a request's KV block hashes come from, when a policy reads them: the router
@@ -69,6 +69,11 @@ impl<'a> Ask<'a> {
 pub struct Decision {
     /// Index of the chosen worker in the list given to [`RouterPolicy::route`].
     pub index: usize,
+    /// Index (in the same list) of the worker to pull the prompt's prefix KV from, when the
+    /// policy named one that can serve the chosen worker.
+    pub kv_source: Option<usize>,
+    /// Why a source the policy named was not passed on.
+    pub kv_source_dropped: Option<SourceDropped>,
     /// Set when the policy faulted and the native fallback decided.
     pub fault: Option<Fault>,
     /// Which policy decided: the live one, or a canary's candidate.
@@ -78,6 +83,14 @@ pub struct Decision {
 }
 
 impl Decision {
+    fn new((index, source): Chosen, fault: Option<Fault>, side: Side, trial: u64) -> Self {
+        let (kv_source, kv_source_dropped) = match source {
+            Ok(s) => (s, None),
+            Err(why) => (None, Some(why)),
+        };
+        Self { index, kv_source, kv_source_dropped, fault, side, trial }
+    }
+
     /// What [`RouterPolicy::observe`] needs to know of it.
     pub fn routed(&self) -> Routed {
         Routed { side: self.side, fallback: self.fault.is_some(), trial: self.trial }
@@ -169,9 +182,10 @@ impl RouterPolicy {
     }
 
     /// Whether the request's path must know block hashes before deciding: the serving
-    /// policy reads them (it implements 0.2.0), or a trial's candidate may (a canary).
+    /// policy reads them (it implements 0.2.0 or later), or a trial's candidate may (a canary).
     fn blocks_on_path(&self, trial: Option<&Arc<Trial>>) -> bool {
-        self.slot.serves_version("0.2.0") || trial.is_some_and(|t| t.kind.blocks_on_path())
+        let reads = ["0.2.0", "0.4.0"].iter().any(|v| self.slot.serves_version(v));
+        reads || trial.is_some_and(|t| t.kind.blocks_on_path())
     }
 
     /// Validates `source` and, only if it passes, makes it serve; a trial running is
@@ -298,24 +312,24 @@ impl RouterPolicy {
         }
         let req = &ask.request;
         let Some(t) = &*trial else {
-            let (index, fault) = decide(&self.slot, req, workers);
-            return Some(Decision { index, fault, side: Side::Live, trial: 0 });
+            let (chosen, fault) = decide(&self.slot, req, workers);
+            return Some(Decision::new(chosen, fault, Side::Live, 0));
         };
         if t.kind.takes(req) {
-            let (index, fault) = decide(&t.slot, req, workers);
-            t.decided(Side::Candidate, workers, workers.ids[index], fault.is_some());
+            let (chosen, fault) = decide(&t.slot, req, workers);
+            t.decided(Side::Candidate, workers, workers.ids[chosen.0], fault.is_some());
             if fault.is_some() {
                 self.trials.check_faults(t);
             }
-            return Some(Decision { index, fault, side: Side::Candidate, trial: t.id });
+            return Some(Decision::new(chosen, fault, Side::Candidate, t.id));
         }
-        let (index, fault) = decide(&self.slot, req, workers);
-        let chosen = (workers.ids[index], fault.is_some());
-        t.kind.live_decided(t, req, workers, chosen, ask.deferred());
+        let (chosen, fault) = decide(&self.slot, req, workers);
+        let live = (workers.ids[chosen.0], fault.is_some());
+        t.kind.live_decided(t, req, workers, live, ask.deferred());
         if fault.is_some() {
             self.check_live(t);
         }
-        Some(Decision { index, fault, side: Side::Live, trial: t.id })
+        Some(Decision::new(chosen, fault, Side::Live, t.id))
     }
 
     /// Tells the policy how a routed attempt ended. `answered` is false for an attempt

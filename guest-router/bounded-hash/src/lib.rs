@@ -21,7 +21,7 @@ use std::cell::Cell;
 
 use locus_policy_kit::mix;
 
-wit_bindgen::generate!({ world: "router", path: "../../wit" });
+wit_bindgen::generate!({ world: "router", path: "../../wit/0.3.0" });
 
 /// Settings.
 #[derive(Clone, Copy)]

@@ -23,7 +23,7 @@ use rand::rngs::SmallRng;
 use rand::seq::index;
 use rand::{Rng, SeedableRng};
 
-wit_bindgen::generate!({ world: "router", path: "../../wit" });
+wit_bindgen::generate!({ world: "router", path: "../../wit/0.3.0" });
 
 struct Config {
     choices: usize,

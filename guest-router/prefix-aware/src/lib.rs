@@ -22,13 +22,24 @@
 //!   worker that just served a prefix is the one whose stale report still shows it running,
 //!   so counting it would push each prefix away from its own blocks; sequences decoding
 //!   beside a new prompt slow it far less than a queue ahead of it, and they show in `kv_use`.
+//! - **Pulls** (contract 0.4.0). A worker may also be chosen with a KV source: the worker
+//!   of its KV group holding the longest run of the prompt's blocks, from which it pulls
+//!   the blocks it lacks instead of computing them. The pulled blocks then cost what the
+//!   transfer takes (`pull-overhead-ms` plus their bytes over the link speed the target
+//!   measured on its own pulls, `link-mb-s` until it has) in blocks the target computes in
+//!   that time (at the prefill speed it measured, `prefill-tokens-s` until it has), times
+//!   `prefill-weight`. So when the worker holding a prefix is loaded past what its blocks
+//!   save, the request goes where there is room and takes the prefix with it, instead of
+//!   recomputing it; fewer than `min-pull-blocks` blocks are never pulled.
 //! - **Ties** go to the lower `pending`, then at random.
 //! - **Sessions.** A request with a session key goes back to its session's last worker while
 //!   that worker's cost is within `session-slack` blocks of the cheapest, so a conversation
 //!   stays together even when a turn's prefix alone would not say where it was.
 //!
 //! Settings: `prefill-weight` (1.0), `load-weight` (4.0), `kv-weight` (16.0),
-//! `session-slack` (32.0), `approx-blocks` (200000), `sessions` (100000 remembered), `seed`.
+//! `session-slack` (32.0), `approx-blocks` (200000), `sessions` (100000 remembered), `seed`;
+//! for pulls: `pulls` (`on`; `off` never names a source), `min-pull-blocks` (4),
+//! `pull-overhead-ms` (5), `link-mb-s` (400), `prefill-tokens-s` (600).
 //! Memory: about 40 bytes per indexed block (100k blocks ≈ 4 MB, inside the default 64 MiB
 //! sandbox). At most 128 distinct workers are indexed; further ones are costed by load only.
 //!
@@ -68,11 +79,40 @@ pub struct Weights {
     pub kv: f64,
     /// How much dearer than the cheapest a session's worker may be and keep it.
     pub session_slack: f64,
+    /// What pulling a prefix costs.
+    pub pull: Pull,
 }
 
 impl Default for Weights {
     fn default() -> Self {
-        Self { prefill: 1.0, load: 4.0, kv: 16.0, session_slack: 32.0 }
+        Self { prefill: 1.0, load: 4.0, kv: 16.0, session_slack: 32.0, pull: Pull::default() }
+    }
+}
+
+/// Settings of KV pulls.
+#[derive(Debug, Clone, Copy)]
+pub struct Pull {
+    /// Whether to name KV sources at all.
+    pub on: bool,
+    /// Fewest blocks worth a pull.
+    pub min_blocks: u32,
+    /// Fixed cost of one pull (a connection, a handshake), in seconds.
+    pub overhead_s: f64,
+    /// Link speed assumed before the target measured one, bytes per second.
+    pub link_bytes_s: f64,
+    /// Prefill speed assumed before the target measured one, tokens per second.
+    pub prefill_tokens_s: f64,
+}
+
+impl Default for Pull {
+    fn default() -> Self {
+        Self {
+            on: true,
+            min_blocks: 4,
+            overhead_s: 0.005,
+            link_bytes_s: 400e6,
+            prefill_tokens_s: 600.0,
+        }
     }
 }
 
@@ -202,8 +242,33 @@ impl State {
         matched
     }
 
-    /// The chosen worker's index in `w`.
-    pub fn route(&mut self, req: &Request, w: &Workers) -> Option<u32> {
+    /// The best source for worker `i`: of the others in its KV group, the one holding the
+    /// most of the prompt's leading blocks beyond what `i` holds (ties: the least pending),
+    /// with the blocks it would bring; `None` when none brings `min-pull-blocks`.
+    fn source_for(&self, i: usize, w: &Workers, matched: &[u32]) -> Option<(usize, u32)> {
+        let group = w.kv_group.get(i).copied().flatten()?;
+        let pending = |j: usize| w.waiting[j].max(w.in_flight[j]);
+        (0..w.ids.len())
+            .filter(|&j| j != i && w.kv_group.get(j).copied().flatten() == Some(group))
+            .filter(|&j| matched[j] >= matched[i] + self.weights.pull.min_blocks)
+            .min_by_key(|&j| (std::cmp::Reverse(matched[j]), pending(j)))
+            .map(|j| (j, matched[j] - matched[i]))
+    }
+
+    /// What pulling `blocks` costs worker `i`, in blocks it would compute in that time.
+    fn pull_cost(&self, i: usize, w: &Workers, blocks: u32) -> Option<f64> {
+        let p = self.weights.pull;
+        let block_bytes = f64::from(w.kv_block_bytes.get(i).copied().flatten()?);
+        let link = w.kv_pull_bytes_per_second.get(i).copied().flatten();
+        let link = link.map(f64::from).filter(|x| *x > 0.0).unwrap_or(p.link_bytes_s);
+        let speed = w.prefill_tokens_per_second.get(i).copied().flatten();
+        let speed = speed.map(f64::from).filter(|x| *x > 0.0).unwrap_or(p.prefill_tokens_s);
+        let seconds = p.overhead_s + f64::from(blocks) * block_bytes / link;
+        Some(seconds * speed / f64::from(BLOCK_TOKENS))
+    }
+
+    /// The chosen worker's index in `w`, and the KV source it should pull from, if any.
+    pub fn route(&mut self, req: &Request, w: &Workers) -> Option<RouteChoice> {
         let n = w.ids.len();
         if n == 0 {
             return None;
@@ -226,7 +291,19 @@ impl State {
             };
             wt.prefill * uncached + wt.load * f64::from(pending(i)) + wt.kv * kv.min(1.0)
         };
-        let costs: Vec<f64> = (0..n).map(cost).collect();
+        let mut costs: Vec<f64> = (0..n).map(cost).collect();
+        // With a source, worker i computes fewer blocks and pays the transfer instead.
+        let mut sources: Vec<Option<usize>> = vec![None; n];
+        if wt.pull.on {
+            for i in 0..n {
+                let Some((j, pulled)) = self.source_for(i, w, &matched) else { continue };
+                let Some(transfer) = self.pull_cost(i, w, pulled) else { continue };
+                let with = costs[i] + wt.prefill * (transfer - f64::from(pulled));
+                if with < costs[i] {
+                    (costs[i], sources[i]) = (with, Some(j));
+                }
+            }
+        }
         let (mut best, mut ties) = (0usize, 0u32);
         for i in 1..n {
             let (c, b) = (costs[i], costs[best]);
@@ -249,7 +326,7 @@ impl State {
             self.remember_session(key, w.ids[best]);
         }
         self.note_approx(slots[best], &req.block_hashes);
-        Some(best as u32)
+        Some(RouteChoice { worker: best as u32, kv_source: sources[best].map(|j| j as u32) })
     }
 
     fn remember_session(&mut self, key: &str, worker: u64) {
@@ -299,6 +376,14 @@ fn number(k: &str, v: &str) -> Result<f64, String> {
         .ok_or_else(|| format!("{k} must be a number >= 0, got `{v}`"))
 }
 
+fn positive(k: &str, v: &str) -> Result<f64, String> {
+    number(k, v)?;
+    v.parse::<f64>()
+        .ok()
+        .filter(|x| *x > 0.0)
+        .ok_or_else(|| format!("{k} must be above 0, got `{v}`"))
+}
+
 fn count(k: &str, v: &str) -> Result<usize, String> {
     v.parse().map_err(|_| format!("{k} must be a non-negative integer, got `{v}`"))
 }
@@ -316,13 +401,25 @@ impl Guest for PrefixAware {
                 "load-weight" => wt.load = number(k, v)?,
                 "kv-weight" => wt.kv = number(k, v)?,
                 "session-slack" => wt.session_slack = number(k, v)?,
+                "pulls" => {
+                    wt.pull.on = match v.as_str() {
+                        "on" => true,
+                        "off" => false,
+                        _ => return Err(format!("pulls must be `on` or `off`, got `{v}`")),
+                    }
+                }
+                "min-pull-blocks" => wt.pull.min_blocks = count(k, v)?.max(1) as u32,
+                "pull-overhead-ms" => wt.pull.overhead_s = number(k, v)? / 1e3,
+                "link-mb-s" => wt.pull.link_bytes_s = positive(k, v)? * 1e6,
+                "prefill-tokens-s" => wt.pull.prefill_tokens_s = positive(k, v)?,
                 "approx-blocks" => approx = count(k, v)?,
                 "sessions" => sessions = count(k, v)?,
                 k if seeding.take(k, v)? || k.starts_with("locus.") => {}
                 _ => {
                     return Err(format!(
                         "unknown setting `{k}` (prefix-aware knows: prefill-weight, load-weight, \
-                         kv-weight, session-slack, approx-blocks, sessions, seed)"
+                         kv-weight, session-slack, approx-blocks, sessions, seed, pulls, \
+                         min-pull-blocks, pull-overhead-ms, link-mb-s, prefill-tokens-s)"
                     ));
                 }
             }
@@ -331,7 +428,7 @@ impl Guest for PrefixAware {
         Ok(())
     }
 
-    fn route(req: Request, workers: Workers) -> Result<u32, String> {
+    fn route(req: Request, workers: Workers) -> Result<RouteChoice, String> {
         STATE
             .with_borrow_mut(|s| s.route(&req, &workers))
             .ok_or_else(|| "no worker to choose from".to_string())
@@ -365,7 +462,16 @@ mod tests {
             kv_used_blocks: vec![0; n],
             kv_total_blocks: vec![1000; n],
             tokens_per_second: vec![0.0; n],
+            kv_group: vec![None; n],
+            prefill_tokens_per_second: vec![None; n],
+            kv_pull_bytes_per_second: vec![None; n],
+            kv_block_bytes: vec![None; n],
         }
+    }
+
+    /// The chosen worker's index alone.
+    fn to(c: Option<RouteChoice>) -> Option<u32> {
+        c.map(|c| c.worker)
     }
 
     fn req(blocks: std::ops::Range<u64>, session: Option<&str>) -> Request {
@@ -418,16 +524,16 @@ mod tests {
         let mut w = workers(3);
         s.kv_events(101, false, &[], &(0..32).collect::<Vec<_>>());
         let r = req(0..33, None);
-        assert_eq!(s.route(&r, &w), Some(1));
+        assert_eq!(to(s.route(&r, &w)), Some(1));
         // 32 cached blocks are worth 32 / load-weight 4 = 8 pending requests.
         w.waiting[1] = 7;
-        assert_eq!(s.route(&r, &w), Some(1));
+        assert_eq!(to(s.route(&r, &w)), Some(1));
         w.waiting[1] = 9;
-        assert_ne!(s.route(&r, &w), Some(1));
+        assert_ne!(to(s.route(&r, &w)), Some(1));
         // The live in-flight count counts when the report is older.
         w.waiting[1] = 0;
         w.in_flight[1] = 9;
-        assert_ne!(s.route(&r, &w), Some(1));
+        assert_ne!(to(s.route(&r, &w)), Some(1));
     }
 
     #[test]
@@ -437,7 +543,7 @@ mod tests {
         w.waiting = vec![2, 1, 3, 1];
         let mut counts = [0u32; 4];
         for i in 0..4000u64 {
-            counts[s.route(&req(i * 100..i * 100 + 4, None), &w).unwrap() as usize] += 1;
+            counts[to(s.route(&req(i * 100..i * 100 + 4, None), &w)).unwrap() as usize] += 1;
         }
         assert_eq!((counts[0], counts[2]), (0, 0));
         assert!((1700..2300).contains(&counts[1]), "{counts:?}");
@@ -447,9 +553,9 @@ mod tests {
     fn without_events_it_remembers_where_it_sent_prefixes() {
         let mut s = state();
         let w = workers(3);
-        let first = s.route(&req(0..8, None), &w).unwrap();
+        let first = to(s.route(&req(0..8, None), &w)).unwrap();
         for _ in 0..10 {
-            assert_eq!(s.route(&req(0..9, None), &w), Some(first));
+            assert_eq!(to(s.route(&req(0..9, None), &w)), Some(first));
         }
         // Once the worker reports events, its guesses are replaced by what it holds.
         s.kv_events(w.ids[first as usize], true, &[], &[]);
@@ -471,15 +577,64 @@ mod tests {
     fn a_session_stays_on_its_worker_within_the_slack() {
         let mut s = state();
         let mut w = workers(3);
-        let home = s.route(&req(0..4, Some("conv")), &w).unwrap() as usize;
+        let home = to(s.route(&req(0..4, Some("conv")), &w)).unwrap() as usize;
         // A new turn with a prefix nobody holds, and the home worker busier: it stays.
         w.waiting[home] = 5;
-        assert_eq!(s.route(&req(50..60, Some("conv")), &w), Some(home as u32));
+        assert_eq!(to(s.route(&req(50..60, Some("conv")), &w)), Some(home as u32));
         // Much busier than the slack allows: it moves, and the session follows.
         w.waiting[home] = 50;
-        let moved = s.route(&req(70..80, Some("conv")), &w).unwrap();
+        let moved = to(s.route(&req(70..80, Some("conv")), &w)).unwrap();
         assert_ne!(moved as usize, home);
         w.waiting[home] = 0;
-        assert_eq!(s.route(&req(90..95, Some("conv")), &w), Some(moved));
+        assert_eq!(to(s.route(&req(90..95, Some("conv")), &w)), Some(moved));
+    }
+
+    /// Three workers of one KV group; worker 1 holds the prompt's 32 blocks and is busy.
+    fn pull_setup() -> (State, Workers, Request) {
+        let mut s = state();
+        let mut w = workers(3);
+        w.kv_group = vec![Some(7); 3];
+        w.kv_block_bytes = vec![Some(589_824); 3];
+        w.prefill_tokens_per_second = vec![Some(700.0); 3];
+        s.kv_events(101, false, &[], &(0..32).collect::<Vec<_>>());
+        // All report events: none is assumed to hold what it was sent.
+        s.kv_events(100, true, &[], &[]);
+        s.kv_events(102, true, &[], &[]);
+        w.waiting[1] = 9;
+        (s, w, req(0..33, None))
+    }
+
+    #[test]
+    fn a_busy_holder_lends_its_prefix_to_a_worker_with_room() {
+        let (mut s, mut w, r) = pull_setup();
+        // 32 blocks at 400 MB/s take 52 ms, 2.3 blocks' prefill at 700 tokens/s: far cheaper
+        // than 32 blocks computed, and than 9 requests pending on the holder.
+        let c = s.route(&r, &w).unwrap();
+        assert_ne!(c.worker, 1);
+        assert_eq!(c.kv_source, Some(1));
+        // Idle, the holder serves it itself: no pull.
+        w.waiting[1] = 0;
+        let c = s.route(&r, &w).unwrap();
+        assert_eq!((c.worker, c.kv_source), (1, None));
+    }
+
+    #[test]
+    fn no_source_outside_the_group_when_off_or_when_the_link_is_too_slow() {
+        let (mut s, mut w, r) = pull_setup();
+        w.kv_group[1] = Some(8);
+        assert_eq!(s.route(&r, &w).unwrap().kv_source, None, "another group");
+        w.kv_group[1] = None;
+        assert_eq!(s.route(&r, &w).unwrap().kv_source, None, "no group");
+        let (mut s, w, r) = pull_setup();
+        s.weights.pull.on = false;
+        assert_eq!(s.route(&r, &w).unwrap().kv_source, None, "pulls off");
+        // Measured at 1 MB/s, 32 blocks take 19 s: computing them is cheaper.
+        let (mut s, mut w, r) = pull_setup();
+        w.kv_pull_bytes_per_second = vec![Some(1e6); 3];
+        assert_eq!(s.route(&r, &w).unwrap().kv_source, None, "slow link");
+        // Fewer blocks than min-pull-blocks are not worth a pull.
+        let (mut s, w, _) = pull_setup();
+        s.weights.pull.min_blocks = 40;
+        assert_eq!(s.route(&req(0..33, None), &w).unwrap().kv_source, None, "too few");
     }
 }

@@ -28,6 +28,17 @@ pub const REQUEST_ID: &str = "x-request-id";
 /// copied from a client's request.
 pub const PRIORITY: &str = "x-locus-priority";
 
+/// Request header with the cluster token: on a worker's `/kv/export`, and on a generation
+/// request whose [`KV_SOURCE`] the worker should honour.
+pub const CLUSTER_TOKEN: &str = "x-locus-cluster-token";
+
+/// Request header naming the worker (base URL) to pull the prompt's prefix KV from; set by
+/// a router, honoured by a worker only with the cluster token. Never copied from a client.
+pub const KV_SOURCE: &str = "x-locus-kv-source";
+
+/// Response header naming the source whose blocks the answer used.
+pub const KV_SOURCE_USED: &str = "x-locus-kv-source-used";
+
 /// The highest priority band.
 pub const TOP_BAND: u8 = (locus_policy::BANDS - 1) as u8;
 

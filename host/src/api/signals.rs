@@ -55,6 +55,21 @@ pub struct LoadReport {
     /// to it at once by default. Absent from workers older than flow control.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_batch: Option<u32>,
+    /// The worker's KV fingerprint (hex): present only when it exports KV (it has a
+    /// cluster token). Workers with equal fingerprints can exchange prefix KV.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_fingerprint: Option<String>,
+    /// Prompt tokens per second of the worker's own prefills (a moving average); absent
+    /// before it measured one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefill_tokens_per_second: Option<f64>,
+    /// Bytes per second of the worker's KV pulls (a moving average); absent before its
+    /// first pull.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_pull_bytes_per_second: Option<f64>,
+    /// Bytes of one KV block on the wire (K and V of every layer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_block_bytes: Option<u64>,
     /// When this report was made, Unix microseconds.
     pub ts_us: u64,
 }

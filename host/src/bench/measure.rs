@@ -32,6 +32,7 @@ pub(super) async fn send(
         worker: String::new(),
         cache_hit: false,
         cached_tokens: 0,
+        transferred_tokens: 0,
         prompt_tokens: 0,
         completion_tokens: 0,
         route_us: None,
@@ -100,6 +101,7 @@ pub(super) async fn send(
         rec.worker = m.worker_id;
         rec.cache_hit = m.cache_hit;
         rec.cached_tokens = m.cached_tokens;
+        rec.transferred_tokens = m.transferred_tokens.unwrap_or(0);
         rec.prompt_tokens = m.prompt_tokens;
     }
     if rec.worker.is_empty() && rec.error.is_none() {

@@ -27,6 +27,8 @@ pub struct Record {
     pub cache_hit: bool,
     /// Prompt tokens served from a cache.
     pub cached_tokens: usize,
+    /// Prompt tokens whose KV the worker pulled from another (apart from `cached_tokens`).
+    pub transferred_tokens: usize,
     /// Prompt tokens.
     pub prompt_tokens: usize,
     /// Tokens generated.

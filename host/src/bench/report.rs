@@ -47,6 +47,8 @@ pub struct Summary {
     pub response_hit_rate: f64,
     /// Prompt tokens served from a cache.
     pub prefix_token_hit_rate: f64,
+    /// Prompt tokens whose KV was pulled from another worker (not counted as hits).
+    pub prefix_token_transferred_rate: f64,
     /// Requests on the busiest worker.
     pub max_per_worker: usize,
     /// Requests per worker, over all the workers behind the router (over those that served
@@ -107,6 +109,7 @@ pub fn summarize(report: &Report) -> Vec<Summary> {
             }
             let prompt: usize = ok.iter().map(|r| r.prompt_tokens).sum();
             let cached: usize = ok.iter().map(|r| r.cached_tokens).sum();
+            let transferred: usize = ok.iter().map(|r| r.transferred_tokens).sum();
             let hits = ok.iter().filter(|r| r.cache_hit).count();
             let passes: Vec<_> =
                 report.passes.iter().filter(|p| &p.policy == policy && p.rate == rate).collect();
@@ -130,6 +133,7 @@ pub fn summarize(report: &Report) -> Vec<Summary> {
                 throughput_rps: ratio(ok.len() as f64, secs),
                 response_hit_rate: ratio(hits as f64, recs.len() as f64),
                 prefix_token_hit_rate: ratio(cached as f64, prompt as f64),
+                prefix_token_transferred_rate: ratio(transferred as f64, prompt as f64),
                 max_per_worker: per_worker.values().copied().max().unwrap_or(0),
                 mean_per_worker: ratio(ok.len() as f64, workers as f64),
                 route_p50_us: (!route.is_empty()).then(|| pct(&route, 0.5)),
@@ -171,16 +175,18 @@ pub fn table(report: &Report, summaries: &[Summary]) -> String {
     let o = &report.oracle;
     let _ = writeln!(
         s,
-        "| policy | rate req/s | requests | errors | TTFT p50 ms | TTFT p90 ms | TTFT p99 ms | TPOT p50 ms | latency p50 ms | latency p99 ms | req/s | prefix-token hits (oracle {:.1}%) | response hits (oracle {:.1}%) | max / mean per worker | route µs p50 / p99 |",
+        "| policy | rate req/s | requests | errors | TTFT p50 ms | TTFT p90 ms | TTFT p99 ms | TPOT p50 ms | latency p50 ms | latency p99 ms | req/s | prefix-token hits (oracle {:.1}%) | pulled from another worker | response hits (oracle {:.1}%) | max / mean per worker | route µs p50 / p99 |",
         o.prefix_token_hit_rate * 100.0,
         o.response_hit_rate * 100.0,
     );
-    let _ =
-        writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        s,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     for m in summaries {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {} | {:.0} | {:.0} | {:.2} | {:.1}% | {:.1}% | {} / {:.1} ({:.2}) | {} / {} |",
+            "| {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {} | {:.0} | {:.0} | {:.2} | {:.1}% | {:.1}% | {:.1}% | {} / {:.1} ({:.2}) | {} / {} |",
             m.policy,
             opt(m.rate, 2),
             m.requests,
@@ -193,6 +199,7 @@ pub fn table(report: &Report, summaries: &[Summary]) -> String {
             m.p99_ms,
             m.throughput_rps,
             m.prefix_token_hit_rate * 100.0,
+            m.prefix_token_transferred_rate * 100.0,
             m.response_hit_rate * 100.0,
             m.max_per_worker,
             m.mean_per_worker,

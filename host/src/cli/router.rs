@@ -10,7 +10,7 @@ use clap::builder::TypedValueParser;
 use locus::router::{Discover, RouterOptions};
 use locus_policy::{self as policy, FaultPolicy, PolicySource};
 
-use super::shared::{AdminTokenArg, ServeArgs, ShutdownArgs};
+use super::shared::{AdminTokenArg, ClusterTokenArg, ServeArgs, ShutdownArgs};
 
 /// How requests are routed: the policy, and the router's own options with their flags.
 #[derive(Args, Clone)]
@@ -141,6 +141,8 @@ pub struct RouterArgs {
     #[command(flatten)]
     pub admin_token: AdminTokenArg,
     #[command(flatten)]
+    pub cluster_token: ClusterTokenArg,
+    #[command(flatten)]
     pub routing: RoutingArgs,
     #[command(flatten)]
     pub serve: ServeArgs,
@@ -157,6 +159,7 @@ impl RouterArgs {
             workers: self.workers.clone(),
             discover,
             discover_interval: self.discover_interval,
+            cluster_token: self.cluster_token.token.clone(),
             ..self.routing.options(self.admin_token.token.clone(), &self.serve)?
         })
     }

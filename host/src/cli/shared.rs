@@ -50,6 +50,25 @@ pub struct AdminTokenArg {
     pub token: Option<String>,
 }
 
+/// The cluster token, shared by the workers and routers of one cluster (in `locus run`,
+/// by all of them at once).
+#[derive(Args, Clone, Default)]
+pub struct ClusterTokenArg {
+    /// Token the workers and routers of a cluster present to each other in
+    /// `x-locus-cluster-token`, for moving prefix KV between workers. A worker with one
+    /// serves its prefix KV (`POST /kv/export`) to holders of the token and pulls a prefix
+    /// from the source a request names when the request carries the token; a router with
+    /// one lets a routing policy name such a source (contract 0.4.0). Without it none of
+    /// this happens. It travels in plain HTTP: keep the cluster's network private.
+    #[arg(
+        long = "cluster-token",
+        env = "LOCUS_CLUSTER_TOKEN",
+        hide_env_values = true,
+        value_parser = clap::builder::NonEmptyStringValueParser::new()
+    )]
+    pub token: Option<String>,
+}
+
 /// Connection and body limits of a server. In `locus run` the router and the workers share
 /// them, which is why they are flattened here once rather than in each one's options.
 #[derive(Args, Clone)]

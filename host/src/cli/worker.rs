@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use clap::Args;
 use locus::cluster::ClusterOptions;
+use locus::router::RouterOptions;
 use locus::worker::WorkerOptions;
 use locus_engine::{EngineOptions, Limits, ModelSource};
 use locus_policy::PolicySource;
 
 use super::router::RoutingArgs;
-use super::shared::{AdminTokenArg, ServeArgs, ShutdownArgs};
+use super::shared::{AdminTokenArg, ClusterTokenArg, ServeArgs, ShutdownArgs};
 
 /// The model and its engine. `EngineOptions` belongs to the engine crate, which knows
 /// nothing of command lines, so these flags are here (their defaults are the engine's) and
@@ -39,10 +40,15 @@ pub struct ModelArgs {
     #[arg(long, default_value_t = Limits::default().prefill_chunk, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
     pub prefill_chunk: usize,
     /// Most prompt tokens a worker runs in one step while a request of a higher priority
-    /// band is decoding: a lower band's prompts then move in smaller chunks, so that the
-    /// higher band's tokens keep coming.
+    /// band is at the worker (or was, within --prefill-yield-window): a lower band's
+    /// prompts then move in smaller chunks, so that a higher band's prompt finds a short
+    /// step in its way and its tokens keep coming.
     #[arg(long, default_value_t = Limits::default().yield_chunk, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
     pub prefill_chunk_yield: usize,
+    /// Seconds a higher band keeps the lower bands' prompt chunks at --prefill-chunk-yield
+    /// after its last request left the worker (0: only while one is there).
+    #[arg(long, default_value_t = Limits::default().yield_window.as_secs_f64())]
+    pub prefill_yield_window: f64,
     /// Byte budget of the running sequences' KV memory per worker, apart from the prefix
     /// store: each request reserves prompt + max tokens at admission and waits while it
     /// does not fit.
@@ -69,6 +75,7 @@ impl ModelArgs {
             ("--max-batch", self.max_batch.to_string()),
             ("--prefill-chunk", self.prefill_chunk.to_string()),
             ("--prefill-chunk-yield", self.prefill_chunk_yield.to_string()),
+            ("--prefill-yield-window", self.prefill_yield_window.to_string()),
             ("--kv-cache-bytes", self.kv_cache_bytes.to_string()),
             ("--queue-timeout", self.queue_timeout.to_string()),
         ] {
@@ -82,12 +89,17 @@ impl ModelArgs {
         let queue_timeout = Duration::try_from_secs_f64(self.queue_timeout).map_err(|_| {
             anyhow::anyhow!("--queue-timeout must be a non-negative number of seconds")
         })?;
+        let yield_window =
+            Duration::try_from_secs_f64(self.prefill_yield_window).map_err(|_| {
+                anyhow::anyhow!("--prefill-yield-window must be a non-negative number of seconds")
+            })?;
         Ok(EngineOptions {
             prefix_cache_bytes: self.prefix_cache_bytes,
             limits: Limits {
                 max_batch: self.max_batch,
                 prefill_chunk: self.prefill_chunk,
                 yield_chunk: self.prefill_chunk_yield,
+                yield_window,
                 kv_bytes: self.kv_cache_bytes,
                 queue_timeout,
             },
@@ -151,6 +163,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub admin_token: AdminTokenArg,
     #[command(flatten)]
+    pub cluster_token: ClusterTokenArg,
+    #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]
     pub routing: RoutingArgs,
@@ -165,6 +179,7 @@ impl RunArgs {
     /// and the workers alike (the router reads the workers' KV events with it).
     pub fn options(&self, token: &str) -> anyhow::Result<ClusterOptions> {
         let token = Some(token.to_string());
+        let cluster_token = self.cluster_token.token.clone();
         Ok(ClusterOptions {
             host: self.host,
             port: self.port,
@@ -174,8 +189,11 @@ impl RunArgs {
             workers: self.workers.max(1),
             model: self.model.source()?,
             engine: self.model.engine_options()?,
-            worker: self.cache.options(token.clone(), &self.serve)?,
-            router: self.routing.options(token, &self.serve)?,
+            worker: WorkerOptions {
+                cluster_token: cluster_token.clone(),
+                ..self.cache.options(token.clone(), &self.serve)?
+            },
+            router: RouterOptions { cluster_token, ..self.routing.options(token, &self.serve)? },
         })
     }
 }
@@ -201,6 +219,8 @@ pub struct WorkerArgs {
     #[command(flatten)]
     pub admin_token: AdminTokenArg,
     #[command(flatten)]
+    pub cluster_token: ClusterTokenArg,
+    #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]
     pub cache: CacheArgs,
@@ -220,6 +240,7 @@ impl WorkerArgs {
                 .clone()
                 .unwrap_or_else(|| format!("{}:{}", host(), self.port)),
             audit_log: self.audit_log.clone(),
+            cluster_token: self.cluster_token.token.clone(),
             ..self.cache.options(self.admin_token.token.clone(), &self.serve)?
         })
     }

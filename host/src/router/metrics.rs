@@ -12,6 +12,8 @@ pub(super) struct Metrics {
     pub flow: FlowCounters,
     pub decisions: IntCounterVec,
     pub fallbacks: IntCounter,
+    /// KV sources the policy named: passed on, or dropped (and why).
+    pub kv_sources: IntCounterVec,
     pub retries: IntCounter,
     pub requests: IntCounterVec,
     pub latency: HistogramVec,
@@ -49,6 +51,16 @@ impl Metrics {
         let fallbacks = IntCounter::new(
             "locus_router_fallbacks_total",
             "Decisions made by the native fallback because the policy faulted",
+        )
+        .unwrap();
+        let kv_sources = IntCounterVec::new(
+            Opts::new(
+                "locus_router_kv_sources_total",
+                "KV sources routing policies named: passed on to the worker (named), or \
+                 dropped because the source is the chosen worker (same_worker) or cannot \
+                 exchange KV with it (incompatible)",
+            ),
+            &["outcome"],
         )
         .unwrap();
         let retries =
@@ -144,6 +156,7 @@ impl Metrics {
         collectors.extend(vec![
             Box::new(decisions.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(fallbacks.clone()),
+            Box::new(kv_sources.clone()),
             Box::new(retries.clone()),
             Box::new(requests.clone()),
             Box::new(latency.clone()),
@@ -167,6 +180,7 @@ impl Metrics {
             flow,
             decisions,
             fallbacks,
+            kv_sources,
             retries,
             requests,
             latency,

@@ -130,6 +130,11 @@ pub struct RouterOptions {
         hide_default_value = true
     )]
     pub worker_token: std::option::Option<String>,
+    /// The cluster token the workers share (`x-locus-cluster-token`): with it, a policy may
+    /// name a worker to pull a prompt's prefix KV from (contract 0.4.0), and the router
+    /// passes the source on with this token; without it, policies see no KV groups.
+    #[arg(skip)]
+    pub cluster_token: std::option::Option<String>,
     /// Request header whose value is passed to the policy as the session key.
     #[arg(
         long,
@@ -175,6 +180,7 @@ impl Default for RouterOptions {
             load_interval: Duration::from_millis(200),
             kv_events: true,
             worker_token: None,
+            cluster_token: None,
             session_header: DEFAULT_SESSION_HEADER.into(),
             audit_log: None,
             flow: FlowOptions::default(),

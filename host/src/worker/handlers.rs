@@ -11,9 +11,10 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 
 use super::answer::Answer;
-use super::kv_transfer::{self, KV_SOURCE_USED};
+use super::kv_transfer;
 use super::state::Worker;
 use super::stream;
+use crate::api::KV_SOURCE_USED;
 use crate::api::{ApiError, Endpoint, Job, read_job, read_priority};
 use crate::http::{RequestId, tagged};
 

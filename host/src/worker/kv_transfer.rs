@@ -27,18 +27,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
 use super::state::Worker;
-use crate::api::{ApiError, parse_json};
-
-/// Request header with the cluster token: on `/kv/export`, and on a generation request
-/// whose [`KV_SOURCE`] the worker should honour.
-pub const CLUSTER_TOKEN: &str = "x-locus-cluster-token";
-
-/// Request header naming the worker (base URL) to pull the prompt's prefix KV from; set by
-/// a router, honoured only with the cluster token.
-pub const KV_SOURCE: &str = "x-locus-kv-source";
-
-/// Response header naming the source whose blocks the answer used.
-pub const KV_SOURCE_USED: &str = "x-locus-kv-source-used";
+use crate::api::{ApiError, CLUSTER_TOKEN, KV_SOURCE, parse_json};
 
 /// Longest a pull may take, whatever the measured prefill speed says.
 const MAX_PULL: Duration = Duration::from_secs(2);
@@ -60,6 +49,8 @@ pub(super) struct Pulls {
     inflight: Mutex<HashMap<u64, Arc<OnceCell<Option<ImportedPrefix>>>>>,
     /// Prefill tokens per second this worker measured, as an exponential moving average.
     prefill_speed: Mutex<Option<f64>>,
+    /// Bytes per second of this worker's complete pulls, as an exponential moving average.
+    link_speed: Mutex<Option<f64>>,
 }
 
 impl Pulls {
@@ -68,9 +59,29 @@ impl Pulls {
         if computed_tokens < BLOCK_TOKENS || prefill_ms <= 0.0 {
             return;
         }
-        let speed = computed_tokens as f64 / (prefill_ms / 1e3);
-        let mut s = self.prefill_speed.lock();
-        *s = Some(s.map_or(speed, |old| 0.8 * old + 0.2 * speed));
+        ewma(&self.prefill_speed, computed_tokens as f64 / (prefill_ms / 1e3));
+    }
+
+    /// Prompt tokens per second this worker computes, once measured.
+    pub(super) fn prefill_speed(&self) -> Option<f64> {
+        *self.prefill_speed.lock()
+    }
+
+    /// Bytes per second its pulls ran at, once one completed.
+    pub(super) fn link_speed(&self) -> Option<f64> {
+        *self.link_speed.lock()
+    }
+}
+
+fn ewma(cell: &Mutex<Option<f64>>, x: f64) {
+    let mut s = cell.lock();
+    *s = Some(s.map_or(x, |old| 0.8 * old + 0.2 * x));
+}
+
+impl Worker {
+    /// Whether this worker serves `/kv/export` (it has a cluster token).
+    pub(super) fn exports_kv(&self) -> bool {
+        self.options.cluster_token.as_deref().is_some_and(|t| !t.is_empty())
     }
 }
 
@@ -217,7 +228,7 @@ impl Worker {
         if missing < self.options.kv_pull_min_tokens {
             return skip("skipped_short");
         }
-        let speed = *self.pulls.prefill_speed.lock();
+        let speed = self.pulls.prefill_speed();
         let deadline = match (self.options.kv_pull_timeout_ms, speed) {
             (Some(ms), _) => Duration::from_millis(ms),
             (None, Some(speed)) => Duration::from_secs_f64(missing as f64 / speed).min(MAX_PULL),
@@ -251,6 +262,7 @@ impl Worker {
         let fp = self.engine.kv_fingerprint();
         let mut decoder = Decoder::new(fp, hashes);
         let mut blocks: Vec<KvBlock> = Vec::new();
+        let mut received = 0usize;
         let body = ExportRequest { fingerprint: fp.to_string(), token_ids: ids.to_vec() };
         let token = self.options.cluster_token.clone().unwrap_or_default();
         let read = async {
@@ -272,6 +284,7 @@ impl Worker {
             let mut stream = resp.bytes_stream();
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk.map_err(|_| "truncated")?;
+                received += chunk.len();
                 self.metrics
                     .kv_transfer_bytes
                     .with_label_values(&["pulled"])
@@ -288,7 +301,11 @@ impl Worker {
             Err(_) => "deadline",
         };
         self.metrics.kv_pulls.with_label_values(&[outcome]).inc();
-        self.metrics.kv_pull_seconds.observe(started.elapsed().as_secs_f64());
+        let took = started.elapsed().as_secs_f64();
+        self.metrics.kv_pull_seconds.observe(took);
+        if outcome == "complete" && took > 0.0 {
+            ewma(&self.pulls.link_speed, received as f64 / took);
+        }
         if blocks.is_empty() {
             return None;
         }

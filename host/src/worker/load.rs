@@ -32,6 +32,10 @@ impl Worker {
             max_queue: self.options.max_queue,
             queue_available: self.queue.available_permits(),
             max_batch: Some(to_u32(self.engine.limits().max_batch)),
+            kv_fingerprint: self.exports_kv().then(|| self.engine.kv_fingerprint().to_string()),
+            prefill_tokens_per_second: self.pulls.prefill_speed(),
+            kv_pull_bytes_per_second: self.pulls.link_speed(),
+            kv_block_bytes: Some(block),
             ts_us: unix_micros(SystemTime::now()),
         }
     }

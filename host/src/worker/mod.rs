@@ -42,9 +42,10 @@ mod stop;
 mod stream;
 mod throughput;
 
+pub use crate::api::{CLUSTER_TOKEN, KV_SOURCE, KV_SOURCE_USED};
 pub use caches::{Caches, LevelInfo};
 pub use handle::{WorkerHandle, spawn};
-pub use kv_transfer::{CLUSTER_TOKEN, ExportRequest, KV_SOURCE, KV_SOURCE_USED};
+pub use kv_transfer::ExportRequest;
 pub use options::WorkerOptions;
 pub use outcome::Finish;
 pub use responses::{Cached, ResponseCache};

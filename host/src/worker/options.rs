@@ -47,7 +47,7 @@ pub struct WorkerOptions {
     /// Token that other workers and routers of the cluster present in
     /// `x-locus-cluster-token`: without one, this worker neither exports its prefix KV nor
     /// pulls one from a source a request names.
-    #[arg(long, env = "LOCUS_CLUSTER_TOKEN", hide_env_values = true)]
+    #[arg(skip)]
     pub cluster_token: Option<String>,
     /// Most KV transfers this worker serves at once (more get 429, and their importers
     /// compute instead), so that a popular holder does not become the new hot spot.

@@ -176,7 +176,7 @@ fn shadow_route(kv: &KvFeed, t: &Trial, r: ShadowRoute) {
     if let Some(fill) = fill {
         fill(&mut req);
     }
-    let (index, fault) = decide(&t.slot, &req, &workers);
+    let ((index, _), fault) = decide(&t.slot, &req, &workers);
     let mine = workers.ids[index];
     let blocks = req.block_hashes.len();
     let held_by = |w: u64| match &held {

@@ -13,7 +13,7 @@ use crate::runtime::slot::Slot;
 use crate::runtime::world::{Feed, World};
 
 #[allow(missing_docs)]
-mod v2 {
+mod v4 {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "router",
@@ -21,12 +21,18 @@ mod v2 {
     });
 }
 
+/// 0.2.0 and 0.3.0 share one router world (0.3.0 added only the admission world).
+#[allow(missing_docs)]
+mod v2 {
+    wasmtime::component::bindgen!({ path: "../wit/0.3.0", world: "router" });
+}
+
 #[allow(missing_docs)]
 mod v1 {
     wasmtime::component::bindgen!({ path: "../wit/0.1.0", world: "router" });
 }
 
-pub use v2::locus::policy::types::{Completion, Outcome, Request, Workers};
+pub use v4::locus::policy::types::{Completion, Outcome, Request, RouteChoice, Workers};
 
 /// Builds [`Workers`] from `(id, in_flight)` pairs, with no load reported yet.
 pub fn workers(iter: impl IntoIterator<Item = (u64, u32)>) -> Workers {
@@ -42,6 +48,10 @@ pub fn workers(iter: impl IntoIterator<Item = (u64, u32)>) -> Workers {
         kv_used_blocks: vec![0; n],
         kv_total_blocks: vec![0; n],
         tokens_per_second: vec![0.0; n],
+        kv_group: vec![None; n],
+        prefill_tokens_per_second: vec![None; n],
+        kv_pull_bytes_per_second: vec![None; n],
+        kv_block_bytes: vec![None; n],
     }
 }
 
@@ -58,6 +68,10 @@ impl Workers {
             kv_used_blocks: Vec::with_capacity(n),
             kv_total_blocks: Vec::with_capacity(n),
             tokens_per_second: Vec::with_capacity(n),
+            kv_group: Vec::with_capacity(n),
+            prefill_tokens_per_second: Vec::with_capacity(n),
+            kv_pull_bytes_per_second: Vec::with_capacity(n),
+            kv_block_bytes: Vec::with_capacity(n),
         }
     }
 
@@ -73,6 +87,10 @@ impl Workers {
             self.kv_used_blocks.len(),
             self.kv_total_blocks.len(),
             self.tokens_per_second.len(),
+            self.kv_group.len(),
+            self.prefill_tokens_per_second.len(),
+            self.kv_pull_bytes_per_second.len(),
+            self.kv_block_bytes.len(),
         ]
         .iter()
         .all(|&l| l == n)
@@ -112,15 +130,68 @@ impl Completion {
     }
 }
 
-/// A router component of either contract version.
+/// A router component of any contract version.
 pub(crate) enum Pre {
+    V4(v4::RouterPre<State>),
     V2(v2::RouterPre<State>),
     V1(v1::RouterPre<State>),
 }
 
 pub(crate) enum Bindings {
+    V4(v4::Router),
     V2(v2::Router),
     V1(v1::Router),
+}
+
+fn to_v2_request(r: &Request) -> v2::locus::policy::types::Request {
+    v2::locus::policy::types::Request {
+        id: r.id,
+        prompt: r.prompt.clone(),
+        max_new_tokens: r.max_new_tokens,
+        block_hashes: r.block_hashes.clone(),
+        prompt_tokens: r.prompt_tokens,
+        session: r.session.clone(),
+    }
+}
+
+fn to_v2_workers(w: &Workers) -> v2::locus::policy::types::Workers {
+    v2::locus::policy::types::Workers {
+        ids: w.ids.clone(),
+        in_flight: w.in_flight.clone(),
+        load_known: w.load_known.clone(),
+        load_age_ms: w.load_age_ms.clone(),
+        waiting: w.waiting.clone(),
+        running: w.running.clone(),
+        kv_used_blocks: w.kv_used_blocks.clone(),
+        kv_total_blocks: w.kv_total_blocks.clone(),
+        tokens_per_second: w.tokens_per_second.clone(),
+    }
+}
+
+fn to_v2_completion(c: &Completion) -> v2::locus::policy::types::Completion {
+    use v2::locus::policy::types::Outcome as O;
+    v2::locus::policy::types::Completion {
+        request_id: c.request_id,
+        worker_id: c.worker_id,
+        outcome: match c.outcome {
+            Outcome::Ok => O::Ok,
+            Outcome::Rejected => O::Rejected,
+            Outcome::Overloaded => O::Overloaded,
+            Outcome::Failed => O::Failed,
+            Outcome::Unreachable => O::Unreachable,
+            Outcome::Timeout => O::Timeout,
+            Outcome::Broken => O::Broken,
+            Outcome::Cancelled => O::Cancelled,
+        },
+        status: c.status,
+        attempt: c.attempt,
+        latency_us: c.latency_us,
+        ttft_us: c.ttft_us,
+        prompt_tokens: c.prompt_tokens,
+        cached_tokens: c.cached_tokens,
+        response_cache_hit: c.response_cache_hit,
+        generated_tokens: c.generated_tokens,
+    }
 }
 
 fn to_v1_request(r: &Request) -> v1::locus::policy::types::Request {
@@ -153,10 +224,17 @@ impl Bindings {
         store: &mut Store<State>,
         req: &Request,
         workers: &Workers,
-    ) -> wasmtime::Result<Result<u32, String>> {
+    ) -> wasmtime::Result<Result<RouteChoice, String>> {
+        let worker =
+            |r: Result<u32, String>| r.map(|worker| RouteChoice { worker, kv_source: None });
         match self {
-            Self::V2(b) => b.call_route(store, req, workers),
-            Self::V1(b) => b.call_route(store, &to_v1_request(req), &to_v1_workers(workers)),
+            Self::V4(b) => b.call_route(store, req, workers),
+            Self::V2(b) => {
+                b.call_route(store, &to_v2_request(req), &to_v2_workers(workers)).map(worker)
+            }
+            Self::V1(b) => {
+                b.call_route(store, &to_v1_request(req), &to_v1_workers(workers)).map(worker)
+            }
         }
     }
 
@@ -167,7 +245,8 @@ impl Bindings {
         answered: bool,
     ) -> wasmtime::Result<()> {
         match self {
-            Self::V2(b) => b.call_observe(store, *done),
+            Self::V4(b) => b.call_observe(store, *done),
+            Self::V2(b) => b.call_observe(store, to_v2_completion(done)),
             // 0.1.0 promised one completion per request, once a worker answered it.
             Self::V1(b) if answered => b.call_observe(store, to_v1_completion(done)),
             Self::V1(_) => Ok(()),
@@ -183,6 +262,7 @@ impl Bindings {
         stored: &[u64],
     ) -> wasmtime::Result<()> {
         match self {
+            Self::V4(b) => b.call_kv_events(store, worker, cleared, removed, stored),
             Self::V2(b) => b.call_kv_events(store, worker, cleared, removed, stored),
             // 0.1.0 has no KV events.
             Self::V1(_) => Ok(()),
@@ -199,16 +279,20 @@ impl World for RouterWorld {
     type Bindings = Bindings;
 
     fn pre(ip: InstancePre<State>) -> wasmtime::Result<Self::Pre> {
-        match v2::RouterPre::new(ip.clone()) {
-            Ok(p) => Ok(Pre::V2(p)),
-            // Not 0.2.0: a 0.1.0 component keeps working; if it is neither, 0.2.0's
-            // complaint is the one to read.
-            Err(e2) => v1::RouterPre::new(ip).map(Pre::V1).map_err(|_| e2),
+        // Newest first; if the component is none of them, the newest one's complaint is
+        // the one to read.
+        match v4::RouterPre::new(ip.clone()) {
+            Ok(p) => Ok(Pre::V4(p)),
+            Err(e4) => v2::RouterPre::new(ip.clone())
+                .map(Pre::V2)
+                .or_else(|_| v1::RouterPre::new(ip).map(Pre::V1))
+                .map_err(|_| e4),
         }
     }
 
     fn instantiate(pre: &Self::Pre, store: &mut Store<State>) -> wasmtime::Result<Self::Bindings> {
         Ok(match pre {
+            Pre::V4(p) => Bindings::V4(p.instantiate(store)?),
             Pre::V2(p) => Bindings::V2(p.instantiate(store)?),
             Pre::V1(p) => Bindings::V1(p.instantiate(store)?),
         })
@@ -220,6 +304,7 @@ impl World for RouterWorld {
         settings: &[(String, String)],
     ) -> wasmtime::Result<Result<(), String>> {
         match b {
+            Bindings::V4(b) => b.call_configure(store, &settings.to_vec()),
             Bindings::V2(b) => b.call_configure(store, &settings.to_vec()),
             Bindings::V1(b) => b.call_configure(store, &settings.to_vec()),
         }
@@ -235,14 +320,17 @@ impl World for RouterWorld {
         req.block_hashes = vec![0x1234_5678_9abc_def0, 0x0fed_cba9_8765_4321];
         req.prompt_tokens = Some(40);
         b.kv_events(&mut *store, 2, true, &[], &req.block_hashes)?;
+        workers.kv_group = vec![Some(7); 4];
+        workers.prefill_tokens_per_second[1] = Some(700.0);
+        workers.kv_block_bytes = vec![Some(589_824); 4];
         let index = match b.route(&mut *store, &req, &workers)? {
-            Ok(i) => i,
+            Ok(c) => match check_choice(c, &workers) {
+                Ok(c) => c.0,
+                Err(f) => return Ok(Err(f)),
+            },
             Err(msg) => return Ok(Err(Fault::Error(msg))),
         };
-        if let Err(f) = check_index(index, &workers) {
-            return Ok(Err(f));
-        }
-        let mut done = Completion::new(0, workers.ids[index as usize], Outcome::Ok);
+        let mut done = Completion::new(0, workers.ids[index], Outcome::Ok);
         done.status = 200;
         done.latency_us = 1000;
         done.ttft_us = Some(400);
@@ -257,6 +345,7 @@ impl World for RouterWorld {
 
     fn version(pre: &Self::Pre) -> &'static str {
         match pre {
+            Pre::V4(_) => "0.4.0",
             Pre::V2(_) => "0.2.0",
             Pre::V1(_) => "0.1.0",
         }
@@ -267,6 +356,50 @@ fn check_index(index: u32, workers: &Workers) -> Result<usize, Fault> {
     let len = workers.ids.len();
     if (index as usize) < len { Ok(index as usize) } else { Err(Fault::OutOfRange { index, len }) }
 }
+
+/// Why a KV source a policy named is not passed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceDropped {
+    /// The source is the chosen worker itself.
+    Same,
+    /// The source or the target is in no KV group (the router cannot move KV between
+    /// them), or they are in different ones.
+    Incompatible,
+}
+
+impl SourceDropped {
+    /// A metric label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Same => "same_worker",
+            Self::Incompatible => "incompatible",
+        }
+    }
+}
+
+/// The chosen worker's index and the KV source to pass on: an index out of range (worker or
+/// source) is a fault; a source that cannot serve the worker is dropped, with the reason.
+pub(crate) fn check_choice(
+    c: RouteChoice,
+    workers: &Workers,
+) -> Result<(usize, Result<Option<usize>, SourceDropped>), Fault> {
+    let index = check_index(c.worker, workers)?;
+    let Some(source) = c.kv_source else { return Ok((index, Ok(None))) };
+    let source = check_index(source, workers)?;
+    let group = |i: usize| workers.kv_group.get(i).copied().flatten();
+    let source = if source == index {
+        Err(SourceDropped::Same)
+    } else if group(index).is_none() || group(index) != group(source) {
+        Err(SourceDropped::Incompatible)
+    } else {
+        Ok(Some(source))
+    };
+    Ok((index, source))
+}
+
+/// What the policy chose: the worker's index, and the KV source to pass on (or why the one
+/// it named was dropped).
+pub(crate) type Chosen = (usize, Result<Option<usize>, SourceDropped>);
 
 /// Brings each instance up to date with the workers' KV events before its next call.
 pub(crate) struct KvEvents(pub(crate) Arc<KvFeed>);
@@ -338,20 +471,21 @@ impl Feed<RouterWorld> for KvEvents {
     }
 }
 
-/// Asks `slot`'s policy to choose; the native fallback decides when it faults.
+/// Asks `slot`'s policy to choose; the native fallback decides when it faults (and names no
+/// source).
 pub(crate) fn decide(
     slot: &Slot<RouterWorld>,
     req: &Request,
     workers: &Workers,
-) -> (usize, Option<Fault>) {
+) -> (Chosen, Option<Fault>) {
     let native = || fallback::rendezvous(&req.prompt, workers.ids.iter().copied());
     slot.call(
         |b, store| {
             Ok(b.route(store, req, workers)?
                 .map_err(Fault::Error)
-                .and_then(|i| check_index(i, workers)))
+                .and_then(|c| check_choice(c, workers)))
         },
-        || native().expect("the worker list is not empty"),
+        || (native().expect("the worker list is not empty"), Ok(None)),
     )
 }
 

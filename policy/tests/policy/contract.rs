@@ -8,11 +8,11 @@ fn components_of_both_contract_versions_load_and_say_which() {
     assert_eq!(old.info().version, "0.1.0");
     assert!(!tokenizes(&old), "a 0.1.0 policy makes the router tokenize nothing");
     let new = probe();
-    assert_eq!(new.info().version, "0.2.0");
+    assert_eq!(new.info().version, "0.4.0");
     assert!(tokenizes(&new));
     let report = locus_policy::inspect(&file(guests::PROBE_PATH), &LoadOptions::default());
     assert!(report.usable(), "{report}");
-    assert!(report.to_string().contains("locus:policy/router@0.2.0"), "{report}");
+    assert!(report.to_string().contains("locus:policy/router@0.4.0"), "{report}");
     let report = locus_policy::inspect(&PolicySource::Builtin("random"), &LoadOptions::default());
     assert!(report.to_string().contains("locus:policy/router@0.1.0"), "{report}");
     let report = locus_policy::inspect(&PolicySource::Builtin("lru"), &LoadOptions::default());

@@ -6,3 +6,4 @@ mod builtins;
 mod common;
 mod contract;
 mod faults;
+mod kv_source;

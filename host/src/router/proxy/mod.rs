@@ -26,7 +26,7 @@ use super::flow::{Identity, Ticket};
 use super::gateway::Gateway;
 use super::registry::Backend;
 use super::tokens::PromptBlocks;
-use crate::api::{ApiError, Job, PRIORITY, REQUEST_ID, rank};
+use crate::api::{ApiError, CLUSTER_TOKEN, Job, KV_SOURCE, PRIORITY, REQUEST_ID, rank};
 use attempt::Attempt;
 use locus_policy::{Ask, Completion, Outcome, Request, Workers};
 use locus_tokens::BLOCK_TOKENS;
@@ -39,15 +39,18 @@ pub const ROUTING_PROMPT_BYTES: usize = 8192;
 
 impl Gateway {
     /// What the policy is told about `candidates`: live in-flight counts and each one's
-    /// last load report.
-    fn view(candidates: &[Arc<Backend>]) -> Workers {
+    /// last load report; KV groups only when this router holds the cluster token (it could
+    /// not pass a source on otherwise).
+    fn view(&self, candidates: &[Arc<Backend>]) -> Workers {
+        let moves_kv = self.options.cluster_token.is_some();
         let mut w = Workers::with_capacity(candidates.len());
         for b in candidates {
             w.ids.push(b.id());
             w.in_flight.push(b.in_flight());
             let clamp = |n: u64| n.min(u64::from(u32::MAX)) as u32;
             // An unknown load is all zeros beside `load-known` false.
-            let (age, waiting, running, used, total, tps) = match b.load() {
+            let load = b.load();
+            let (age, waiting, running, used, total, tps) = match &load {
                 Some(r) => {
                     let l = &r.load;
                     let age = r.at.elapsed().as_millis().min(u128::from(u32::MAX)) as u32;
@@ -56,6 +59,20 @@ impl Gateway {
                 }
                 None => (None, 0, 0, 0, 0, 0.0),
             };
+            let l = load.as_ref().map(|r| &r.load);
+            let group = l.and_then(|l| l.kv_fingerprint.as_deref()).filter(|_| moves_kv);
+            w.kv_group.push(group.map(|f| {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::hash::DefaultHasher::new();
+                f.hash(&mut h);
+                h.finish()
+            }));
+            w.prefill_tokens_per_second
+                .push(l.and_then(|l| l.prefill_tokens_per_second).map(|x| x as f32));
+            w.kv_pull_bytes_per_second
+                .push(l.and_then(|l| l.kv_pull_bytes_per_second).map(|x| x as f32));
+            w.kv_block_bytes
+                .push(l.and_then(|l| l.kv_block_bytes).map(|x| x.min(u64::from(u32::MAX)) as u32));
             w.load_known.push(age.is_some());
             w.load_age_ms.push(age.unwrap_or(0));
             w.waiting.push(waiting);
@@ -168,7 +185,7 @@ impl Gateway {
         let mut route_us = 0u64;
         let mut routed = None;
         for attempt in 0..=self.options.max_retries {
-            let ws = Self::view(&candidates);
+            let ws = self.view(&candidates);
             let decided = self.policy.route(&mut ask, &ws);
             let spent = route_from.elapsed();
             self.metrics.route.observe(spent.as_secs_f64());
@@ -177,6 +194,12 @@ impl Gateway {
             routed = Some(decision.routed());
             if decision.fault.is_some() {
                 self.metrics.fallbacks.inc();
+            }
+            let source = decision.kv_source.map(|j| candidates[j].url.clone());
+            if let Some(why) = decision.kv_source_dropped {
+                self.metrics.kv_sources.with_label_values(&[why.name()]).inc();
+            } else if source.is_some() {
+                self.metrics.kv_sources.with_label_values(&["named"]).inc();
             }
             let backend = candidates.remove(decision.index);
             if attempt == 0 && ticket.is_some() {
@@ -191,15 +214,16 @@ impl Gateway {
             let mut done = Completion::new(ask.request.id, backend.id(), Outcome::Failed);
             done.attempt = attempt as u32;
             let mut pending = Attempt::new(self, done, started, route_us, decision.routed());
-            let sent = self
+            let mut post = self
                 .client
                 .post(format!("{}{}", backend.url, endpoint.path()))
                 .header(header::CONTENT_TYPE, "application/json")
                 .header(REQUEST_ID, request_id)
-                .header(PRIORITY, rank(who.priority, ahead).to_string())
-                .body(body.clone())
-                .send()
-                .await;
+                .header(PRIORITY, rank(who.priority, ahead).to_string());
+            if let (Some(source), Some(token)) = (&source, &self.options.cluster_token) {
+                post = post.header(KV_SOURCE, source).header(CLUSTER_TOKEN, token);
+            }
+            let sent = post.body(body.clone()).send().await;
             let seen = match &sent {
                 Ok(r) => Seen::Answer(r.status()),
                 Err(e) => Seen::SendError(e),
