@@ -159,7 +159,7 @@ impl RouterArgs {
             workers: self.workers.clone(),
             discover,
             discover_interval: self.discover_interval,
-            cluster_token: self.cluster_token.token.clone(),
+            cluster_token: self.cluster_token.cluster_token.clone(),
             ..self.routing.options(self.admin_token.token.clone(), &self.serve)?
         })
     }

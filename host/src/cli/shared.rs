@@ -66,7 +66,8 @@ pub struct ClusterTokenArg {
         hide_env_values = true,
         value_parser = clap::builder::NonEmptyStringValueParser::new()
     )]
-    pub token: Option<String>,
+    // Not `token`: clap names an argument by its field, and the admin token's is `token`.
+    pub cluster_token: Option<String>,
 }
 
 /// Connection and body limits of a server. In `locus run` the router and the workers share

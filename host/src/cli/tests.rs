@@ -228,3 +228,21 @@ fn flags_are_raised_refused_or_emptied_as_they_always_were() {
     let Command::Router(a) = watch.unwrap().command else { unreachable!() };
     assert!(a.options().is_err(), "--watch needs a policy file");
 }
+
+#[test]
+fn the_cluster_token_and_the_admin_token_are_kept_apart() {
+    let has = |opts: &str, field: &str, value: &str| {
+        opts.contains(&format!("{field}: Some(\"{value}\")"))
+    };
+    let (router, _) =
+        parsed(&["locus", "router", "--workers=http://w", "--cluster-token=c", "--admin-token=a"]);
+    assert!(has(&router, "cluster_token", "c") && has(&router, "admin_token", "a"), "{router}");
+    let (worker, _) = parsed(&["locus", "worker", "--cluster-token=c", "--admin-token=a"]);
+    assert!(has(&worker, "cluster_token", "c") && has(&worker, "admin_token", "a"), "{worker}");
+    // `locus run` gives its one cluster token to the router and every worker.
+    let (router, worker) = parsed(&["locus", "run", "--cluster-token=c"]);
+    assert!(has(&router, "cluster_token", "c") && has(&router, "admin_token", "t"), "{router}");
+    assert!(has(&worker, "cluster_token", "c") && has(&worker, "admin_token", "t"), "{worker}");
+    let (worker, _) = parsed(&["locus", "worker", "--cluster-token=c"]);
+    assert!(worker.contains("admin_token: None"), "{worker}");
+}

@@ -179,7 +179,7 @@ impl RunArgs {
     /// and the workers alike (the router reads the workers' KV events with it).
     pub fn options(&self, token: &str) -> anyhow::Result<ClusterOptions> {
         let token = Some(token.to_string());
-        let cluster_token = self.cluster_token.token.clone();
+        let cluster_token = self.cluster_token.cluster_token.clone();
         Ok(ClusterOptions {
             host: self.host,
             port: self.port,
@@ -240,7 +240,7 @@ impl WorkerArgs {
                 .clone()
                 .unwrap_or_else(|| format!("{}:{}", host(), self.port)),
             audit_log: self.audit_log.clone(),
-            cluster_token: self.cluster_token.token.clone(),
+            cluster_token: self.cluster_token.cluster_token.clone(),
             ..self.cache.options(self.admin_token.token.clone(), &self.serve)?
         })
     }
