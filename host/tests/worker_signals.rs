@@ -238,11 +238,13 @@ async fn load_reports_queue_kv_blocks_and_the_measured_token_rate() {
     assert_eq!((load.waiting, load.running, load.kv_blocks_used), (0, 0, 0));
     assert_eq!(load.tokens_per_second, 0.0);
     assert!(load.ts_us > 0);
-    // Every field of the wire shape, and no other.
+    // Every field of the wire shape, and no other: the prefill and pull speeds are absent
+    // until measured, and the KV fingerprint is absent without a cluster token.
     let mut fields: Vec<&str> = raw.as_object().unwrap().keys().map(String::as_str).collect();
     fields.sort_unstable();
     let expected = [
         "generated_tokens",
+        "kv_block_bytes",
         "kv_blocks_total",
         "kv_blocks_used",
         "max_batch",
