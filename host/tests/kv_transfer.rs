@@ -224,6 +224,46 @@ async fn a_source_dying_mid_stream_costs_no_request() {
     assert_eq!(metric(&url, "locus_worker_kv_pulls_total", "truncated").await, 1.0);
 }
 
+/// A source that answers every request with a redirect to `to`.
+async fn redirecting_source(to: String) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let mut buf = vec![0u8; 64 << 10];
+            let _ = conn.read(&mut buf).await;
+            let head = format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nlocation: {to}/kv/export\r\n\
+                 content-length: 0\r\n\r\n"
+            );
+            let _ = conn.write_all(head.as_bytes()).await;
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_never_follows_a_redirect_with_the_cluster_token() {
+    // Where the redirect points: it counts every connection made to it.
+    let elsewhere = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let to = format!("http://{}", elsewhere.local_addr().unwrap());
+    let reached = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = reached.clone();
+    tokio::spawn(async move {
+        while let Ok((_conn, _)) = elsewhere.accept().await {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let source = redirecting_source(to).await;
+    let importer = worker(Some(TOKEN)).await;
+    let url = base(&importer);
+    let (answer, headers) = generate(&url, &[(KV_SOURCE, &source), (CLUSTER_TOKEN, TOKEN)]).await;
+    assert_eq!(answer["meta_info"]["transferred_tokens"], 0);
+    assert!(headers.get(KV_SOURCE_USED).is_none());
+    assert_eq!(metric(&url, "locus_worker_kv_pulls_total", "source_refused").await, 1.0);
+    assert_eq!(reached.load(std::sync::atomic::Ordering::SeqCst), 0, "the redirect was followed");
+}
+
 /// A cluster of two workers behind a router with the `probe` policy (routes by session:
 /// `pin:N`, `source:N:M`); `token` is the cluster token of all three.
 async fn probed_cluster(token: Option<&str>) -> cluster::Cluster {

@@ -11,7 +11,9 @@
 //! left (a short prompt is not stuck behind a long one's chunks, the complaint of SGLang
 //! #10063), unless one has waited `max_batch` chunks for its turn.
 //!
-//! Priority is what the router's admission policy decided before dispatch (its band):
+//! Priority is what the router's admission policy decided before dispatch (its rank: the
+//! band, and within it whether the request was sent ahead of its band's others; a request
+//! sent ahead counts as above its band's others here too, shrinking their chunks):
 //! without it, the worker's own order would undo the router's, since a request dispatched
 //! ahead of a batch job would still wait behind that job's prompt chunks here. Bands also
 //! shape the step: when the prompt to run has a priority above every decoding sequence's,

@@ -27,8 +27,8 @@
 //!   the blocks it lacks instead of computing them. The pulled blocks then cost what the
 //!   transfer takes (`pull-overhead-ms` plus their bytes over the link speed the target
 //!   measured on its own pulls, `link-mb-s` until it has) in blocks the target computes in
-//!   that time (at the prefill speed it measured, `prefill-tokens-s` until it has), times
-//!   `prefill-weight`. So when the worker holding a prefix is loaded past what its blocks
+//!   that time (at the prefill speed it measured; a target that has not measured one is
+//!   never sent a source, since it would not pull), times `prefill-weight`. So when the worker holding a prefix is loaded past what its blocks
 //!   save, the request goes where there is room and takes the prefix with it, instead of
 //!   recomputing it; fewer than `min-pull-blocks` blocks are never pulled.
 //! - **Ties** go to the lower `pending`, then at random.
@@ -39,7 +39,7 @@
 //! Settings: `prefill-weight` (1.0), `load-weight` (4.0), `kv-weight` (16.0),
 //! `session-slack` (32.0), `approx-blocks` (200000), `sessions` (100000 remembered), `seed`;
 //! for pulls: `pulls` (`on`; `off` never names a source), `min-pull-blocks` (4),
-//! `pull-overhead-ms` (5), `link-mb-s` (400), `prefill-tokens-s` (600).
+//! `pull-overhead-ms` (5), `link-mb-s` (400).
 //! Memory: about 40 bytes per indexed block (100k blocks ≈ 4 MB, inside the default 64 MiB
 //! sandbox). At most 128 distinct workers are indexed; further ones are costed by load only.
 //!
@@ -100,20 +100,19 @@ pub struct Pull {
     pub overhead_s: f64,
     /// Link speed assumed before the target measured one, bytes per second.
     pub link_bytes_s: f64,
-    /// Prefill speed assumed before the target measured one, tokens per second.
-    pub prefill_tokens_s: f64,
 }
 
 impl Default for Pull {
     fn default() -> Self {
-        Self {
-            on: true,
-            min_blocks: 4,
-            overhead_s: 0.005,
-            link_bytes_s: 400e6,
-            prefill_tokens_s: 600.0,
-        }
+        Self { on: true, min_blocks: 4, overhead_s: 0.005, link_bytes_s: 400e6 }
     }
+}
+
+/// Requests ahead of a new one at worker `i`: its queue when reported, or what this router
+/// has in flight there, whichever is more.
+fn pending(w: &Workers, i: usize) -> u32 {
+    let queued = if w.load_known[i] { w.waiting[i] } else { 0 };
+    queued.max(w.in_flight[i])
 }
 
 /// The policy's state: the block index, sessions, settings.
@@ -245,24 +244,35 @@ impl State {
     /// The best source for worker `i`: of the others in its KV group, the one holding the
     /// most of the prompt's leading blocks beyond what `i` holds (ties: the least pending),
     /// with the blocks it would bring; `None` when none brings `min-pull-blocks`.
-    fn source_for(&self, i: usize, w: &Workers, matched: &[u32]) -> Option<(usize, u32)> {
+    /// `usable` is the prompt's blocks before its last token: a worker never pulls the
+    /// block that holds the last token (it computes that token to get the first logits).
+    fn source_for(
+        &self,
+        i: usize,
+        w: &Workers,
+        matched: &[u32],
+        usable: u32,
+    ) -> Option<(usize, u32)> {
         let group = w.kv_group.get(i).copied().flatten()?;
-        let pending = |j: usize| w.waiting[j].max(w.in_flight[j]);
+        let lent = |j: usize| matched[j].min(usable).saturating_sub(matched[i]);
         (0..w.ids.len())
             .filter(|&j| j != i && w.kv_group.get(j).copied().flatten() == Some(group))
-            .filter(|&j| matched[j] >= matched[i] + self.weights.pull.min_blocks)
-            .min_by_key(|&j| (std::cmp::Reverse(matched[j]), pending(j)))
-            .map(|j| (j, matched[j] - matched[i]))
+            .filter(|&j| lent(j) >= self.weights.pull.min_blocks)
+            .min_by_key(|&j| (std::cmp::Reverse(lent(j)), pending(w, j)))
+            .map(|j| (j, lent(j)))
     }
 
     /// What pulling `blocks` costs worker `i`, in blocks it would compute in that time.
     fn pull_cost(&self, i: usize, w: &Workers, blocks: u32) -> Option<f64> {
         let p = self.weights.pull;
-        let block_bytes = f64::from(w.kv_block_bytes.get(i).copied().flatten()?);
+        // Each block travels with 16 bytes of framing (length, index, checksum).
+        let block_bytes = f64::from(w.kv_block_bytes.get(i).copied().flatten()?) + 16.0;
         let link = w.kv_pull_bytes_per_second.get(i).copied().flatten();
         let link = link.map(f64::from).filter(|x| *x > 0.0).unwrap_or(p.link_bytes_s);
+        // A worker that has not measured its prefill speed has no deadline for a pull and
+        // computes instead (unless its operator fixed one): credit no pull there.
         let speed = w.prefill_tokens_per_second.get(i).copied().flatten();
-        let speed = speed.map(f64::from).filter(|x| *x > 0.0).unwrap_or(p.prefill_tokens_s);
+        let speed = speed.map(f64::from).filter(|x| *x > 0.0)?;
         let seconds = p.overhead_s + f64::from(blocks) * block_bytes / link;
         Some(seconds * speed / f64::from(BLOCK_TOKENS))
     }
@@ -278,10 +288,7 @@ impl State {
         let routed = req.block_hashes.len() as u32 * BLOCK_TOKENS;
         let prompt = req.prompt_tokens.unwrap_or(routed).max(routed);
         let wt = self.weights;
-        let pending = |i: usize| {
-            let queued = if w.load_known[i] { w.waiting[i] } else { 0 };
-            queued.max(w.in_flight[i])
-        };
+        let pending = |i: usize| pending(w, i);
         let cost = |i: usize| {
             let uncached = f64::from(prompt - matched[i] * BLOCK_TOKENS) / f64::from(BLOCK_TOKENS);
             let kv = if w.load_known[i] && w.kv_total_blocks[i] > 0 {
@@ -296,7 +303,8 @@ impl State {
         let mut sources: Vec<Option<usize>> = vec![None; n];
         if wt.pull.on {
             for i in 0..n {
-                let Some((j, pulled)) = self.source_for(i, w, &matched) else { continue };
+                let usable = prompt.saturating_sub(1) / BLOCK_TOKENS;
+                let Some((j, pulled)) = self.source_for(i, w, &matched, usable) else { continue };
                 let Some(transfer) = self.pull_cost(i, w, pulled) else { continue };
                 let with = costs[i] + wt.prefill * (transfer - f64::from(pulled));
                 if with < costs[i] {
@@ -408,10 +416,11 @@ impl Guest for PrefixAware {
                         _ => return Err(format!("pulls must be `on` or `off`, got `{v}`")),
                     }
                 }
-                "min-pull-blocks" => wt.pull.min_blocks = count(k, v)?.max(1) as u32,
+                "min-pull-blocks" => {
+                    wt.pull.min_blocks = u32::try_from(count(k, v)?.max(1)).unwrap_or(u32::MAX)
+                }
                 "pull-overhead-ms" => wt.pull.overhead_s = number(k, v)? / 1e3,
                 "link-mb-s" => wt.pull.link_bytes_s = positive(k, v)? * 1e6,
-                "prefill-tokens-s" => wt.pull.prefill_tokens_s = positive(k, v)?,
                 "approx-blocks" => approx = count(k, v)?,
                 "sessions" => sessions = count(k, v)?,
                 k if seeding.take(k, v)? || k.starts_with("locus.") => {}
@@ -419,7 +428,7 @@ impl Guest for PrefixAware {
                     return Err(format!(
                         "unknown setting `{k}` (prefix-aware knows: prefill-weight, load-weight, \
                          kv-weight, session-slack, approx-blocks, sessions, seed, pulls, \
-                         min-pull-blocks, pull-overhead-ms, link-mb-s, prefill-tokens-s)"
+                         min-pull-blocks, pull-overhead-ms, link-mb-s)"
                     ));
                 }
             }
@@ -636,5 +645,9 @@ mod tests {
         let (mut s, w, _) = pull_setup();
         s.weights.pull.min_blocks = 40;
         assert_eq!(s.route(&req(0..33, None), &w).unwrap().kv_source, None, "too few");
+        // A target that has not measured its prefill speed would not pull: none is named.
+        let (mut s, mut w, r) = pull_setup();
+        w.prefill_tokens_per_second = vec![None; 3];
+        assert_eq!(s.route(&r, &w).unwrap().kv_source, None, "prefill speed unmeasured");
     }
 }

@@ -67,7 +67,7 @@ pub struct LoadReport {
     /// first pull.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kv_pull_bytes_per_second: Option<f64>,
-    /// Bytes of one KV block on the wire (K and V of every layer).
+    /// Bytes of one KV block's K and V (every layer) as stored; a transfer adds 16 per block.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kv_block_bytes: Option<u64>,
     /// When this report was made, Unix microseconds.

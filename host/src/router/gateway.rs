@@ -92,13 +92,16 @@ impl Gateway {
             options.success_threshold.max(1),
         );
         // A limit per read, not per answer: a stream may run for minutes while its
-        // events keep coming.
+        // events keep coming. Neither client follows redirects: requests to workers carry
+        // the worker and cluster tokens, which a redirect would resend elsewhere.
         let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
             .read_timeout(options.request_timeout)
             .connect_timeout(Duration::from_secs(2))
             .pool_max_idle_per_host(64)
             .build()?;
         let signals_client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
             .read_timeout(SILENT_STREAM)
             .connect_timeout(Duration::from_secs(2))
             .build()?;

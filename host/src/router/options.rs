@@ -85,11 +85,11 @@ pub struct RouterOptions {
     /// Largest component accepted by `PUT /admin/policy`.
     #[arg(skip = RouterOptions::default().max_upload_bytes)]
     pub max_upload_bytes: usize,
-    /// Leading prompt tokens whose block hashes a 0.2.0 policy is given (0: none).
+    /// Leading prompt tokens whose block hashes a policy (0.2.0 or later) is given (0: none).
     #[arg(
         long,
         help = "Leading prompt tokens the router tokenizes (GPT-2's tokenizer, as the \
-                workers) to give a 0.2.0 policy the prompt's KV block hashes; 0 turns \
+                workers) to give a policy (0.2.0 or later) the prompt's KV block hashes; 0 turns \
                 tokenizing off. Prompts longer than about 8 bytes per token are cut at a \
                 word's end first",
         default_value_t = RouterOptions::default().route_tokens
@@ -100,8 +100,8 @@ pub struct RouterOptions {
         long = "load-interval-ms",
         value_name = "LOAD_INTERVAL_MS",
         help = "Milliseconds between polls of each worker's load (`GET /load`: queue, \
-                running batch, KV blocks, tokens per second), which a 0.2.0 policy is \
-                given with its age",
+                running batch, KV blocks, tokens per second), which a policy (0.2.0 or \
+                later) is given with its age",
         value_parser = millis_from_ten(),
         default_value = RouterOptions::default().load_interval.as_millis().to_string()
     )]

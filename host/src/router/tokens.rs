@@ -1,6 +1,6 @@
-//! The prompt's KV block hashes, as the router computes them for a 0.2.0 policy: the
-//! leading part of the prompt tokenized with GPT-2's tokenizer (the workers' own code),
-//! then hashed into the same chain the workers publish in their KV events.
+//! The prompt's KV block hashes, as the router computes them for a policy of 0.2.0 or
+//! later: the leading part of the prompt tokenized with GPT-2's tokenizer (the workers'
+//! own code), then hashed into the same chain the workers publish in their KV events.
 //!
 //! Tokenizing 1 KB of text costs about 50-100 µs of CPU, which would halve a router's
 //! throughput (BENCHMARKS.md); but the prompts worth routing by prefix share their beginnings. So the

@@ -68,8 +68,11 @@ impl Worker {
             queue: Arc::new(Semaphore::new(options.max_queue.max(1))),
             exports: Arc::new(Semaphore::new(options.max_exports)),
             pulls: Pulls::default(),
+            // Never follow a redirect: a pull carries the cluster token, which a redirect
+            // would resend to wherever the holder pointed.
             http: reqwest::Client::builder()
                 .no_proxy()
+                .redirect(reqwest::redirect::Policy::none())
                 .connect_timeout(std::time::Duration::from_secs(1))
                 .build()?,
             throughput: Throughput::new(engine.scheduler_stats().generated_tokens),

@@ -195,7 +195,8 @@ impl Gateway {
             if decision.fault.is_some() {
                 self.metrics.fallbacks.inc();
             }
-            let source = decision.kv_source.map(|j| candidates[j].url.clone());
+            let source =
+                decision.kv_source.map(|j| (candidates[j].url.clone(), candidates[j].id()));
             if let Some(why) = decision.kv_source_dropped {
                 self.metrics.kv_sources.with_label_values(&[why.name()]).inc();
             } else if source.is_some() {
@@ -203,7 +204,13 @@ impl Gateway {
             }
             let backend = candidates.remove(decision.index);
             if attempt == 0 && ticket.is_some() {
-                let uncached = self.uncached(&ask.request, Some(backend.id()));
+                // What a pull brings is not computed: charge what neither holds.
+                let held = [Some(backend.id()), source.as_ref().map(|s| s.1)];
+                let uncached = held
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|w| self.uncached(&ask.request, Some(w)))
+                    .min();
                 self.queue.admission().dispatched(id, uncached);
             }
             self.metrics.decisions.with_label_values(&[&backend.url]).inc();
@@ -220,7 +227,7 @@ impl Gateway {
                 .header(header::CONTENT_TYPE, "application/json")
                 .header(REQUEST_ID, request_id)
                 .header(PRIORITY, rank(who.priority, ahead).to_string());
-            if let (Some(source), Some(token)) = (&source, &self.options.cluster_token) {
+            if let (Some((source, _)), Some(token)) = (&source, &self.options.cluster_token) {
                 post = post.header(KV_SOURCE, source).header(CLUSTER_TOKEN, token);
             }
             let sent = post.body(body.clone()).send().await;
