@@ -10,7 +10,7 @@
 #           alone and while the holder decodes BUSY streams
 #   sweep   `locus bench` rate sweeps (RATES) of each WORKLOADS entry, ROUNDS rounds; each
 #           round runs every locus configuration (POLICIES, rotated by `locus bench`) and
-#           sglang-router, taking turns going first
+#           sglang-router (unless SGLANG=0), taking turns going first
 # Results: $OUT/pull-*.jsonl, $OUT/<workload>/<round>-{locus,sglang}/report.{md,json}.
 #
 # Workers have no admin token (their flush and KV events are open, as on a private
@@ -30,6 +30,7 @@ ROUNDS=${ROUNDS:-3}
 RATES=${RATES:-1,2,3,4}
 WORKLOADS=(${WORKLOADS:-tenants:tenants=8,zipf=1.5,requests=60 multi-turn})
 POLICIES=${POLICIES:-prefix-aware,prefix-aware:pulls=off,hash,random}
+SGLANG=${SGLANG:-1}              # 0: leave sglang-router out of the sweep
 PREFIX_BYTES=${PREFIX_BYTES:-216000000}
 TOKEN=kv-bench-admin
 CLUSTER=kv-bench-cluster
@@ -119,6 +120,7 @@ sweep() {
           --rate "$RATES" --seed "$round" --out "$OUT/$name/$round-locus" >/dev/null
       }
       sglang_pass() {
+        [[ $SGLANG == 1 ]] || return 0
         echo "-- $(date +%T) $name round $round: sglang cache_aware"
         LOCUS_ADMIN_TOKEN=$TOKEN "$LOCUS" bench --router http://127.0.0.1:18220 \
           --workers "$LIST" --label sglang-cache-aware --workload "$w" "${warm[@]}" \
