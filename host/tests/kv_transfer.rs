@@ -267,8 +267,15 @@ async fn a_pull_never_follows_a_redirect_with_the_cluster_token() {
 /// A cluster of two workers behind a router with the `probe` policy (routes by session:
 /// `pin:N`, `source:N:M`); `token` is the cluster token of all three.
 async fn probed_cluster(token: Option<&str>) -> cluster::Cluster {
+    probed_cluster_limited(token, None).await
+}
+
+/// [`probed_cluster`] with each worker's dispatch limit at `limit` (the router's default
+/// when `None`: what the worker can batch).
+async fn probed_cluster_limited(token: Option<&str>, limit: Option<u32>) -> cluster::Cluster {
     use std::time::Duration;
     let mut o = cluster::ClusterOptions::local();
+    o.router.flow.dispatch_limit = limit;
     o.port = 0;
     o.worker_port = 0;
     o.admin_addr = SocketAddr::from(([127, 0, 0, 1], 0));
@@ -363,4 +370,42 @@ async fn a_router_without_the_cluster_token_names_no_source() {
     let router = format!("http://{}", c.router_addr);
     assert_eq!(metric(&router, "locus_router_kv_sources_total", "incompatible").await, 1.0);
     assert_eq!(metric(&router, "locus_router_kv_sources_total", "named").await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_holder_can_be_the_source_and_a_full_choice_is_asked_again() {
+    // One dispatch slot per worker; worker 0 computes the prompt, then a long generation
+    // holds its slot.
+    let c = probed_cluster_limited(Some(TOKEN), Some(1)).await;
+    loads_known(&c, true).await;
+    let urls: Vec<String> = c.worker_addrs.iter().map(|a| format!("http://{a}")).collect();
+    let (_, computed) = through(&c, "pin:0", &[], 12).await;
+    let url = format!("http://{}/generate", c.router_addr);
+    let long = json!({"text": "Hold the slot.",
+                      "sampling_params": {"max_new_tokens": 900, "ignore_eos": true}});
+    let blocker = tokio::spawn(async move {
+        let r = reqwest::Client::new().post(url).header("x-session-id", "pin:0").json(&long);
+        let _ = r.send().await;
+    });
+    let t0 = std::time::Instant::now();
+    while c.gateway.registry().healthy()[0].in_flight() == 0 {
+        assert!(t0.elapsed().as_secs() < 10, "the blocker never reached worker 0");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // The policy still sees worker 0 (full) and names it as the source for worker 1.
+    let (on, pulled) = through(&c, "source:1:0", &[], 12).await;
+    assert_eq!(on, urls[1]);
+    assert_eq!(pulled["text"], computed["text"]);
+    let prompt_tokens = pulled["meta_info"]["prompt_tokens"].as_u64().unwrap();
+    assert_eq!(pulled["meta_info"]["transferred_tokens"], (prompt_tokens - 1) / 16 * 16);
+    // Choosing the full worker while another has room is asked again among those with room.
+    while c.gateway.registry().healthy()[1].in_flight() > 0 {
+        assert!(t0.elapsed().as_secs() < 20, "worker 1 never came free");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let (on, _) = through(&c, "pin:0", &[], 13).await;
+    assert_eq!(on, urls[1]);
+    let router = format!("http://{}", c.router_addr);
+    assert_eq!(metric(&router, "locus_router_full_choices_total", "").await, 1.0);
+    blocker.abort();
 }

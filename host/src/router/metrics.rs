@@ -12,6 +12,9 @@ pub(super) struct Metrics {
     pub flow: FlowCounters,
     pub decisions: IntCounterVec,
     pub fallbacks: IntCounter,
+    /// Queued requests whose policy chose a worker without room (asked again among those
+    /// with room).
+    pub full_choices: IntCounter,
     /// KV sources the policy named: passed on, or dropped (and why).
     pub kv_sources: IntCounterVec,
     pub retries: IntCounter,
@@ -51,6 +54,12 @@ impl Metrics {
         let fallbacks = IntCounter::new(
             "locus_router_fallbacks_total",
             "Decisions made by the native fallback because the policy faulted",
+        )
+        .unwrap();
+        let full_choices = IntCounter::new(
+            "locus_router_full_choices_total",
+            "Queued requests whose routing policy chose a worker at its dispatch limit while \
+             another had room: the policy is asked again among the workers with room",
         )
         .unwrap();
         let kv_sources = IntCounterVec::new(
@@ -156,6 +165,7 @@ impl Metrics {
         collectors.extend(vec![
             Box::new(decisions.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(fallbacks.clone()),
+            Box::new(full_choices.clone()),
             Box::new(kv_sources.clone()),
             Box::new(retries.clone()),
             Box::new(requests.clone()),
@@ -180,6 +190,7 @@ impl Metrics {
             flow,
             decisions,
             fallbacks,
+            full_choices,
             kv_sources,
             retries,
             requests,

@@ -165,16 +165,20 @@ impl Gateway {
             None => Ask::with_blocks(req, &blocks),
         };
         let mut candidates = self.registry.healthy();
-        if ticket.is_some() {
-            // Sent where there is room; a full worker only when none has any (a race).
+        // From the queue, the policy sees every healthy worker (a full one may hold the
+        // prompt's KV and be named as its source), but the request goes where there is
+        // room: a full worker chosen while another has room is a fallback, and the policy
+        // is asked again among those with room. Full everywhere (a race): any worker.
+        let mut room: Option<Vec<_>> = ticket.as_ref().map(|_| {
             let room: Vec<_> = candidates
                 .iter()
                 .filter(|b| b.in_flight() < self.dispatch_limit(b))
                 .cloned()
                 .collect();
-            if !room.is_empty() {
-                candidates = room;
-            }
+            room
+        });
+        if room.as_ref().is_some_and(|r| r.is_empty() || r.len() == candidates.len()) {
+            room = None;
         }
         let ahead = ticket.as_ref().is_some_and(|t| t.ahead);
         let mut ticket = ticket;
@@ -186,7 +190,14 @@ impl Gateway {
         let mut routed = None;
         for attempt in 0..=self.options.max_retries {
             let ws = self.view(&candidates);
-            let decided = self.policy.route(&mut ask, &ws);
+            let mut decided = self.policy.route(&mut ask, &ws);
+            if let (Some(d), Some(r)) = (&decided, room.take())
+                && !r.iter().any(|b| Arc::ptr_eq(b, &candidates[d.index]))
+            {
+                self.metrics.full_choices.inc();
+                candidates = r;
+                decided = self.policy.route(&mut ask, &self.view(&candidates));
+            }
             let spent = route_from.elapsed();
             self.metrics.route.observe(spent.as_secs_f64());
             route_us += spent.as_micros() as u64;
