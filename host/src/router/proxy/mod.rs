@@ -191,11 +191,12 @@ impl Gateway {
         for attempt in 0..=self.options.max_retries {
             let ws = self.view(&candidates);
             let mut decided = self.policy.route(&mut ask, &ws);
-            if let (Some(d), Some(r)) = (&decided, room.take())
+            let room = room.take();
+            if let (Some(d), Some(r)) = (&decided, &room)
                 && !r.iter().any(|b| Arc::ptr_eq(b, &candidates[d.index]))
             {
                 self.metrics.full_choices.inc();
-                candidates = r;
+                candidates = r.clone();
                 decided = self.policy.route(&mut ask, &self.view(&candidates));
             }
             let spent = route_from.elapsed();
@@ -214,6 +215,12 @@ impl Gateway {
                 self.metrics.kv_sources.with_label_values(&["named"]).inc();
             }
             let backend = candidates.remove(decision.index);
+            // Retries go to the others with room while there are any.
+            if let Some(r) = &room
+                && candidates.iter().any(|b| r.iter().any(|x| Arc::ptr_eq(x, b)))
+            {
+                candidates.retain(|b| r.iter().any(|x| Arc::ptr_eq(x, b)));
+            }
             if attempt == 0 && ticket.is_some() {
                 // What a pull brings is not computed: charge what neither holds.
                 let held = [Some(backend.id()), source.as_ref().map(|s| s.1)];
