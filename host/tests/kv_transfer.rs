@@ -224,6 +224,42 @@ async fn a_source_dying_mid_stream_costs_no_request() {
     assert_eq!(metric(&url, "locus_worker_kv_pulls_total", "truncated").await, 1.0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_cut_off_by_its_deadline_counts_in_the_link_speed() {
+    // A source that sends 3 bytes of a long answer (not even a whole frame length: nothing
+    // the importer could refuse yet) and then stalls.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let source = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let mut buf = vec![0u8; 64 << 10];
+            let _ = conn.read(&mut buf).await;
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\n\
+                        content-length: 100000000\r\n\r\n";
+            let _ = conn.write_all(head.as_bytes()).await;
+            let _ = conn.write_all(&[0u8; 3]).await;
+            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+        }
+    });
+    let options = WorkerOptions {
+        cluster_token: Some(TOKEN.into()),
+        kv_pull_min_tokens: 16,
+        kv_pull_timeout_ms: Some(300),
+        ..Default::default()
+    };
+    let importer = worker::spawn(engine().await, options, SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .unwrap();
+    let url = base(&importer);
+    let (answer, _) = generate(&url, &[(KV_SOURCE, &source), (CLUSTER_TOKEN, TOKEN)]).await;
+    assert_eq!(answer["meta_info"]["transferred_tokens"], 0);
+    assert_eq!(metric(&url, "locus_worker_kv_pulls_total", "deadline").await, 1.0);
+    let load: Value = reqwest::get(format!("{url}/load")).await.unwrap().json().await.unwrap();
+    // 3 bytes in about 0.3 s.
+    let speed = load["kv_pull_bytes_per_second"].as_f64().expect("a measured link speed");
+    assert!(speed > 0.0 && speed < 100.0, "{speed} B/s");
+}
+
 /// A source that answers every request with a redirect to `to`.
 async fn redirecting_source(to: String) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -63,8 +63,8 @@ pub struct LoadReport {
     /// before it measured one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefill_tokens_per_second: Option<f64>,
-    /// Bytes per second of the worker's KV pulls (a moving average); absent before its
-    /// first pull.
+    /// Bytes per second of the worker's KV pulls that completed or hit their deadline (a
+    /// moving average); absent before the first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kv_pull_bytes_per_second: Option<f64>,
     /// Bytes of one KV block's K and V (every layer) as stored; a transfer adds 16 per block.

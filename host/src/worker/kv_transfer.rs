@@ -49,7 +49,9 @@ pub(super) struct Pulls {
     inflight: Mutex<HashMap<u64, Arc<OnceCell<Option<ImportedPrefix>>>>>,
     /// Prefill tokens per second this worker measured, as an exponential moving average.
     prefill_speed: Mutex<Option<f64>>,
-    /// Bytes per second of this worker's complete pulls, as an exponential moving average.
+    /// Bytes per second of this worker's pulls that completed or ran out of time, as an
+    /// exponential moving average (a pull cut off by its deadline ran at that speed too;
+    /// leaving it out would keep the estimate optimistic after the link slowed).
     link_speed: Mutex<Option<f64>>,
 }
 
@@ -67,7 +69,7 @@ impl Pulls {
         *self.prefill_speed.lock()
     }
 
-    /// Bytes per second its pulls ran at, once one completed.
+    /// Bytes per second its pulls ran at, once one completed or ran out of time.
     pub(super) fn link_speed(&self) -> Option<f64> {
         *self.link_speed.lock()
     }
@@ -303,7 +305,7 @@ impl Worker {
         self.metrics.kv_pulls.with_label_values(&[outcome]).inc();
         let took = started.elapsed().as_secs_f64();
         self.metrics.kv_pull_seconds.observe(took);
-        if outcome == "complete" && took > 0.0 {
+        if matches!(outcome, "complete" | "deadline") && took > 0.0 {
             ewma(&self.pulls.link_speed, received as f64 / took);
         }
         if blocks.is_empty() {
