@@ -34,13 +34,21 @@ async fn worker(token: Option<&str>) -> WorkerHandle {
 }
 
 async fn worker_and_engine(token: Option<&str>) -> (WorkerHandle, Arc<Engine>) {
-    let options = WorkerOptions {
+    spawn_worker(pull_options(token)).await
+}
+
+/// A worker's options with `token` as its cluster token and pulls of a block or more.
+fn pull_options(token: Option<&str>) -> WorkerOptions {
+    WorkerOptions {
         cluster_token: token.map(str::to_string),
         kv_pull_min_tokens: 16,
         // A fixed deadline: what is asserted must not depend on this machine's speed.
         kv_pull_timeout_ms: Some(20_000),
         ..Default::default()
-    };
+    }
+}
+
+async fn spawn_worker(options: WorkerOptions) -> (WorkerHandle, Arc<Engine>) {
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
     let engine = engine().await;
     (worker::spawn(engine.clone(), options, any).await.unwrap(), engine)
@@ -177,25 +185,35 @@ async fn export_gives_nothing_without_the_token_or_to_another_model() {
     assert_eq!(&bytes[bytes.len() - 4..], &0u32.to_le_bytes());
 }
 
-/// A source that answers with the first `keep` bytes of a real export and then drops the
-/// connection: a worker dying mid-stream, at the boundary this test cannot kill a process.
-async fn dying_source(real: Vec<u8>, keep: usize) -> String {
+/// A source that answers every request with `head` (an HTTP status line and headers) and
+/// `body`, then holds the connection for `hold` before dropping it: a misbehaving holder,
+/// at the boundary these tests cannot make a real worker misbehave.
+async fn scripted_source(head: String, body: Vec<u8>, hold: std::time::Duration) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((mut conn, _)) = listener.accept().await {
             let mut buf = vec![0u8; 64 << 10];
             let _ = conn.read(&mut buf).await;
-            let head = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {}\r\n\r\n",
-                real.len()
-            );
-            let _ = conn.write_all(head.as_bytes()).await;
-            let _ = conn.write_all(&real[..keep]).await;
-            drop(conn);
+            let _ = conn.write_all(format!("{head}\r\n").as_bytes()).await;
+            let _ = conn.write_all(&body).await;
+            tokio::time::sleep(hold).await;
         }
     });
     format!("http://{addr}")
+}
+
+/// The head of a 200 answer announcing `len` bytes of KV.
+fn ok_head(len: usize) -> String {
+    format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {len}\r\n"
+    )
+}
+
+/// A source that answers with the first `keep` bytes of a real export and then drops the
+/// connection: a worker dying mid-stream.
+async fn dying_source(real: Vec<u8>, keep: usize) -> String {
+    scripted_source(ok_head(real.len()), real[..keep].to_vec(), std::time::Duration::ZERO).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,28 +246,10 @@ async fn a_source_dying_mid_stream_costs_no_request() {
 async fn a_pull_cut_off_by_its_deadline_counts_in_the_link_speed() {
     // A source that sends 3 bytes of a long answer (not even a whole frame length: nothing
     // the importer could refuse yet) and then stalls.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let source = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            let mut buf = vec![0u8; 64 << 10];
-            let _ = conn.read(&mut buf).await;
-            let head = "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\n\
-                        content-length: 100000000\r\n\r\n";
-            let _ = conn.write_all(head.as_bytes()).await;
-            let _ = conn.write_all(&[0u8; 3]).await;
-            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
-        }
-    });
-    let options = WorkerOptions {
-        cluster_token: Some(TOKEN.into()),
-        kv_pull_min_tokens: 16,
-        kv_pull_timeout_ms: Some(300),
-        ..Default::default()
-    };
-    let importer = worker::spawn(engine().await, options, SocketAddr::from(([127, 0, 0, 1], 0)))
-        .await
-        .unwrap();
+    let hold = std::time::Duration::from_secs(30);
+    let source = scripted_source(ok_head(100_000_000), vec![0; 3], hold).await;
+    let options = WorkerOptions { kv_pull_timeout_ms: Some(300), ..pull_options(Some(TOKEN)) };
+    let (importer, _) = spawn_worker(options).await;
     let url = base(&importer);
     let (answer, _) = generate(&url, &[(KV_SOURCE, &source), (CLUSTER_TOKEN, TOKEN)]).await;
     assert_eq!(answer["meta_info"]["transferred_tokens"], 0);
@@ -258,24 +258,6 @@ async fn a_pull_cut_off_by_its_deadline_counts_in_the_link_speed() {
     // 3 bytes in about 0.3 s.
     let speed = load["kv_pull_bytes_per_second"].as_f64().expect("a measured link speed");
     assert!(speed > 0.0 && speed < 100.0, "{speed} B/s");
-}
-
-/// A source that answers every request with a redirect to `to`.
-async fn redirecting_source(to: String) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            let mut buf = vec![0u8; 64 << 10];
-            let _ = conn.read(&mut buf).await;
-            let head = format!(
-                "HTTP/1.1 307 Temporary Redirect\r\nlocation: {to}/kv/export\r\n\
-                 content-length: 0\r\n\r\n"
-            );
-            let _ = conn.write_all(head.as_bytes()).await;
-        }
-    });
-    format!("http://{addr}")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -290,7 +272,10 @@ async fn a_pull_never_follows_a_redirect_with_the_cluster_token() {
             seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
     });
-    let source = redirecting_source(to).await;
+    let head = format!(
+        "HTTP/1.1 307 Temporary Redirect\r\nlocation: {to}/kv/export\r\ncontent-length: 0\r\n"
+    );
+    let source = scripted_source(head, Vec::new(), std::time::Duration::ZERO).await;
     let importer = worker(Some(TOKEN)).await;
     let url = base(&importer);
     let (answer, headers) = generate(&url, &[(KV_SOURCE, &source), (CLUSTER_TOKEN, TOKEN)]).await;

@@ -28,9 +28,10 @@
 //!   transfer takes (`pull-overhead-ms` plus their bytes over the link speed the target
 //!   measured on its own pulls, `link-mb-s` until it has) in blocks the target computes in
 //!   that time (at the prefill speed it measured; a target that has not measured one is
-//!   never sent a source, since it would not pull), times `prefill-weight`. So when the worker holding a prefix is loaded past what its blocks
-//!   save, the request goes where there is room and takes the prefix with it, instead of
-//!   recomputing it; fewer than `min-pull-blocks` blocks are never pulled.
+//!   never sent a source, since it would not pull), times `prefill-weight`. So when the
+//!   worker holding a prefix is loaded past what its blocks save, the request goes where
+//!   there is room and takes the prefix with it, instead of recomputing it; fewer than
+//!   `min-pull-blocks` blocks are never pulled.
 //! - **Ties** go to the lower `pending`, then at random.
 //! - **Sessions.** A request with a session key goes back to its session's last worker while
 //!   that worker's cost is within `session-slack` blocks of the cheapest, so a conversation

@@ -169,17 +169,16 @@ impl Gateway {
         // prompt's KV and be named as its source), but the request goes where there is
         // room: a full worker chosen while another has room is a fallback, and the policy
         // is asked again among those with room. Full everywhere (a race): any worker.
-        let mut room: Option<Vec<_>> = ticket.as_ref().map(|_| {
+        let room: Option<Vec<_>> = ticket.as_ref().and_then(|_| {
             let room: Vec<_> = candidates
                 .iter()
                 .filter(|b| b.in_flight() < self.dispatch_limit(b))
                 .cloned()
                 .collect();
-            room
+            (!room.is_empty() && room.len() < candidates.len()).then_some(room)
         });
-        if room.as_ref().is_some_and(|r| r.is_empty() || r.len() == candidates.len()) {
-            room = None;
-        }
+        let has_room =
+            |b: &Arc<Backend>| room.as_ref().is_none_or(|r| r.iter().any(|x| Arc::ptr_eq(x, b)));
         let ahead = ticket.as_ref().is_some_and(|t| t.ahead);
         let mut ticket = ticket;
         let mut last_error = None;
@@ -191,12 +190,12 @@ impl Gateway {
         for attempt in 0..=self.options.max_retries {
             let ws = self.view(&candidates);
             let mut decided = self.policy.route(&mut ask, &ws);
-            let room = room.take();
-            if let (Some(d), Some(r)) = (&decided, &room)
-                && !r.iter().any(|b| Arc::ptr_eq(b, &candidates[d.index]))
+            if let Some(d) = &decided
+                && !has_room(&candidates[d.index])
+                && candidates.iter().any(has_room)
             {
                 self.metrics.full_choices.inc();
-                candidates = r.clone();
+                candidates.retain(has_room);
                 decided = self.policy.route(&mut ask, &self.view(&candidates));
             }
             let spent = route_from.elapsed();
@@ -216,10 +215,8 @@ impl Gateway {
             }
             let backend = candidates.remove(decision.index);
             // Retries go to the others with room while there are any.
-            if let Some(r) = &room
-                && candidates.iter().any(|b| r.iter().any(|x| Arc::ptr_eq(x, b)))
-            {
-                candidates.retain(|b| r.iter().any(|x| Arc::ptr_eq(x, b)));
+            if candidates.iter().any(has_room) {
+                candidates.retain(has_room);
             }
             if attempt == 0 && ticket.is_some() {
                 // What a pull brings is not computed: charge what neither holds.
