@@ -16,7 +16,7 @@ cargo build --release --locked -p locus --target "$target"
 ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
 mkdir -p "$ctx/out/data"
-cp "target/$target/release/locus" "$ctx/out/locus"
+cp "${CARGO_TARGET_DIR:-target}/$target/release/locus" "$ctx/out/locus"
 strip "$ctx/out/locus"
 # The runtime stage, with the build stage's /out read from the context.
 sed -n '/^FROM scratch/,$p' Dockerfile | sed -e 's#--from=build ##' -e 's# /out/# out/#' >"$ctx/Dockerfile"
