@@ -23,6 +23,22 @@ pub enum EngineError {
         /// Most prompt tokens accepted with the request's `max_new_tokens`.
         max: usize,
     },
+    /// The prompt and the tokens asked for do not fit the context together (as OpenAI and
+    /// vLLM refuse it; `max_new_tokens` of `usize::MAX` asks for the rest of the context).
+    #[error(
+        "this model's maximum context length is {context} tokens; the request asks for \
+         {} ({prompt} in the prompt, {max_new} to generate): ask for at most {} new tokens",
+        prompt + max_new,
+        context.saturating_sub(*prompt)
+    )]
+    ExceedsContext {
+        /// Tokens in the prompt.
+        prompt: usize,
+        /// Tokens asked for.
+        max_new: usize,
+        /// The model's context.
+        context: usize,
+    },
     /// The prompt has no tokens.
     #[error("prompt is empty")]
     EmptyPrompt,
@@ -74,6 +90,7 @@ impl EngineError {
             self,
             Self::PromptTooLong { .. }
                 | Self::PromptTooLarge { .. }
+                | Self::ExceedsContext { .. }
                 | Self::EmptyPrompt
                 | Self::InvalidParam { .. }
                 | Self::ExceedsKvBudget { .. }

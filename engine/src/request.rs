@@ -10,9 +10,11 @@ use crate::gpt2::Config;
 pub struct GenerateRequest {
     /// Prompt text (GPT-2 BPE; `<|endoftext|>` is the special token).
     pub prompt: String,
-    /// Most tokens to generate. Clamped so that prompt + completion fit `n_positions`
-    /// (the generation then ends with [`FinishReason::Length`]). 0 only runs the prompt, which
-    /// fills the prefix store.
+    /// Most tokens to generate: with the prompt, at most `n_positions`
+    /// ([`EngineError::ExceedsContext`] otherwise), except that `usize::MAX` asks for the rest
+    /// of the context and, with `truncate_left`, the count is clamped to what fits (either
+    /// way the generation then ends with [`FinishReason::Length`]). 0 only runs the prompt,
+    /// which fills the prefix store.
     pub max_new_tokens: usize,
     /// 0 (anything below 1e-5) is greedy (argmax); otherwise softmax temperature, finite and
     /// at most 100.
@@ -122,9 +124,10 @@ pub(crate) fn validate(req: &GenerateRequest) -> Result<()> {
     Ok(())
 }
 
-/// Checks the prompt against the context of a model shaped `cfg`: returns the tokens to run,
-/// how many were dropped from the left, and `max_new` clamped so every position stays below
-/// `n_positions`.
+/// Checks the prompt and `max_new` against the context of a model shaped `cfg`: returns the
+/// tokens to run, how many were dropped from the left, and `max_new` clamped so every
+/// position stays below `n_positions` (where clamping is asked for: see
+/// [`GenerateRequest::max_new_tokens`]).
 pub(crate) fn fit<'a>(
     cfg: &Config,
     ids: &'a [u32],
@@ -155,5 +158,8 @@ pub(crate) fn fit<'a>(
     } else {
         (ids, 0)
     };
+    if !truncate_left && max_new != usize::MAX && ids.len() + max_new > n_pos {
+        return Err(EngineError::ExceedsContext { prompt: ids.len(), max_new, context: n_pos });
+    }
     Ok((ids, truncated, max_new.min(n_pos - ids.len())))
 }

@@ -219,9 +219,19 @@ fn context_limits_are_typed_errors_or_truncation() {
     assert_eq!((out.truncated_tokens, out.prompt_tokens), (6, n_pos - 1));
     assert!(out.completion_tokens <= 1);
 
-    // Prompt + max_new_tokens beyond the context: max_new_tokens is clamped.
+    // Prompt + max_new_tokens beyond the context: refused, naming what fits; asking for
+    // the rest of the context (usize::MAX) is clamped.
     let prompt: Vec<u32> = (0..60).collect();
-    let out = engine.generate_from_ids(&prompt, &greedy(50), |_| {}).unwrap();
+    match engine.generate_from_ids(&prompt, &greedy(50), |_| {}) {
+        Err(e @ EngineError::ExceedsContext { prompt: 60, max_new: 50, context: 64 }) => {
+            assert!(e.is_client_error());
+            assert!(e.to_string().contains("at most 4 new tokens"), "{e}");
+        }
+        other => panic!("expected ExceedsContext, got {other:?}"),
+    }
+    let out = engine.generate_from_ids(&prompt, &greedy(4), |_| {}).unwrap();
+    assert!(out.completion_tokens <= 4);
+    let out = engine.generate_from_ids(&prompt, &greedy(usize::MAX), |_| {}).unwrap();
     assert!(out.completion_tokens <= n_pos - 60);
     if out.finish_reason == FinishReason::Length {
         assert_eq!(out.completion_tokens, n_pos - 60);

@@ -110,6 +110,40 @@ fn check_bearer(headers: &HeaderMap, expected: &str) -> Result<(), ApiError> {
     }
 }
 
+/// Whether a cluster or worker token may be sent to `url`: over https; to a loopback host
+/// (127.0.0.0/8, ::1, `localhost`); or over plain HTTP to any host when the operator said
+/// the cluster's network is private (`over_http`, `--cluster-token-over-http`). Plain
+/// HTTP elsewhere would hand the token to anyone who can read the network.
+pub fn may_carry_token(url: &str, over_http: bool) -> bool {
+    let Ok(u) = reqwest::Url::parse(url) else { return false };
+    let loopback = u.host_str().is_some_and(|h| {
+        match h.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>() {
+            Ok(ip) => ip.is_loopback(),
+            Err(_) => {
+                let h = h.to_ascii_lowercase();
+                h == "localhost" || h.ends_with(".localhost")
+            }
+        }
+    });
+    match u.scheme() {
+        "https" => true,
+        "http" => loopback || over_http,
+        _ => false,
+    }
+}
+
+/// Logs, once per process and `what`, that a token was kept from a plain-HTTP host.
+pub fn warn_token_withheld(what: &'static str, url: &str) {
+    static WARNED: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
+    if !warned.contains(&what) {
+        warned.push(what);
+        tracing::warn!(to = %url, "{what}: not sending the cluster token over plain HTTP to a \
+            host that is not loopback; pass --cluster-token-over-http (LOCUS_CLUSTER_TOKEN_OVER_HTTP) \
+            if the cluster's network is private");
+    }
+}
+
 /// Equality of secrets in time that depends on their lengths only.
 pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -227,4 +261,25 @@ pub fn registry(collectors: Vec<Box<dyn prometheus::core::Collector>>) -> promet
         registry.register(c).expect("metric names are unique");
     }
     registry
+}
+
+#[cfg(test)]
+mod tests {
+    use super::may_carry_token;
+
+    #[test]
+    fn a_token_goes_over_plain_http_only_to_loopback_unless_the_operator_says_so() {
+        for url in
+            ["http://127.0.0.1:8001", "http://127.3.4.5", "http://[::1]:80", "http://localhost:1"]
+        {
+            assert!(may_carry_token(url, false), "{url}");
+        }
+        for url in ["http://10.0.0.5:8001", "http://worker-1:8001", "http://[fe80::1]:1"] {
+            assert!(!may_carry_token(url, false), "{url}");
+            assert!(may_carry_token(url, true), "{url}");
+        }
+        assert!(may_carry_token("https://worker-1:8443", false));
+        assert!(!may_carry_token("ftp://127.0.0.1", true));
+        assert!(!may_carry_token("not a url", true));
+    }
 }

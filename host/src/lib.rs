@@ -9,6 +9,7 @@ pub mod bench;
 pub mod clock;
 #[cfg(feature = "worker")]
 pub mod cluster;
+pub mod fuzz;
 pub mod http;
 pub mod router;
 pub mod serve;

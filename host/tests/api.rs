@@ -151,6 +151,45 @@ async fn bad_requests_get_400_in_one_shape_naming_the_param_on_router_and_worker
             None,
         ),
         ("/v1/chat/completions", r#"{"messages": []}"#.into(), Some("messages"), None),
+        // More new tokens than the context holds beside the prompt: refused, not clamped.
+        (
+            "/generate",
+            r#"{"text": "hi", "sampling_params": {"max_new_tokens": 1000000}}"#.into(),
+            Some("sampling_params.max_new_tokens"),
+            Some("context_length_exceeded"),
+        ),
+        (
+            "/v1/completions",
+            r#"{"prompt": "a", "max_tokens": 1024}"#.into(),
+            Some("max_tokens"),
+            Some("context_length_exceeded"),
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"messages": [{"role": "user", "content": "a"}], "max_tokens": 1000000}"#.into(),
+            Some("max_tokens"),
+            Some("context_length_exceeded"),
+        ),
+        // A list where one request's object belongs is a batch: refused, not read in order.
+        (
+            "/generate",
+            r#"{"text": "hi", "sampling_params": []}"#.into(),
+            Some("sampling_params"),
+            None,
+        ),
+        (
+            "/generate",
+            r#"{"text": "hi", "sampling_params": [1000]}"#.into(),
+            Some("sampling_params"),
+            None,
+        ),
+        (
+            "/v1/completions",
+            r#"{"prompt": "a", "stream_options": [true]}"#.into(),
+            Some("stream_options"),
+            None,
+        ),
+        ("/generate", r#"["hi"]"#.into(), None, None),
         (
             "/v1/chat/completions",
             r#"{"messages": [{"role": "bot", "content": "a"}]}"#.into(),
@@ -181,6 +220,24 @@ async fn bad_requests_get_400_in_one_shape_naming_the_param_on_router_and_worker
         // Over the body limit: 413 in the same shape, sent before the body is.
         let e = head_only(base.trim_start_matches("http://"), "POST /generate", "", 5 << 20).await;
         assert_eq!(e.error.kind, "invalid_request_error");
+    }
+    // A session id longer than the router hands a routing policy: 400 naming the header;
+    // one at the limit is served.
+    for (len, status) in
+        [(locus_policy::SESSION_BYTES_MAX + 1, 400), (locus_policy::SESSION_BYTES_MAX, 200)]
+    {
+        let r = http
+            .post(format!("http://{}/generate", c.router_addr))
+            .header("x-session-id", "s".repeat(len))
+            .json(&json!({"text": "hi", "sampling_params": {"max_new_tokens": 1}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "session id of {len} bytes");
+        if status == 400 {
+            let e: ErrorBody = r.json().await.expect("the one error shape");
+            assert_eq!(e.error.param.as_deref(), Some("x-session-id"));
+        }
     }
     // Still serving.
     let (status, v) =
@@ -483,6 +540,19 @@ async fn admin_endpoints_need_the_token_and_uploads_have_a_json_limit() {
     let auth = format!("Authorization: Bearer {TOKEN}\r\n");
     let e = head_only(&c.admin_addr.to_string(), "PUT /admin/policy", &auth, 65 << 20).await;
     assert!(e.error.message.contains("67108864"), "{}", e.error.message);
+    // A worker is scheme, host and port: a path, query or credentials would aim the
+    // router elsewhere or leak in headers and metric labels.
+    let workers = format!("http://{}/admin/workers", c.admin_addr);
+    for url in ["http://u:p@127.0.0.1:9", "http://127.0.0.1:9/v1", "http://127.0.0.1:9/?a=b"] {
+        let r = http.post(&workers).bearer_auth(TOKEN).json(&json!({"url": url})).send().await;
+        let r = r.unwrap();
+        assert_eq!(r.status(), 400, "{url}");
+        let e: ErrorBody = r.json().await.unwrap();
+        assert_eq!(e.error.param.as_deref(), Some("url"), "{url}");
+    }
+    let r = http.post(&workers).bearer_auth(TOKEN).json(&json!({"url": "http://127.0.0.1:9/"}));
+    let v: Value = r.send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["url"], "http://127.0.0.1:9", "{v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -426,3 +426,54 @@ async fn a_worker_moved_in_one_file_edit_is_followed_at_its_new_address_and_coun
     new.stop().await.unwrap();
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// What `locus run` prints up to its `try:` lines.
+async fn run_banner(token: Option<&str>) -> (Proc, String) {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_locus"));
+    cmd.args(["run", "--port", "0", "--admin-addr", "127.0.0.1:0", "--workers", "1"])
+        .arg("--no-policy-cache")
+        .env("RAYON_NUM_THREADS", "1")
+        .env_remove("LOCUS_ADMIN_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    if let Some(t) = token {
+        cmd.env("LOCUS_ADMIN_TOKEN", t);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut banner = String::new();
+    while !banner.contains("locus swap") {
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("it starts")
+            .unwrap()
+            .expect("it prints its banner");
+        banner.push_str(&line);
+        banner.push('\n');
+    }
+    (Proc(child), banner)
+}
+
+/// `locus run` never prints the admin token: a given one is not echoed, a made-up one is
+/// in a file only the user can read, gone when the cluster stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locus_run_keeps_the_admin_token_off_the_terminal() {
+    use std::os::unix::fs::PermissionsExt;
+    let (mut p, banner) = run_banner(Some("given-secret-7f3a")).await;
+    assert!(!banner.contains("given-secret-7f3a"), "{banner}");
+    assert!(banner.contains("token as given"), "{banner}");
+    sigterm(&p);
+    p.0.wait().await.unwrap();
+
+    let (mut p, banner) = run_banner(None).await;
+    let path = banner.split("token in ").nth(1).unwrap().split(',').next().unwrap().to_string();
+    let token = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(token.len(), 32, "{token}");
+    assert!(!banner.contains(&token), "{banner}");
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    sigterm(&p);
+    p.0.wait().await.unwrap();
+    assert!(!std::path::Path::new(&path).exists(), "the token file outlived the cluster");
+}

@@ -362,3 +362,21 @@ async fn fair_sends_a_tenant_under_its_share_ahead_in_the_worker() {
         assert_eq!(order, expect, "ahead={ahead}");
     }
 }
+
+/// A router with no healthy worker (just started, or every worker restarting) answers
+/// 503 with a short Retry-After: the drain rate, 0 without workers, would say the cap
+/// (60 s), and a client honouring it would wait a minute after a worker came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_healthy_worker_is_a_503_with_a_short_retry_after() {
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    let opts = locus::router::RouterOptions::default();
+    let (addr, _, _gw) = locus::router::spawn(opts, any, any).await.unwrap();
+    let r = reqwest::Client::new()
+        .post(format!("http://{addr}/generate"))
+        .json(&json!({"text": "hi"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+}

@@ -430,3 +430,104 @@ async fn a_full_holder_can_be_the_source_and_a_full_choice_is_asked_again() {
     assert_eq!(metric(&router, "locus_router_full_choices_total", "").await, 1.0);
     blocker.abort();
 }
+
+/// `/kv_events` tells which prompts are hot: with a cluster token it needs that token (as
+/// the header or a bearer token) or the admin token; a worker with neither keeps it open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_events_need_the_cluster_token_or_the_admin_token() {
+    let opts =
+        WorkerOptions { admin_token: Some("admin-secret".into()), ..pull_options(Some(TOKEN)) };
+    let (guarded, _) = spawn_worker(opts).await;
+    let open = worker(None).await;
+    let status = |url: String, headers: Vec<(&'static str, String)>| async move {
+        let mut req = reqwest::Client::new().get(format!("{url}/kv_events"));
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        req.send().await.unwrap().status().as_u16()
+    };
+    let url = base(&guarded);
+    assert_eq!(status(url.clone(), vec![]).await, 401);
+    assert_eq!(status(url.clone(), vec![(CLUSTER_TOKEN, "guess".into())]).await, 401);
+    assert_eq!(status(url.clone(), vec![("authorization", "Bearer guess".into())]).await, 401);
+    assert_eq!(status(url.clone(), vec![(CLUSTER_TOKEN, TOKEN.into())]).await, 200);
+    assert_eq!(status(url.clone(), vec![("authorization", format!("Bearer {TOKEN}"))]).await, 200);
+    assert_eq!(status(url, vec![("authorization", "Bearer admin-secret".into())]).await, 200);
+    assert_eq!(status(base(&open), vec![]).await, 200);
+}
+
+/// This machine's address on its default route, if it has one that is not loopback.
+fn own_ip() -> Option<std::net::IpAddr> {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    // A UDP connect sends nothing: it only picks the route.
+    s.connect("10.255.255.255:9").ok()?;
+    Some(s.local_addr().ok()?.ip()).filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+}
+
+/// A server on this machine's non-loopback address that answers every request 200 with an
+/// empty body and keeps the header lines of each one it gets.
+async fn recording_server(ip: std::net::IpAddr) -> (String, Arc<parking_lot::Mutex<Vec<String>>>) {
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 << 10];
+                let n = conn.read(&mut buf).await.unwrap_or(0);
+                log.lock().push(String::from_utf8_lossy(&buf[..n]).to_lowercase());
+                let head = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+                let _ = conn.write_all(head.as_bytes()).await;
+            });
+        }
+    });
+    (url, seen)
+}
+
+/// Over plain HTTP, neither the router (following a worker's KV events) nor a worker
+/// (pulling KV) sends the cluster token to a host that is not loopback unless the operator
+/// says the network is private.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_token_goes_over_plain_http_to_another_host_unless_allowed() {
+    let Some(ip) = own_ip() else {
+        eprintln!("skipped: this machine has no non-loopback address");
+        return;
+    };
+    for allowed in [false, true] {
+        // The router follows a worker on a non-loopback address.
+        let (fake, seen) = recording_server(ip).await;
+        let opts = locus::router::RouterOptions {
+            workers: vec![fake.clone()],
+            cluster_token: Some(TOKEN.into()),
+            worker_token: Some("worker-secret".into()),
+            cluster_over_http: allowed,
+            load_interval: std::time::Duration::from_millis(50),
+            ..Default::default()
+        };
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        let (_addr, _admin, _gw) = locus::router::spawn(opts, any, any).await.unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !seen.lock().iter().any(|r| r.starts_with("get /kv_events")) {
+            assert!(std::time::Instant::now() < deadline, "the router never asked for events");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let events: Vec<String> =
+            seen.lock().iter().filter(|r| r.starts_with("get /kv_events")).cloned().collect();
+        for r in &events {
+            assert_eq!(r.contains(TOKEN), allowed, "allowed {allowed}: {r}");
+            assert_eq!(r.contains("worker-secret"), allowed, "allowed {allowed}: {r}");
+        }
+
+        // A worker told to pull from a source on a non-loopback address.
+        let (source, asked) = recording_server(ip).await;
+        let opts = WorkerOptions { cluster_over_http: allowed, ..pull_options(Some(TOKEN)) };
+        let (importer, _) = spawn_worker(opts).await;
+        let url = base(&importer);
+        let (answer, _) = generate(&url, &[(KV_SOURCE, &source), (CLUSTER_TOKEN, TOKEN)]).await;
+        assert_eq!(answer["meta_info"]["transferred_tokens"], 0);
+        let skipped = metric(&url, "locus_worker_kv_pulls_total", "skipped_plain_http").await;
+        assert_eq!((skipped, asked.lock().len()), if allowed { (0.0, 1) } else { (1.0, 0) });
+    }
+}

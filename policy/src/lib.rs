@@ -39,7 +39,8 @@ pub use load::{
 pub use router::{Ask, Blocks, Decision, PromoteError, Routed, RouterPolicy, TrialError};
 pub use runtime::{
     AUDIT_KEPT, Actor, AuditEntry, AuditEvent, AuditLog, CompiledCache, Fault, FaultPolicy, Limits,
-    LoadOptions, Origin, TICK, default_compiled_cache_dir, use_compiled_cache,
+    LoadOptions, Origin, TICK, compiled_code, compiled_file, default_compiled_cache_dir,
+    use_compiled_cache,
 };
 pub use trial::{
     BlockFill, SHADOW_QUEUE, Side, SideReport, TrialEnd, TrialMode, TrialOutcome, TrialReport,
@@ -48,5 +49,6 @@ pub use trial::{
 pub use worlds::{
     AbandonReason, AdmissionPolicy, Arrival, BANDS, CachePolicy, Completion, Entry, EntryKind,
     KvBatch, KvFeed, LOG_BATCHES, Outcome, PreparedCache, Refusal, RefusalKind, Request,
-    RouteChoice, Saturation, Served, SourceDropped, TENANTS_KEPT, Workers, rendezvous, workers,
+    RouteChoice, SESSION_BYTES_MAX, Saturation, Served, SourceDropped, TENANTS_KEPT, Workers,
+    rendezvous, workers,
 };

@@ -38,7 +38,7 @@
 //!   stays together even when a turn's prefix alone would not say where it was.
 //!
 //! Settings: `prefill-weight` (1.0), `load-weight` (4.0), `kv-weight` (16.0),
-//! `session-slack` (32.0), `approx-blocks` (200000), `sessions` (100000 remembered), `seed`;
+//! `session-slack` (32.0), `approx-blocks` (50000), `sessions` (100000 remembered), `seed`;
 //! for pulls: `pulls` (`on`; `off` never names a source), `min-pull-blocks` (4),
 //! `pull-overhead-ms` (5), `link-mb-s` (400).
 //! Memory: about 40 bytes per indexed block (100k blocks ≈ 4 MB, inside the default 64 MiB
@@ -116,6 +116,14 @@ fn pending(w: &Workers, i: usize) -> u32 {
     queued.max(w.in_flight[i])
 }
 
+/// What a session is remembered by.
+fn session_key(session: &str) -> u64 {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut h = DefaultHasher::new();
+    session.hash(&mut h);
+    h.finish()
+}
+
 /// The policy's state: the block index, sessions, settings.
 pub struct State {
     /// Weights of the cost.
@@ -126,24 +134,34 @@ pub struct State {
     exact: u128,
     approx: VecDeque<(u64, usize)>,
     approx_cap: usize,
-    sessions: Map<String, u64>,
-    session_order: VecDeque<String>,
+    /// By the session key's hash (a client sets the key's length; the router caps it, but
+    /// 100,000 remembered keys of any length must fit the guest's memory): a collision
+    /// only shares a placement hint.
+    sessions: Map<u64, u64>,
+    session_order: VecDeque<u64>,
     session_cap: usize,
     rng: SmallRng,
 }
 
 impl State {
     /// An empty index with these settings.
+    ///
+    /// The approximate index and the sessions are sized for their caps up front: a map that
+    /// grows, or rehashes away the tombstones that forgetting leaves, moves every entry in
+    /// one call, and at a few hundred thousand entries that one call overran its deadline.
     pub fn new(weights: Weights, approx_cap: usize, session_cap: usize, rng: SmallRng) -> Self {
+        fn sized<K, V>(n: usize) -> Map<K, V> {
+            Map::with_capacity_and_hasher(n, Default::default())
+        }
         Self {
             weights,
             slots: Map::default(),
-            index: Map::default(),
+            index: sized(approx_cap.saturating_mul(2)),
             exact: 0,
-            approx: VecDeque::new(),
+            approx: VecDeque::with_capacity(approx_cap),
             approx_cap,
-            sessions: Map::default(),
-            session_order: VecDeque::new(),
+            sessions: sized(session_cap),
+            session_order: VecDeque::with_capacity(session_cap),
             session_cap,
             rng,
         }
@@ -325,9 +343,10 @@ impl State {
                 }
             }
         }
-        if let Some(key) = &req.session {
+        if let Some(session) = &req.session {
+            let key = session_key(session);
             if let Some(j) =
-                self.sessions.get(key).and_then(|id| w.ids.iter().position(|x| x == id))
+                self.sessions.get(&key).and_then(|id| w.ids.iter().position(|x| x == id))
                 && costs[j] <= costs[best] + wt.session_slack
             {
                 best = j;
@@ -338,9 +357,9 @@ impl State {
         Some(RouteChoice { worker: best as u32, kv_source: sources[best].map(|j| j as u32) })
     }
 
-    fn remember_session(&mut self, key: &str, worker: u64) {
-        if self.sessions.insert(key.to_string(), worker).is_none() {
-            self.session_order.push_back(key.to_string());
+    fn remember_session(&mut self, key: u64, worker: u64) {
+        if self.sessions.insert(key, worker).is_none() {
+            self.session_order.push_back(key);
             while self.session_order.len() > self.session_cap {
                 if let Some(old) = self.session_order.pop_front() {
                     self.sessions.remove(&old);
@@ -375,7 +394,7 @@ impl State {
 
 thread_local! {
     static STATE: RefCell<State> =
-        RefCell::new(State::new(Weights::default(), 200_000, 100_000, SmallRng::seed_from_u64(0)));
+        RefCell::new(State::new(Weights::default(), 50_000, 100_000, SmallRng::seed_from_u64(0)));
 }
 
 fn number(k: &str, v: &str) -> Result<f64, String> {
@@ -402,7 +421,7 @@ struct PrefixAware;
 impl Guest for PrefixAware {
     fn configure(settings: Vec<(String, String)>) -> Result<(), String> {
         let mut wt = Weights::default();
-        let (mut approx, mut sessions) = (200_000, 100_000);
+        let (mut approx, mut sessions) = (50_000, 100_000);
         let mut seeding = Seeding::default();
         for (k, v) in &settings {
             match k.as_str() {

@@ -71,8 +71,9 @@ pub struct Job {
     pub endpoint: Endpoint,
     /// What to complete.
     pub prompt: Prompt,
-    /// Most tokens to generate (the engine clamps it to the context; `u32::MAX` means
-    /// "the rest of the context").
+    /// Most tokens to generate: with the prompt, at most the model's context (else 400
+    /// `context_length_exceeded`, as OpenAI and vLLM answer); `u32::MAX` means "the rest
+    /// of the context".
     pub max_new_tokens: u32,
     /// 0 is greedy.
     pub temperature: f64,
@@ -228,6 +229,30 @@ where
     T: Default + Deserialize<'de>,
 {
     Option::<T>::deserialize(d).map(Option::unwrap_or_default)
+}
+
+/// Reads an optional JSON object as `T`, refusing a list: a derived struct would otherwise
+/// take `[...]` field by field, in declaration order (so `"sampling_params": [1000]` would
+/// set `max_new_tokens`).
+pub(crate) fn object<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct Object<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Object<T> {
+        type Value = Option<T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object (one request's parameters; a list is a batch, not supported)")
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Some)
+        }
+    }
+    d.deserialize_any(Object(std::marker::PhantomData))
 }
 
 /// Reads a seed given as any 64-bit integer, negative ones included (vLLM takes int64).

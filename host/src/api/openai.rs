@@ -7,7 +7,9 @@ use serde_json::Value;
 
 use super::chat::{self, ChatMessage};
 use super::error::ApiError;
-use super::job::{Endpoint, Job, OneOrMany, Prompt, nullable, seed, stops, with_unsupported};
+use super::job::{
+    Endpoint, Job, OneOrMany, Prompt, nullable, object, seed, stops, with_unsupported,
+};
 use super::sglang::MetaInfo;
 
 /// `stream_options`.
@@ -57,6 +59,7 @@ pub struct CompletionRequest {
     #[serde(deserialize_with = "nullable")]
     pub stream: bool,
     /// Streaming options.
+    #[serde(deserialize_with = "object")]
     pub stream_options: Option<StreamOptions>,
     /// Generate past end-of-text (vLLM's extension).
     #[serde(deserialize_with = "nullable")]
@@ -146,6 +149,7 @@ pub struct ChatCompletionRequest {
     #[serde(deserialize_with = "nullable")]
     pub stream: bool,
     /// Streaming options.
+    #[serde(deserialize_with = "object")]
     pub stream_options: Option<StreamOptions>,
     /// Generate past end-of-text (vLLM's extension).
     #[serde(deserialize_with = "nullable")]

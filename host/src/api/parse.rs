@@ -13,6 +13,13 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     if body.is_empty() {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "request body is empty; send JSON"));
     }
+    // A derived struct would take a list field by field, in order: a body is one object.
+    if body.iter().find(|b| !b.is_ascii_whitespace()).is_some_and(|&b| b != b'{') {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "the body must be one JSON object (a list is a batch, which is not supported)",
+        ));
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     let mut track = serde_path_to_error::Track::new();
     let mut ignored = Vec::new();
@@ -72,6 +79,8 @@ mod tests {
         let e = parse_json::<Body>(br#"{"text": "#).unwrap_err();
         assert_eq!((e.status.as_u16(), e.param), (400, None));
         assert!(parse_json::<Body>(b"").is_err());
+        let e = parse_json::<Body>(br#" ["a"]"#).unwrap_err();
+        assert!(e.message.contains("one JSON object"), "{}", e.message);
         let ok = parse_json::<Body>(b" {\"text\": \"a\"}\n ").unwrap();
         assert_eq!((ok.text.as_deref(), ok.inner.n), (Some("a"), None));
     }

@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::error::ApiError;
-use super::job::{Endpoint, Job, OneOrMany, Prompt, nullable, seed, stops, with_unsupported};
+use super::job::{
+    Endpoint, Job, OneOrMany, Prompt, nullable, object, seed, stops, with_unsupported,
+};
 
 /// A `/generate` request. Fields SGLang takes and locus does not know are ignored; the
 /// ones that would change the answer are refused (see [`GenerateRequest::into_job`]).
@@ -20,7 +22,8 @@ pub struct GenerateRequest {
     pub input_ids: Option<OneOrMany<Vec<u32>>>,
     /// The prompt under OpenAI's name, accepted for the proof of concept's clients.
     pub prompt: Option<String>,
-    /// Sampling choices.
+    /// Sampling choices (an object: SGLang's list form is for a batch).
+    #[serde(deserialize_with = "object")]
     pub sampling_params: Option<SamplingParams>,
     /// Answer as Server-Sent Events.
     #[serde(deserialize_with = "nullable")]

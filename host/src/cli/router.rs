@@ -114,8 +114,9 @@ pub struct RouterArgs {
     /// Address to bind.
     #[arg(long, default_value_t = locus::router::DEFAULT_ADDR.ip())]
     pub host: IpAddr,
-    /// Worker base URLs, comma-separated.
-    #[arg(long, value_delimiter = ',')]
+    /// Worker base URLs (`http://host:port`: no path, query or credentials),
+    /// comma-separated.
+    #[arg(long, value_delimiter = ',', value_parser = locus::router::worker_base_url)]
     pub workers: Vec<String>,
     /// Find workers by DNS: `dns:NAME:PORT` adds every address NAME resolves to (a
     /// Compose service or network alias, a Kubernetes headless Service) once it answers,
@@ -160,6 +161,7 @@ impl RouterArgs {
             discover,
             discover_interval: self.discover_interval,
             cluster_token: self.cluster_token.cluster_token.clone(),
+            cluster_over_http: self.cluster_token.over_http,
             ..self.routing.options(self.admin_token.token.clone(), &self.serve)?
         })
     }

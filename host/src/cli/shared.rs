@@ -68,6 +68,18 @@ pub struct ClusterTokenArg {
     )]
     // Not `token`: clap names an argument by its field, and the admin token's is `token`.
     pub cluster_token: Option<String>,
+    /// Send the cluster token (and a router's worker token) over plain HTTP to hosts that
+    /// are not loopback. Off by default: anyone who can read the network can read a token
+    /// sent in plain HTTP, so say so only for a private network (Compose's own network, a
+    /// Kubernetes namespace closed by network policy); see SECURITY.md. Loopback and https
+    /// hosts get the token either way.
+    #[arg(
+        long = "cluster-token-over-http",
+        env = "LOCUS_CLUSTER_TOKEN_OVER_HTTP",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub over_http: bool,
 }
 
 /// Connection and body limits of a server. In `locus run` the router and the workers share

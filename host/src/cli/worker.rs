@@ -191,9 +191,14 @@ impl RunArgs {
             engine: self.model.engine_options()?,
             worker: WorkerOptions {
                 cluster_token: cluster_token.clone(),
+                cluster_over_http: self.cluster_token.over_http,
                 ..self.cache.options(token.clone(), &self.serve)?
             },
-            router: RouterOptions { cluster_token, ..self.routing.options(token, &self.serve)? },
+            router: RouterOptions {
+                cluster_token,
+                cluster_over_http: self.cluster_token.over_http,
+                ..self.routing.options(token, &self.serve)?
+            },
         })
     }
 }
@@ -241,6 +246,7 @@ impl WorkerArgs {
                 .unwrap_or_else(|| format!("{}:{}", host(), self.port)),
             audit_log: self.audit_log.clone(),
             cluster_token: self.cluster_token.cluster_token.clone(),
+            cluster_over_http: self.cluster_token.over_http,
             ..self.cache.options(self.admin_token.token.clone(), &self.serve)?
         })
     }

@@ -7,7 +7,15 @@ use locus::cluster;
 /// Starts the cluster, prints where everything is and how to try it, and serves until
 /// SIGTERM or Ctrl-C.
 pub async fn cluster(a: RunArgs) -> anyhow::Result<()> {
-    let token = a.admin_token.token.clone().unwrap_or_else(random_token);
+    // A token never goes to the terminal (or a CI log): a made-up one goes to a file only
+    // this user can read, and its path is printed.
+    let (token, token_file) = match a.admin_token.token.clone() {
+        Some(t) => (t, None),
+        None => {
+            let t = random_token();
+            (t.clone(), Some(TokenFile::write(&t)?))
+        }
+    };
     let c = cluster::start(a.options(&token)?).await?;
     let r = c.router_addr;
     println!("locus is running");
@@ -15,7 +23,14 @@ pub async fn cluster(a: RunArgs) -> anyhow::Result<()> {
     for (i, w) in c.worker_addrs.iter().enumerate() {
         println!("  worker {}: http://{w}", i + 1);
     }
-    println!("  admin:   http://{}   (token: {token})", c.admin_addr);
+    let (said, use_token) = match &token_file {
+        Some(f) => (
+            format!("token in {}, readable only by you", f.0.display()),
+            format!("LOCUS_ADMIN_TOKEN=$(cat {}) ", f.0.display()),
+        ),
+        None => ("token as given".to_string(), String::new()),
+    };
+    println!("  admin:   http://{}   ({said})", c.admin_addr);
     println!("  metrics: http://{r}/metrics");
     println!();
     println!("try:");
@@ -25,8 +40,36 @@ pub async fn cluster(a: RunArgs) -> anyhow::Result<()> {
     println!(
         "  curl -s http://{r}/v1/chat/completions -H 'content-type: application/json' \\\n    -d '{{\"messages\": [{{\"role\": \"user\", \"content\": \"Hi!\"}}], \"max_tokens\": 16}}'"
     );
-    println!("  locus swap --router http://{} --policy random --admin-token {token}", c.admin_addr);
+    println!("  {use_token}locus swap --router http://{} --policy random", c.admin_addr);
     let signal = locus::serve::shutdown_signal().await?;
     println!("stopping ({signal})");
     Ok(())
+}
+
+/// A made-up admin token's file (mode 0600), removed when the cluster stops.
+struct TokenFile(std::path::PathBuf);
+
+impl TokenFile {
+    fn write(token: &str) -> anyhow::Result<Self> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = std::env::temp_dir().join(format!("locus-admin-token-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| {
+                anyhow::anyhow!("cannot write the admin token to {}: {e}", path.display())
+            })?;
+        f.write_all(token.as_bytes())?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for TokenFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }

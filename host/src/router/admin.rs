@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::gateway::Gateway;
-use super::registry::{BackendInfo, Registry};
+use super::registry::{BackendInfo, Registry, worker_base_url};
 use crate::api::admin::{AuditAnswer, TrialAnswer};
 use crate::http::{Access, AdminAuth, ApiError, actor, parse_json, require_admin, uploaded_policy};
 use crate::serve::limit_bodies;
@@ -250,24 +250,18 @@ struct WorkerBody {
     url: String,
 }
 
-fn check_url(url: &str) -> Result<(), ApiError> {
-    match reqwest::Url::parse(url) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
-        _ => Err(ApiError::invalid("url", format!("`{url}` is not an http(s) URL"))),
-    }
-}
-
 async fn add_worker(State(gw): State<Arc<Gateway>>, body: Bytes) -> Response {
     let b: WorkerBody = match parse_json(&body) {
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
-    if let Err(e) = check_url(&b.url) {
-        return e.into_response();
-    }
-    let added = gw.registry.add(&b.url);
+    let url = match worker_base_url(&b.url) {
+        Ok(u) => u,
+        Err(why) => return ApiError::invalid("url", why).into_response(),
+    };
+    let added = gw.registry.add(&url);
     let status = if added { StatusCode::CREATED } else { StatusCode::OK };
-    (status, Json(json!({"added": added, "url": b.url}))).into_response()
+    (status, Json(json!({"added": added, "url": url}))).into_response()
 }
 
 async fn remove_worker(

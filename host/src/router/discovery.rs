@@ -11,7 +11,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use super::gateway::Gateway;
-use super::registry::Backend;
+use super::registry::{Backend, worker_base_url};
 use crate::api::signals::LoadReport;
 
 /// Where a router looks for workers, besides its fixed list.
@@ -111,9 +111,8 @@ async fn file(gw: Weak<Gateway>, path: PathBuf, interval: Duration) {
             None
         }
     };
-    // The list in force: read at the start, then from each change once it has settled
-    // (`watch_file`). A re-read on the timer, which may catch a write half done, counts
-    // only when two in a row agree; the timer also asks again workers that did not answer.
+    // The list in force: read at the start, then as `replaces` decides; the timer also asks
+    // again workers that did not answer.
     let mut accepted: Option<String> = None;
     let mut last_read: Option<String> = None;
     let mut tick = tokio::time::interval(interval);
@@ -137,7 +136,7 @@ async fn file(gw: Weak<Gateway>, path: PathBuf, interval: Duration) {
         match tokio::fs::read_to_string(&path).await {
             Ok(text) => {
                 warned = false;
-                if changed || accepted.is_none() || last_read.as_ref() == Some(&text) {
+                if replaces(&text, changed, accepted.as_deref(), last_read.as_deref()) {
                     accepted = Some(text.clone());
                 }
                 last_read = Some(text);
@@ -155,25 +154,45 @@ async fn file(gw: Weak<Gateway>, path: PathBuf, interval: Duration) {
     }
 }
 
+/// Whether a read of the workers file, `read`, replaces the list in force (`accepted`):
+/// the first read; a read equal to the one before it (`last_read`, a timer's interval
+/// earlier); or a settled change (`changed`, from `watch_file`) that removes no worker. A
+/// change that removes workers waits for the next read to agree, so that a file caught
+/// half written (truncated, its writer slow) does not remove every worker.
+fn replaces(read: &str, changed: bool, accepted: Option<&str>, last_read: Option<&str>) -> bool {
+    let Some(accepted) = accepted else { return true };
+    if last_read == Some(read) {
+        return true;
+    }
+    changed && urls_in(accepted).0.is_subset(&urls_in(read).0)
+}
+
 /// The worker URLs in a workers file: one per line, blank lines and `#` comments skipped,
-/// lines that are not `http://` or `https://` URLs logged and skipped.
+/// lines that are not a worker's base URL (see [`worker_base_url`]) logged and skipped.
 pub fn parse_workers_file(text: &str, label: &str) -> BTreeSet<String> {
-    let mut urls = BTreeSet::new();
+    let (urls, skipped) = urls_in(text);
+    for (line, why) in skipped {
+        tracing::warn!(source = %label, line, %why, "not a worker URL; skipped");
+    }
+    urls
+}
+
+/// The URLs in a workers file, and the lines skipped (1-based, with why).
+fn urls_in(text: &str) -> (BTreeSet<String>, Vec<(usize, String)>) {
+    let (mut urls, mut skipped) = (BTreeSet::new(), Vec::new());
     for (n, line) in text.lines().enumerate() {
         let line = line.split('#').next().unwrap_or("").trim();
         if line.is_empty() {
             continue;
         }
-        let ok = ["http://", "https://"].iter().any(|s| {
-            line.strip_prefix(s).is_some_and(|rest| !rest.is_empty() && !rest.contains(' '))
-        });
-        if ok {
-            urls.insert(line.trim_end_matches('/').to_string());
-        } else {
-            tracing::warn!(source = %label, line = n + 1, text = line, "not a worker URL; skipped");
+        match worker_base_url(line) {
+            Ok(url) => {
+                urls.insert(url);
+            }
+            Err(why) => skipped.push((n + 1, why)),
         }
     }
-    urls
+    (urls, skipped)
 }
 
 /// Makes the workers this source added match `want`: removes those gone from it, and adds
@@ -270,5 +289,37 @@ mod tests {
         let text = "# the pool\nhttp://a:8001/\n\n  https://b:8001  # second\nc:8001\nhttp://\nhttp://a:8001\n";
         let urls: Vec<String> = parse_workers_file(text, "test").into_iter().collect();
         assert_eq!(urls, ["http://a:8001", "https://b:8001"]);
+    }
+
+    /// A change that removes workers waits for a second read to agree; one that only adds
+    /// is taken at once.
+    #[test]
+    fn a_truncated_workers_file_removes_no_worker_until_a_second_read_agrees() {
+        let two = "http://a:1\nhttp://b:1\n";
+        assert!(replaces(two, false, None, None), "the first read");
+        // Caught truncated, or half written: kept out, by a change or by the timer.
+        for half in ["", "http://a:1\n", "http://a:1\nhttp://b"] {
+            assert!(!replaces(half, true, Some(two), Some(two)), "{half:?}");
+            assert!(!replaces(half, false, Some(two), Some(two)), "{half:?}");
+            // The next read agrees: it is what the operator wrote.
+            assert!(replaces(half, false, Some(two), Some(half)), "{half:?}");
+        }
+        // Adding (or moving nothing) is taken at once.
+        assert!(replaces("http://a:1\nhttp://b:1\nhttp://c:1\n", true, Some(two), Some(two)));
+        assert!(!replaces("http://c:1\n", false, Some(two), Some(two)), "a timer read alone");
+    }
+
+    /// A worker URL is scheme, host and port: nothing that would aim the router's requests
+    /// elsewhere or put credentials in its headers and metric labels.
+    #[test]
+    fn a_worker_url_is_only_scheme_host_and_port() {
+        let text = "http://u:p@a:8001\nhttp://a:8001/v1\nhttp://a:8001?x=1\nhttp://a:8001#f\n\
+                    ftp://a:21\nhttp://A:8001/\nhttp://[::1]:80\n";
+        let urls: Vec<String> = parse_workers_file(text, "test").into_iter().collect();
+        assert_eq!(urls, ["http://[::1]", "http://a:8001"]);
+        for bad in ["http://u@a:1", "http://a:1/x", "http://a:1/?q", "http://a:1/#f", "a:1", ""] {
+            assert!(worker_base_url(bad).is_err(), "{bad}");
+        }
+        assert_eq!(worker_base_url(" https://W.example:443/ ").unwrap(), "https://w.example");
     }
 }

@@ -1,10 +1,14 @@
 //! The router's Prometheus metrics.
 
-use super::flow::FlowCounters;
+use std::sync::Arc;
+
 use prometheus::{
     GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry,
 };
+
+use super::flow::FlowCounters;
+use super::registry::Backend;
 
 pub(super) struct Metrics {
     pub registry: Registry,
@@ -45,6 +49,23 @@ pub(super) struct Metrics {
 }
 
 impl Metrics {
+    /// Drops the per-worker series of workers no longer among `present`, so that a router
+    /// whose workers come and go (DNS, a file, the admin API) does not keep their series
+    /// forever.
+    pub fn forget_gone_workers(&self, present: &[Arc<Backend>]) {
+        use prometheus::core::Collector;
+        for family in self.decisions.collect() {
+            for m in family.get_metric() {
+                let Some(url) = m.get_label().iter().find(|l| l.name() == "worker") else {
+                    continue;
+                };
+                if !present.iter().any(|b| b.url == url.value()) {
+                    let _ = self.decisions.remove_label_values(&[url.value()]);
+                }
+            }
+        }
+    }
+
     pub fn new() -> Self {
         let decisions = IntCounterVec::new(
             Opts::new("locus_router_decisions_total", "Routing decisions per worker"),
@@ -240,5 +261,26 @@ impl Metrics {
                 self.trial_ttft_p90.with_label_values(&[side]).set(p90 / 1000.0);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn series(m: &Metrics) -> String {
+        let mut buf = String::new();
+        prometheus::TextEncoder::new().encode_utf8(&m.registry.gather(), &mut buf).unwrap();
+        buf.lines().filter(|l| l.starts_with("locus_router_decisions_total{")).collect()
+    }
+
+    #[test]
+    fn a_removed_workers_series_is_dropped() {
+        let m = Metrics::new();
+        m.decisions.with_label_values(&["http://a:1"]).inc();
+        m.decisions.with_label_values(&["http://b:1"]).inc();
+        m.forget_gone_workers(&[Backend::new("http://a:1")]);
+        let s = series(&m);
+        assert!(s.contains("http://a:1") && !s.contains("http://b:1"), "{s}");
     }
 }

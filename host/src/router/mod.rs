@@ -8,18 +8,20 @@
 //!
 //! Files: `routes` reads the public requests, `proxy/` routes, retries and relays them,
 //! `registry` keeps the workers and their health, `discovery` finds workers by DNS or a
-//! file, `signals` follows the workers' load and KV events, `tokens` turns prompts into KV
-//! block hashes, `admin` is the admin API, `watch` follows files (the policy's: swapped
-//! when it changes), `metrics` counts. They share the [`Gateway`] (`gateway.rs`, set up by `options.rs`, started by
-//! `start.rs`); among
+//! file, `signals` follows the workers' load and KV events (`kv_reader` cuts their stream
+//! into events), `tokens` turns prompts into KV block hashes, `admin` is the admin API,
+//! `watch` follows files (the policy's: swapped when it changes), `metrics` counts. They
+//! share the [`Gateway`] (`gateway.rs`, set up by `options.rs`, started by `start.rs`); among
 //! themselves imports point one way (`discovery` uses `watch` and `registry`; `admin`,
-//! `signals` and `proxy` use `registry`; `proxy` uses `tokens`; `registry`, `tokens`,
-//! `watch` and `metrics` use no other file).
+//! `signals` and `proxy` use `registry`; `proxy` uses `tokens`; `signals` uses
+//! `kv_reader`; `metrics` uses `registry`; `registry`, `tokens`, `watch` and `kv_reader`
+//! use no other file).
 
 mod admin;
 mod discovery;
 mod flow;
 mod gateway;
+mod kv_reader;
 mod metrics;
 mod options;
 mod proxy;
@@ -37,10 +39,11 @@ pub use flow::{
     KeysError, LABELLED_TENANTS, MAX_TENANT_BYTES, Queue, Slots, Ticket, Waiting,
 };
 pub use gateway::{FEEDBACK_KEPT, Feedback, Gateway, UNREPORTED_DISPATCH_LIMIT};
+pub use kv_reader::{KvEventReader, MAX_EVENT_BYTES, StreamError};
 pub use options::{
     DEFAULT_ADDR, DEFAULT_ADMIN_ADDR, DEFAULT_ROUTE_TOKENS, DEFAULT_SESSION_HEADER, RouterOptions,
 };
 pub use proxy::{ROUTE_US, ROUTING_PROMPT_BYTES};
-pub use registry::{Backend, BackendInfo, Registry, Reported, worker_id};
+pub use registry::{Backend, BackendInfo, Registry, Reported, worker_base_url, worker_id};
 pub use start::spawn;
 pub use tokens::PromptTokens;

@@ -115,7 +115,8 @@ pub struct RouterOptions {
         default_value_t = RouterOptions::default().kv_events
     )]
     pub kv_events: bool,
-    /// Bearer token presented to the workers' `/kv_events` (their admin token).
+    /// Bearer token presented to the workers' `/kv_events` when they have an admin token
+    /// and no cluster token (with one, the cluster token is presented).
     // The path spelled out keeps clap from unwrapping the `Option`, so that the parser's
     // `None` for an empty value (Compose passes an unset variable as one) is kept.
     #[arg(
@@ -123,8 +124,8 @@ pub struct RouterOptions {
         env = "LOCUS_WORKER_TOKEN",
         hide_env_values = true,
         help = "Bearer token for the workers' `/kv_events` when they have an admin token \
-                (`locus run` passes the workers' own; a standalone router sends none \
-                unless given one)",
+                and no cluster token (`locus run` passes the workers' own; a standalone \
+                router sends none unless given one)",
         value_parser = token_or_none(),
         default_value = "",
         hide_default_value = true
@@ -135,6 +136,10 @@ pub struct RouterOptions {
     /// passes the source on with this token; without it, policies see no KV groups.
     #[arg(skip)]
     pub cluster_token: std::option::Option<String>,
+    /// Send the cluster and worker tokens over plain HTTP to workers that are not on
+    /// loopback (see [`crate::http::may_carry_token`]).
+    #[arg(skip)]
+    pub cluster_over_http: bool,
     /// Request header whose value is passed to the policy as the session key.
     #[arg(
         long,
@@ -181,6 +186,7 @@ impl Default for RouterOptions {
             kv_events: true,
             worker_token: None,
             cluster_token: None,
+            cluster_over_http: false,
             session_header: DEFAULT_SESSION_HEADER.into(),
             audit_log: None,
             flow: FlowOptions::default(),

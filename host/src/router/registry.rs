@@ -39,6 +39,26 @@ pub struct Reported {
     pub at: Instant,
 }
 
+/// A worker's base URL as the router keeps it, `scheme://host[:port]`, or why `url` cannot
+/// be one: only http(s), a host, and an optional port. A path, query, fragment or
+/// credentials would aim the router's requests (and its cluster token) somewhere other
+/// than the worker's API, and credentials would show in headers and metric labels.
+pub fn worker_base_url(url: &str) -> Result<String, String> {
+    let u = reqwest::Url::parse(url.trim()).map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+    if !matches!(u.scheme(), "http" | "https") || u.host().is_none() {
+        return Err(format!("`{url}` is not an http(s) URL with a host"));
+    }
+    if !u.username().is_empty() || u.password().is_some() {
+        return Err(format!("`{url}` holds credentials: give only scheme, host and port"));
+    }
+    if u.path() != "/" || u.query().is_some() || u.fragment().is_some() {
+        return Err(format!(
+            "`{url}` has a path, query or fragment: give only scheme, host and port"
+        ));
+    }
+    Ok(u.origin().ascii_serialization())
+}
+
 /// Stable 64-bit id of a worker's name or URL (FNV-1a: the same on every router and run).
 pub fn worker_id(name: &str) -> u64 {
     let mut h = fnv::FnvHasher::default();

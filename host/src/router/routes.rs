@@ -9,12 +9,26 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use locus_policy::SESSION_BYTES_MAX;
 use serde_json::json;
 
 use super::gateway::Gateway;
 use crate::api::{ApiError, Endpoint, read_job};
 use crate::http::{RequestId, render_metrics, tagged};
 use crate::serve::limit_bodies;
+
+/// The session key in header `name`, if one is given: 400 naming the header when it is not
+/// visible ASCII or longer than [`SESSION_BYTES_MAX`].
+fn session(headers: &HeaderMap, name: &str) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get(name) else { return Ok(None) };
+    let v =
+        v.to_str().map_err(|_| ApiError::invalid(name, "the session id must be visible ASCII"))?;
+    if v.len() > SESSION_BYTES_MAX {
+        let msg = format!("the session id is longer than {SESSION_BYTES_MAX} bytes");
+        return Err(ApiError::invalid(name, msg));
+    }
+    Ok(Some(v.to_string()).filter(|v| !v.is_empty()))
+}
 
 async fn route(
     gw: Arc<Gateway>,
@@ -32,11 +46,13 @@ async fn route(
             return tagged(e.into_response(), &id);
         }
     };
-    let session = headers
-        .get(gw.options.session_header.as_str())
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty())
-        .map(str::to_string);
+    let session = match session(&headers, &gw.options.session_header) {
+        Ok(s) => s,
+        Err(e) => {
+            gw.metrics.requests.with_label_values(&[endpoint.name(), e.status.as_str()]).inc();
+            return tagged(e.into_response(), &id);
+        }
+    };
     let resp = match read_job(endpoint, &body) {
         Ok(job) => gw.forward(&job, &id.0, &who, session, body).await,
         Err(e) => {
@@ -106,6 +122,7 @@ pub(super) async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
     gw.metrics.policy_info.with_label_values(&[&info.name, &info.sha256]).set(1);
     gw.metrics.policy_faults.set(gw.policy.total_faults() as i64);
     gw.metrics.kv_blocks.set(gw.policy.kv().total_blocks() as i64);
+    gw.metrics.forget_gone_workers(&gw.registry.all());
     let queued = gw.queue.queued();
     for (band, n) in queued.iter().enumerate() {
         gw.metrics.flow.waiting.with_label_values(&[&band.to_string()]).set(i64::from(*n));

@@ -12,7 +12,9 @@ use futures_util::StreamExt;
 use tokio::task::JoinHandle;
 
 use super::gateway::Gateway;
+use super::kv_reader::KvEventReader;
 use super::registry::Backend;
+use crate::api::CLUSTER_TOKEN;
 use crate::api::signals::{KvEvent, KvEventKind, LoadReport};
 use crate::clock::unix_micros;
 
@@ -84,9 +86,6 @@ async fn poll_load(gw: &Gateway, b: &Backend, interval: Duration) {
     }
 }
 
-/// The longest event accepted (a snapshot of ~8M blocks); past it the stream is dropped.
-const MAX_EVENT_BYTES: usize = 64 << 20;
-
 /// Longest wait between reconnects to a worker that went away.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -116,8 +115,16 @@ async fn follow(gw: std::sync::Weak<Gateway>, b: Arc<Backend>, id: u64) {
     loop {
         let Some(g) = gw.upgrade() else { return };
         let mut req = g.signals_client.get(format!("{}/kv_events", b.url));
-        if let Some(t) = &g.options.worker_token {
-            req = req.bearer_auth(t);
+        let (cluster, worker) = (&g.options.cluster_token, &g.options.worker_token);
+        if crate::http::may_carry_token(&b.url, g.options.cluster_over_http) {
+            if let Some(t) = cluster {
+                req = req.header(CLUSTER_TOKEN, t);
+            }
+            if let Some(t) = worker {
+                req = req.bearer_auth(t);
+            }
+        } else if cluster.is_some() || worker.is_some() {
+            crate::http::warn_token_withheld("following KV events", &b.url);
         }
         drop(g);
         match req.send().await {
@@ -148,38 +155,23 @@ async fn follow(gw: std::sync::Weak<Gateway>, b: Arc<Backend>, id: u64) {
 
 async fn read_events(gw: &std::sync::Weak<Gateway>, b: &Backend, id: u64, r: reqwest::Response) {
     let mut stream = r.bytes_stream();
-    let mut buf = Vec::new();
-    // Where the search for the end of the current event resumes.
-    let mut scanned: usize = 0;
+    let mut reader = KvEventReader::default();
     // A snapshot's `cleared` is held until its `stored`, so that policies see the worker's
     // set replaced in one step rather than empty for a moment.
     let mut pending_clear = false;
     while let Some(chunk) = stream.next().await {
         let Ok(chunk) = chunk else { return };
-        buf.extend_from_slice(&chunk);
-        loop {
-            let from = scanned.saturating_sub(1);
-            let Some(end) = buf[from..].windows(2).position(|w| w == b"\n\n").map(|i| from + i)
-            else {
-                scanned = buf.len();
-                break;
-            };
-            let block: Vec<u8> = buf.drain(..end + 2).collect();
-            scanned = 0;
-            let Some(gw) = gw.upgrade() else { return };
-            for line in block.split(|&c| c == b'\n') {
-                let Some(data) = line.strip_prefix(b"data:") else { continue };
-                let Ok(ev) = serde_json::from_slice::<KvEvent>(data.trim_ascii()) else {
-                    // An event lost would leave the index wrong: start over from a snapshot.
-                    tracing::warn!(worker = %b.url, "unreadable KV event; resubscribing");
-                    return;
-                };
-                apply(&gw, b, id, ev, &mut pending_clear);
+        let events = match reader.push(&chunk) {
+            Ok(events) => events,
+            Err(e) => {
+                // An event lost would leave the index wrong: start over from a snapshot.
+                tracing::warn!(worker = %b.url, error = %e, "resubscribing to KV events");
+                return;
             }
-        }
-        if buf.len() > MAX_EVENT_BYTES {
-            tracing::warn!(worker = %b.url, "KV event over {MAX_EVENT_BYTES} bytes; resubscribing");
-            return;
+        };
+        let Some(gw) = gw.upgrade() else { return };
+        for ev in events {
+            apply(&gw, b, id, ev, &mut pending_clear);
         }
     }
 }

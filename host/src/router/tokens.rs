@@ -235,4 +235,63 @@ mod tests {
         let (blocks, n) = p.prompt_blocks(&job("short").prompt, 0);
         assert_eq!((blocks.len(), n), (0, None));
     }
+
+    /// Pieces text is made of: words, numbers, punctuation, contractions, the special
+    /// token, and every kind of whitespace (Unicode's too, which both the chunking and
+    /// GPT-2's pre-tokenizer must agree on).
+    const PIECES: &[&str] = &[
+        "a",
+        "word",
+        "Word",
+        "é",
+        "naïve",
+        "日本",
+        "🦀",
+        "7",
+        "2024",
+        ".",
+        ",",
+        "?!",
+        "—",
+        "'s",
+        "'ll",
+        "n't",
+        "<|endoftext|>",
+        "<",
+        "|",
+        " ",
+        " ",
+        " ",
+        "  ",
+        "\t",
+        "\n",
+        "\r\n",
+        "\u{a0}",
+        "\u{85}",
+        "\u{2028}",
+        "\u{3000}",
+        "\u{200b}",
+        "\u{feff}",
+    ];
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        /// The router's chunked tokenizing (cut where a word ends, chunks cached) gives
+        /// the tokens of the whole text, as the worker computes them.
+        #[test]
+        fn chunked_tokenizing_equals_tokenizing_whole(
+            picks in proptest::collection::vec(proptest::sample::select(PIECES), 0..1200),
+            long_run in 0usize..700,
+        ) {
+            let mut text: String = picks.concat();
+            // A run longer than the tokenizer's own cut (256 bytes), somewhere in it.
+            let at = text.char_indices().map(|(i, _)| i).nth(picks.len() / 2).unwrap_or(0);
+            text.insert_str(at, &"x".repeat(long_run));
+            let p = PromptTokens::default();
+            let want = Tokenizer::new().encode(&text);
+            proptest::prop_assert_eq!(p.encode(&text, usize::MAX), want.clone());
+            // And again, from the cache of chunks.
+            proptest::prop_assert_eq!(p.encode(&text, usize::MAX), want);
+        }
+    }
 }

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 /// Limits every connection and request of a server gets.
 ///
-/// Also the servers' flags (`--header-timeout-s`, `--body-timeout-s`, `--max-body-bytes`):
+/// Also the servers' flags (`--header-timeout-s`, `--body-timeout-s`, `--max-body-bytes`,
+/// `--write-timeout-s`, `--max-connections`):
 /// their defaults are read from [`Default`], so that each value is written once.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeLimits {
@@ -40,6 +41,27 @@ pub struct ServeLimits {
         default_value_t = ServeLimits::default().max_body_bytes
     )]
     pub max_body_bytes: usize,
+    /// Answer bytes must make progress within this: a client that stops reading (an SSE
+    /// reader that stalls, a full receive window) is dropped, and what it asked for is
+    /// cancelled, instead of holding its task and its generation for good.
+    #[arg(
+        long = "write-timeout-s",
+        value_name = "WRITE_TIMEOUT_S",
+        help = "Seconds an answer may wait for the client to read: a client that stops \
+                reading for this long is dropped (and its generation cancelled)",
+        value_parser = whole_seconds_from_one(),
+        default_value = ServeLimits::default().write_timeout.as_secs().to_string()
+    )]
+    pub write_timeout: Duration,
+    /// Connections served at once; past it the server stops accepting (new connections
+    /// wait in the kernel's backlog) until one closes.
+    #[arg(
+        long,
+        help = "Connections served at once; more wait to be accepted until one closes",
+        value_parser = clap::value_parser!(u32).range(1..),
+        default_value_t = ServeLimits::default().max_connections
+    )]
+    pub max_connections: u32,
 }
 
 impl Default for ServeLimits {
@@ -48,6 +70,8 @@ impl Default for ServeLimits {
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
             max_body_bytes: 4 << 20,
+            write_timeout: Duration::from_secs(30),
+            max_connections: 4096,
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -10,13 +11,17 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use super::limits::ServeLimits;
+use super::write_deadline::WriteDeadline;
 
 /// Serves `app` over HTTP/1.1 on `listener` under `limits` until `shutdown` resolves.
 ///
 /// A client that trickles its head, or leaves a keep-alive connection idle, is dropped
-/// after `header_read_timeout` (hyper's own timer). Bodies are limited by the routes' own
+/// after `header_read_timeout` (hyper's own timer); one that stops reading an answer, after
+/// `write_timeout`. At most `max_connections` are served at once: past it, the loop stops
+/// accepting until one closes. Bodies are limited by the routes' own
 /// [`limit_bodies`](super::limit_bodies) (this applies none): there a trickled body gets 408 after
 /// `body_read_timeout` and one over the limit 413 (at once when `Content-Length` says so),
 /// and handlers see the whole body, buffered.
@@ -35,7 +40,12 @@ pub async fn serve(
     http.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
+    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1) as usize));
     loop {
+        let permit = tokio::select! {
+            () = &mut shutdown => break,
+            p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+        };
         let (tcp, peer) = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
@@ -54,8 +64,10 @@ pub async fn serve(
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(tcp), app.clone()));
+        let io = TokioIo::new(WriteDeadline::new(tcp, limits.write_timeout));
+        let conn = graceful.watch(http.serve_connection(io, app.clone()));
         tokio::spawn(async move {
+            let _permit = permit;
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }

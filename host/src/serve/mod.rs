@@ -6,8 +6,9 @@
 //! only a connection (a socket and a small task), and the handler runs once the whole body
 //! is buffered. The deadlines bound how long such a connection may exist.
 
-//! Files: `limits` (the limits and their flags), `listen` (the accept loop, shutdown
-//! signals), `bodies` (buffering bodies under the limits). This folder may import
+//! Files: `limits` (the limits and their flags), `listen` (the accept loop, its connection
+//! cap, shutdown signals), `write_deadline` (dropping a client that stops reading),
+//! `bodies` (buffering bodies under the limits). This folder may import
 //! `crate::http` (the error shape) and nothing of the servers that use it.
 
 mod bodies;
@@ -15,6 +16,7 @@ mod limits;
 mod listen;
 #[cfg(test)]
 mod tests;
+mod write_deadline;
 
 pub use bodies::limit_bodies;
 pub use limits::ServeLimits;

@@ -28,6 +28,7 @@ fn limits(header: u32, body: u32, max: usize) -> ServeLimits {
         header_read_timeout: header * MS,
         body_read_timeout: body * MS,
         max_body_bytes: max,
+        ..ServeLimits::default()
     }
 }
 
@@ -311,4 +312,61 @@ async fn graceful_shutdown_waits_for_the_request_in_flight() {
     assert!(read_to_close(&mut busy).await.is_empty());
     let done = tokio::time::timeout(Duration::from_secs(5), server.done).await;
     done.expect("serve returned").unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn past_max_connections_a_new_one_waits_until_one_closes() {
+    let server =
+        start(echo_app(), ServeLimits { max_connections: 2, ..limits(5000, 5000, 1024) }).await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut c = TcpStream::connect(server.addr).await.unwrap();
+        c.write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        assert_eq!(read_reply(&mut c).await.body, b"ok");
+        held.push(c);
+    }
+    // The kernel takes the third connection into its backlog, but no one serves it.
+    let mut third = TcpStream::connect(server.addr).await.unwrap();
+    third.write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let reply = tokio::spawn(async move { read_reply(&mut third).await });
+    tokio::time::sleep(300 * MS).await;
+    assert!(!reply.is_finished(), "a third connection was served past the cap");
+    drop(held.pop());
+    let reply = tokio::time::timeout(Duration::from_secs(5), reply).await;
+    assert_eq!(reply.expect("served once a connection closed").unwrap().body, b"ok");
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_after_the_write_timeout() {
+    // An answer without end; its stream tells when it is dropped.
+    struct Dropped(Arc<Mutex<bool>>);
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            *self.0.lock().unwrap() = true;
+        }
+    }
+    let dropped = Arc::new(Mutex::new(false));
+    let flag = dropped.clone();
+    let app = Router::new().route(
+        "/flood",
+        get(move || {
+            let guard = Dropped(flag.clone());
+            let chunks = futures_util::stream::unfold(guard, |g| async move {
+                tokio::task::yield_now().await;
+                Some((Ok::<_, io::Error>(Bytes::from(vec![b'x'; 64 << 10])), g))
+            });
+            async move { axum::body::Body::from_stream(chunks) }
+        }),
+    );
+    let l = ServeLimits { write_timeout: 300 * MS, ..limits(5000, 5000, 1024) };
+    let server = start(app, l).await;
+    let mut c = TcpStream::connect(server.addr).await.unwrap();
+    c.write_all(b"GET /flood HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    // Never read: the socket buffers fill, and the server's writes stall.
+    let t = Instant::now();
+    while !*dropped.lock().unwrap() {
+        assert!(t.elapsed() < Duration::from_secs(10), "the stalled answer was never dropped");
+        tokio::time::sleep(20 * MS).await;
+    }
+    drop(c);
 }

@@ -19,7 +19,10 @@ use crate::http::{actor, swap_uploaded};
 
 /// `POST /flush_cache`: empties both cache levels.
 pub(super) async fn flush_cache(State(w): State<Arc<Worker>>) -> Response {
-    w.caches.flush();
+    // The policy is told of every entry dropped: off the async threads.
+    if tokio::task::spawn_blocking(move || w.caches.flush()).await.is_err() {
+        return crate::api::ApiError::internal("flushing the caches failed").into_response();
+    }
     Json(json!({"flushed": true})).into_response()
 }
 

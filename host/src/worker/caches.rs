@@ -8,7 +8,7 @@ use std::sync::Arc;
 use locus_engine::Engine;
 use parking_lot::Mutex;
 
-use super::responses::{Cached, ResponseCache};
+use super::responses::{Cached, Key, ResponseCache};
 use locus_policy::{
     Actor, AuditEvent, AuditLog, CachePolicy, Entry, EntryKind, FaultPolicy, LoadError,
     LoadOptions, PolicyInfo, PolicySource,
@@ -83,12 +83,12 @@ impl Caches {
     }
 
     /// The cached answer for `key`.
-    pub fn response(&self, key: u64) -> Option<Cached> {
+    pub fn response(&self, key: &Key) -> Option<Cached> {
         self.responses.get(key)
     }
 
     /// Offers an answer to the response cache.
-    pub fn keep_response(&self, key: u64, value: Cached) -> bool {
+    pub fn keep_response(&self, key: &Key, value: Cached) -> bool {
         self.responses.insert(key, value)
     }
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use tokio::sync::broadcast::{self, error::RecvError};
@@ -15,7 +16,9 @@ use tokio::sync::watch;
 
 use super::state::Worker;
 use crate::api::signals::{KvEvent, KvEventKind};
+use crate::api::{ApiError, CLUSTER_TOKEN};
 use crate::clock::unix_micros;
+use crate::http::{Access, check_admin, constant_time_eq};
 
 /// Comment lines sent on an idle stream, so that proxies and the client see it alive.
 const KEEP_ALIVE: Duration = Duration::from_secs(5);
@@ -52,8 +55,38 @@ struct Feed {
     closing: watch::Receiver<bool>,
 }
 
-/// `GET /kv_events` (behind the admin token when one is configured).
-pub(super) async fn kv_events(State(w): State<Arc<Worker>>) -> Response {
+fn events_auth(w: &Worker, headers: &HeaderMap) -> Result<(), ApiError> {
+    let (cluster, admin) = (w.options.cluster_token.as_deref(), w.options.admin_token.as_deref());
+    let Some(cluster) = cluster.filter(|t| !t.is_empty()) else {
+        return check_admin(headers, admin, Access::OpenWithoutToken);
+    };
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim().as_bytes());
+    let given = [headers.get(CLUSTER_TOKEN).map(|v| v.as_bytes()), bearer];
+    if given.iter().flatten().any(|t| constant_time_eq(t, cluster.as_bytes())) {
+        return Ok(());
+    }
+    if admin.is_some() && check_admin(headers, admin, Access::TokenRequired).is_ok() {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        format!("`/kv_events` needs the cluster token (in `{CLUSTER_TOKEN}`) or the admin token"),
+    ))
+}
+
+/// `GET /kv_events`: which prefixes this worker holds tells which prompts are hot, so it
+/// is behind the cluster token (in `x-locus-cluster-token` or as a bearer token) when the
+/// worker has one, and the admin token serves too; with neither configured it is open
+/// (a local cluster on loopback).
+pub(super) async fn kv_events(State(w): State<Arc<Worker>>, headers: HeaderMap) -> Response {
+    if let Err(e) = events_auth(&w, &headers) {
+        return e.into_response();
+    }
     let (rx, snapshot) = subscribe(&w);
     let closing = w.closing.subscribe();
     let feed = Feed { w, rx, pending: VecDeque::from(snapshot), closing };

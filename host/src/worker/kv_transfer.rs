@@ -227,6 +227,10 @@ impl Worker {
         if missing == 0 {
             return skip("skipped_resident");
         }
+        if !crate::http::may_carry_token(source, self.options.cluster_over_http) {
+            crate::http::warn_token_withheld("pulling KV", source);
+            return skip("skipped_plain_http");
+        }
         if missing < self.options.kv_pull_min_tokens {
             return skip("skipped_short");
         }

@@ -49,6 +49,10 @@ pub struct WorkerOptions {
     /// pulls one from a source a request names.
     #[arg(skip)]
     pub cluster_token: Option<String>,
+    /// Send the cluster token to a KV source over plain HTTP when the source is not on
+    /// loopback (see [`crate::http::may_carry_token`]).
+    #[arg(skip)]
+    pub cluster_over_http: bool,
     /// Most KV transfers this worker serves at once (more get 429, and their importers
     /// compute instead), so that a popular holder does not become the new hot spot.
     #[arg(
@@ -93,6 +97,7 @@ impl Default for WorkerOptions {
             max_queue: 64,
             admin_token: None,
             cluster_token: None,
+            cluster_over_http: false,
             max_exports: 2,
             kv_pull_min_tokens: 64,
             kv_pull_timeout_ms: None,

@@ -30,10 +30,11 @@ impl Worker {
             .route("/get_model_info", get(info::model_info))
             .route("/metrics", get(info::metrics))
             .route("/load", get(load::load))
-            .route("/kv/export", post(kv_transfer::export));
+            .route("/kv/export", post(kv_transfer::export))
+            // Behind the cluster token or the admin token: it checks which itself.
+            .route("/kv_events", get(kv_events::kv_events));
         let open_admin = Router::new()
             .route("/flush_cache", post(admin::flush_cache))
-            .route("/kv_events", get(kv_events::kv_events))
             .route("/admin/cache-policy", get(admin::cache_policy_info))
             .route("/admin/audit", get(admin::audit))
             .layer(from_fn_with_state(auth(Access::OpenWithoutToken), require_admin));

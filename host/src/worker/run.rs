@@ -1,7 +1,6 @@
 //! Running one request: a place in the queue, the response cache, then the engine, with
 //! stop sequences applied and the run ended early when its client has gone.
 
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,7 +11,7 @@ use locus_engine::{EngineError, FinishReason, GenerateRequest};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use super::outcome::{Finish, Outcome, Piece};
-use super::responses::Cached;
+use super::responses::{Cached, Key};
 use super::state::Worker;
 use super::stop::StopMatcher;
 use crate::api::{ApiError, Job, Prompt};
@@ -22,7 +21,7 @@ pub struct Admitted {
     /// The request as read.
     pub job: Job,
     started: Instant,
-    key: Option<u64>,
+    key: Option<Key>,
     work: Work,
     _permit: OwnedSemaphorePermit,
     /// The worker to pull the prompt's prefix KV from, as a router named it.
@@ -51,20 +50,18 @@ impl Admitted {
 
 /// Sampled requests without a seed differ on every call, so they are never answered from
 /// the cache.
-fn cache_key(job: &Job) -> Option<u64> {
+fn cache_key(job: &Job) -> Option<Key> {
     if job.temperature > 0.0 && job.seed.is_none() {
         return None;
     }
-    let mut h = DefaultHasher::new();
-    match &job.prompt {
-        Prompt::Text(t) => (0u8, t).hash(&mut h),
-        Prompt::Ids(ids) => (1u8, ids).hash(&mut h),
-    }
     // Greedy decoding ignores the seed and top_p: equal greedy requests share an entry.
     let (top_p, seed) = if job.temperature == 0.0 { (1.0, None) } else { (job.top_p, job.seed) };
-    (job.max_new_tokens, job.temperature.to_bits(), top_p.to_bits(), seed).hash(&mut h);
-    (&job.stop, job.include_stop, job.ignore_eos, &job.stop_token_ids).hash(&mut h);
-    Some(h.finish())
+    let params = (job.max_new_tokens, job.temperature.to_bits(), top_p.to_bits(), seed);
+    let stops = (&job.stop, job.include_stop, job.ignore_eos, &job.stop_token_ids);
+    Some(match &job.prompt {
+        Prompt::Text(t) => Key::of(&((0u8, t), params, stops)),
+        Prompt::Ids(ids) => Key::of(&((1u8, ids), params, stops)),
+    })
 }
 
 fn engine_error(job: &Job, e: EngineError) -> ApiError {
@@ -73,7 +70,7 @@ fn engine_error(job: &Job, e: EngineError) -> ApiError {
             ApiError::invalid(job.param("prompt"), e.to_string())
                 .with_code("context_length_exceeded")
         }
-        EngineError::ExceedsKvBudget { .. } => {
+        EngineError::ExceedsKvBudget { .. } | EngineError::ExceedsContext { .. } => {
             ApiError::invalid(job.param("max_new_tokens"), e.to_string())
                 .with_code("context_length_exceeded")
         }
@@ -116,7 +113,16 @@ impl Worker {
             .with_code("queue_full"));
         };
         let key = cache_key(&job);
-        if let Some(hit) = key.and_then(|k| self.caches.response(k)) {
+        // Cache-policy calls run off the async threads: a slow policy (up to its deadline)
+        // holds a blocking thread, not the connections this thread serves.
+        let hit = match key {
+            Some(k) => {
+                let w = self.clone();
+                tokio::task::spawn_blocking(move || w.caches.response(&k)).await.ok().flatten()
+            }
+            None => None,
+        };
+        if let Some(hit) = hit {
             self.metrics.response_hits.inc();
             return Ok(Admitted {
                 job,
@@ -133,7 +139,12 @@ impl Worker {
                 Prompt::Text(t) => t.clone(),
                 Prompt::Ids(_) => String::new(),
             },
-            max_new_tokens: job.max_new_tokens as usize,
+            // u32::MAX is "the rest of the context" (chat's default), as usize::MAX is to
+            // the engine.
+            max_new_tokens: match job.max_new_tokens {
+                u32::MAX => usize::MAX,
+                n => n as usize,
+            },
             temperature: job.temperature,
             top_p: job.top_p,
             seed: job.seed,
@@ -288,7 +299,9 @@ impl Worker {
                 completion_tokens: g.completion_tokens,
                 finish: finish.clone(),
             };
-            self.caches.keep_response(key, value);
+            // Awaited, so that the next request finds it.
+            let w = self.clone();
+            let _ = tokio::task::spawn_blocking(move || w.caches.keep_response(&key, value)).await;
         }
         Ok(Outcome {
             text,

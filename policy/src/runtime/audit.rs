@@ -113,8 +113,7 @@ impl AuditLog {
 
     /// A log also appended to `path` (created 0600 if missing).
     pub fn to_file(path: &Path) -> std::io::Result<Self> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let f = OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
+        let f = open_append(path)?;
         Ok(Self { recent: Mutex::new(VecDeque::new()), file: Some((path.into(), Mutex::new(f))) })
     }
 
@@ -158,8 +157,7 @@ impl AuditLog {
         if let Some((path, file)) = &self.file {
             let mut line = serde_json::to_vec(&entry).unwrap_or_default();
             line.push(b'\n');
-            // One write per line: appends of a line this size are not interleaved.
-            if let Err(e) = file.lock().write_all(&line) {
+            if let Err(e) = append(path, &mut file.lock(), &line) {
                 tracing::error!(path = %path.display(), error = %e, "cannot write the audit log");
             }
         }
@@ -174,6 +172,30 @@ impl AuditLog {
     pub fn recent(&self) -> Vec<AuditEntry> {
         self.recent.lock().iter().cloned().collect()
     }
+}
+
+fn open_append(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new().create(true).append(true).mode(0o600).open(path)
+}
+
+/// Appends `line` to the log at `path` (open as `file`) and syncs it: reopened first when
+/// the path no longer names the open file (a rotation moved it away), and cut back to its
+/// length before when the write fails part way, so that the log holds whole lines only.
+fn append(path: &Path, file: &mut File, line: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let open = file.metadata()?;
+    let moved = std::fs::metadata(path).map(|m| (m.dev(), m.ino()) != (open.dev(), open.ino()));
+    if moved.unwrap_or(true) {
+        *file = open_append(path)?;
+    }
+    let before = file.metadata()?.len();
+    // One write per line, under the lock: appends are not interleaved.
+    if let Err(e) = file.write_all(line).and_then(|()| file.sync_data()) {
+        let _ = file.set_len(before);
+        return Err(e);
+    }
+    Ok(())
 }
 
 impl Default for AuditLog {
@@ -239,5 +261,25 @@ mod tests {
             record(&mem, AuditEvent::Swap);
         }
         assert_eq!(mem.recent().len(), AUDIT_KEPT);
+    }
+
+    /// logrotate moves the log away: the next entry goes to a new file at the path (0600),
+    /// not on into the moved one.
+    #[test]
+    fn a_rotated_log_is_reopened_at_its_path() {
+        let dir = std::env::temp_dir().join(format!("locus-audit-rot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (path, old) = (dir.join("audit.jsonl"), dir.join("audit.jsonl.1"));
+        let _ = std::fs::remove_file(&path);
+        let log = AuditLog::to_file(&path).unwrap();
+        record(&log, AuditEvent::Swap);
+        std::fs::rename(&path, &old).unwrap();
+        record(&log, AuditEvent::Abort);
+        record(&log, AuditEvent::Promote);
+        let lines = |p: &Path| std::fs::read_to_string(p).unwrap().lines().count();
+        assert_eq!((lines(&old), lines(&path)), (1, 2));
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

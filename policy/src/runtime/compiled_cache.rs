@@ -181,19 +181,7 @@ impl CompiledCache {
         }
         let mut data = Vec::with_capacity(meta.len() as usize);
         file.read_to_end(&mut data).map_err(|e| e.to_string())?;
-        let body = data
-            .strip_prefix(MAGIC.as_slice())
-            .filter(|b| b.len() > 32 + 8 + 32)
-            .ok_or("not a locus compiled-policy file")?;
-        let (stored_for, rest) = body.split_at(32);
-        let (compat, rest) = rest.split_at(8);
-        if stored_for != sha256 || compat != self.compat.to_le_bytes() {
-            return Err("stored for another component or engine".into());
-        }
-        let (sum, code) = rest.split_at(32);
-        if Sha256::digest(code).as_slice() != sum {
-            return Err("checksum mismatch: the file is corrupt or was altered".into());
-        }
+        let code = compiled_code(&data, sha256, self.compat)?;
         // SAFETY: `code` is what `Component::serialize` wrote, for this component and an
         // engine with the same compatibility hash, into a private file of this user's in a
         // private directory, and its checksum matches; wasmtime checks its version and
@@ -206,11 +194,7 @@ impl CompiledCache {
         let result = (|| {
             let mut f =
                 fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
-            f.write_all(MAGIC)?;
-            f.write_all(sha256)?;
-            f.write_all(&self.compat.to_le_bytes())?;
-            f.write_all(&Sha256::digest(code))?;
-            f.write_all(code)?;
+            f.write_all(&compiled_file(sha256, self.compat, code))?;
             f.sync_all()?;
             fs::rename(&tmp, path)
         })();
@@ -219,6 +203,42 @@ impl CompiledCache {
         }
         Ok(result?)
     }
+}
+
+/// A cache file's bytes for `code`, compiled from the component `sha256` by an engine of
+/// compatibility hash `compat`: what [`compiled_code`] reads back.
+pub fn compiled_file(sha256: &[u8; 32], compat: u64, code: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(MAGIC.len() + 32 + 8 + 32 + code.len());
+    f.extend_from_slice(MAGIC);
+    f.extend_from_slice(sha256);
+    f.extend_from_slice(&compat.to_le_bytes());
+    f.extend_from_slice(&Sha256::digest(code));
+    f.extend_from_slice(code);
+    f
+}
+
+/// The compiled code in a cache file's bytes `data`, if the file was stored for the
+/// component `sha256` and an engine of compatibility hash `compat`, and its checksum
+/// matches; else why not. Only code that passes is handed to wasmtime.
+pub fn compiled_code<'a>(
+    data: &'a [u8],
+    sha256: &[u8; 32],
+    compat: u64,
+) -> Result<&'a [u8], String> {
+    let body = data
+        .strip_prefix(MAGIC.as_slice())
+        .filter(|b| b.len() > 32 + 8 + 32)
+        .ok_or("not a locus compiled-policy file")?;
+    let (stored_for, rest) = body.split_at(32);
+    let (stored_compat, rest) = rest.split_at(8);
+    if stored_for != sha256 || stored_compat != compat.to_le_bytes() {
+        return Err("stored for another component or engine".into());
+    }
+    let (sum, code) = rest.split_at(32);
+    if Sha256::digest(code).as_slice() != sum {
+        return Err("checksum mismatch: the file is corrupt or was altered".into());
+    }
+    Ok(code)
 }
 
 /// Where compiled policies are kept unless told otherwise: `$XDG_CACHE_HOME/locus/policies`,

@@ -13,7 +13,9 @@ pub(crate) mod version;
 pub(crate) mod world;
 
 pub use audit::{AUDIT_KEPT, Actor, AuditEntry, AuditEvent, AuditLog};
-pub use compiled_cache::{CompiledCache, Origin, default_dir as default_compiled_cache_dir};
+pub use compiled_cache::{
+    CompiledCache, Origin, compiled_code, compiled_file, default_dir as default_compiled_cache_dir,
+};
 pub use fault::Fault;
 pub use options::LoadOptions;
 pub use sandbox::{Limits, TICK, use_compiled_cache};

@@ -52,6 +52,14 @@ impl Limits {
     }
 }
 
+/// Core instances a policy may create: its module and the few shims that
+/// `wasm-component-ld` adds.
+const INSTANCES: usize = 16;
+/// Tables a policy may define, across its instances.
+const TABLES: usize = 16;
+/// Elements in any one table (a Rust guest's function table holds a few hundred).
+const TABLE_ELEMENTS: usize = 100_000;
+
 /// Per-store host state.
 pub struct State {
     wasi: WasiCtx,
@@ -152,6 +160,28 @@ impl ResourceLimiter for Limiter {
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         self.inner.table_growing(current, desired, maximum)
+    }
+
+    // The counts below must be forwarded: the trait's defaults (10,000 each) would apply
+    // instead of the caps set in `Runtime::store`.
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.inner.memory_grow_failed(error)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.inner.table_grow_failed(error)
+    }
+
+    fn instances(&self) -> usize {
+        self.inner.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.inner.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.inner.memories()
     }
 }
 
@@ -256,9 +286,10 @@ impl Runtime {
     pub fn store(&self, limits: &Limits) -> Store<State> {
         let inner = StoreLimitsBuilder::new()
             .memory_size(limits.memory_bytes)
-            .instances(16)
-            .tables(64)
-            .memories(4)
+            .table_elements(TABLE_ELEMENTS)
+            .instances(INSTANCES)
+            .tables(TABLES)
+            .memories(1)
             .trap_on_grow_failure(true)
             .build();
         let state = State {
@@ -289,4 +320,31 @@ fn link_capability_free_wasi(linker: &mut Linker<State>) -> wasmtime::Result<()>
     cli::environment::add_to_linker::<State, WasiCli>(linker, State::cli)?;
     cli::exit::add_to_linker::<State, WasiCli>(linker, State::cli)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The caps set on a store are the ones wasmtime asks the limiter for (its trait's
+    /// defaults are 10,000 memories, tables and instances).
+    #[test]
+    fn a_store_allows_one_memory_and_bounded_tables() {
+        let store = Runtime::get().store(&Limits::default());
+        let limits = &store.data().limits;
+        assert_eq!(limits.memories(), 1);
+        assert_eq!(limits.tables(), TABLES);
+        assert_eq!(limits.instances(), INSTANCES);
+    }
+
+    #[test]
+    fn a_table_cannot_grow_past_its_element_cap() {
+        let mut store = Runtime::get().store(&Limits::default());
+        let limits = &mut store.data_mut().limits;
+        assert!(matches!(limits.table_growing(0, TABLE_ELEMENTS, None), Ok(true)));
+        // trap_on_grow_failure turns a refusal into an error.
+        assert!(!matches!(limits.table_growing(0, TABLE_ELEMENTS + 1, None), Ok(true)));
+        assert!(!matches!(limits.memory_growing(0, (64 << 20) + 65536, None), Ok(true)));
+        assert!(limits.denied);
+    }
 }

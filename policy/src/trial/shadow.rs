@@ -3,7 +3,7 @@
 //! record as the live choice is.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
 use std::time::Duration;
 
@@ -18,6 +18,11 @@ use crate::worlds::{Completion, KvFeed, Request, Workers};
 /// Route calls queued for a shadow; past this the shadow skips (and counts) them rather
 /// than hold a request up.
 pub const SHADOW_QUEUE: usize = 4096;
+
+/// Bytes of requests queued for a shadow (prompts, sessions, block hashes, worker lists);
+/// past this the shadow skips them too, so a burst of large requests cannot make the
+/// queue hold [`SHADOW_QUEUE`] of them at once.
+pub const SHADOW_QUEUE_BYTES: usize = 32 << 20;
 
 /// How long the shadow's thread naps when its queue is empty (at 20k requests/s, 20 calls
 /// wait at most this long: far from [`SHADOW_QUEUE`]).
@@ -42,6 +47,22 @@ struct ShadowRoute {
     /// (absent when the blocks are not known yet: `fill` makes them).
     held: Option<Vec<u32>>,
     fill: Option<BlockFill>,
+    /// What it is charged in the queue's bytes.
+    bytes: usize,
+}
+
+impl ShadowRoute {
+    /// Bytes it holds, about: its request's and worker list's heap parts, and itself.
+    fn size(&self) -> usize {
+        let r = &self.req;
+        let per_worker = 64; // a dozen per-worker fields of 4 or 8 bytes
+        std::mem::size_of::<Self>()
+            + r.prompt.len()
+            + r.session.as_ref().map_or(0, String::len)
+            + r.block_hashes.len() * 8
+            + self.workers.ids.len() * per_worker
+            + self.held.as_ref().map_or(0, |h| h.len() * 4)
+    }
 }
 
 /// A shadow trial: its queue, and the thread's end of it until the thread starts.
@@ -55,13 +76,44 @@ struct Queue {
     /// Emptied when the trial ends, which ends the thread.
     tx: ArcSwapOption<SyncSender<ShadowMsg>>,
     skipped: AtomicU64,
+    /// Bytes of the routes queued (see [`SHADOW_QUEUE_BYTES`]).
+    bytes: AtomicUsize,
     kv: Arc<KvFeed>,
+}
+
+impl Queue {
+    /// Queues `r` for the shadow's thread, or skips it (counted) when the queue is full
+    /// by count or by bytes; never waits.
+    fn offer(&self, mut r: ShadowRoute) {
+        let Some(tx) = self.tx.load_full() else { return };
+        r.bytes = r.size();
+        let bytes = r.bytes;
+        let fits = self
+            .bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                (b + bytes <= SHADOW_QUEUE_BYTES).then_some(b + bytes)
+            })
+            .is_ok();
+        if !fits {
+            self.skipped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if let Err(TrySendError::Full(_)) = tx.try_send(ShadowMsg::Route(Box::new(r))) {
+            self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+            self.skipped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Shadow {
     pub(super) fn new(kv: Arc<KvFeed>) -> Self {
         let (tx, rx) = std::sync::mpsc::sync_channel(SHADOW_QUEUE);
-        let queue = Queue { tx: ArcSwapOption::from_pointee(tx), skipped: AtomicU64::new(0), kv };
+        let queue = Queue {
+            tx: ArcSwapOption::from_pointee(tx),
+            skipped: AtomicU64::new(0),
+            bytes: AtomicUsize::new(0),
+            kv,
+        };
         Self { queue: Arc::new(queue), rx: Mutex::new(Some(rx)) }
     }
 }
@@ -100,20 +152,20 @@ impl TrialKind for Shadow {
         (live, live_fault): (u64, bool),
         fill: Option<BlockFill>,
     ) {
-        let Some(tx) = self.queue.tx.load_full() else { return };
+        if self.queue.tx.load().is_none() {
+            return;
+        }
         let held = (!req.block_hashes.is_empty())
             .then(|| self.queue.kv.leading_each(&workers.ids, &req.block_hashes));
-        let msg = ShadowRoute {
+        self.queue.offer(ShadowRoute {
             req: req.clone(),
             workers: workers.clone(),
             live,
             live_fault,
             held,
             fill,
-        };
-        if let Err(TrySendError::Full(_)) = tx.try_send(ShadowMsg::Route(Box::new(msg))) {
-            self.queue.skipped.fetch_add(1, Ordering::Relaxed);
-        }
+            bytes: 0,
+        });
     }
 
     fn observe(&self, _trials: &Trials, _t: &Arc<Trial>, done: &Completion, answered: bool) {
@@ -162,7 +214,10 @@ fn shadow_loop(trials: &Trials, t: &Arc<Trial>, queue: &Queue, rx: &Receiver<Sha
             break;
         }
         match msg {
-            ShadowMsg::Route(route) => shadow_route(&queue.kv, t, *route),
+            ShadowMsg::Route(route) => {
+                queue.bytes.fetch_sub(route.bytes, Ordering::AcqRel);
+                shadow_route(&queue.kv, t, *route);
+            }
             ShadowMsg::Observe { done, answered } => {
                 observe_in(&t.slot, &done, answered);
             }
@@ -172,7 +227,7 @@ fn shadow_loop(trials: &Trials, t: &Arc<Trial>, queue: &Queue, rx: &Receiver<Sha
 }
 
 fn shadow_route(kv: &KvFeed, t: &Trial, r: ShadowRoute) {
-    let ShadowRoute { mut req, workers, live, live_fault, held, fill } = r;
+    let ShadowRoute { mut req, workers, live, live_fault, held, fill, .. } = r;
     if let Some(fill) = fill {
         fill(&mut req);
     }
@@ -210,5 +265,41 @@ fn lower_priority() {
         if libc::sched_setscheduler(libc::gettid(), libc::SCHED_IDLE, &param) != 0 {
             tracing::debug!("cannot lower the shadow thread's priority");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::worlds::workers;
+
+    fn route(prompt_bytes: usize) -> ShadowRoute {
+        ShadowRoute {
+            req: Request::new(1, "p".repeat(prompt_bytes), 16),
+            workers: workers([(1, 0), (2, 0)]),
+            live: 1,
+            live_fault: false,
+            held: None,
+            fill: None,
+            bytes: 0,
+        }
+    }
+
+    /// With the shadow's thread not running, large requests fill the queue's bytes long
+    /// before its count: the rest are skipped, and the queue holds at most its budget.
+    #[test]
+    fn a_shadows_queue_is_bounded_in_bytes() {
+        let s = Shadow::new(Arc::new(KvFeed::default()));
+        let big = 1 << 20;
+        for _ in 0..100 {
+            s.queue.offer(route(big));
+        }
+        let queued = s.queue.bytes.load(Ordering::Acquire);
+        assert!(queued <= SHADOW_QUEUE_BYTES, "{queued}");
+        let kept = 100 - s.queue.skipped.load(Ordering::Relaxed) as usize;
+        assert_eq!(kept, SHADOW_QUEUE_BYTES / route(big).size());
+        // Small ones still fit by count until the budget's rest is used.
+        s.queue.offer(route(10));
+        assert_eq!(s.queue.skipped.load(Ordering::Relaxed) as usize, 100 - kept);
     }
 }

@@ -15,4 +15,6 @@ pub use admission::{
 pub use cache::{CachePolicy, Entry, EntryKind, PreparedCache};
 pub use fallback::rendezvous;
 pub use kv_feed::{KvBatch, KvFeed, LOG_BATCHES};
-pub use router::{Completion, Outcome, Request, RouteChoice, SourceDropped, Workers, workers};
+pub use router::{
+    Completion, Outcome, Request, RouteChoice, SESSION_BYTES_MAX, SourceDropped, Workers, workers,
+};

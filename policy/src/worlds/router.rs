@@ -34,6 +34,10 @@ mod v1 {
 
 pub use v4::locus::policy::types::{Completion, Outcome, Request, RouteChoice, Workers};
 
+/// Longest session key the router hands a policy, in bytes: a client chooses it, and it
+/// reaches the policy's memory (and a shadow's queue), so the router refuses longer ones.
+pub const SESSION_BYTES_MAX: usize = 256;
+
 /// Builds [`Workers`] from `(id, in_flight)` pairs, with no load reported yet.
 pub fn workers(iter: impl IntoIterator<Item = (u64, u32)>) -> Workers {
     let (ids, in_flight): (Vec<u64>, Vec<u32>) = iter.into_iter().unzip();

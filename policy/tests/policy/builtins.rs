@@ -251,3 +251,36 @@ fn least_loaded_with_every_worker_drawn_takes_the_least_loaded() {
         assert_eq!(route(&p, &req("x"), &ws).unwrap().index, 1);
     }
 }
+
+/// What a client can make the router hand a policy, at its largest, many times over and
+/// all distinct: maximum-size session keys (more than `prefix-aware` remembers), 8 KiB
+/// prompts (the router's routing prompt cap) and a full context's block hashes. Every
+/// built-in router policy keeps answering within its memory cap: no fault, no rollback.
+#[test]
+fn every_router_policy_holds_under_maximum_size_inputs() {
+    let ws = workers(&[1, 2, 3]);
+    let prompt = "p".repeat(8192);
+    for (name, n) in [
+        ("random", 2_000),
+        ("hash", 2_000),
+        ("least-loaded", 2_000),
+        ("bounded-hash", 2_000),
+        // Past its 100,000 remembered sessions, so that it forgets too.
+        ("prefix-aware", 110_000),
+    ] {
+        let p = router(PolicySource::Builtin(name), &[]);
+        let version = p.info().version;
+        for i in 0..n {
+            let mut r = Request::new(i, prompt.clone(), 16);
+            let mut session = format!("{i:020}");
+            session.extend(std::iter::repeat_n('s', locus_policy::SESSION_BYTES_MAX - 20));
+            r.session = Some(session);
+            r.block_hashes = (0..64).map(|b| i << 8 | b).collect();
+            r.prompt_tokens = Some(1024);
+            let d = route(&p, &r, &ws).expect("workers");
+            assert_eq!(d.fault, None, "{name} faulted on request {i}");
+        }
+        assert_eq!(p.total_faults(), 0, "{name}");
+        assert_eq!(p.info().version, version, "{name} was rolled back");
+    }
+}

@@ -21,6 +21,9 @@ use super::options::FlowOptions;
 use crate::api::ApiError;
 use locus_policy::{AbandonReason, AdmissionPolicy, Arrival, BANDS, RefusalKind, Saturation};
 
+/// Retry-After when no worker is healthy (a router just started, every worker restarting).
+const NO_WORKER_RETRY_AFTER_S: u64 = 1;
+
 /// Dispatches remembered for the drain rate.
 const DRAIN_WINDOW: Duration = Duration::from_secs(30);
 
@@ -267,12 +270,14 @@ impl Queue {
             None
         };
         if let Some((reason, msg)) = full {
-            let status = if reason == "no_worker" {
-                StatusCode::SERVICE_UNAVAILABLE
+            // Without a worker the drain rate says nothing (it is 0, and the cap, 60 s,
+            // would hold clients back long after a worker is found): the health checks
+            // and discovery look again within a second.
+            let (status, secs) = if reason == "no_worker" {
+                (StatusCode::SERVICE_UNAVAILABLE, NO_WORKER_RETRY_AFTER_S)
             } else {
-                StatusCode::TOO_MANY_REQUESTS
+                (StatusCode::TOO_MANY_REQUESTS, self.retry_after(&inner, inner.total()))
             };
-            let secs = self.retry_after(&inner, inner.total());
             self.metrics.refused(&who.tenant, band, reason, status);
             return Err(ApiError::overloaded(status, msg, secs).with_code(reason_code(reason)));
         }

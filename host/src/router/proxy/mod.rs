@@ -243,7 +243,11 @@ impl Gateway {
                 .header(REQUEST_ID, request_id)
                 .header(PRIORITY, rank(who.priority, ahead).to_string());
             if let (Some((source, _)), Some(token)) = (&source, &self.options.cluster_token) {
-                post = post.header(KV_SOURCE, source).header(CLUSTER_TOKEN, token);
+                if crate::http::may_carry_token(&backend.url, self.options.cluster_over_http) {
+                    post = post.header(KV_SOURCE, source).header(CLUSTER_TOKEN, token);
+                } else {
+                    crate::http::warn_token_withheld("naming a KV source", &backend.url);
+                }
             }
             let sent = post.body(body.clone()).send().await;
             let seen = match &sent {

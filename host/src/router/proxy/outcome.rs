@@ -68,11 +68,17 @@ impl Seen<'_> {
             Seen::Answer(StatusCode::SERVICE_UNAVAILABLE) => {
                 Verdict { outcome: Outcome::Overloaded, retry: true, mark: None }
             }
-            Seen::Answer(s) if s.is_server_error() => Verdict {
+            // A gateway's 502/504 says the worker behind it is unreachable. A 500 is one
+            // request's failure: marking for it would let a client whose request fails
+            // everywhere take every worker out; the health checks judge the worker.
+            Seen::Answer(s @ (StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT)) => Verdict {
                 outcome: Outcome::Failed,
                 retry: true,
-                mark: Some(Mark { at_once: false, reason: "5xx answer".into() }),
+                mark: Some(Mark { at_once: false, reason: format!("{s} answer") }),
             },
+            Seen::Answer(s) if s.is_server_error() => {
+                Verdict { outcome: Outcome::Failed, retry: true, mark: None }
+            }
             Seen::Answer(s) if s.is_success() => ended(Outcome::Ok),
             Seen::Answer(StatusCode::TOO_MANY_REQUESTS) => ended(Outcome::Overloaded),
             Seen::Answer(_) => ended(Outcome::Rejected),
@@ -113,15 +119,16 @@ mod tests {
     use super::Seen;
 
     #[test]
-    fn only_a_5xx_is_retried_and_only_a_busy_worker_is_spared_the_mark() {
+    fn only_a_5xx_is_retried_and_only_a_gateway_error_marks_the_worker() {
         let cases = [
             (200, Outcome::Ok, false, false),
             (204, Outcome::Ok, false, false),
             (400, Outcome::Rejected, false, false),
             (404, Outcome::Rejected, false, false),
             (429, Outcome::Overloaded, false, false),
-            (500, Outcome::Failed, true, true),
+            (500, Outcome::Failed, true, false),
             (502, Outcome::Failed, true, true),
+            (504, Outcome::Failed, true, true),
             (503, Outcome::Overloaded, true, false),
         ];
         for (status, outcome, retry, marked) in cases {
@@ -132,7 +139,8 @@ mod tests {
                 "{status}"
             );
             if let Some(m) = v.mark {
-                assert_eq!((m.threshold(2), m.reason.as_str()), (2, "5xx answer"));
+                assert_eq!(m.threshold(2), 2);
+                assert!(m.reason.starts_with(&status.to_string()), "{}", m.reason);
             }
         }
     }
