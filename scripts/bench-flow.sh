@@ -56,6 +56,7 @@ SOLO_CONFIG=${SOLO_CONFIG:-fifo}
 # victims' (victim.victim long.victim bands.interactive) with their runs beside others.
 read -r -a SOLO_ONLY <<<"${SOLO_ONLY:-}"
 ROUNDS=${ROUNDS:-3}
+ROUND_FROM=${ROUND_FROM:-1}   # the first round's number (its seed): to interleave two runs
 DURATION=${DURATION:-180}     # seconds of arrivals per pass
 DRAIN=${DRAIN:-60}            # then seconds for requests still running
 WINDOW=${WINDOW:-60}          # fairness window
@@ -286,7 +287,7 @@ scenario() {
   local s=$1 d=$OUT/$1
   mkdir -p "$d"
   mapfile -t tenants < <(tenants_of "$s")
-  for round in $(seq "$ROUNDS"); do
+  for round in $(seq "$ROUND_FROM" "$((ROUND_FROM + ROUNDS - 1))"); do
     for c in $(in_order "$round" "${CONFIGS[@]}"); do
       run_pass "$c" "$d/$round-$c.json" "$round" "$DURATION" "$DRAIN" -- "${tenants[@]}"
     done
@@ -304,7 +305,7 @@ retry() {
   mapfile -t tenants < <(tenants_of retry)
   local configs=()
   for c in "${RETRY_CONFIGS[@]}"; do configs+=("$c-immediate" "$c-honour"); done
-  for round in $(seq "$ROUNDS"); do
+  for round in $(seq "$ROUND_FROM" "$((ROUND_FROM + ROUNDS - 1))"); do
     for cfg in $(in_order "$round" "${configs[@]}"); do
       local c=${cfg%-*} how=${cfg##*-} flags=("${RETRY_LOCUS_FLAGS[@]}")
       [[ $c == sglang ]] && flags=("${RETRY_SGLANG_FLAGS[@]}")
@@ -327,7 +328,7 @@ solo() {
       runs+=("$s.$t")
     done < <(tenants_of "$s")
   done
-  for round in $(seq "$ROUNDS"); do
+  for round in $(seq "$ROUND_FROM" "$((ROUND_FROM + ROUNDS - 1))"); do
     for run in $(in_order "$round" "${runs[@]}"); do
       local s=${run%%.*} spec=${run#*.}
       local name=${spec#name=}; name=${name%%,*}

@@ -30,6 +30,7 @@ out=${OUT:-bench-out/compose}
 mkdir -p "$out"
 project=locus-compose-test
 export LOCUS_ADMIN_TOKEN=${LOCUS_ADMIN_TOKEN:-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')}
+export LOCUS_CLUSTER_TOKEN=${LOCUS_CLUSTER_TOKEN:-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')}
 # Ports of their own, so that a `locus run` on 8000 does not get in the way.
 export LOCUS_ROUTER_PORT=${LOCUS_ROUTER_PORT:-18000} LOCUS_ADMIN_PORT=${LOCUS_ADMIN_PORT:-18100}
 router=http://127.0.0.1:$LOCUS_ROUTER_PORT
