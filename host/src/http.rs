@@ -92,15 +92,19 @@ pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri
     ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("{} does not take {method}", uri.path()))
 }
 
-fn check_bearer(headers: &HeaderMap, expected: &str) -> Result<(), ApiError> {
-    // The scheme is case-insensitive (RFC 9110 section 11.1).
-    let given = headers
+/// The token of `Authorization: Bearer <token>` in `headers`, if there is one (the scheme is
+/// case-insensitive, RFC 9110 section 11.1).
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim());
-    match given {
+        .map(|(_, token)| token.trim())
+}
+
+fn check_bearer(headers: &HeaderMap, expected: &str) -> Result<(), ApiError> {
+    match bearer(headers) {
         Some(t) if constant_time_eq(t.as_bytes(), expected.as_bytes()) => Ok(()),
         Some(_) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "wrong admin token")),
         None => Err(ApiError::new(

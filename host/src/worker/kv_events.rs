@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use tokio::sync::broadcast::{self, error::RecvError};
@@ -18,7 +18,7 @@ use super::state::Worker;
 use crate::api::signals::{KvEvent, KvEventKind};
 use crate::api::{ApiError, CLUSTER_TOKEN};
 use crate::clock::unix_micros;
-use crate::http::{Access, check_admin, constant_time_eq};
+use crate::http::{Access, bearer, check_admin, constant_time_eq};
 
 /// Comment lines sent on an idle stream, so that proxies and the client see it alive.
 const KEEP_ALIVE: Duration = Duration::from_secs(5);
@@ -60,13 +60,8 @@ fn events_auth(w: &Worker, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(cluster) = cluster.filter(|t| !t.is_empty()) else {
         return check_admin(headers, admin, Access::OpenWithoutToken);
     };
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim().as_bytes());
-    let given = [headers.get(CLUSTER_TOKEN).map(|v| v.as_bytes()), bearer];
+    let given =
+        [headers.get(CLUSTER_TOKEN).map(|v| v.as_bytes()), bearer(headers).map(str::as_bytes)];
     if given.iter().flatten().any(|t| constant_time_eq(t, cluster.as_bytes())) {
         return Ok(());
     }
