@@ -346,6 +346,34 @@ async fn a_worker_past_its_grace_period_exits_anyway() {
     assert!(!done, "a 1000-token stream cannot have finished within the grace period");
 }
 
+/// A draining worker is out of rotation at its router's next health check: its 503 says
+/// `shutting_down`, which is its own word, so the failure threshold (set far out of reach
+/// here) does not apply. A rolling restart shorter than threshold x interval was missed
+/// before (the chaos test's c3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_takes_a_draining_worker_out_at_its_first_health_check() {
+    let (w, waddr) =
+        locus(&["worker", "--port", "0", "--worker-id", "leaving", "--shutdown-delay-s", "30"])
+            .await;
+    let opts = RouterOptions {
+        workers: vec![format!("http://{waddr}")],
+        health_interval: Duration::from_millis(50),
+        fail_threshold: 1000,
+        ..RouterOptions::default()
+    };
+    let (_, _, gw) = router::spawn(opts, any(), any()).await.unwrap();
+    let backend = gw.registry().all()[0].clone();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(backend.healthy(), "the worker is up before the signal");
+    sigterm(&w);
+    let t = Instant::now();
+    while backend.healthy() && t.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // 1000 failed checks 50 ms apart would take 50 s.
+    assert!(!backend.healthy(), "the draining worker is still in rotation after {:?}", t.elapsed());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_policy_mounted_from_a_configmap_is_swapped_when_kubernetes_updates_it() {
     use locus_policy::PolicySource;

@@ -28,6 +28,9 @@ pub const REQUEST_ID: &str = "x-request-id";
 /// copied from a client's request.
 pub const PRIORITY: &str = "x-locus-priority";
 
+/// The error code of a worker's 503 while it drains: routers take it out of rotation at once.
+pub const SHUTTING_DOWN: &str = "shutting_down";
+
 /// Request header with the cluster token: on a worker's `/kv/export`, and on a generation
 /// request whose [`KV_SOURCE`] the worker should honour.
 pub const CLUSTER_TOKEN: &str = "x-locus-cluster-token";

@@ -10,6 +10,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use serde::Serialize;
 
 use crate::api::signals::LoadReport;
+use crate::api::{ErrorBody, SHUTTING_DOWN};
 
 /// A worker as the router sees it.
 #[derive(Debug)]
@@ -336,7 +337,16 @@ impl Registry {
                         .await;
                     match r {
                         Ok(r) if r.status().is_success() => b.passed(reg.success_threshold),
-                        Ok(r) => b.failed(reg.fail_threshold, &format!("health {}", r.status())),
+                        Ok(r) => {
+                            let status = r.status();
+                            // A worker that says it is shutting down is out at once: that
+                            // is its own word, not a failure that may pass.
+                            let body = r.json::<ErrorBody>().await.ok();
+                            let draining = body
+                                .is_some_and(|e| e.error.code.as_deref() == Some(SHUTTING_DOWN));
+                            let threshold = if draining { 1 } else { reg.fail_threshold };
+                            b.failed(threshold, &format!("health {status}"))
+                        }
                         Err(e) => b.failed(reg.fail_threshold, &e.to_string()),
                     }
                 }

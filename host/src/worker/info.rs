@@ -21,7 +21,7 @@ pub(super) async fn health(State(w): State<Arc<Worker>>) -> Response {
             "worker is shutting down",
             1,
         )
-        .with_code("shutting_down")
+        .with_code(crate::api::SHUTTING_DOWN)
         .into_response();
     }
     "ok".into_response()

@@ -99,7 +99,7 @@ impl Worker {
                 "worker is shutting down",
                 1,
             )
-            .with_code("shutting_down"));
+            .with_code(crate::api::SHUTTING_DOWN));
         }
         let Ok(permit) = self.queue.clone().try_acquire_owned() else {
             return Err(ApiError::overloaded(
