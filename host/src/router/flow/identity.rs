@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use sha2::{Digest, Sha256};
 
 use super::options::FlowOptions;
@@ -112,11 +112,7 @@ impl ApiKeys {
             };
             return Ok(Identity { tenant: tenant.into(), priority: asked });
         }
-        let key = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
+        let key = crate::http::bearer(headers)
             .ok_or_else(|| unauthorized("no API key given: send `Authorization: Bearer KEY`"))?;
         let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
         let grants = self.grants.load();
@@ -222,6 +218,9 @@ mod tests {
         assert_eq!(id.unwrap(), Identity { tenant: "batch".into(), priority: 0 });
         let id = k.identify(&headers(&[("authorization", "Bearer key-of-chat-000000")]), &o);
         assert_eq!(id.unwrap(), Identity { tenant: "chat".into(), priority: 1 });
+        // The scheme is case-insensitive (RFC 9110 section 11.1), as for the admin token.
+        let id = k.identify(&headers(&[("authorization", "bearer key-of-chat-000000")]), &o);
+        assert_eq!(&*id.unwrap().tenant, "chat");
         // A tenant header cannot change who a key says is asking.
         let h = headers(&[("authorization", "Bearer key-of-batch-00000"), ("x-tenant-id", "chat")]);
         assert_eq!(&*k.identify(&h, &o).unwrap().tenant, "batch");
