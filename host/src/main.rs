@@ -32,6 +32,13 @@ fn main() -> ExitCode {
         }
         other => other,
     };
+    // Before the runtime: the engine's threads are read from the environment.
+    #[cfg(feature = "worker")]
+    match &command {
+        Command::Worker(a) => a.threads.apply(),
+        Command::Run(a) => a.threads.apply(),
+        _ => {}
+    }
     let run = async move {
         match command {
             #[cfg(feature = "worker")]

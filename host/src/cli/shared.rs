@@ -35,6 +35,31 @@ impl ShutdownArgs {
     }
 }
 
+/// The compute threads of a process that runs the engine.
+#[cfg(feature = "worker")]
+#[derive(Args, Clone, Debug, Default)]
+pub struct ThreadsArg {
+    /// Compute threads of the engine (matrix products, attention), shared by the workers of
+    /// this process: it becomes the process's RAYON_NUM_THREADS. Default: RAYON_NUM_THREADS
+    /// if set, else one per core. Workers sharing a machine should split its cores between
+    /// them (BENCHMARKS.md, issue 26, measures 1 and 2 threads per worker).
+    #[arg(long, env = "LOCUS_THREADS", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
+    pub threads: Option<usize>,
+}
+
+#[cfg(feature = "worker")]
+impl ThreadsArg {
+    /// Sets RAYON_NUM_THREADS (which rayon's pool and candle's kernels read) when
+    /// `--threads` is given. Call it before any other thread starts.
+    pub fn apply(&self) {
+        if let Some(n) = self.threads {
+            // SAFETY: called from `main` before the runtime or any pool starts a thread, so
+            // no other thread reads the environment meanwhile.
+            unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) }
+        }
+    }
+}
+
 /// The admin token, shared by every command that serves or calls an admin API.
 #[derive(Args, Clone, Default)]
 pub struct AdminTokenArg {

@@ -246,3 +246,23 @@ fn the_cluster_token_and_the_admin_token_are_kept_apart() {
     let (worker, _) = parsed(&["locus", "worker", "--cluster-token=c"]);
     assert!(worker.contains("admin_token: None"), "{worker}");
 }
+
+#[test]
+fn threads_are_a_count_from_one_and_absent_by_default() {
+    let threads = |args: &[&str]| match Cli::try_parse_from(args).map(|c| c.command) {
+        Ok(Command::Worker(a)) => Ok(a.threads.threads),
+        Ok(Command::Run(a)) => Ok(a.threads.threads),
+        Ok(_) => unreachable!(),
+        Err(e) => Err(e.kind()),
+    };
+    assert_eq!(threads(&["locus", "worker"]), Ok(None));
+    assert_eq!(threads(&["locus", "worker", "--threads", "1"]), Ok(Some(1)));
+    assert_eq!(threads(&["locus", "run", "--threads=2"]), Ok(Some(2)));
+    for bad in ["0", "-1", "two", "1025"] {
+        assert_eq!(
+            threads(&["locus", "worker", &format!("--threads={bad}")]),
+            Err(clap::error::ErrorKind::ValueValidation),
+            "{bad}"
+        );
+    }
+}

@@ -13,7 +13,7 @@ use locus_engine::{EngineOptions, Limits, ModelSource};
 use locus_policy::PolicySource;
 
 use super::router::RoutingArgs;
-use super::shared::{AdminTokenArg, ClusterTokenArg, ServeArgs, ShutdownArgs};
+use super::shared::{AdminTokenArg, ClusterTokenArg, ServeArgs, ShutdownArgs, ThreadsArg};
 
 /// The model and its engine. `EngineOptions` belongs to the engine crate, which knows
 /// nothing of command lines, so these flags are here (their defaults are the engine's) and
@@ -167,6 +167,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]
+    pub threads: ThreadsArg,
+    #[command(flatten)]
     pub routing: RoutingArgs,
     #[command(flatten)]
     pub cache: CacheArgs,
@@ -227,6 +229,8 @@ pub struct WorkerArgs {
     pub cluster_token: ClusterTokenArg,
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub threads: ThreadsArg,
     #[command(flatten)]
     pub cache: CacheArgs,
     #[command(flatten)]
