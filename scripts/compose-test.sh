@@ -13,18 +13,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! docker info >/dev/null 2>&1; then
-  echo "compose-test: SKIPPED: no Docker Engine answers (docker info failed)"
-  exit 0
-fi
-if docker compose version >/dev/null 2>&1; then
-  compose=(docker compose)
-elif command -v docker-compose >/dev/null; then
-  compose=(docker-compose)
-else
-  echo "compose-test: SKIPPED: neither 'docker compose' nor 'docker-compose' is installed"
-  exit 0
-fi
+source scripts/compose-lib.sh
+need_compose compose-test
 
 out=${OUT:-bench-out/compose}
 mkdir -p "$out"
