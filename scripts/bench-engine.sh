@@ -15,5 +15,5 @@ fi
 "$venv/bin/pip" install -q torch==2.15.0 transformers==5.25.0 safetensors numpy pyyaml tqdm \
   regex sentencepiece cmake==4.4.5
 cargo build --release --locked -p locus-engine \
-  --example bench_engine --example batch_decode --example machine_limits
+  --example bench_engine --example batch_decode --example machine_limits --example quant_fidelity
 exec "$venv/bin/python" engine/scripts/bench_llamacpp.py "$@"

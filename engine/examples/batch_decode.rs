@@ -18,7 +18,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use locus_engine::{Engine, EngineOptions, GenerateRequest, Limits, ModelSource};
+use locus_engine::{Engine, EngineOptions, GenerateRequest, Limits, ModelSource, WeightFormat};
 
 fn ids(n: usize, salt: u64) -> Vec<u32> {
     (0..n as u64).map(|i| ((i * 7919 + 13 + salt * 104_729) % 50_000) as u32).collect()
@@ -32,7 +32,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn load(limits: Limits) -> Arc<Engine> {
     // No deadline: with one place, 32 streams queue for minutes by design.
     let limits = Limits { queue_timeout: Duration::from_secs(3600), ..limits };
-    let opts = EngineOptions { prefix_cache_bytes: 0, limits };
+    let opts = EngineOptions {
+        prefix_cache_bytes: 0,
+        limits,
+        weights: WeightFormat::from_env().expect("LOCUS_WEIGHT_FORMAT"),
+    };
     Arc::new(Engine::load(&ModelSource::Synthetic, opts).expect("synthetic model"))
 }
 

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use locus_engine::gpt2::Config;
 use locus_engine::source::{SYNTHETIC_SEED, export, synthetic_weights};
-use locus_engine::{Engine, EngineOptions, GenerateRequest, ModelSource};
+use locus_engine::{Engine, EngineOptions, GenerateRequest, ModelSource, WeightFormat};
 
 const PROMPT: usize = 512;
 const PREFIX: usize = 448;
@@ -56,8 +56,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 fn run(model: &ModelSource, reps: usize) -> Result<(), Box<dyn std::error::Error>> {
     let t = Instant::now();
-    let engine =
-        Engine::load(model, EngineOptions { prefix_cache_bytes: 1 << 30, ..Default::default() })?;
+    let weights = WeightFormat::from_env()?;
+    let engine = Engine::load(
+        model,
+        EngineOptions { prefix_cache_bytes: 1 << 30, weights, ..Default::default() },
+    )?;
     let load_s = t.elapsed().as_secs_f64();
     let prompt = ids(PROMPT, 0);
 
@@ -101,6 +104,7 @@ fn run(model: &ModelSource, reps: usize) -> Result<(), Box<dyn std::error::Error
     let report = serde_json::json!({
         "engine": "locus (candle 0.11)",
         "model": engine.describe(),
+        "weight_format": weights.name(),
         "threads": std::env::var("RAYON_NUM_THREADS").unwrap_or_default(),
         "load_s": load_s,
         "prefill_tokens": PROMPT,

@@ -14,7 +14,8 @@
 3. Measured side by side: this machine's read bandwidth and peak GFLOP/s
    (`machine_limits`, before and after the rest); prefill of a 512-token prompt; one stream
    decoding 128 tokens after a 128-token prompt; 8 and 16 streams decoding 128 tokens after
-   128-token prompts (decode-only tok/s), for locus f32, llama.cpp f32 and q8_0, PyTorch f32.
+   128-token prompts (decode-only tok/s), for locus f32 and q8_0, llama.cpp f32 and q8_0,
+   PyTorch f32; and locus q8_0's fidelity to locus f32 (`quant_fidelity`).
 4. The ceilings worked out from the measured limits: one stream reads every weight once per
    token (bytes / bandwidth); N streams read them once per step and do N tokens' FLOPs
    (max of the two); prefill is FLOP-bound.
@@ -163,16 +164,16 @@ def llama_batched(bindir, model, threads, reps, kv):
     return {str(k): v for k, v in sorted(best.items())}
 
 
-def locus_single(hf, threads, reps):
-    env = dict(os.environ, RAYON_NUM_THREADS=threads)
+def locus_single(hf, threads, reps, fmt="f32"):
+    env = dict(os.environ, RAYON_NUM_THREADS=threads, LOCUS_WEIGHT_FORMAT=fmt)
     r = json.loads(out_of([os.path.join(examples_dir(), "bench_engine"), "run", hf, reps], env).splitlines()[-1])
     return {"prefill": r["prefill_tok_s"], "prefill_median": r["prefill_tok_s_median"],
             "decode": r["decode_tok_s"], "decode_median": r["decode_tok_s_median"]}
 
 
-def locus_streams(threads, reps):
+def locus_streams(threads, reps, fmt="f32"):
     """Decode tok/s of 1, 8 and 16 streams on the batching engine (median of REPS)."""
-    env = dict(os.environ, RAYON_NUM_THREADS=threads)
+    env = dict(os.environ, RAYON_NUM_THREADS=threads, LOCUS_WEIGHT_FORMAT=fmt)
     out = out_of([os.path.join(examples_dir(), "batch_decode"), reps, ",".join(map(str, (1, *STREAMS))), "1024"], env)
     res = {}
     for line in out.split("## Prefill chunk")[0].splitlines():
@@ -180,6 +181,12 @@ def locus_streams(threads, reps):
         if m:
             res[m.group(1)] = float(m.group(2))
     return res
+
+
+def locus_fidelity(threads):
+    """q8_0 against f32 on the same weights: teacher-forced top-1, KL, divergence length."""
+    env = dict(os.environ, RAYON_NUM_THREADS=threads)
+    return json.loads(out_of([os.path.join(examples_dir(), "quant_fidelity")], env).splitlines()[-1])
 
 
 def torch_runs(hf, threads, reps):
@@ -204,7 +211,7 @@ def ceilings(limits):
     f32_bytes = MATMUL_PARAMS * 4
     flops_token = 2 * MATMUL_PARAMS
     c = {"weights_f32_mb": f32_bytes / 1e6, "one_stream_f32": bw / f32_bytes,
-         "one_stream_8bit": bw / (MATMUL_PARAMS * (1 + 4 / 32))}  # int8 + an f32 scale per 32
+         "one_stream_8bit": bw / (MATMUL_PARAMS * (1 + 2 / 32))}  # Q8_0: int8 + an f16 scale per 32
     for n in STREAMS:
         step = max(f32_bytes / bw, n * flops_token / peak)
         c[f"streams_{n}_f32"] = n / step
@@ -218,17 +225,17 @@ def ceilings(limits):
 def tables(r):
     lim, after, c = r["limits_before"], r["limits_after"], r["ceilings"]
     kernel = lambda m: ", ".join(f"{v:.0f}" for _, v in sorted(m["skinny_gflop_s"].items(), key=lambda kv: int(kv[0])))  # noqa: E731
-    ll, lt, lo, pt = r["llama_f32"], r["llama_q8_0"], r["locus_f32"], r["torch_f32"]
+    ll, lt, lo, lq, pt = r["llama_f32"], r["llama_q8_0"], r["locus_f32"], r["locus_q8_0"], r["torch_f32"]
     rows = [
-        ("prefill tok/s (512-token prompt)", lo["prefill"], None, ll["prefill"]["best"], lt["prefill"]["best"],
-         pt["prefill"], c["prefill"]),
-        ("1 stream decode tok/s (128 after 128)", lo["decode"], None, ll["decode"]["best"], lt["decode"]["best"],
-         pt["decode"], c["one_stream_f32"]),
+        ("prefill tok/s (512-token prompt)", lo["prefill"], lq["prefill"], ll["prefill"]["best"],
+         lt["prefill"]["best"], pt["prefill"], c["prefill"]),
+        ("1 stream decode tok/s (128 after 128)", lo["decode"], lq["decode"], ll["decode"]["best"],
+         lt["decode"]["best"], pt["decode"], c["one_stream_f32"]),
     ]
     for n in STREAMS:
-        rows.append((f"{n} streams decode tok/s (128 after 128 each)", r["locus_streams"].get(str(n)), None,
-                     r["llama_f32_batched"].get(str(n)), r["llama_q8_0_batched"].get(str(n)),
-                     pt["streams"].get(str(n)), c[f"streams_{n}_f32"]))
+        rows.append((f"{n} streams decode tok/s (128 after 128 each)", r["locus_streams"].get(str(n)),
+                     r["locus_q8_0_streams"].get(str(n)), r["llama_f32_batched"].get(str(n)),
+                     r["llama_q8_0_batched"].get(str(n)), pt["streams"].get(str(n)), c[f"streams_{n}_f32"]))
     f = lambda x: "-" if x is None else f"{x:.1f}"  # noqa: E731
     out = [f"Machine ({lim['threads']} threads), before / after the run: read {lim['read_gb_s']:.1f} / "
            f"{after['read_gb_s']:.1f} GB/s, peak {lim['peak_gflop_s']:.0f} / {after['peak_gflop_s']:.0f} GFLOP/s "
@@ -237,12 +244,21 @@ def tables(r):
            f"{r['loadavg_after'][0]:.2f}; {r.get('tensors_equal', '?')} GGUF tensors equal to locus's.",
            f"llama.cpp {LLAMA_CPP_COMMIT[:8]} (llama-cpp-python {LLAMA_CPP_PYTHON}'s sources); "
            f"{pt['version']}.", "",
-           "| figure | locus f32 | locus 8-bit | llama.cpp f32 | llama.cpp q8_0 | PyTorch f32 | f32 ceiling | locus / llama.cpp f32 | locus / ceiling |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "| figure | locus f32 | locus q8_0 | llama.cpp f32 | llama.cpp q8_0 | PyTorch f32 | f32 ceiling "
+           "| locus f32 / llama.cpp f32 | locus q8_0 / llama.cpp q8_0 | locus q8_0 / locus f32 | locus f32 / ceiling |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    x = lambda a, b: f"{a / b:.2f}x" if a and b else "-"  # noqa: E731
     for name, a, b, l32, l8, t, ceil in rows:
-        ratio = f"{a / l32:.2f}x" if a and l32 else "-"
         of_ceil = f"{a / ceil:.0%}" if a and ceil else "-"
-        out.append(f"| {name} | {f(a)} | {f(b)} | {f(l32)} | {f(l8)} | {f(t)} | {f(ceil)} | {ratio} | {of_ceil} |")
+        out.append(f"| {name} | {f(a)} | {f(b)} | {f(l32)} | {f(l8)} | {f(t)} | {f(ceil)} | {x(a, l32)} | "
+                   f"{x(b, l8)} | {x(b, a)} | {of_ceil} |")
+    q = r["q8_0_fidelity"]
+    div = sorted(q["divergence"])
+    out += ["", f"locus q8_0 against locus f32 (same weights), {q['prompts']} prompts x {q['steps']} greedy tokens: "
+            f"teacher-forced top-1 agreement {q['top1_agreement']:.2%}, mean KL {q['mean_kl']:.5f} nats "
+            f"(max {q['max_kl']:.4f}); free-running greedy output first diverges after {div[len(div) // 2]} tokens "
+            f"(median; min {div[0]}, {sum(d == q['steps'] for d in div)} of {len(div)} never within {q['steps']}). "
+            f"1-stream q8_0 ceiling from bandwidth: {c['one_stream_8bit']:.0f} tok/s."]
     return "\n".join(out)
 
 
@@ -273,6 +289,9 @@ def main():
     r["llama_q8_0_batched"] = llama_batched(bindir, models["q8_0"], a.threads, a.reps, "f16")
     r["locus_f32"] = locus_single(hf, a.threads, a.reps)
     r["locus_streams"] = locus_streams(a.threads, a.reps)
+    r["locus_q8_0"] = locus_single(hf, a.threads, a.reps, "q8_0")
+    r["locus_q8_0_streams"] = locus_streams(a.threads, a.reps, "q8_0")
+    r["q8_0_fidelity"] = locus_fidelity(a.threads)
     r["torch_f32"] = torch_runs(hf, a.threads, a.reps)
     r["limits_after"] = machine_limits(a.threads, a.reps)
     r["loadavg_after"] = os.getloadavg()

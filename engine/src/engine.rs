@@ -20,6 +20,7 @@ use crate::gpt2::{Config, Gpt2, KvCache};
 use crate::prefix::{
     CacheEntry, CachePolicy, CacheStats, KvListener, LruPolicy, PrefixStore, block_bytes,
 };
+use crate::quant::WeightFormat;
 use crate::request::{self, GenerateRequest, Generation, ModelInfo};
 use crate::scheduler::{self, Counters, Handle, Limits, SchedulerStats, Submission};
 use crate::shared::Shared;
@@ -35,12 +36,18 @@ pub struct EngineOptions {
     /// How the batch shares the machine: batch size, prefill chunk, running KV budget,
     /// queue deadline.
     pub limits: Limits,
+    /// How the projection weights are held (f32 by default; see [`WeightFormat`]).
+    pub weights: WeightFormat,
 }
 
 impl Default for EngineOptions {
     /// Prefix store 256 MiB: about 7,000 tokens of distilgpt2 K/V (36 KiB per token).
     fn default() -> Self {
-        Self { prefix_cache_bytes: 256 << 20, limits: Limits::default() }
+        Self {
+            prefix_cache_bytes: 256 << 20,
+            limits: Limits::default(),
+            weights: WeightFormat::default(),
+        }
     }
 }
 
@@ -103,13 +110,14 @@ impl Engine {
                 reason: "max_batch, prefill_chunk and yield_chunk must be at least 1".into(),
             });
         }
-        let fingerprint = KvFingerprint::of(config, &tensors)?;
+        let fingerprint = KvFingerprint::of(config, &tensors, options.weights)?;
         let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
-        let model = Gpt2::load(config, vb)?;
+        let model = Gpt2::load(config, options.weights, vb)?;
         let info = ModelInfo {
             name,
             source: description,
             config: config.clone(),
+            weights: options.weights,
             parameters: model.num_parameters(),
             kv_bytes_per_token: block_bytes(config.n_layer, config.n_embd) / BLOCK_TOKENS as u64,
         };
@@ -164,14 +172,15 @@ impl Engine {
         let info = &self.shared.info;
         let c = &info.config;
         format!(
-            "{} [{} layers, {} wide, {} heads, {} vocab, {} positions, {:.1}M parameters]",
+            "{} [{} layers, {} wide, {} heads, {} vocab, {} positions, {:.1}M parameters, {} weights]",
             info.source,
             c.n_layer,
             c.n_embd,
             c.n_head,
             c.vocab_size,
             c.n_positions,
-            info.parameters as f64 / 1e6
+            info.parameters as f64 / 1e6,
+            info.weights
         )
     }
 

@@ -10,6 +10,7 @@ use candle_core::{D, DType, Device, Module, Result, Tensor};
 use candle_nn::{Embedding, LayerNorm, VarBuilder};
 
 use crate::decode_attention::{self, Query};
+use crate::quant::{Q8Weight, WeightFormat};
 use crate::skinny;
 use serde::{Deserialize, Serialize};
 
@@ -254,21 +255,38 @@ impl KvCache {
 
 /// A projection `x @ w^T + b` over rows `x [rows, in]`, `w [out, in]` contiguous.
 ///
-/// A few rows (a decode step's batch) go through the [`skinny`] kernel, many (a prompt)
-/// through candle's tiled matmul. Each output row of the kernel depends on its own input row
-/// only, whatever the others, so a sequence decodes to the same bits alone or in a batch.
+/// In f32, a few rows (a decode step's batch) go through the [`skinny`] kernel, many (a
+/// prompt) through candle's tiled matmul. Each output row of the kernel depends on its own
+/// input row only, whatever the others, so a sequence decodes to the same bits alone or in a
+/// batch. In 8 bits, candle's quantized matmul (see [`crate::quant`]).
 struct Proj {
-    w: Tensor,
+    w: ProjWeight,
     b: Option<Tensor>,
 }
 
+enum ProjWeight {
+    F32(Tensor),
+    Q8(Q8Weight),
+}
+
 impl Proj {
+    /// `w [out, in]` held in `format` (f32 where the format cannot hold it).
+    fn new(w: Tensor, b: Option<Tensor>, format: WeightFormat) -> Result<Self> {
+        let w = match format {
+            WeightFormat::F32 => ProjWeight::F32(w),
+            WeightFormat::Q8_0 => match Q8Weight::quantize(&w)? {
+                Some(q) => ProjWeight::Q8(q),
+                None => ProjWeight::F32(w),
+            },
+        };
+        Ok(Self { w, b })
+    }
+
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let rows = x.dim(0)?;
-        let y = if rows <= skinny::MAX_ROWS {
-            skinny::matmul_t(x, &self.w)?
-        } else {
-            x.matmul(&self.w.t()?)?
+        let y = match &self.w {
+            ProjWeight::F32(w) if x.dim(0)? <= skinny::MAX_ROWS => skinny::matmul_t(x, w)?,
+            ProjWeight::F32(w) => x.matmul(&w.t()?)?,
+            ProjWeight::Q8(q) => q.forward(x)?,
         };
         match &self.b {
             Some(b) => y.broadcast_add(b),
@@ -278,10 +296,10 @@ impl Proj {
 }
 
 /// A Conv1D layer stored `[in, out]`, loaded as a projection over `[out, in]`.
-fn conv1d(n_in: usize, n_out: usize, vb: VarBuilder) -> Result<Proj> {
+fn conv1d(n_in: usize, n_out: usize, format: WeightFormat, vb: VarBuilder) -> Result<Proj> {
     let w = vb.get((n_in, n_out), "weight")?.t()?.contiguous()?;
     let b = vb.get(n_out, "bias")?;
-    Ok(Proj { w, b: Some(b) })
+    Proj::new(w, Some(b), format)
 }
 
 fn layer_norm(n: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
@@ -297,10 +315,10 @@ struct Attention {
 }
 
 impl Attention {
-    fn load(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+    fn load(cfg: &Config, format: WeightFormat, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            c_attn: conv1d(cfg.n_embd, 3 * cfg.n_embd, vb.pp("c_attn"))?,
-            c_proj: conv1d(cfg.n_embd, cfg.n_embd, vb.pp("c_proj"))?,
+            c_attn: conv1d(cfg.n_embd, 3 * cfg.n_embd, format, vb.pp("c_attn"))?,
+            c_proj: conv1d(cfg.n_embd, cfg.n_embd, format, vb.pp("c_proj"))?,
             n_head: cfg.n_head,
             head_dim: cfg.head_dim(),
             max_len: cfg.n_positions,
@@ -370,13 +388,13 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn load(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+    fn load(cfg: &Config, format: WeightFormat, vb: VarBuilder) -> Result<Self> {
         let act = activation(&cfg.activation_function).ok_or_else(|| {
             candle_core::Error::Msg(format!("activation {}", cfg.activation_function))
         })?;
         Ok(Self {
-            c_fc: conv1d(cfg.n_embd, cfg.inner(), vb.pp("c_fc"))?,
-            c_proj: conv1d(cfg.inner(), cfg.n_embd, vb.pp("c_proj"))?,
+            c_fc: conv1d(cfg.n_embd, cfg.inner(), format, vb.pp("c_fc"))?,
+            c_proj: conv1d(cfg.inner(), cfg.n_embd, format, vb.pp("c_proj"))?,
             act,
         })
     }
@@ -412,13 +430,13 @@ struct Block {
 }
 
 impl Block {
-    fn load(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+    fn load(cfg: &Config, format: WeightFormat, vb: VarBuilder) -> Result<Self> {
         let eps = cfg.layer_norm_epsilon;
         Ok(Self {
             ln_1: layer_norm(cfg.n_embd, eps, vb.pp("ln_1"))?,
-            attn: Attention::load(cfg, vb.pp("attn"))?,
+            attn: Attention::load(cfg, format, vb.pp("attn"))?,
             ln_2: layer_norm(cfg.n_embd, eps, vb.pp("ln_2"))?,
-            mlp: Mlp::load(cfg, vb.pp("mlp"))?,
+            mlp: Mlp::load(cfg, format, vb.pp("mlp"))?,
         })
     }
 
@@ -436,28 +454,31 @@ pub struct Gpt2 {
     ln_f: LayerNorm,
     lm_head: Proj,
     cfg: Config,
+    format: WeightFormat,
     device: Device,
 }
 
 impl Gpt2 {
-    /// Loads from a VarBuilder whose names are either bare (`wte.weight`) or under `transformer.`.
-    pub fn load(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+    /// Loads from a VarBuilder whose names are either bare (`wte.weight`) or under `transformer.`,
+    /// with the projections and head held in `format` (embeddings stay f32).
+    pub fn load(cfg: &Config, format: WeightFormat, vb: VarBuilder) -> Result<Self> {
         cfg.validate().map_err(candle_core::Error::Msg)?;
         let vb =
             if vb.contains_tensor("transformer.wte.weight") { vb.pp("transformer") } else { vb };
         let wte_w = vb.get((cfg.vocab_size, cfg.n_embd), "wte.weight")?;
         let wpe_w = vb.get((cfg.n_positions, cfg.n_embd), "wpe.weight")?;
         let blocks = (0..cfg.n_layer)
-            .map(|i| Block::load(cfg, vb.pp(format!("h.{i}"))))
+            .map(|i| Block::load(cfg, format, vb.pp(format!("h.{i}"))))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             // wte is already [vocab, n_embd] = [out, in]: the tied head needs no copy.
-            lm_head: Proj { w: wte_w.clone(), b: None },
+            lm_head: Proj::new(wte_w.clone(), None, format)?,
             wte: Embedding::new(wte_w, cfg.n_embd),
             wpe: Embedding::new(wpe_w, cfg.n_embd),
             blocks,
             ln_f: layer_norm(cfg.n_embd, cfg.layer_norm_epsilon, vb.pp("ln_f"))?,
             cfg: cfg.clone(),
+            format,
             device: vb.device().clone(),
         })
     }
@@ -465,6 +486,11 @@ impl Gpt2 {
     /// The architecture.
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// The format the projections are held in.
+    pub fn weight_format(&self) -> WeightFormat {
+        self.format
     }
 
     /// Number of parameters (the tied head counted once).

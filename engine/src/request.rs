@@ -4,6 +4,7 @@
 
 use crate::error::{EngineError, Result};
 use crate::gpt2::Config;
+use crate::quant::WeightFormat;
 
 /// One completion request.
 #[derive(Debug, Clone)]
@@ -101,6 +102,8 @@ pub struct ModelInfo {
     pub source: String,
     /// The architecture.
     pub config: Config,
+    /// How the projection weights are held.
+    pub weights: WeightFormat,
     /// Parameter count (tied head counted once).
     pub parameters: usize,
     /// Bytes of K/V the prefix store holds per cached token.

@@ -13,7 +13,8 @@ use locus_engine::{
 
 fn load(limits: Limits) -> Arc<Engine> {
     let source = ModelSource::Synthetic;
-    Arc::new(Engine::load(&source, EngineOptions { prefix_cache_bytes: 64 << 20, limits }).unwrap())
+    let opts = EngineOptions { prefix_cache_bytes: 64 << 20, limits, ..Default::default() };
+    Arc::new(Engine::load(&source, opts).unwrap())
 }
 
 fn prompts() -> Vec<Vec<u32>> {

@@ -13,7 +13,7 @@ use locus_engine::{Engine, EngineOptions, GenerateRequest, Limits, ModelSource};
 use serde_json::{Value, json};
 
 async fn worker_with(limits: Limits) -> (WorkerHandle, Arc<Engine>) {
-    let opts = EngineOptions { prefix_cache_bytes: 16 << 20, limits };
+    let opts = EngineOptions { prefix_cache_bytes: 16 << 20, limits, ..Default::default() };
     let engine = cluster::load_engines(&ModelSource::Synthetic, 1, opts).await.unwrap().remove(0);
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
     let w = worker::spawn(engine.clone(), WorkerOptions::default(), any).await.unwrap();

@@ -9,6 +9,7 @@ use locus_tokens::blocks::{BLOCK_HASH_SEED, BLOCK_TOKENS};
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::gpt2::Config;
+use crate::quant::WeightFormat;
 
 /// Version of the KV layout on the wire and in the store: per block, per layer, K then V,
 /// each `[n_head, BLOCK_TOKENS, head_dim]` f32 little-endian. Raise it on any change.
@@ -19,8 +20,9 @@ pub const KV_LAYOUT_VERSION: u32 = 1;
 /// weights or shapes would compute different K and V for the same tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct KvFingerprint {
-    /// XXH3-64 over the weights as the model uses them (f32): each tensor's name, shape
-    /// and bytes, in name order.
+    /// XXH3-64 over the checkpoint's weights (as f32: each tensor's name, shape and bytes,
+    /// in name order) and the format the model holds them in: 8-bit weights compute other
+    /// keys and values from the same checkpoint.
     pub weights_digest: u64,
     /// Element type of the stored K and V (0: f32, the only one today).
     pub dtype: u8,
@@ -45,7 +47,11 @@ impl KvFingerprint {
     /// The fingerprint of a model of `config` with these named weights (before loading:
     /// the names are the checkpoint's, with or without `transformer.`, so the digest is
     /// taken after dropping that prefix).
-    pub fn of(config: &Config, tensors: &HashMap<String, Tensor>) -> candle_core::Result<Self> {
+    pub fn of(
+        config: &Config,
+        tensors: &HashMap<String, Tensor>,
+        format: WeightFormat,
+    ) -> candle_core::Result<Self> {
         let mut names: Vec<(&str, &Tensor)> =
             tensors.iter().map(|(n, t)| (n.strip_prefix("transformer.").unwrap_or(n), t)).collect();
         names.sort_unstable_by_key(|(n, _)| *n);
@@ -62,6 +68,11 @@ impl KvFingerprint {
                 let bytes: Vec<u8> = chunk.iter().flat_map(|v| v.to_le_bytes()).collect();
                 h.update(&bytes);
             }
+        }
+        // f32 adds nothing, so f32 fingerprints stay those of workers that predate formats.
+        if format != WeightFormat::F32 {
+            h.update(b"weight-format:");
+            h.update(format.name().as_bytes());
         }
         Ok(Self {
             weights_digest: h.digest(),

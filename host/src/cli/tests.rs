@@ -266,3 +266,19 @@ fn threads_are_a_count_from_one_and_absent_by_default() {
         );
     }
 }
+
+#[test]
+fn weight_format_is_f32_by_default_and_a_named_format_otherwise() {
+    use locus_engine::WeightFormat;
+    let format = |args: &[&str]| match Cli::try_parse_from(args).map(|c| c.command) {
+        Ok(Command::Worker(a)) => Ok(a.model.engine_options().unwrap().weights),
+        Ok(Command::Run(a)) => Ok(a.model.engine_options().unwrap().weights),
+        Ok(_) => unreachable!(),
+        Err(e) => Err(e.to_string()),
+    };
+    assert_eq!(format(&["locus", "worker"]), Ok(WeightFormat::F32));
+    assert_eq!(format(&["locus", "worker", "--weight-format", "q8_0"]), Ok(WeightFormat::Q8_0));
+    assert_eq!(format(&["locus", "run", "--weight-format=f32"]), Ok(WeightFormat::F32));
+    let err = format(&["locus", "worker", "--weight-format", "int4"]).unwrap_err();
+    assert!(err.contains("--weight-format") && err.contains("f32, q8_0"), "{err}");
+}

@@ -9,7 +9,7 @@ use clap::Args;
 use locus::cluster::ClusterOptions;
 use locus::router::RouterOptions;
 use locus::worker::WorkerOptions;
-use locus_engine::{EngineOptions, Limits, ModelSource};
+use locus_engine::{EngineOptions, Limits, ModelSource, WeightFormat};
 use locus_policy::PolicySource;
 
 use super::router::RoutingArgs;
@@ -28,6 +28,12 @@ pub struct ModelArgs {
     /// A local model directory (same as `--model DIR`).
     #[arg(long, env = "LOCUS_MODEL_DIR", conflicts_with = "model")]
     pub model_dir: Option<PathBuf>,
+    /// How a worker holds the model's projection weights: `f32` (exact, as in the
+    /// checkpoint) or `q8_0` (8-bit, GGUF's Q8_0: about 3.8x fewer bytes to read per decoded
+    /// token, close to f32 but not equal; see BENCHMARKS.md for speed and fidelity).
+    /// Workers with different formats never exchange KV blocks.
+    #[arg(long, env = "LOCUS_WEIGHT_FORMAT", default_value_t = WeightFormat::default(), value_parser = parse_weight_format)]
+    pub weight_format: WeightFormat,
     /// Byte budget of each worker's prefix KV store (finished prompts' blocks, for reuse).
     #[arg(long, env = "LOCUS_PREFIX_CACHE_BYTES", default_value_t = EngineOptions::default().prefix_cache_bytes)]
     pub prefix_cache_bytes: u64,
@@ -61,6 +67,10 @@ pub struct ModelArgs {
     pub queue_timeout: f64,
 }
 
+fn parse_weight_format(s: &str) -> Result<WeightFormat, String> {
+    s.parse().map_err(|_| format!("one of {}", WeightFormat::NAMES))
+}
+
 impl ModelArgs {
     /// These flags as `locus worker` arguments, for workers started as processes (by `locus
     /// bench`, the only command that does).
@@ -71,6 +81,7 @@ impl ModelArgs {
             None => vec!["--model".into(), self.model.clone()],
         };
         for (k, v) in [
+            ("--weight-format", self.weight_format.to_string()),
             ("--prefix-cache-bytes", self.prefix_cache_bytes.to_string()),
             ("--max-batch", self.max_batch.to_string()),
             ("--prefill-chunk", self.prefill_chunk.to_string()),
@@ -103,6 +114,7 @@ impl ModelArgs {
                 kv_bytes: self.kv_cache_bytes,
                 queue_timeout,
             },
+            weights: self.weight_format,
         })
     }
 

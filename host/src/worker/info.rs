@@ -77,6 +77,7 @@ pub(super) async fn model_info(State(w): State<Arc<Worker>>) -> Json<Value> {
         "n_layer": c.n_layer, "n_embd": c.n_embd, "n_head": c.n_head,
         "n_positions": c.n_positions, "vocab_size": c.vocab_size,
         "kv_bytes_per_token": info.kv_bytes_per_token,
+        "weight_format": info.weights.name(),
     }))
 }
 
