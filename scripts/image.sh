@@ -11,7 +11,9 @@ tag=${1:-locus:latest}
 target=x86_64-unknown-linux-musl
 
 rustup target add wasm32-wasip2 "$target" >/dev/null
-cargo build --release --locked -p locus --target "$target"
+# The binary is stripped below, so its line tables (the release profile's) would only fill
+# the disk: CI builds this after the whole test suite.
+CARGO_PROFILE_RELEASE_DEBUG=false cargo build --release --locked -p locus --target "$target"
 
 ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT

@@ -1,7 +1,8 @@
 //! One row times a weight matrix (a single stream's decode product), three ways, on the
 //! distilgpt2 head (154 MB, streamed from memory) and two layer shapes: locus's few-row
-//! kernel, candle's matmul, and a plain dot per weight row (four 16-lane accumulators, one
-//! weight row at a time). Printed as GB/s of weights read; a probe for the next kernel, not
+//! kernel, candle's matmul, a plain dot per weight row (four 16-lane accumulators, one
+//! weight row at a time), and four weight rows at a time with one accumulator each (the
+//! kernel's pattern, bare). Printed as GB/s of weights read; a probe for the next kernel, not
 //! part of the benchmark script.
 //!
 //! ```text
@@ -37,6 +38,27 @@ unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
             total += a[t] * b[t];
         }
         total
+    }
+}
+
+/// Four weight rows at once against one input row, one sum per row: the few-row kernel's
+/// access pattern and summation order with nothing else of it.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dot4(w: &[f32], k: usize, x: &[f32]) -> [f32; 4] {
+    use std::arch::x86_64::*;
+    unsafe {
+        let mut s = [_mm512_setzero_ps(); 4];
+        let (wp, xp) = (w.as_ptr(), x.as_ptr());
+        let mut i = 0;
+        while i + 16 <= k {
+            let xv = _mm512_loadu_ps(xp.add(i));
+            for (a, acc) in s.iter_mut().enumerate() {
+                *acc = _mm512_fmadd_ps(_mm512_loadu_ps(wp.add(a * k + i)), xv, *acc);
+            }
+            i += 16;
+        }
+        s.map(|v| _mm512_reduce_add_ps(v))
     }
 }
 
@@ -78,12 +100,28 @@ fn main() -> candle_core::Result<()> {
             });
             black_box(o);
         });
+        let four = time(&|| {
+            let mut o = vec![0f32; n];
+            o.par_chunks_mut(64).enumerate().for_each(|(t, oc)| {
+                let mut r = 0;
+                while r + 4 <= oc.len() {
+                    let j = t * 64 + r;
+                    // SAFETY: AVX-512 checked at the start of main.
+                    let d = unsafe { dot4(&wv[j * k..(j + 4) * k], k, &xv) };
+                    oc[r..r + 4].copy_from_slice(&d);
+                    r += 4;
+                }
+            });
+            black_box(o);
+        });
         let gb = |s: f64| (n * k * 4) as f64 / s / 1e9;
         println!(
-            "{n} x {k}: few-row kernel {:.1} GB/s, candle {:.1} GB/s, dot per row {:.1} GB/s",
+            "{n} x {k}: few-row kernel {:.1} GB/s, candle {:.1} GB/s, one row four sums {:.1} GB/s, \
+             four rows one sum each {:.1} GB/s",
             gb(skinny),
             gb(candle),
-            gb(rowdot)
+            gb(rowdot),
+            gb(four)
         );
     }
     Ok(())
