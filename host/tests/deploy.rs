@@ -375,6 +375,48 @@ async fn a_router_takes_a_draining_worker_out_at_its_first_health_check() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_worker_does_not_slow_the_other_workers_health_checks() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // A worker that answers its health checks and counts them (only `/health` is served:
+    // the router's other polls get 404s and do not count).
+    let checks = Arc::new(AtomicUsize::new(0));
+    let counted = checks.clone();
+    let app = axum::Router::new().route(
+        "/health",
+        axum::routing::get(move || {
+            counted.fetch_add(1, Ordering::Relaxed);
+            async { "ok" }
+        }),
+    );
+    let up = tokio::net::TcpListener::bind(any()).await.unwrap();
+    let up_addr = up.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(up, app).await });
+    // A frozen worker: its port accepts connections and never answers (a stopped process
+    // whose socket the kernel keeps open), so each check of it waits for the 1 s timeout.
+    let frozen = tokio::net::TcpListener::bind(any()).await.unwrap();
+    let frozen_addr = frozen.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = frozen.accept().await {
+            held.push(sock);
+        }
+    });
+    let opts = RouterOptions {
+        workers: vec![format!("http://{frozen_addr}"), format!("http://{up_addr}")],
+        health_interval: Duration::from_millis(100),
+        ..RouterOptions::default()
+    };
+    let (_, _, _gw) = router::spawn(opts, any(), any()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = checks.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let during = checks.load(Ordering::Relaxed) - before;
+    // Every 100 ms: ~20 checks in 2 s. Checks in rounds that wait for the frozen worker's
+    // timeout would be at most 3.
+    assert!(during >= 8, "{during} health checks of the live worker in 2 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_policy_mounted_from_a_configmap_is_swapped_when_kubernetes_updates_it() {
     use locus_policy::PolicySource;
     use std::os::unix::fs::symlink;

@@ -25,6 +25,8 @@ pub struct Backend {
     /// A clash of reported ids was logged (once per worker, not per poll).
     clash_logged: AtomicBool,
     healthy: AtomicBool,
+    /// A health check of this worker is under way (the next tick skips it).
+    checking: AtomicBool,
     in_flight: AtomicU32,
     fails: AtomicU32,
     passes: AtomicU32,
@@ -77,6 +79,7 @@ impl Backend {
             clash_logged: AtomicBool::new(false),
             url,
             healthy: AtomicBool::new(true),
+            checking: AtomicBool::new(false),
             in_flight: AtomicU32::new(0),
             fails: AtomicU32::new(0),
             passes: AtomicU32::new(0),
@@ -320,16 +323,22 @@ impl Registry {
         removed
     }
 
-    /// Checks every worker's `/health` every `interval`, forever.
+    /// Checks every worker's `/health` every `interval`, forever. Each worker's check runs
+    /// on its own task, and a worker whose last check has not ended yet is skipped: a frozen
+    /// worker's one-second timeouts delay only its own checks, never the others' (with one
+    /// round awaiting every check, one frozen worker slowed every worker's detection).
     pub async fn health_loop(self: Arc<Self>, client: reqwest::Client, interval: Duration) {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let all = self.all();
-            let checks = all.iter().cloned().map(|b| {
-                let (client, reg) = (client.clone(), self.clone());
-                async move {
+            for b in self.all().iter() {
+                if b.checking.swap(true, Ordering::AcqRel) {
+                    continue;
+                }
+                let (b, client, reg) = (b.clone(), client.clone(), self.clone());
+                tokio::spawn(async move {
+                    let _check = Checking(b.clone());
                     let r = client
                         .get(format!("{}/health", b.url))
                         .timeout(Duration::from_secs(1))
@@ -349,9 +358,18 @@ impl Registry {
                         }
                         Err(e) => b.failed(reg.fail_threshold, &e.to_string()),
                     }
-                }
-            });
-            futures_util::future::join_all(checks).await;
+                });
+            }
         }
+    }
+}
+
+/// Marks a worker's health check as ended when dropped, however the check ends (a panic, or
+/// the runtime shutting down), so that no worker is left unchecked for good.
+struct Checking(Arc<Backend>);
+
+impl Drop for Checking {
+    fn drop(&mut self) {
+        self.0.checking.store(false, Ordering::Release);
     }
 }
