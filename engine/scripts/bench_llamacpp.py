@@ -55,6 +55,28 @@ def out_of(cmd, env=None):
     return sh(cmd, capture_output=True, text=True, env=env).stdout
 
 
+# llama.cpp runs that died with weight repacking on (its CPU "extra buffer types": AMX and
+# repacked layouts), and so ran again without it; named in the table.
+NO_REPACK = []
+
+
+def llama_out(cmd, off_flag, what):
+    """A llama.cpp tool's output; run again with `off_flag` (repacking off) when it dies of a
+    signal (seen: llama-bench's q8_0 prompt processing segfaults on a machine whose CPU reports
+    AMX), so that one tool crash does not lose the whole run."""
+    if what in NO_REPACK:
+        return out_of([*cmd, *off_flag])
+    try:
+        return out_of(cmd)
+    except subprocess.CalledProcessError as e:
+        if e.returncode >= 0:
+            raise
+        print(f"{what} died of signal {-e.returncode}; again with {' '.join(map(str, off_flag))}",
+              file=sys.stderr, flush=True)
+        NO_REPACK.append(what)
+        return out_of([*cmd, *off_flag])
+
+
 def examples_dir():
     return os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "examples")
 
@@ -141,8 +163,9 @@ def llama_bench(bindir, model, threads, reps):
     res = {}
     for key, args in (("prefill", ["-p", PROMPT, "-n", 0]),
                       ("decode", ["-p", 0, "-n", DECODE_NEW, "-d", DECODE_PROMPT])):
-        rows = json.loads(out_of([os.path.join(bindir, "llama-bench"), "-m", model, "-t", threads,
-                                  "-r", reps, *args, "-o", "json"]))
+        cmd = [os.path.join(bindir, "llama-bench"), "-m", model, "-t", threads, "-r", reps, *args,
+               "-o", "json"]
+        rows = json.loads(llama_out(cmd, ["--repack", 0], f"llama-bench {key} {os.path.basename(model)}"))
         r = rows[0]
         res[key] = {"best": max(r["samples_ts"]), "mean": r["avg_ts"], "flash_attn": r.get("flash_attn"),
                     "type_k": r.get("type_k"), "build_commit": r.get("build_commit")}
@@ -154,9 +177,10 @@ def llama_batched(bindir, model, threads, reps, kv):
     npl = ",".join(map(str, (1, *STREAMS)))
     best = {}
     for _ in range(int(reps)):
-        out = out_of([os.path.join(bindir, "llama-batched-bench"), "-m", model, "-t", threads,
-                      "-c", 4096, "-npp", DECODE_PROMPT, "-ntg", DECODE_NEW, "-npl", npl,
-                      "-ctk", kv, "-ctv", kv, "--output-format", "jsonl"])
+        cmd = [os.path.join(bindir, "llama-batched-bench"), "-m", model, "-t", threads,
+               "-c", 4096, "-npp", DECODE_PROMPT, "-ntg", DECODE_NEW, "-npl", npl,
+               "-ctk", kv, "-ctv", kv, "--output-format", "jsonl"]
+        out = llama_out(cmd, ["--no-repack"], f"llama-batched-bench {os.path.basename(model)}")
         for line in out.splitlines():
             if line.startswith("{"):
                 r = json.loads(line)
@@ -243,7 +267,9 @@ def tables(r):
            f"{kernel(lim)} / {kernel(after)} GFLOP/s. Load average {r['loadavg_before'][0]:.2f} / "
            f"{r['loadavg_after'][0]:.2f}; {r.get('tensors_equal', '?')} GGUF tensors equal to locus's.",
            f"llama.cpp {LLAMA_CPP_COMMIT[:8]} (llama-cpp-python {LLAMA_CPP_PYTHON}'s sources); "
-           f"{pt['version']}.", "",
+           f"{pt['version']}." + (
+               f" Ran without llama.cpp's weight repacking after it crashed with it: "
+               f"{', '.join(r['llama_no_repack'])}." if r.get("llama_no_repack") else ""), "",
            "| figure | locus f32 | locus q8_0 | llama.cpp f32 | llama.cpp q8_0 | PyTorch f32 | f32 ceiling "
            "| locus f32 / llama.cpp f32 | locus q8_0 / llama.cpp q8_0 | locus q8_0 / locus f32 | locus f32 / ceiling |",
            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -293,6 +319,7 @@ def main():
     r["locus_q8_0_streams"] = locus_streams(a.threads, a.reps, "q8_0")
     r["q8_0_fidelity"] = locus_fidelity(a.threads)
     r["torch_f32"] = torch_runs(hf, a.threads, a.reps)
+    r["llama_no_repack"] = sorted(set(NO_REPACK))
     r["limits_after"] = machine_limits(a.threads, a.reps)
     r["loadavg_after"] = os.getloadavg()
     r["seconds"] = time.time() - t0
