@@ -62,6 +62,12 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// The model and stores its scheduler loop shares, for step-by-step scheduler tests.
+    #[cfg(test)]
+    pub(crate) fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
     /// Resolves `source` (see [`ModelSource`]) and loads it on the CPU in f32.
     pub fn load(source: &ModelSource, options: EngineOptions) -> Result<Self> {
         let started = Instant::now();

@@ -19,7 +19,9 @@
 //! without it, the worker's own order would undo the router's, since a request dispatched
 //! ahead of a batch job would still wait behind that job's prompt chunks here. Bands also
 //! shape the step: when the prompt to run has a priority above every decoding sequence's,
-//! (4) runs before (3), so its first token does not wait for a lower band's tokens; while a
+//! (4) runs before (3), so its first token does not wait for a lower band's tokens, and so
+//! do the other prompts of that priority, a chunk each, up to `prefill_chunk` tokens in all
+//! (two interactive prompts arriving together both get their first token this step); while a
 //! request of a higher priority than the prompt's is at the worker (waiting, prefilling or
 //! decoding), or was within `yield_window`, the chunk is at most `yield_chunk` tokens (a
 //! per-step token budget by band, after Sarathi-Serve's), so a higher band's prompt that
@@ -36,6 +38,8 @@
 mod messages;
 mod panics;
 mod stats;
+#[cfg(test)]
+mod tests;
 
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -107,18 +111,7 @@ pub(crate) fn run(
         }
         // Each sequence's own failures are caught where it is stepped; this is the net
         // under the scheduler's own code, so that no bug ends the loop for every caller.
-        let step = catch_unwind(AssertUnwindSafe(|| {
-            s.drop_gone();
-            s.note_bands();
-            s.admit();
-            if s.prefill_goes_first() {
-                s.prefill();
-                s.decode();
-            } else {
-                s.decode();
-                s.prefill();
-            }
-        }));
+        let step = catch_unwind(AssertUnwindSafe(|| s.step()));
         if let Err(p) = step {
             s.counters.failed.fetch_add(1, Ordering::Relaxed);
             tracing::error!(error = %panic_message(&*p), "scheduler step panicked; going on");
@@ -149,6 +142,20 @@ struct Scheduler {
 }
 
 impl Scheduler {
+    /// One step: what the module's note numbers (1) to (4).
+    fn step(&mut self) {
+        self.drop_gone();
+        self.note_bands();
+        self.admit();
+        if let Some(p) = self.first_prefill_priority() {
+            self.prefill_first(p);
+            self.decode();
+        } else {
+            self.decode();
+            self.prefill(usize::MAX);
+        }
+    }
+
     fn enqueue(&mut self, (sub, submitted): (Submission, Instant)) {
         self.waiting.push_back(Seq {
             sub,
@@ -347,23 +354,44 @@ impl Scheduler {
         prefilling.min_by_key(|(_, s)| turn(s)).map(|(i, _)| i)
     }
 
-    /// Whether this step's prompt chunk runs before its decode pass: when its priority is
-    /// above every decoding sequence's, so a higher band's first token does not wait for a
-    /// lower band's tokens.
-    fn prefill_goes_first(&self) -> bool {
+    /// The priority of this step's prompt chunk when it runs before the decode pass: when it
+    /// is above every decoding sequence's, so a higher band's first token does not wait for
+    /// a lower band's tokens.
+    fn first_prefill_priority(&self) -> Option<u8> {
         match (self.next_prefill(), self.decoding_priority()) {
-            (Some(i), Some(decoding)) => self.running[i].sub.priority > decoding,
-            _ => false,
+            (Some(i), Some(decoding)) => {
+                let p = self.running[i].sub.priority;
+                (p > decoding).then_some(p)
+            }
+            _ => None,
+        }
+    }
+
+    /// The chunks that go before the decode pass: the prompts of priority `p` (or above),
+    /// one chunk each, up to `prefill_chunk` tokens in all. Interactive requests arrive
+    /// together often enough that one prompt per step would make the second wait a whole
+    /// step of the batch band for its first token; each chunk is still computed alone.
+    fn prefill_first(&mut self, p: u8) {
+        let mut budget = self.limits.prefill_chunk.max(1);
+        loop {
+            let ran = self.prefill(budget);
+            budget = budget.saturating_sub(ran);
+            let next_is_first =
+                self.next_prefill().is_some_and(|i| self.running[i].sub.priority >= p);
+            if ran == 0 || budget == 0 || !next_is_first {
+                return;
+            }
         }
     }
 
     /// One chunk of a prompt that is not fully run yet: at most `prefill_chunk` tokens, or
-    /// `yield_chunk` while a request of a higher priority is (or was lately) at the worker.
-    fn prefill(&mut self) {
+    /// `yield_chunk` while a request of a higher priority is (or was lately) at the worker,
+    /// and at most `max` tokens; returns the tokens run.
+    fn prefill(&mut self, max: usize) -> usize {
         let Some(i) = self.next_prefill() else {
-            return;
+            return 0;
         };
-        let mut size = self.limits.prefill_chunk.max(1);
+        let mut size = self.limits.prefill_chunk.max(1).min(max.max(1));
         if self.higher_band_near(self.running[i].sub.priority) {
             size = size.min(self.limits.yield_chunk.max(1));
         }
@@ -373,25 +401,27 @@ impl Scheduler {
         seq.last_chunk = self.chunks;
         let total = seq.sub.ids.len();
         let end = (seq.prefilled + size).min(total);
+        let ran = end - seq.prefilled;
         let last = end == total;
         let want_logits = last && seq.sub.max_new > 0;
         let model = &self.shared.model;
         let cache = seq.cache.as_mut().expect("admitted");
         let chunk = &seq.sub.ids[seq.prefilled..end];
-        let ran = catch_unwind(AssertUnwindSafe(|| {
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
             let mut step = [Step { tokens: chunk, cache, logits: want_logits }];
             model.forward_batch(&mut step).map(|mut l| l.pop().flatten())
         }));
-        let logits = match caught(ran) {
+        let logits = match caught(outcome) {
             Ok(l) => l,
             Err(e) => {
                 let seq = self.running.swap_remove(i);
-                return self.finish(seq, Err(EngineError::StepFailed(e)));
+                self.finish(seq, Err(EngineError::StepFailed(e)));
+                return ran;
             }
         };
         seq.prefilled = end;
         if !last {
-            return;
+            return ran;
         }
         let cache = seq.cache.as_ref().expect("admitted");
         if let Err(e) = self.shared.keep_prefix(&seq.sub.ids, cache, seq.cached) {
@@ -407,6 +437,7 @@ impl Scheduler {
             let seq = self.running.swap_remove(i);
             self.finish(seq, end);
         }
+        ran
     }
 
     /// Samples running sequence `i`'s next token from `logits` and sends its text; returns

@@ -6,9 +6,13 @@
 //! still moves when interactive traffic never stops. While no more than `reserved` dispatch
 //! slots are free, only a top-band request may take one: interactive requests find room
 //! even while batch work fills the cluster (never more than all slots but one are kept, so
-//! a small cluster still serves the lower bands). By default one slot in 8 is kept (6 of
-//! 48 for three workers that batch 16), since a single kept slot serves one interactive
-//! request at a time, and batch work frees slots only as fast as its long requests end.
+//! a small cluster still serves the lower bands). By default one slot in 4 is kept (12 of
+//! 48 for three workers that batch 16): interactive requests hold their slots for their
+//! whole life, which beside batch work's prompt chunks is seconds, and batch work frees
+//! slots only as fast as its long requests end; one in 8 left interactive requests waiting
+//! for a slot in two of three rounds of the bands benchmark (BENCHMARKS.md). Slots are kept
+//! only while the top band is in use: a top-band request arrived within the last
+//! `reserve-window-s`, or one waits, so batch work alone has every slot.
 //!
 //! Ceilings: while the cluster is saturated (more dispatched and waiting than it has
 //! slots), a band below the top may fill at most half of the host's cap for it; past that
@@ -18,7 +22,7 @@
 //! too (the worker still keeps it below the higher bands).
 //!
 //! Settings: `aging-s` (default 30; 0 turns aging off), `reserved` (a count of slots;
-//! default: one in 8 of the cluster's slots, at least 1).
+//! default: one in 4 of the cluster's slots, at least 1), `reserve-window-s` (default 10).
 
 // wit-bindgen's generated glue passes flattened records as many arguments.
 #![allow(clippy::too_many_arguments)]
@@ -44,15 +48,26 @@ struct Waiting {
 /// Strict bands with aging and reserved slots.
 pub struct Bands {
     aging_ms: u64,
-    /// `None`: one in 8 of the slots.
+    /// `None`: one in 4 of the slots.
     reserved: Option<u32>,
+    /// How long after a top-band arrival slots are still kept for the top band.
+    reserve_window_ms: u64,
+    /// When the last top-band request arrived.
+    last_top_ms: Option<u64>,
     waiting: Vec<Waiting>,
     seq: u64,
 }
 
 impl Default for Bands {
     fn default() -> Self {
-        Self { aging_ms: 30_000, reserved: None, waiting: Vec::new(), seq: 0 }
+        Self {
+            aging_ms: 30_000,
+            reserved: None,
+            reserve_window_ms: 10_000,
+            last_top_ms: None,
+            waiting: Vec::new(),
+            seq: 0,
+        }
     }
 }
 
@@ -73,6 +88,13 @@ impl Bands {
                     b.reserved = Some(
                         v.parse().map_err(|_| format!("`reserved` must be a count, not `{v}`"))?,
                     )
+                }
+                "reserve-window-s" => {
+                    let s: f64 =
+                        v.parse().ok().filter(|s: &f64| *s >= 0.0 && s.is_finite()).ok_or_else(
+                            || format!("`reserve-window-s` must be 0 or more seconds, not `{v}`"),
+                        )?;
+                    b.reserve_window_ms = (s * 1000.0) as u64;
                 }
                 k if k.starts_with("locus.") => {}
                 k => return Err(format!("unknown setting `{k}`")),
@@ -102,6 +124,9 @@ impl Bands {
                  saturated"
             ));
         }
+        if band == TOP {
+            self.last_top_ms = Some(self.last_top_ms.map_or(a.arrived_ms, |t| t.max(a.arrived_ms)));
+        }
         self.seq += 1;
         self.waiting.push(Waiting { id: a.id, band, arrived_ms: a.arrived_ms, seq: self.seq });
         Ok(())
@@ -110,8 +135,12 @@ impl Bands {
     /// The oldest request of the highest effective band that may take a free slot, and
     /// whether it has aged above its band (then its worker serves it ahead of the band).
     pub fn pick(&mut self, s: &Saturation) -> Option<(u64, bool)> {
-        let reserved = self.reserved.unwrap_or((s.total_slots / 8).max(1));
-        let reserved = reserved.min(s.total_slots.saturating_sub(1));
+        let top_in_use = self.waiting.iter().any(|w| w.band == TOP)
+            || self
+                .last_top_ms
+                .is_some_and(|t| s.now_ms.saturating_sub(t) <= self.reserve_window_ms);
+        let reserved = self.reserved.unwrap_or((s.total_slots / 4).max(1));
+        let reserved = if top_in_use { reserved.min(s.total_slots.saturating_sub(1)) } else { 0 };
         let lower_may = s.free_slots > reserved;
         let (i, _) = self
             .waiting
@@ -220,23 +249,44 @@ mod tests {
     }
 
     #[test]
-    fn the_last_free_slot_is_kept_for_the_top_band() {
+    fn the_last_free_slots_are_kept_for_the_top_band_while_it_is_in_use() {
         let mut b = Bands::default();
+        // No top-band request seen yet: nothing is kept.
         b.arrive(&arrival(1, 1, 0), &sat(0, 1, 8)).unwrap();
-        assert_eq!(b.pick(&sat(0, 1, 8)), None, "one slot free: kept for band 3");
-        assert_eq!(b.pick(&sat(0, 2, 8)), Some((1, false)));
-        b.arrive(&arrival(2, 3, 0), &sat(0, 1, 8)).unwrap();
-        assert_eq!(b.pick(&sat(0, 1, 8)), Some((2, false)));
+        assert_eq!(b.pick(&sat(0, 1, 8)), Some((1, false)), "batch work alone has every slot");
+        // A top-band request arrives (and is served): for the window, 2 of 8 are kept.
+        b.arrive(&arrival(2, 3, 1_000), &sat(1_000, 8, 8)).unwrap();
+        assert_eq!(b.pick(&sat(1_000, 8, 8)), Some((2, false)));
+        b.arrive(&arrival(3, 1, 1_000), &sat(1_000, 2, 8)).unwrap();
+        assert_eq!(b.pick(&sat(2_000, 2, 8)), None, "two slots free: kept for band 3");
+        assert_eq!(b.pick(&sat(2_000, 3, 8)), Some((3, false)));
+        b.arrive(&arrival(4, 1, 2_000), &sat(2_000, 2, 8)).unwrap();
+        b.arrive(&arrival(5, 3, 2_000), &sat(2_000, 1, 8)).unwrap();
+        assert_eq!(b.pick(&sat(2_000, 1, 8)), Some((5, false)));
+        // The window (10 s) after the last top-band arrival ends: nothing kept.
+        assert_eq!(b.pick(&sat(12_000, 2, 8)), None);
+        assert_eq!(b.pick(&sat(12_001, 1, 8)), Some((4, false)));
+        // A top-band request waiting keeps the slots whenever it arrived.
+        b.arrive(&arrival(6, 3, 12_001), &sat(12_001, 0, 8)).unwrap();
+        b.arrive(&arrival(7, 0, 12_001), &sat(12_001, 0, 8)).unwrap();
+        assert_eq!(b.pick(&sat(100_000, 1, 8)), Some((6, false)));
         // A cluster of one slot does not keep it.
-        b.arrive(&arrival(3, 0, 0), &sat(0, 1, 1)).unwrap();
-        assert_eq!(b.pick(&sat(0, 1, 1)), Some((3, false)));
-        // One in 8 by default: 3 of 24 kept; a setting names the count.
-        b.arrive(&arrival(4, 0, 0), &sat(0, 3, 24)).unwrap();
-        assert_eq!(b.pick(&sat(0, 3, 24)), None);
-        assert_eq!(b.pick(&sat(0, 4, 24)), Some((4, false)));
-        let mut b = Bands::configure(&[("reserved".into(), "1".into())]).unwrap();
-        b.arrive(&arrival(5, 0, 0), &sat(0, 2, 24)).unwrap();
-        assert_eq!(b.pick(&sat(0, 2, 24)), Some((5, false)));
+        b.arrive(&arrival(8, 3, 100_000), &sat(100_000, 1, 1)).unwrap();
+        assert_eq!(b.pick(&sat(100_000, 1, 1)), Some((8, false)));
+        // (7 has waited 88 s: aged two bands up, it goes ahead of its band.)
+        assert_eq!(b.pick(&sat(100_000, 1, 1)), Some((7, true)));
+        // One in 4 by default: 6 of 24 kept; settings name the count and the window.
+        b.arrive(&arrival(9, 0, 100_000), &sat(100_000, 6, 24)).unwrap();
+        assert_eq!(b.pick(&sat(100_000, 6, 24)), None);
+        assert_eq!(b.pick(&sat(100_000, 7, 24)), Some((9, false)));
+        let settings = [("reserved".into(), "1".into()), ("reserve-window-s".into(), "0".into())];
+        let mut b = Bands::configure(&settings).unwrap();
+        b.arrive(&arrival(10, 3, 0), &sat(0, 8, 24)).unwrap();
+        assert_eq!(b.pick(&sat(0, 8, 24)), Some((10, false)));
+        b.arrive(&arrival(11, 0, 0), &sat(0, 2, 24)).unwrap();
+        assert_eq!(b.pick(&sat(0, 1, 24)), None, "window 0: kept at the arrival's instant");
+        assert_eq!(b.pick(&sat(1, 1, 24)), Some((11, false)));
+        assert!(Bands::configure(&[("reserve-window-s".into(), "-1".into())]).is_err());
     }
 
     #[test]
