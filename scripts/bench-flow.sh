@@ -209,6 +209,8 @@ run_pass() {
   for t in "$@"; do targs+=(--tenant "$t"); done
   idle_and_flush
   start_router "$config" "${file%.json}.router.log" "${rflags[@]}"
+  # The workers' counters before the pass: their metrics run across passes.
+  for u in "${urls[@]}"; do curl_ "$u/metrics"; done >"${file%.json}.metrics-before" || true
   echo "-- $(date +%T) $file ($config, seed $seed)"
   "$PY" scripts/flow-load.py --url "$URL" --duration "$duration" --drain "$drain" \
     --window "$WINDOW" --seed "$seed" --label "$(basename "$file" .json)" --out "$file" \

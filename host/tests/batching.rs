@@ -101,6 +101,45 @@ async fn with_one_place_a_dropped_stream_lets_the_next_request_in_at_once() {
     w.stop().await.unwrap();
 }
 
+/// The value of a `/metrics` sample, as exposed (`name{labels} value`).
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_wait_and_first_token_are_timed_per_priority() {
+    let (w, _engine) = worker_with(Limits { max_batch: 1, ..Limits::default() }).await;
+    let http = client();
+    let url = format!("http://{}/v1/completions", w.addr);
+    let body = json!({"prompt": "A long story:", "max_tokens": 64, "ignore_eos": true,
+                      "stream": true});
+    let mut a = http.post(&url).json(&body).send().await.unwrap();
+    a.chunk().await.unwrap().expect("a first event");
+    // The only place is taken: a rank-3 request waits for it until the stream ends.
+    let sent = Instant::now();
+    let b = http
+        .post(&url)
+        .header("x-locus-priority", "3")
+        .json(&json!({"prompt": "Next:", "max_tokens": 1}));
+    let b = tokio::spawn(b.send());
+    while a.chunk().await.unwrap().is_some() {}
+    let a_left = sent.elapsed().as_secs_f64();
+    assert_eq!(b.await.unwrap().unwrap().status(), 200);
+    let m = http.get(format!("http://{}/metrics", w.addr)).send().await.unwrap();
+    let m = m.text().await.unwrap();
+    let count = |name: &str, p: &str| sample(&m, &format!("{name}_count{{priority=\"{p}\"}}"));
+    for name in ["locus_worker_queue_seconds", "locus_worker_time_to_first_token_seconds"] {
+        assert_eq!(count(name, "0"), Some(1.0), "{name}: {m}");
+        assert_eq!(count(name, "3"), Some(1.0), "{name}: {m}");
+    }
+    // Its wait covers the rest of the stream's life (less the two requests' way in and out).
+    let waited = sample(&m, "locus_worker_queue_seconds_sum{priority=\"3\"}").unwrap();
+    assert!(waited >= 0.9 * a_left - 0.05, "waited {waited} s; the stream left after {a_left} s");
+    let first = sample(&m, "locus_worker_time_to_first_token_seconds_sum{priority=\"3\"}");
+    assert!(first.unwrap() >= waited, "{m}");
+    w.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_token_ids_end_the_answer_with_sglangs_finish_reason() {
     let (w, engine) = worker_with(Limits::default()).await;

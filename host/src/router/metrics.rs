@@ -31,6 +31,8 @@ pub(super) struct Metrics {
     pub admission_faults: IntGauge,
     pub kv_events: IntCounterVec,
     pub kv_event_lag: Histogram,
+    /// How late this process's runtime wakes a due task.
+    pub runtime_lag: Histogram,
     /// Time to a routing decision: tokenizing, block hashes and the policy's call.
     pub route: Histogram,
     pub kv_blocks: IntGauge,
@@ -181,6 +183,7 @@ impl Metrics {
             &["side"],
         )
         .unwrap();
+        let runtime_lag = crate::serve::lag_histogram("locus_router_runtime_lag_seconds");
         let flow = FlowCounters::new();
         let mut collectors = flow.collectors();
         collectors.extend(vec![
@@ -197,6 +200,7 @@ impl Metrics {
             Box::new(admission_faults.clone()),
             Box::new(kv_events.clone()),
             Box::new(kv_event_lag.clone()),
+            Box::new(runtime_lag.clone()),
             Box::new(route.clone()),
             Box::new(kv_blocks.clone()),
             Box::new(outcomes.clone()),
@@ -222,6 +226,7 @@ impl Metrics {
             admission_faults,
             kv_events,
             kv_event_lag,
+            runtime_lag,
             route,
             kv_blocks,
             outcomes,

@@ -24,7 +24,8 @@ pub(super) struct Metrics {
     pub waiting: IntGauge,
     pub kv_bytes: IntGaugeVec,
     pub generated: IntCounter,
-    pub ttft: Histogram,
+    pub ttft: HistogramVec,
+    pub queue: HistogramVec,
     pub tpot: Histogram,
     pub kv_events: IntCounterVec,
     pub kv_event_subscribers: IntGauge,
@@ -34,6 +35,8 @@ pub(super) struct Metrics {
     pub kv_transfer_bytes: IntCounterVec,
     pub kv_pulls: IntCounterVec,
     pub kv_pull_seconds: Histogram,
+    /// How late this process's runtime wakes a due task.
+    pub runtime_lag: Histogram,
 }
 
 impl Metrics {
@@ -94,12 +97,24 @@ impl Metrics {
         .unwrap();
         let generated =
             IntCounter::new("locus_worker_generation_tokens_total", "Tokens generated").unwrap();
-        let ttft = Histogram::with_opts(
+        // By the rank a router sent (a u8: at most 256 label sets), so that a band's tail
+        // can be told apart from the batch work beside it.
+        let ttft = HistogramVec::new(
             HistogramOpts::new(
                 "locus_worker_time_to_first_token_seconds",
-                "From a request's arrival to its first generated token",
+                "From a request's arrival to its first generated token, by priority",
             )
             .buckets(prometheus::exponential_buckets(0.005, 2.0, 14).unwrap()),
+            &["priority"],
+        )
+        .unwrap();
+        let queue = HistogramVec::new(
+            HistogramOpts::new(
+                "locus_worker_queue_seconds",
+                "From a request's arrival at the scheduler to its place in the batch, by priority",
+            )
+            .buckets(prometheus::exponential_buckets(0.001, 2.0, 16).unwrap()),
+            &["priority"],
         )
         .unwrap();
         let tpot = Histogram::with_opts(
@@ -163,6 +178,7 @@ impl Metrics {
                 .buckets(prometheus::exponential_buckets(0.001, 2.0, 13).unwrap()),
         )
         .unwrap();
+        let runtime_lag = crate::serve::lag_histogram("locus_worker_runtime_lag_seconds");
         let registry = crate::http::registry(vec![
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
@@ -177,6 +193,7 @@ impl Metrics {
             Box::new(kv_bytes.clone()),
             Box::new(generated.clone()),
             Box::new(ttft.clone()),
+            Box::new(queue.clone()),
             Box::new(tpot.clone()),
             Box::new(kv_events.clone()),
             Box::new(kv_event_subscribers.clone()),
@@ -186,6 +203,7 @@ impl Metrics {
             Box::new(kv_transfer_bytes.clone()),
             Box::new(kv_pulls.clone()),
             Box::new(kv_pull_seconds.clone()),
+            Box::new(runtime_lag.clone()),
         ]);
         Self {
             registry,
@@ -202,6 +220,7 @@ impl Metrics {
             kv_bytes,
             generated,
             ttft,
+            queue,
             tpot,
             kv_events,
             kv_event_subscribers,
@@ -211,6 +230,7 @@ impl Metrics {
             kv_transfer_bytes,
             kv_pulls,
             kv_pull_seconds,
+            runtime_lag,
         }
     }
 
