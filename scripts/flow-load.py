@@ -257,7 +257,9 @@ class Load:
                 att = {"t": round(at, 4), "status": None}
                 req.attempts.append(att)
                 try:
-                    async with session.post(self.url, json=body, headers=hdrs) as r:
+                    async with session.post(self.url, json=body, headers=hdrs,
+                                            trace_request_ctx=att) as r:
+                        att["headers_in"] = round(self.now(), 4)
                         att["status"] = r.status
                         if r.status != 200:
                             raw = await r.read()
@@ -392,11 +394,24 @@ class Load:
         # keepalive below the router's idle timeout (10 s), so a pooled connection is not
         # closed under a request being sent on it.
         conn = aiohttp.TCPConnector(limit=0, keepalive_timeout=5)
+        # Each attempt's own times: connection made, request sent, answer's head read.
+        trace = aiohttp.TraceConfig()
+
+        def stamp(key):
+            async def on(_session, ctx, _params):
+                if isinstance(ctx.trace_request_ctx, dict):
+                    ctx.trace_request_ctx[key] = round(self.now(), 4)
+            return on
+        trace.on_connection_create_end.append(stamp("connected"))
+        trace.on_connection_reuseconn.append(stamp("reused"))
+        trace.on_request_headers_sent.append(stamp("head_sent"))
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
-        async with aiohttp.ClientSession(connector=conn, timeout=timeout) as session:
+        async with aiohttp.ClientSession(connector=conn, timeout=timeout,
+                                         trace_configs=[trace]) as session:
             model = await self.model(session)
             self.model_name = model
             self.t0 = time.monotonic()
+            self.t0_unix = time.time()
             await asyncio.gather(*(self.tenant(session, t, model) for t in a.tenant))
             left = a.duration + a.drain - self.now()
             if self.tasks and left > 0:
@@ -431,7 +446,7 @@ def report(a, load):
     tenants = {t["name"]: t for t in a.tenant}
     reqs = load.reqs
     D = a.duration
-    out = {"label": a.label, "url": a.url, "model": load.model_name,
+    out = {"label": a.label, "t0_unix": getattr(load, "t0_unix", None), "url": a.url, "model": load.model_name,
            "config": {"duration": D, "drain": a.drain, "window": a.window, "seed": a.seed,
                       "max_attempts": a.max_attempts, "ignore_eos": a.ignore_eos,
                       "tenant_header": a.tenant_header, "priority_header": a.priority_header,
@@ -535,6 +550,8 @@ def report(a, load):
         "ttft": None if r.first is None else round(r.first - r.sent, 4),
         "end": None if r.end is None else round(r.end, 4), "outcome": r.outcome,
         "statuses": [at["status"] for at in r.attempts],
+        "attempts": [{k: v for k, v in at.items() if k in
+                      ("t", "connected", "reused", "head_sent", "headers_in")} for at in r.attempts],
         "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
         "chunks": len(r.chunks)} for r in reqs]
     return out

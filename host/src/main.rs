@@ -14,6 +14,8 @@ use cli::{Cli, Command, PolicyCommand};
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // First, while this is the only thread: growing the table later waits on the kernel.
+    let _ = locus::serve::presize_fd_table();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

@@ -30,3 +30,28 @@ pub fn spawn_lag_probe(into: Histogram, alive: impl Fn() -> bool + Send + 'stati
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_blocked_runtime_shows_as_lag() {
+        let h = lag_histogram("test_lag_seconds");
+        let alive = Arc::new(AtomicBool::new(true));
+        let flag = alive.clone();
+        spawn_lag_probe(h.clone(), move || flag.load(Ordering::Relaxed));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // A blocking call on the runtime's only thread: the probe's timer fires late.
+        std::thread::sleep(Duration::from_millis(300));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        alive.store(false, Ordering::Relaxed);
+        let (n, sum) = (h.get_sample_count(), h.get_sample_sum());
+        assert!(n >= 2, "{n} samples");
+        // Everything but the blocked wait is a few milliseconds late at most.
+        assert!(sum >= 0.25, "lag {sum} s over {n} samples");
+    }
+}

@@ -8,10 +8,12 @@
 
 //! Files: `limits` (the limits and their flags), `listen` (the accept loop, its connection
 //! cap, shutdown signals), `write_deadline` (dropping a client that stops reading),
-//! `bodies` (buffering bodies under the limits), `lag` (how late the runtime wakes a task). This folder may import
+//! `bodies` (buffering bodies under the limits), `lag` (how late the runtime wakes a task),
+//! `fds` (the descriptor table, grown before threads start). This folder may import
 //! `crate::http` (the error shape) and nothing of the servers that use it.
 
 mod bodies;
+mod fds;
 mod lag;
 mod limits;
 mod listen;
@@ -20,6 +22,7 @@ mod tests;
 mod write_deadline;
 
 pub use bodies::limit_bodies;
+pub use fds::{FD_TABLE_MAX, presize_fd_table};
 pub use lag::{lag_histogram, spawn_lag_probe};
 pub use limits::ServeLimits;
 pub use listen::{serve, shutdown_signal};
