@@ -71,31 +71,29 @@ impl Default for Bands {
     }
 }
 
+/// Setting `key`'s value `v`, seconds (0 or more), in milliseconds.
+fn millis(key: &str, v: &str) -> Result<u64, String> {
+    let s: f64 = v
+        .parse()
+        .ok()
+        .filter(|s: &f64| *s >= 0.0 && s.is_finite())
+        .ok_or_else(|| format!("`{key}` must be 0 or more seconds, not `{v}`"))?;
+    Ok((s * 1000.0) as u64)
+}
+
 impl Bands {
     /// Parses `key=value` settings; `locus.*` keys are the host's.
     pub fn configure(settings: &[(String, String)]) -> Result<Self, String> {
         let mut b = Self::default();
         for (k, v) in settings {
             match k.as_str() {
-                "aging-s" => {
-                    let s: f64 =
-                        v.parse().ok().filter(|s: &f64| *s >= 0.0 && s.is_finite()).ok_or_else(
-                            || format!("`aging-s` must be 0 or more seconds, not `{v}`"),
-                        )?;
-                    b.aging_ms = (s * 1000.0) as u64;
-                }
+                "aging-s" => b.aging_ms = millis(k, v)?,
                 "reserved" => {
                     b.reserved = Some(
                         v.parse().map_err(|_| format!("`reserved` must be a count, not `{v}`"))?,
                     )
                 }
-                "reserve-window-s" => {
-                    let s: f64 =
-                        v.parse().ok().filter(|s: &f64| *s >= 0.0 && s.is_finite()).ok_or_else(
-                            || format!("`reserve-window-s` must be 0 or more seconds, not `{v}`"),
-                        )?;
-                    b.reserve_window_ms = (s * 1000.0) as u64;
-                }
+                "reserve-window-s" => b.reserve_window_ms = millis(k, v)?,
                 k if k.starts_with("locus.") => {}
                 k => return Err(format!("unknown setting `{k}`")),
             }

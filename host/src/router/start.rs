@@ -34,8 +34,7 @@ pub async fn spawn(
         let weak = Arc::downgrade(&gw);
         gw.queue.spawn_dispatcher(move || weak.upgrade().map(|g| g.slots()).unwrap_or_default());
     }
-    let weak = Arc::downgrade(&gw);
-    crate::serve::spawn_lag_probe(gw.metrics.runtime_lag.clone(), move || weak.strong_count() > 0);
+    crate::serve::spawn_lag_probe(gw.metrics.runtime_lag.clone(), Arc::downgrade(&gw));
     let interval = gw.options.health_interval.max(Duration::from_millis(10));
     tokio::spawn(gw.registry.clone().health_loop(gw.client.clone(), interval));
     let load_interval = gw.options.load_interval.max(Duration::from_millis(10));

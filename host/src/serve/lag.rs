@@ -3,6 +3,7 @@
 //! stream event and signal it carries, and it shows here as it happens, which end-to-end
 //! timings alone cannot tell apart from queueing.
 
+use std::sync::Weak;
 use std::time::{Duration, Instant};
 
 use prometheus::{Histogram, HistogramOpts};
@@ -20,10 +21,11 @@ pub fn lag_histogram(name: &str) -> Histogram {
     .expect("a valid histogram")
 }
 
-/// Measures the current runtime's lag into `into` while `alive` says so.
-pub fn spawn_lag_probe(into: Histogram, alive: impl Fn() -> bool + Send + 'static) {
+/// Measures the current runtime's lag into `into` for as long as `owner` (the server the
+/// histogram belongs to) lives.
+pub fn spawn_lag_probe<T: Send + Sync + 'static>(into: Histogram, owner: Weak<T>) {
     tokio::spawn(async move {
-        while alive() {
+        while owner.strong_count() > 0 {
             let asked = Instant::now();
             tokio::time::sleep(PERIOD).await;
             into.observe(asked.elapsed().saturating_sub(PERIOD).as_secs_f64());
@@ -34,21 +36,19 @@ pub fn spawn_lag_probe(into: Histogram, alive: impl Fn() -> bool + Send + 'stati
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
 
     use super::*;
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_blocked_runtime_shows_as_lag() {
         let h = lag_histogram("test_lag_seconds");
-        let alive = Arc::new(AtomicBool::new(true));
-        let flag = alive.clone();
-        spawn_lag_probe(h.clone(), move || flag.load(Ordering::Relaxed));
+        let owner = Arc::new(());
+        spawn_lag_probe(h.clone(), Arc::downgrade(&owner));
         tokio::time::sleep(Duration::from_millis(50)).await;
         // A blocking call on the runtime's only thread: the probe's timer fires late.
         std::thread::sleep(Duration::from_millis(300));
         tokio::time::sleep(Duration::from_millis(50)).await;
-        alive.store(false, Ordering::Relaxed);
+        drop(owner);
         let (n, sum) = (h.get_sample_count(), h.get_sample_sum());
         assert!(n >= 2, "{n} samples");
         // Everything but the blocked wait is a few milliseconds late at most.

@@ -84,10 +84,7 @@ pub async fn spawn(
     let local = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let closing = worker.clone();
-    let weak = Arc::downgrade(&worker);
-    crate::serve::spawn_lag_probe(worker.metrics.runtime_lag.clone(), move || {
-        weak.strong_count() > 0
-    });
+    crate::serve::spawn_lag_probe(worker.metrics.runtime_lag.clone(), Arc::downgrade(&worker));
     let task = tokio::spawn(serve(listener, worker.router(), limits, async move {
         let _ = stopped.await;
         closing.close_streams();

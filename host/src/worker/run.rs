@@ -281,18 +281,16 @@ impl Worker {
         prefix_tokens.with_label_values(&["transferred"]).inc_by(transferred.unwrap_or(0) as u64);
         prefix_tokens.with_label_values(&["computed"]).inc_by(computed as u64);
         let text = matcher.text().to_string();
-        let priority = job.priority.to_string();
         if finish != Finish::Cancelled {
+            let priority = job.priority.to_string();
             self.metrics.queue.with_label_values(&[&priority]).observe(g.queue_ms / 1e3);
-        }
-        if finish != Finish::Cancelled
-            && let Some(first) = first_token
-        {
-            let ttft = first.duration_since(started).as_secs_f64();
-            self.metrics.ttft.with_label_values(&[&priority]).observe(ttft);
-            if g.completion_tokens > 1 {
-                let per_token = ended.duration_since(first).as_secs_f64();
-                self.metrics.tpot.observe(per_token / (g.completion_tokens - 1) as f64);
+            if let Some(first) = first_token {
+                let ttft = first.duration_since(started).as_secs_f64();
+                self.metrics.ttft.with_label_values(&[&priority]).observe(ttft);
+                if g.completion_tokens > 1 {
+                    let per_token = ended.duration_since(first).as_secs_f64();
+                    self.metrics.tpot.observe(per_token / (g.completion_tokens - 1) as f64);
+                }
             }
         }
         if finish == Finish::Cancelled {
