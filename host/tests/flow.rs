@@ -288,6 +288,16 @@ async fn a_trapping_admission_component_falls_back_to_fifo_without_failing_a_req
     assert_eq!(a.info().name, "native");
 }
 
+/// One worker that batches one request at a time behind a router with 3 slots; both
+/// have `cluster_token` when given.
+async fn one_at_a_time(flow: FlowOptions, cluster_token: Option<&str>) -> Arc<Cluster> {
+    let mut o = options(FlowOptions { dispatch_limit: Some(3), ..flow });
+    o.engine.limits.max_batch = 1;
+    o.worker.cluster_token = cluster_token.map(Into::into);
+    o.router.cluster_token = cluster_token.map(Into::into);
+    Arc::new(cluster::start(o).await.expect("cluster starts"))
+}
+
 /// On one worker that batches one request at a time, held by a blocker sent with
 /// `held_by`: sends `first`, then `second` (each as the value of `header`), each waiting in
 /// the worker before the next, releases the blocker and returns the order they were
@@ -296,19 +306,35 @@ async fn answer_order(
     flow: FlowOptions,
     held_by: &'static [(&'static str, &'static str)],
     header: &'static str,
-    [first, second]: [&'static str; 2],
+    order: [&'static str; 2],
 ) -> (Arc<Cluster>, Vec<&'static str>) {
-    let mut o = options(FlowOptions { dispatch_limit: Some(3), ..flow });
-    o.engine.limits.max_batch = 1;
-    let c = Arc::new(cluster::start(o).await.expect("cluster starts"));
+    let c = one_at_a_time(flow, None).await;
+    let url = format!("http://{}/generate", c.router_addr);
+    let order = order_of(&c, held_by, &url, &[], header, order).await;
+    (c, order)
+}
+
+/// [`answer_order`] on a running cluster, the two requests sent to `url` with `also`.
+async fn order_of(
+    c: &Arc<Cluster>,
+    held_by: &'static [(&'static str, &'static str)],
+    url: &str,
+    also: &'static [(&'static str, &'static str)],
+    header: &'static str,
+    [first, second]: [&'static str; 2],
+) -> Vec<&'static str> {
     let engine = c.engines[0].clone();
-    let block = blocker(&c, held_by);
+    let block = blocker(c, held_by);
     until("the blocker runs", || engine.scheduler_stats().running == 1).await;
     let done = Arc::new(Mutex::new(Vec::new()));
     let send = |value: &'static str| {
-        let (c, done) = (c.clone(), done.clone());
+        let (url, done) = (url.to_string(), done.clone());
         tokio::spawn(async move {
-            let r = post(&c, &[(header, value)], generate(2)).await;
+            let mut r = client().post(url).json(&generate(2)).header(header, value);
+            for (k, v) in also {
+                r = r.header(*k, *v);
+            }
+            let r = r.send().await.expect("it answers");
             assert_eq!(r.status(), 200);
             r.bytes().await.unwrap();
             done.lock().push(value);
@@ -322,7 +348,29 @@ async fn answer_order(
     a.await.unwrap();
     b.await.unwrap();
     let order = done.lock().clone();
-    (c, order)
+    order
+}
+
+/// With a cluster token, a worker takes a rank only from a request carrying it: the
+/// router's ranks still order the worker, a client that reaches the worker itself cannot
+/// jump its queue (the rank is ignored and counted, the request still answered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_cluster_sets_a_workers_rank() {
+    let c = one_at_a_time(FlowOptions::default(), Some("cluster-secret")).await;
+    let router = format!("http://{}/generate", c.router_addr);
+    let order = order_of(&c, &[], &router, &[], "x-priority", ["0", "3"]).await;
+    assert_eq!(order, ["3", "0"], "the router's rank was not honoured");
+
+    let worker = format!("http://{}/generate", c.worker_addrs[0]);
+    const NO_TOKEN: &[(&str, &str)] = &[];
+    const A_GUESS: &[(&str, &str)] = &[("x-locus-cluster-token", "a-guess")];
+    for also in [NO_TOKEN, A_GUESS] {
+        let order = order_of(&c, &[], &worker, also, "x-locus-priority", ["0", "7"]).await;
+        assert_eq!(order, ["0", "7"], "a client's rank was honoured ({also:?})");
+    }
+    let m = client().get(format!("http://{}/metrics", c.worker_addrs[0])).send().await.unwrap();
+    let m = m.text().await.unwrap();
+    assert!(m.contains("locus_worker_priority_ignored_total 2\n"), "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

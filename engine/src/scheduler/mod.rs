@@ -18,8 +18,9 @@
 //! at no throughput cost beyond the noise):
 //! without it, the worker's own order would undo the router's, since a request dispatched
 //! ahead of a batch job would still wait behind that job's prompt chunks here. Bands also
-//! shape the step: when the prompt to run has a priority above every decoding sequence's,
-//! (4) runs before (3), so its first token does not wait for a lower band's tokens, and so
+//! shape the step: when no decoding sequence outranks the prompt to run and one is below
+//! it, (4) runs before (3), so its first token does not wait for a lower band's tokens
+//! (its own band's decoders wait one chunk of it: short, as interactive prompts are), and so
 //! do the other prompts of that priority, a chunk each, up to `prefill_chunk` tokens in all
 //! (two interactive prompts arriving together both get their first token this step); while a
 //! request of a higher priority than the prompt's is at the worker (waiting, prefilling or
@@ -333,9 +334,11 @@ impl Scheduler {
         self.band_seen[usize::from(p) + 1..].iter().flatten().any(|&t| noted - t <= window)
     }
 
-    /// The highest priority among the sequences decoding, if any is.
-    fn decoding_priority(&self) -> Option<u8> {
-        self.running.iter().filter(|s| s.next.is_some()).map(|s| s.sub.priority).max()
+    /// The lowest and highest priorities among the sequences decoding, if any is.
+    fn decoding_priorities(&self) -> Option<(u8, u8)> {
+        let decoding = self.running.iter().filter(|s| s.next.is_some()).map(|s| s.sub.priority);
+        decoding
+            .fold(None, |r, p| Some(r.map_or((p, p), |(lo, hi): (u8, u8)| (lo.min(p), hi.max(p)))))
     }
 
     /// The prompt whose chunk runs next: of the highest priority prefilling, the one with
@@ -354,17 +357,14 @@ impl Scheduler {
         prefilling.min_by_key(|(_, s)| turn(s)).map(|(i, _)| i)
     }
 
-    /// The priority of this step's prompt chunk when it runs before the decode pass: when it
-    /// is above every decoding sequence's, so a higher band's first token does not wait for
-    /// a lower band's tokens.
+    /// The priority of this step's prompt chunk when it runs before the decode pass: when no
+    /// decoding sequence outranks it and one is below it, so a higher band's first token
+    /// does not wait for a lower band's tokens (its own band's decoders wait one short
+    /// chunk; without a lower band decoding, the decode pass goes first as for any prompt).
     fn first_prefill_priority(&self) -> Option<u8> {
-        match (self.next_prefill(), self.decoding_priority()) {
-            (Some(i), Some(decoding)) => {
-                let p = self.running[i].sub.priority;
-                (p > decoding).then_some(p)
-            }
-            _ => None,
-        }
+        let p = self.running[self.next_prefill()?].sub.priority;
+        let (lo, hi) = self.decoding_priorities()?;
+        (p >= hi && p > lo).then_some(p)
     }
 
     /// The chunks that go before the decode pass: the prompts of priority `p` (or above),

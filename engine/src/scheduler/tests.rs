@@ -78,4 +78,14 @@ fn prompts_above_every_decoding_one_all_run_before_the_decode_pass_within_the_ch
     assert_eq!((started(&a), started(&b)), (true, false), "one prompt per step");
     s.step();
     assert!(started(&b));
+
+    // A band decoding beside a lower one: its new prompts still go before the decode pass.
+    let mut s = scheduler(Limits { max_batch: 4, prefill_chunk: 48, ..Limits::default() });
+    let (low, high) = (submit(&mut s, 500, 20, 0, 100), submit(&mut s, 700, 20, 6, 100));
+    s.step();
+    s.step();
+    assert!(started(&low) && started(&high));
+    let (a, b) = (submit(&mut s, 1000, 20, 6, 1), submit(&mut s, 2000, 20, 6, 1));
+    s.step();
+    assert!(started(&a) && started(&b), "both prompts ran in the step they were admitted");
 }

@@ -81,10 +81,12 @@ pub struct AdminTokenArg {
 pub struct ClusterTokenArg {
     /// Token the workers and routers of a cluster present to each other in
     /// `x-locus-cluster-token`, for moving prefix KV between workers. A worker with one
-    /// serves its prefix KV (`POST /kv/export`) to holders of the token and pulls a prefix
-    /// from the source a request names when the request carries the token; a router with
-    /// one lets a routing policy name such a source (contract 0.4.0). Without it none of
-    /// this happens. It travels in plain HTTP: keep the cluster's network private.
+    /// serves its prefix KV (`POST /kv/export`) to holders of the token, pulls a prefix
+    /// from the source a request names and takes the rank a router gave a request
+    /// (`x-locus-priority`) only when the request carries the token; a router with one
+    /// sends it with every request and lets a routing policy name such a source (contract
+    /// 0.4.0). Without it a worker moves no KV and takes ranks from anyone. It travels in
+    /// plain HTTP: keep the cluster's network private.
     #[arg(
         long = "cluster-token",
         env = "LOCUS_CLUSTER_TOKEN",

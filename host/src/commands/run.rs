@@ -41,8 +41,15 @@ pub async fn cluster(a: RunArgs) -> anyhow::Result<()> {
         "  curl -s http://{r}/v1/chat/completions -H 'content-type: application/json' \\\n    -d '{{\"messages\": [{{\"role\": \"user\", \"content\": \"Hi!\"}}], \"max_tokens\": 16}}'"
     );
     println!("  {use_token}locus swap --router http://{} --policy random", c.admin_addr);
-    let signal = locus::serve::shutdown_signal().await?;
-    println!("stopping ({signal})");
+    let signal = locus::serve::shutdown_signal().await;
+    // First, before anything can fail or abort: the made-up token must not outlive us.
+    drop(token_file);
+    // Whoever read the banner may be gone (a closed pipe): that is no reason to panic.
+    use std::io::Write;
+    if let Ok(s) = &signal {
+        let _ = writeln!(std::io::stdout(), "stopping ({s})");
+    }
+    signal?;
     Ok(())
 }
 

@@ -132,8 +132,9 @@ pub struct RouterOptions {
     )]
     pub worker_token: std::option::Option<String>,
     /// The cluster token the workers share (`x-locus-cluster-token`): with it, a policy may
-    /// name a worker to pull a prompt's prefix KV from (contract 0.4.0), and the router
-    /// passes the source on with this token; without it, policies see no KV groups.
+    /// name a worker to pull a prompt's prefix KV from (contract 0.4.0); the router sends
+    /// it with every request, so that a worker with it takes the request's rank and
+    /// source; without it, policies see no KV groups.
     #[arg(skip)]
     pub cluster_token: std::option::Option<String>,
     /// Send the cluster and worker tokens over plain HTTP to workers that are not on

@@ -11,11 +11,12 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 
 use super::answer::Answer;
+use super::auth;
 use super::kv_transfer;
 use super::state::Worker;
 use super::stream;
 use crate::api::KV_SOURCE_USED;
-use crate::api::{ApiError, Endpoint, Job, read_job, read_priority};
+use crate::api::{ApiError, Endpoint, Job, read_job};
 use crate::http::{RequestId, tagged};
 
 /// `POST /generate` (SGLang).
@@ -76,7 +77,7 @@ async fn respond(
     headers: &HeaderMap,
     body: Bytes,
 ) -> Response {
-    let job = read_priority(headers)
+    let job = auth::priority(&w, headers)
         .and_then(|priority| Ok(Job { priority, ..read_job(endpoint, &body)? }));
     let admitted = match job {
         Ok(job) => w.admit(job).await,

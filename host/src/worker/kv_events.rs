@@ -8,17 +8,16 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::watch;
 
+use super::auth::events_auth;
 use super::state::Worker;
 use crate::api::signals::{KvEvent, KvEventKind};
-use crate::api::{ApiError, CLUSTER_TOKEN};
 use crate::clock::unix_micros;
-use crate::http::{Access, bearer, check_admin, constant_time_eq};
 
 /// Comment lines sent on an idle stream, so that proxies and the client see it alive.
 const KEEP_ALIVE: Duration = Duration::from_secs(5);
@@ -53,25 +52,6 @@ struct Feed {
     rx: broadcast::Receiver<Arc<KvEvent>>,
     pending: VecDeque<KvEvent>,
     closing: watch::Receiver<bool>,
-}
-
-fn events_auth(w: &Worker, headers: &HeaderMap) -> Result<(), ApiError> {
-    let (cluster, admin) = (w.options.cluster_token.as_deref(), w.options.admin_token.as_deref());
-    let Some(cluster) = cluster.filter(|t| !t.is_empty()) else {
-        return check_admin(headers, admin, Access::OpenWithoutToken);
-    };
-    let given =
-        [headers.get(CLUSTER_TOKEN).map(|v| v.as_bytes()), bearer(headers).map(str::as_bytes)];
-    if given.iter().flatten().any(|t| constant_time_eq(t, cluster.as_bytes())) {
-        return Ok(());
-    }
-    if admin.is_some() && check_admin(headers, admin, Access::TokenRequired).is_ok() {
-        return Ok(());
-    }
-    Err(ApiError::new(
-        StatusCode::UNAUTHORIZED,
-        format!("`/kv_events` needs the cluster token (in `{CLUSTER_TOKEN}`) or the admin token"),
-    ))
 }
 
 /// `GET /kv_events`: which prefixes this worker holds tells which prompts are hot, so it

@@ -26,6 +26,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
+use super::auth::cluster_auth;
 use super::state::Worker;
 use crate::api::{ApiError, CLUSTER_TOKEN, KV_SOURCE, parse_json};
 
@@ -84,24 +85,6 @@ impl Worker {
     /// Whether this worker serves `/kv/export` (it has a cluster token).
     pub(super) fn exports_kv(&self) -> bool {
         self.options.cluster_token.as_deref().is_some_and(|t| !t.is_empty())
-    }
-}
-
-/// Whether `headers` carry this worker's cluster token; `Err` says why not.
-fn cluster_auth(w: &Worker, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(expected) = w.options.cluster_token.as_deref().filter(|t| !t.is_empty()) else {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "KV transfer is off: start the worker with --cluster-token (or LOCUS_CLUSTER_TOKEN)",
-        ));
-    };
-    match headers.get(CLUSTER_TOKEN).map(|v| v.as_bytes()) {
-        Some(given) if crate::http::constant_time_eq(given, expected.as_bytes()) => Ok(()),
-        Some(_) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "wrong cluster token")),
-        None => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            format!("missing `{CLUSTER_TOKEN}` header"),
-        )),
     }
 }
 

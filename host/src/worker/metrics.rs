@@ -35,6 +35,8 @@ pub(super) struct Metrics {
     pub kv_transfer_bytes: IntCounterVec,
     pub kv_pulls: IntCounterVec,
     pub kv_pull_seconds: Histogram,
+    /// Requests whose rank header was ignored: it came without the cluster token.
+    pub priority_ignored: IntCounter,
     /// How late this process's runtime wakes a due task.
     pub runtime_lag: Histogram,
 }
@@ -178,6 +180,12 @@ impl Metrics {
                 .buckets(prometheus::exponential_buckets(0.001, 2.0, 13).unwrap()),
         )
         .unwrap();
+        let priority_ignored = IntCounter::new(
+            "locus_worker_priority_ignored_total",
+            "Requests whose x-locus-priority was ignored (scheduled at rank 0): it came without \
+             this worker's cluster token",
+        )
+        .unwrap();
         let runtime_lag = crate::serve::lag_histogram("locus_worker_runtime_lag_seconds");
         let registry = crate::http::registry(vec![
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
@@ -203,6 +211,7 @@ impl Metrics {
             Box::new(kv_transfer_bytes.clone()),
             Box::new(kv_pulls.clone()),
             Box::new(kv_pull_seconds.clone()),
+            Box::new(priority_ignored.clone()),
             Box::new(runtime_lag.clone()),
         ]);
         Self {
@@ -230,6 +239,7 @@ impl Metrics {
             kv_transfer_bytes,
             kv_pulls,
             kv_pull_seconds,
+            priority_ignored,
             runtime_lag,
         }
     }

@@ -15,7 +15,8 @@
 //! `load` (`GET /load`, with the token rate measured in `throughput`) and `kv_events`
 //! (`GET /kv_events`, fed by the engine's listener in `kv_listener`) tell a router how busy
 //! the worker is and which prefix blocks it holds; `kv_transfer` moves prefix KV between
-//! workers (`POST /kv/export`, and pulls from a source a router names).
+//! workers (`POST /kv/export`, and pulls from a source a router names); `auth` says which
+//! requests are the cluster's own (the cluster token).
 //!
 //! Imports point one way: the endpoint files use `state`, `state` uses the parts it is
 //! made of (`caches`, `metrics`, `kv_listener`, `throughput`), and this file only
@@ -23,6 +24,7 @@
 
 mod admin;
 mod answer;
+mod auth;
 mod caches;
 mod handle;
 mod handlers;

@@ -242,11 +242,19 @@ impl Gateway {
                 .header(header::CONTENT_TYPE, "application/json")
                 .header(REQUEST_ID, request_id)
                 .header(PRIORITY, rank(who.priority, ahead).to_string());
-            if let (Some((source, _)), Some(token)) = (&source, &self.options.cluster_token) {
+            // The token marks the rank (and a source) as the cluster's: a worker with a
+            // cluster token ignores both from anyone else.
+            if let Some(token) = &self.options.cluster_token {
                 if crate::http::may_carry_token(&backend.url, self.options.cluster_over_http) {
-                    post = post.header(KV_SOURCE, source).header(CLUSTER_TOKEN, token);
+                    post = post.header(CLUSTER_TOKEN, token);
+                    if let Some((source, _)) = &source {
+                        post = post.header(KV_SOURCE, source);
+                    }
                 } else {
-                    crate::http::warn_token_withheld("naming a KV source", &backend.url);
+                    crate::http::warn_token_withheld(
+                        "dispatching (ranks, KV sources)",
+                        &backend.url,
+                    );
                 }
             }
             let sent = post.body(body.clone()).send().await;
