@@ -503,6 +503,11 @@ async fn run_banner(token: Option<&str>) -> (Proc, String) {
     cmd.args(["run", "--port", "0", "--admin-addr", "127.0.0.1:0", "--workers", "1"])
         .arg("--no-policy-cache")
         .env("RAYON_NUM_THREADS", "1")
+        // A proxy for the user's web traffic, which answers nothing: cluster traffic
+        // must not go through it.
+        .env("HTTP_PROXY", "http://127.0.0.1:9")
+        .env("http_proxy", "http://127.0.0.1:9")
+        .env("ALL_PROXY", "http://127.0.0.1:9")
         .env_remove("LOCUS_ADMIN_TOKEN")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -533,6 +538,20 @@ async fn locus_run_keeps_the_admin_token_off_the_terminal() {
     let (mut p, banner) = run_banner(Some("given-secret-7f3a")).await;
     assert!(!banner.contains("given-secret-7f3a"), "{banner}");
     assert!(banner.contains("token as given"), "{banner}");
+    // It serves, with a proxy in its environment (the router reaches its workers itself).
+    let router = banner.split("router:  ").nth(1).unwrap().split_whitespace().next().unwrap();
+    let c = reqwest::Client::builder().no_proxy().build().unwrap();
+    let body = serde_json::json!({"text": "Hi", "sampling_params": {"max_new_tokens": 2}});
+    let mut status = 0;
+    for _ in 0..50 {
+        let r = c.post(format!("{router}/generate")).json(&body).send().await.unwrap();
+        status = r.status().as_u16();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 200, "locus run did not answer through its router");
     sigterm(&p);
     p.0.wait().await.unwrap();
 

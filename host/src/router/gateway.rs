@@ -93,14 +93,19 @@ impl Gateway {
         );
         // A limit per read, not per answer: a stream may run for minutes while its
         // events keep coming. Neither client follows redirects: requests to workers carry
-        // the worker and cluster tokens, which a redirect would resend elsewhere.
+        // the worker and cluster tokens, which a redirect would resend elsewhere. Nor do
+        // they go through the environment's HTTP proxy: workers are on the cluster's own
+        // network (a proxy set for the user's web traffic would take every worker down,
+        // and read the tokens).
         let client = reqwest::Client::builder()
+            .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .read_timeout(options.request_timeout)
             .connect_timeout(Duration::from_secs(2))
             .pool_max_idle_per_host(64)
             .build()?;
         let signals_client = reqwest::Client::builder()
+            .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .read_timeout(SILENT_STREAM)
             .connect_timeout(Duration::from_secs(2))
