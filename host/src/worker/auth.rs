@@ -16,6 +16,12 @@ fn cluster_token(w: &Worker) -> Option<&str> {
     w.options.cluster_token.as_deref().filter(|t| !t.is_empty())
 }
 
+/// Whether `headers` carry this worker's cluster token (false when it has none).
+pub(super) fn from_cluster(w: &Worker, headers: &HeaderMap) -> bool {
+    let given = headers.get(CLUSTER_TOKEN).map(|v| v.as_bytes());
+    given.zip(cluster_token(w)).is_some_and(|(g, t)| constant_time_eq(g, t.as_bytes()))
+}
+
 /// Whether `headers` carry this worker's cluster token; `Err` says why not.
 pub(super) fn cluster_auth(w: &Worker, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(expected) = cluster_token(w) else {
@@ -63,7 +69,7 @@ pub(super) fn priority(w: &Worker, headers: &HeaderMap) -> Result<u8, ApiError> 
     if !headers.contains_key(PRIORITY) {
         return Ok(0);
     }
-    if cluster_token(w).is_some() && cluster_auth(w, headers).is_err() {
+    if cluster_token(w).is_some() && !from_cluster(w, headers) {
         w.metrics.priority_ignored.inc();
         return Ok(0);
     }

@@ -26,7 +26,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
-use super::auth::cluster_auth;
+use super::auth::{cluster_auth, from_cluster};
 use super::state::Worker;
 use crate::api::{ApiError, CLUSTER_TOKEN, KV_SOURCE, parse_json};
 
@@ -92,7 +92,7 @@ impl Worker {
 /// client's own [`KV_SOURCE`] is ignored (and counted).
 pub(super) fn kv_source(w: &Worker, headers: &HeaderMap) -> Option<String> {
     let source = headers.get(KV_SOURCE)?;
-    if cluster_auth(w, headers).is_err() {
+    if !from_cluster(w, headers) {
         w.metrics.kv_pulls.with_label_values(&["ignored_unauthorized"]).inc();
         return None;
     }
