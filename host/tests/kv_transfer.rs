@@ -294,6 +294,18 @@ async fn probed_cluster(token: Option<&str>) -> cluster::Cluster {
 /// [`probed_cluster`] with each worker's dispatch limit at `limit` (the router's default
 /// when `None`: what the worker can batch).
 async fn probed_cluster_limited(token: Option<&str>, limit: Option<u32>) -> cluster::Cluster {
+    let probe = locus_policy::PolicySource::File(locus::guests::PROBE_PATH.into());
+    cluster_with(token, limit, probe, &[]).await
+}
+
+/// Two workers behind a router with `policy` and its `settings`, all three with `token` as
+/// the cluster token, each worker's dispatch limit at `limit`.
+async fn cluster_with(
+    token: Option<&str>,
+    limit: Option<u32>,
+    policy: locus_policy::PolicySource,
+    settings: &[(&str, &str)],
+) -> cluster::Cluster {
     use std::time::Duration;
     let mut o = cluster::ClusterOptions::local();
     o.router.flow.dispatch_limit = limit;
@@ -306,7 +318,8 @@ async fn probed_cluster_limited(token: Option<&str>, limit: Option<u32>) -> clus
     o.worker.kv_pull_min_tokens = 16;
     o.worker.kv_pull_timeout_ms = Some(20_000);
     o.router.cluster_token = token.map(str::to_string);
-    o.router.policy = locus_policy::PolicySource::File(locus::guests::PROBE_PATH.into());
+    o.router.policy = policy;
+    o.router.settings = settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     o.router.health_interval = Duration::from_millis(100);
     o.router.load_interval = Duration::from_millis(50);
     cluster::start(o).await.expect("cluster starts")
@@ -429,6 +442,104 @@ async fn a_full_holder_can_be_the_source_and_a_full_choice_is_asked_again() {
     let router = format!("http://{}", c.router_addr);
     assert_eq!(metric(&router, "locus_router_full_choices_total", "").await, 1.0);
     blocker.abort();
+}
+
+/// Contract 0.5.0 end to end: the built-in `prefix-aware` sees the room each worker has
+/// under its dispatch limit (2 here), so it keeps a prompt on its holder while the holder
+/// has a free slot, busy or not, and once the holder is full sends it to the worker with
+/// room, naming the holder as the source (no second ask). Costs count only uncached blocks
+/// (load and KV weights 0), so each step has one right answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefix_aware_pulls_from_its_holder_only_once_the_holder_is_full() {
+    use std::time::{Duration, Instant};
+    let policy = locus_policy::PolicySource::Builtin("prefix-aware");
+    let weights = [("load-weight", "0"), ("kv-weight", "0")];
+    let c = cluster_with(Some(TOKEN), Some(2), policy, &weights).await;
+    loads_known(&c, true).await;
+    let router = format!("http://{}", c.router_addr);
+    let t0 = Instant::now();
+    // A worker pulls only once it has measured its own prefill speed: distinct prompts
+    // (misses everywhere, ties at random) until both have.
+    for i in 0.. {
+        let measured = c
+            .gateway
+            .registry()
+            .healthy()
+            .iter()
+            .all(|b| b.load().is_some_and(|r| r.load.prefill_tokens_per_second.is_some()));
+        if measured {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "the workers never measured prefill");
+        let text = format!("Warm-up {i}: a prompt long enough for a block of its own, {PROMPT}");
+        through_text(&c, &text, 4).await;
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    let (holder, computed) = through_text(&c, PROMPT, 12).await;
+    let backend = || {
+        let healthy = c.gateway.registry().healthy();
+        healthy.into_iter().find(|b| b.url == holder).expect("the holder is registered")
+    };
+    // The router hears the holder's blocks.
+    while c.gateway.policy().kv().leading(backend().id(), &prompt_blocks()) == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "no KV events from the holder");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Long generations on the same prefix take the holder's slots, one at a time.
+    let block = |tail: &str| {
+        let url = format!("{router}/generate");
+        let long = json!({"text": format!("{PROMPT} {tail}"),
+                          "sampling_params": {"max_new_tokens": 900, "ignore_eos": true}});
+        tokio::spawn(async move {
+            let _ = reqwest::Client::new().post(url).json(&long).send().await;
+        })
+    };
+    let first = block("And so");
+    while backend().in_flight() < 1 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "a blocker never reached the holder");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Busy, with one slot left: the prompt stays on its holder, read from its store (13
+    // tokens: not the answer cached for 12).
+    let (on, body) = through_text(&c, PROMPT, 13).await;
+    assert_eq!(on, holder, "a holder with room lent its prefix instead of serving it");
+    assert_eq!(body["meta_info"].get("transferred_tokens"), None, "{body}");
+    assert!(body["meta_info"]["cached_tokens"].as_u64().unwrap() > 0, "{body}");
+    let second = block("Then");
+    while backend().in_flight() < 2 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "a blocker never reached the holder");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Full: the other worker, which pulls the prefix from the holder.
+    let (on, pulled) = through_text(&c, PROMPT, 12).await;
+    assert_ne!(on, holder, "a full holder took the request");
+    assert_eq!(pulled["text"], computed["text"]);
+    let prompt_tokens = pulled["meta_info"]["prompt_tokens"].as_u64().unwrap();
+    assert_eq!(pulled["meta_info"]["transferred_tokens"], (prompt_tokens - 1) / 16 * 16);
+    assert_eq!(metric(&router, "locus_router_kv_sources_total", "named").await, 1.0);
+    assert_eq!(metric(&router, "locus_router_full_choices_total", "").await, 0.0);
+    first.abort();
+    second.abort();
+}
+
+/// `text` through the router with no session: the worker that answered and the body.
+async fn through_text(c: &cluster::Cluster, text: &str, n: usize) -> (String, Value) {
+    let params = json!({"max_new_tokens": n, "temperature": 0});
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/generate", c.router_addr))
+        .json(&json!({"text": text, "sampling_params": params}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let worker = r.headers()["x-locus-worker"].to_str().unwrap().to_string();
+    (worker, r.json().await.unwrap())
+}
+
+/// `PROMPT`'s block hashes, as the workers name them in their KV events.
+fn prompt_blocks() -> Vec<u64> {
+    let ids = locus_tokens::Tokenizer::new().encode(PROMPT);
+    locus_tokens::block_hashes(&ids[..ids.len() / 16 * 16])
 }
 
 /// `/kv_events` tells which prompts are hot: with a cluster token it needs that token (as

@@ -182,9 +182,10 @@ impl RouterPolicy {
     }
 
     /// Whether the request's path must know block hashes before deciding: the serving
-    /// policy reads them (it implements 0.2.0 or later), or a trial's candidate may (a canary).
+    /// policy reads them (every component version after 0.1.0 does; the native fallback,
+    /// of no version, does not), or a trial's candidate may (a canary).
     fn blocks_on_path(&self, trial: Option<&Arc<Trial>>) -> bool {
-        let reads = ["0.2.0", "0.4.0"].iter().any(|v| self.slot.serves_version(v));
+        let reads = !self.slot.serves_version("0.1.0") && !self.slot.serves_version("");
         reads || trial.is_some_and(|t| t.kind.blocks_on_path())
     }
 

@@ -29,9 +29,20 @@
 //!   measured on its own pulls, `link-mb-s` until it has) in blocks the target computes in
 //!   that time (at the prefill speed it measured; a target that has not measured one is
 //!   never sent a source, since it would not pull), times `prefill-weight`. So when the
-//!   worker holding a prefix is loaded past what its blocks save, the request goes where
-//!   there is room and takes the prefix with it, instead of recomputing it; fewer than
-//!   `min-pull-blocks` blocks are never pulled.
+//!   worker holding a prefix is full (or, without `room` or under `pull-from any`, loaded
+//!   past what its blocks save), the request goes where there is room and takes the prefix
+//!   with it, instead of recomputing it; fewer than `min-pull-blocks` blocks are never
+//!   pulled.
+//! - **Room** (contract 0.5.0). When the router queues, it says how many more requests each
+//!   worker may take now (`room`). The request goes only to a worker with room (if any has
+//!   some), and by default (`pull-from` `full`) a holder lends its prefix only once it has
+//!   none left: while the holder can take the request itself, the request goes there or is
+//!   computed elsewhere, so a pull never stands in for a place the holder has free. Pulls
+//!   between workers that all have room were what cost most (measured: a pulled prompt
+//!   evicts another tenant's prefix at the target, and the pending counts behind dispatch
+//!   limits differ by only one or two requests, which a cost alone cannot tell from
+//!   saturation). `pull-from` `any` lends from any holder the cost favours, as 0.4.0 did;
+//!   without `room` (the router does not queue) that is what happens.
 //! - **Ties** go to the lower `pending`, then at random.
 //! - **Sessions.** A request with a session key goes back to its session's last worker while
 //!   that worker's cost is within `session-slack` blocks of the cheapest, so a conversation
@@ -39,8 +50,8 @@
 //!
 //! Settings: `prefill-weight` (1.0), `load-weight` (4.0), `kv-weight` (16.0),
 //! `session-slack` (32.0), `approx-blocks` (50000), `sessions` (100000 remembered), `seed`;
-//! for pulls: `pulls` (`on`; `off` never names a source), `min-pull-blocks` (4),
-//! `pull-overhead-ms` (5), `link-mb-s` (400).
+//! for pulls: `pulls` (`on`; `off` never names a source), `pull-from` (`full` or `any`),
+//! `min-pull-blocks` (4), `pull-overhead-ms` (5), `link-mb-s` (400).
 //! Memory: about 40 bytes per indexed block (100k blocks ≈ 4 MB, inside the default 64 MiB
 //! sandbox). At most 128 distinct workers are indexed; further ones are costed by load only.
 //!
@@ -95,6 +106,8 @@ impl Default for Weights {
 pub struct Pull {
     /// Whether to name KV sources at all.
     pub on: bool,
+    /// Whether a source must have no room left (when the router says which have room).
+    pub from_full_only: bool,
     /// Fewest blocks worth a pull.
     pub min_blocks: u32,
     /// Fixed cost of one pull (a connection, a handshake), in seconds.
@@ -105,7 +118,13 @@ pub struct Pull {
 
 impl Default for Pull {
     fn default() -> Self {
-        Self { on: true, min_blocks: 4, overhead_s: 0.005, link_bytes_s: 400e6 }
+        Self {
+            on: true,
+            from_full_only: true,
+            min_blocks: 4,
+            overhead_s: 0.005,
+            link_bytes_s: 400e6,
+        }
     }
 }
 
@@ -114,6 +133,19 @@ impl Default for Pull {
 fn pending(w: &Workers, i: usize) -> u32 {
     let queued = if w.load_known[i] { w.waiting[i] } else { 0 };
     queued.max(w.in_flight[i])
+}
+
+/// Which workers the request may go to: those with room when the router says so and any
+/// has some, else all.
+fn eligible(w: &Workers) -> Vec<bool> {
+    let has_room = |i: usize| w.room.get(i).copied().flatten().is_none_or(|r| r > 0);
+    let room: Vec<bool> = (0..w.ids.len()).map(has_room).collect();
+    if room.iter().any(|&r| r) { room } else { vec![true; w.ids.len()] }
+}
+
+/// Whether the router says worker `i` has room (false when it does not say).
+fn has_room_known(w: &Workers, i: usize) -> bool {
+    w.room.get(i).copied().flatten().is_some_and(|r| r > 0)
 }
 
 /// What a session is remembered by.
@@ -276,6 +308,7 @@ impl State {
         let lent = |j: usize| matched[j].min(usable).saturating_sub(matched[i]);
         (0..w.ids.len())
             .filter(|&j| j != i && w.kv_group.get(j).copied().flatten() == Some(group))
+            .filter(|&j| !self.weights.pull.from_full_only || !has_room_known(w, j))
             .filter(|&j| lent(j) >= self.weights.pull.min_blocks)
             .min_by_key(|&j| (std::cmp::Reverse(lent(j)), pending(w, j)))
             .map(|j| (j, lent(j)))
@@ -331,8 +364,9 @@ impl State {
                 }
             }
         }
-        let (mut best, mut ties) = (0usize, 0u32);
-        for i in 1..n {
+        let eligible = eligible(w);
+        let (mut best, mut ties) = (eligible.iter().position(|&e| e).unwrap_or(0), 0u32);
+        for i in (best + 1..n).filter(|&i| eligible[i]) {
             let (c, b) = (costs[i], costs[best]);
             if c < b || (c == b && pending(i) < pending(best)) {
                 (best, ties) = (i, 0);
@@ -347,6 +381,7 @@ impl State {
             let key = session_key(session);
             if let Some(j) =
                 self.sessions.get(&key).and_then(|id| w.ids.iter().position(|x| x == id))
+                && eligible[j]
                 && costs[j] <= costs[best] + wt.session_slack
             {
                 best = j;
@@ -436,6 +471,13 @@ impl Guest for PrefixAware {
                         _ => return Err(format!("pulls must be `on` or `off`, got `{v}`")),
                     }
                 }
+                "pull-from" => {
+                    wt.pull.from_full_only = match v.as_str() {
+                        "full" => true,
+                        "any" => false,
+                        _ => return Err(format!("pull-from must be `full` or `any`, got `{v}`")),
+                    }
+                }
                 "min-pull-blocks" => {
                     wt.pull.min_blocks = u32::try_from(count(k, v)?.max(1)).unwrap_or(u32::MAX)
                 }
@@ -448,7 +490,7 @@ impl Guest for PrefixAware {
                     return Err(format!(
                         "unknown setting `{k}` (prefix-aware knows: prefill-weight, load-weight, \
                          kv-weight, session-slack, approx-blocks, sessions, seed, pulls, \
-                         min-pull-blocks, pull-overhead-ms, link-mb-s)"
+                         pull-from, min-pull-blocks, pull-overhead-ms, link-mb-s)"
                     ));
                 }
             }
@@ -484,6 +526,7 @@ mod tests {
         Workers {
             ids: (0..n as u64).map(|i| 100 + i).collect(),
             in_flight: vec![0; n],
+            room: vec![None; n],
             load_known: vec![true; n],
             load_age_ms: vec![0; n],
             waiting: vec![0; n],
@@ -669,5 +712,45 @@ mod tests {
         let (mut s, mut w, r) = pull_setup();
         w.prefill_tokens_per_second = vec![None; 3];
         assert_eq!(s.route(&r, &w).unwrap().kv_source, None, "prefill speed unmeasured");
+    }
+
+    #[test]
+    fn with_room_known_a_holder_lends_only_once_it_is_full() {
+        let (mut s, mut w, r) = pull_setup();
+        // With room and 2 pending: under `pull-from full` the holder is not a source, and
+        // its 32 blocks outweigh its queue: it serves the request itself.
+        w.waiting[1] = 2;
+        w.room = vec![Some(2), Some(1), Some(2)];
+        let c = s.route(&r, &w).unwrap();
+        assert_eq!((c.worker, c.kv_source), (1, None));
+        // `any` lends from it as 0.4.0 did.
+        s.weights.pull.from_full_only = false;
+        let c = s.route(&r, &w).unwrap();
+        assert_ne!(c.worker, 1);
+        assert_eq!(c.kv_source, Some(1));
+        s.weights.pull.from_full_only = true;
+        // Full, it lends to a worker with room, even an idle holder's cost being lowest.
+        w.waiting[1] = 0;
+        w.room[1] = Some(0);
+        let c = s.route(&r, &w).unwrap();
+        assert_ne!(c.worker, 1);
+        assert_eq!(c.kv_source, Some(1));
+        // Only workers with room are chosen while any has some.
+        w.room[0] = Some(0);
+        assert_eq!(to(s.route(&r, &w)), Some(2));
+        // Full everywhere (a race): the cheapest, as without room.
+        w.room[2] = Some(0);
+        assert_eq!(to(s.route(&r, &w)), Some(1));
+    }
+
+    #[test]
+    fn a_session_does_not_return_to_a_full_worker() {
+        let mut s = state();
+        let mut w = workers(2);
+        w.room = vec![Some(1), Some(1)];
+        let home = to(s.route(&req(0..4, Some("conv")), &w)).unwrap() as usize;
+        w.room[home] = Some(0);
+        let moved = to(s.route(&req(0..4, Some("conv")), &w)).unwrap() as usize;
+        assert_ne!(moved, home);
     }
 }

@@ -13,12 +13,17 @@ use crate::runtime::slot::Slot;
 use crate::runtime::world::{Feed, World};
 
 #[allow(missing_docs)]
-mod v4 {
+mod v5 {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "router",
         additional_derives: [serde::Serialize],
     });
+}
+
+#[allow(missing_docs)]
+mod v4 {
+    wasmtime::component::bindgen!({ path: "../wit/0.4.0", world: "router" });
 }
 
 /// 0.2.0 and 0.3.0 share one router world (0.3.0 added only the admission world).
@@ -32,7 +37,7 @@ mod v1 {
     wasmtime::component::bindgen!({ path: "../wit/0.1.0", world: "router" });
 }
 
-pub use v4::locus::policy::types::{Completion, Outcome, Request, RouteChoice, Workers};
+pub use v5::locus::policy::types::{Completion, Outcome, Request, RouteChoice, Workers};
 
 /// Longest session key the router hands a policy, in bytes: a client chooses it, and it
 /// reaches the policy's memory (and a shadow's queue), so the router refuses longer ones.
@@ -45,6 +50,7 @@ pub fn workers(iter: impl IntoIterator<Item = (u64, u32)>) -> Workers {
     Workers {
         ids,
         in_flight,
+        room: vec![None; n],
         load_known: vec![false; n],
         load_age_ms: vec![0; n],
         waiting: vec![0; n],
@@ -65,6 +71,7 @@ impl Workers {
         Self {
             ids: Vec::with_capacity(n),
             in_flight: Vec::with_capacity(n),
+            room: Vec::with_capacity(n),
             load_known: Vec::with_capacity(n),
             load_age_ms: Vec::with_capacity(n),
             waiting: Vec::with_capacity(n),
@@ -84,6 +91,7 @@ impl Workers {
         let n = self.ids.len();
         [
             self.in_flight.len(),
+            self.room.len(),
             self.load_known.len(),
             self.load_age_ms.len(),
             self.waiting.len(),
@@ -136,15 +144,72 @@ impl Completion {
 
 /// A router component of any contract version.
 pub(crate) enum Pre {
+    V5(v5::RouterPre<State>),
     V4(v4::RouterPre<State>),
     V2(v2::RouterPre<State>),
     V1(v1::RouterPre<State>),
 }
 
 pub(crate) enum Bindings {
+    V5(v5::Router),
     V4(v4::Router),
     V2(v2::Router),
     V1(v1::Router),
+}
+
+fn to_v4_request(r: &Request) -> v4::locus::policy::types::Request {
+    v4::locus::policy::types::Request {
+        id: r.id,
+        prompt: r.prompt.clone(),
+        max_new_tokens: r.max_new_tokens,
+        block_hashes: r.block_hashes.clone(),
+        prompt_tokens: r.prompt_tokens,
+        session: r.session.clone(),
+    }
+}
+
+fn to_v4_workers(w: &Workers) -> v4::locus::policy::types::Workers {
+    v4::locus::policy::types::Workers {
+        ids: w.ids.clone(),
+        in_flight: w.in_flight.clone(),
+        load_known: w.load_known.clone(),
+        load_age_ms: w.load_age_ms.clone(),
+        waiting: w.waiting.clone(),
+        running: w.running.clone(),
+        kv_used_blocks: w.kv_used_blocks.clone(),
+        kv_total_blocks: w.kv_total_blocks.clone(),
+        tokens_per_second: w.tokens_per_second.clone(),
+        kv_group: w.kv_group.clone(),
+        prefill_tokens_per_second: w.prefill_tokens_per_second.clone(),
+        kv_pull_bytes_per_second: w.kv_pull_bytes_per_second.clone(),
+        kv_block_bytes: w.kv_block_bytes.clone(),
+    }
+}
+
+fn to_v4_completion(c: &Completion) -> v4::locus::policy::types::Completion {
+    use v4::locus::policy::types::Outcome as O;
+    v4::locus::policy::types::Completion {
+        request_id: c.request_id,
+        worker_id: c.worker_id,
+        outcome: match c.outcome {
+            Outcome::Ok => O::Ok,
+            Outcome::Rejected => O::Rejected,
+            Outcome::Overloaded => O::Overloaded,
+            Outcome::Failed => O::Failed,
+            Outcome::Unreachable => O::Unreachable,
+            Outcome::Timeout => O::Timeout,
+            Outcome::Broken => O::Broken,
+            Outcome::Cancelled => O::Cancelled,
+        },
+        status: c.status,
+        attempt: c.attempt,
+        latency_us: c.latency_us,
+        ttft_us: c.ttft_us,
+        prompt_tokens: c.prompt_tokens,
+        cached_tokens: c.cached_tokens,
+        response_cache_hit: c.response_cache_hit,
+        generated_tokens: c.generated_tokens,
+    }
 }
 
 fn to_v2_request(r: &Request) -> v2::locus::policy::types::Request {
@@ -232,7 +297,10 @@ impl Bindings {
         let worker =
             |r: Result<u32, String>| r.map(|worker| RouteChoice { worker, kv_source: None });
         match self {
-            Self::V4(b) => b.call_route(store, req, workers),
+            Self::V5(b) => b.call_route(store, req, workers),
+            Self::V4(b) => b
+                .call_route(store, &to_v4_request(req), &to_v4_workers(workers))
+                .map(|r| r.map(|c| RouteChoice { worker: c.worker, kv_source: c.kv_source })),
             Self::V2(b) => {
                 b.call_route(store, &to_v2_request(req), &to_v2_workers(workers)).map(worker)
             }
@@ -249,7 +317,8 @@ impl Bindings {
         answered: bool,
     ) -> wasmtime::Result<()> {
         match self {
-            Self::V4(b) => b.call_observe(store, *done),
+            Self::V5(b) => b.call_observe(store, *done),
+            Self::V4(b) => b.call_observe(store, to_v4_completion(done)),
             Self::V2(b) => b.call_observe(store, to_v2_completion(done)),
             // 0.1.0 promised one completion per request, once a worker answered it.
             Self::V1(b) if answered => b.call_observe(store, to_v1_completion(done)),
@@ -266,6 +335,7 @@ impl Bindings {
         stored: &[u64],
     ) -> wasmtime::Result<()> {
         match self {
+            Self::V5(b) => b.call_kv_events(store, worker, cleared, removed, stored),
             Self::V4(b) => b.call_kv_events(store, worker, cleared, removed, stored),
             Self::V2(b) => b.call_kv_events(store, worker, cleared, removed, stored),
             // 0.1.0 has no KV events.
@@ -285,17 +355,19 @@ impl World for RouterWorld {
     fn pre(ip: InstancePre<State>) -> wasmtime::Result<Self::Pre> {
         // Newest first; if the component is none of them, the newest one's complaint is
         // the one to read.
-        match v4::RouterPre::new(ip.clone()) {
-            Ok(p) => Ok(Pre::V4(p)),
-            Err(e4) => v2::RouterPre::new(ip.clone())
-                .map(Pre::V2)
+        match v5::RouterPre::new(ip.clone()) {
+            Ok(p) => Ok(Pre::V5(p)),
+            Err(e5) => v4::RouterPre::new(ip.clone())
+                .map(Pre::V4)
+                .or_else(|_| v2::RouterPre::new(ip.clone()).map(Pre::V2))
                 .or_else(|_| v1::RouterPre::new(ip).map(Pre::V1))
-                .map_err(|_| e4),
+                .map_err(|_| e5),
         }
     }
 
     fn instantiate(pre: &Self::Pre, store: &mut Store<State>) -> wasmtime::Result<Self::Bindings> {
         Ok(match pre {
+            Pre::V5(p) => Bindings::V5(p.instantiate(store)?),
             Pre::V4(p) => Bindings::V4(p.instantiate(store)?),
             Pre::V2(p) => Bindings::V2(p.instantiate(store)?),
             Pre::V1(p) => Bindings::V1(p.instantiate(store)?),
@@ -308,6 +380,7 @@ impl World for RouterWorld {
         settings: &[(String, String)],
     ) -> wasmtime::Result<Result<(), String>> {
         match b {
+            Bindings::V5(b) => b.call_configure(store, &settings.to_vec()),
             Bindings::V4(b) => b.call_configure(store, &settings.to_vec()),
             Bindings::V2(b) => b.call_configure(store, &settings.to_vec()),
             Bindings::V1(b) => b.call_configure(store, &settings.to_vec()),
@@ -319,6 +392,7 @@ impl World for RouterWorld {
         workers.load_known[1] = true;
         workers.waiting[1] = 2;
         workers.kv_total_blocks[1] = 1024;
+        workers.room = vec![Some(0), Some(2), Some(1), Some(0)];
         let prompt = "locus smoke call: the quick brown fox jumps over the lazy dog";
         let mut req = Request::new(0, prompt, 16);
         req.block_hashes = vec![0x1234_5678_9abc_def0, 0x0fed_cba9_8765_4321];
@@ -349,6 +423,7 @@ impl World for RouterWorld {
 
     fn version(pre: &Self::Pre) -> &'static str {
         match pre {
+            Pre::V5(_) => "0.5.0",
             Pre::V4(_) => "0.4.0",
             Pre::V2(_) => "0.2.0",
             Pre::V1(_) => "0.1.0",

@@ -7,6 +7,8 @@ fn components_of_both_contract_versions_load_and_say_which() {
     let old = router(PolicySource::Builtin("hash"), &[]);
     assert_eq!(old.info().version, "0.1.0");
     assert!(!tokenizes(&old), "a 0.1.0 policy makes the router tokenize nothing");
+    assert!(!tokenizes(&router(PolicySource::Native, &[])), "nor does the native one");
+    assert!(tokenizes(&router(PolicySource::Builtin("prefix-aware"), &[])), "0.5.0 does");
     let new = probe();
     assert_eq!(new.info().version, "0.4.0");
     assert!(tokenizes(&new));

@@ -78,3 +78,52 @@ fn older_components_still_route_and_never_name_a_source() {
     let p = router(PolicySource::Builtin("least-loaded"), &[]);
     assert_eq!(p.info().version, "0.2.0", "built against 0.3.0's router world");
 }
+
+/// Contract 0.5.0: `room` crosses the boundary, and `prefix-aware` lends a holder's prefix
+/// only once the holder has no room left.
+#[test]
+fn prefix_aware_reads_room_and_pulls_only_from_a_full_holder() {
+    let p = router(PolicySource::Builtin("prefix-aware"), &[("seed", "1")]);
+    assert_eq!(p.info().version, "0.5.0");
+    let mut ws = grouped();
+    ws.load_known = vec![true; 4];
+    ws.kv_total_blocks = vec![1000; 4];
+    ws.prefill_tokens_per_second = vec![Some(700.0); 4];
+    ws.kv_block_bytes = vec![Some(589_824); 4];
+    ws.waiting = vec![0, 0, 2, 0];
+    p.kv().apply(33, false, vec![], (0..32).collect());
+    for id in [11, 22, 44] {
+        p.kv().apply(id, true, vec![], vec![]);
+    }
+    let mut r = req("shared system prompt");
+    r.block_hashes = (0..33).collect();
+    let choose = |ws: &Workers| {
+        let d = route(&p, &r, ws).expect("workers");
+        assert_eq!(d.fault, None);
+        (ws.ids[d.index], d.kv_source.map(|j| ws.ids[j]))
+    };
+    // The holder has room: it serves the prompt itself, whatever its queue.
+    ws.room = vec![Some(3), Some(3), Some(1), Some(3)];
+    assert_eq!(choose(&ws), (33, None));
+    // Full: a worker of its group with room pulls from it.
+    ws.room[2] = Some(0);
+    let (to, from) = choose(&ws);
+    assert!(to == 11 || to == 22, "went to {to}");
+    assert_eq!(from, Some(33));
+    // Of the others only 44 (in no group) has room: it computes.
+    ws.room = vec![Some(0), Some(0), Some(0), Some(2)];
+    assert_eq!(choose(&ws), (44, None));
+    // `pull-from any`: a holder with room lends too, as in 0.4.0 (2 pending there cost more
+    // than the 2.3 blocks a pull costs).
+    let any = router(PolicySource::Builtin("prefix-aware"), &[("pull-from", "any")]);
+    any.kv().apply(33, false, vec![], (0..32).collect());
+    for id in [11, 22, 44] {
+        any.kv().apply(id, true, vec![], vec![]);
+    }
+    ws.room = vec![Some(3), Some(3), Some(1), Some(3)];
+    let d = route(&any, &r, &ws).expect("workers");
+    assert_eq!(d.kv_source.map(|j| ws.ids[j]), Some(33));
+    let err = load_err(PolicySource::Builtin("prefix-aware"), &[("pull-from", "half")]);
+    assert_eq!(err.step, LoadStep::Configure);
+    assert!(err.to_string().contains("pull-from"), "{err}");
+}

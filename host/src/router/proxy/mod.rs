@@ -38,15 +38,19 @@ pub use relay::ROUTE_US;
 pub const ROUTING_PROMPT_BYTES: usize = 8192;
 
 impl Gateway {
-    /// What the policy is told about `candidates`: live in-flight counts and each one's
-    /// last load report; KV groups only when this router holds the cluster token (it could
-    /// not pass a source on otherwise).
+    /// What the policy is told about `candidates`: live in-flight counts, the room left
+    /// under each one's dispatch limit (when the router queues) and each one's last load
+    /// report; KV groups only when this router holds the cluster token (it could not pass a
+    /// source on otherwise).
     fn view(&self, candidates: &[Arc<Backend>]) -> Workers {
         let moves_kv = self.options.cluster_token.is_some();
+        let queueing = self.queueing();
         let mut w = Workers::with_capacity(candidates.len());
         for b in candidates {
             w.ids.push(b.id());
-            w.in_flight.push(b.in_flight());
+            let in_flight = b.in_flight();
+            w.in_flight.push(in_flight);
+            w.room.push(queueing.then(|| self.dispatch_limit(b).saturating_sub(in_flight)));
             let clamp = |n: u64| n.min(u64::from(u32::MAX)) as u32;
             // An unknown load is all zeros beside `load-known` false.
             let load = b.load();
