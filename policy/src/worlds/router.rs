@@ -157,16 +157,51 @@ pub(crate) enum Bindings {
     V1(v1::Router),
 }
 
-fn to_v4_request(r: &Request) -> v4::locus::policy::types::Request {
-    v4::locus::policy::types::Request {
-        id: r.id,
-        prompt: r.prompt.clone(),
-        max_new_tokens: r.max_new_tokens,
-        block_hashes: r.block_hashes.clone(),
-        prompt_tokens: r.prompt_tokens,
-        session: r.session.clone(),
-    }
+/// `to_vN_request` and `to_vN_completion` for an older contract whose request and
+/// completion have the current shape (0.2.0 to 0.4.0): one body, each module's own types.
+macro_rules! same_shape_request_and_completion {
+    ($m:ident, $request:ident, $completion:ident) => {
+        fn $request(r: &Request) -> $m::locus::policy::types::Request {
+            $m::locus::policy::types::Request {
+                id: r.id,
+                prompt: r.prompt.clone(),
+                max_new_tokens: r.max_new_tokens,
+                block_hashes: r.block_hashes.clone(),
+                prompt_tokens: r.prompt_tokens,
+                session: r.session.clone(),
+            }
+        }
+
+        fn $completion(c: &Completion) -> $m::locus::policy::types::Completion {
+            use $m::locus::policy::types::Outcome as O;
+            $m::locus::policy::types::Completion {
+                request_id: c.request_id,
+                worker_id: c.worker_id,
+                outcome: match c.outcome {
+                    Outcome::Ok => O::Ok,
+                    Outcome::Rejected => O::Rejected,
+                    Outcome::Overloaded => O::Overloaded,
+                    Outcome::Failed => O::Failed,
+                    Outcome::Unreachable => O::Unreachable,
+                    Outcome::Timeout => O::Timeout,
+                    Outcome::Broken => O::Broken,
+                    Outcome::Cancelled => O::Cancelled,
+                },
+                status: c.status,
+                attempt: c.attempt,
+                latency_us: c.latency_us,
+                ttft_us: c.ttft_us,
+                prompt_tokens: c.prompt_tokens,
+                cached_tokens: c.cached_tokens,
+                response_cache_hit: c.response_cache_hit,
+                generated_tokens: c.generated_tokens,
+            }
+        }
+    };
 }
+
+same_shape_request_and_completion!(v4, to_v4_request, to_v4_completion);
+same_shape_request_and_completion!(v2, to_v2_request, to_v2_completion);
 
 fn to_v4_workers(w: &Workers) -> v4::locus::policy::types::Workers {
     v4::locus::policy::types::Workers {
@@ -186,43 +221,6 @@ fn to_v4_workers(w: &Workers) -> v4::locus::policy::types::Workers {
     }
 }
 
-fn to_v4_completion(c: &Completion) -> v4::locus::policy::types::Completion {
-    use v4::locus::policy::types::Outcome as O;
-    v4::locus::policy::types::Completion {
-        request_id: c.request_id,
-        worker_id: c.worker_id,
-        outcome: match c.outcome {
-            Outcome::Ok => O::Ok,
-            Outcome::Rejected => O::Rejected,
-            Outcome::Overloaded => O::Overloaded,
-            Outcome::Failed => O::Failed,
-            Outcome::Unreachable => O::Unreachable,
-            Outcome::Timeout => O::Timeout,
-            Outcome::Broken => O::Broken,
-            Outcome::Cancelled => O::Cancelled,
-        },
-        status: c.status,
-        attempt: c.attempt,
-        latency_us: c.latency_us,
-        ttft_us: c.ttft_us,
-        prompt_tokens: c.prompt_tokens,
-        cached_tokens: c.cached_tokens,
-        response_cache_hit: c.response_cache_hit,
-        generated_tokens: c.generated_tokens,
-    }
-}
-
-fn to_v2_request(r: &Request) -> v2::locus::policy::types::Request {
-    v2::locus::policy::types::Request {
-        id: r.id,
-        prompt: r.prompt.clone(),
-        max_new_tokens: r.max_new_tokens,
-        block_hashes: r.block_hashes.clone(),
-        prompt_tokens: r.prompt_tokens,
-        session: r.session.clone(),
-    }
-}
-
 fn to_v2_workers(w: &Workers) -> v2::locus::policy::types::Workers {
     v2::locus::policy::types::Workers {
         ids: w.ids.clone(),
@@ -234,32 +232,6 @@ fn to_v2_workers(w: &Workers) -> v2::locus::policy::types::Workers {
         kv_used_blocks: w.kv_used_blocks.clone(),
         kv_total_blocks: w.kv_total_blocks.clone(),
         tokens_per_second: w.tokens_per_second.clone(),
-    }
-}
-
-fn to_v2_completion(c: &Completion) -> v2::locus::policy::types::Completion {
-    use v2::locus::policy::types::Outcome as O;
-    v2::locus::policy::types::Completion {
-        request_id: c.request_id,
-        worker_id: c.worker_id,
-        outcome: match c.outcome {
-            Outcome::Ok => O::Ok,
-            Outcome::Rejected => O::Rejected,
-            Outcome::Overloaded => O::Overloaded,
-            Outcome::Failed => O::Failed,
-            Outcome::Unreachable => O::Unreachable,
-            Outcome::Timeout => O::Timeout,
-            Outcome::Broken => O::Broken,
-            Outcome::Cancelled => O::Cancelled,
-        },
-        status: c.status,
-        attempt: c.attempt,
-        latency_us: c.latency_us,
-        ttft_us: c.ttft_us,
-        prompt_tokens: c.prompt_tokens,
-        cached_tokens: c.cached_tokens,
-        response_cache_hit: c.response_cache_hit,
-        generated_tokens: c.generated_tokens,
     }
 }
 
